@@ -1,0 +1,107 @@
+"""Recurrent state: its per-layer container, its spec, and the graph I/O names.
+
+The names returned here are the only ones used anywhere: by both exporters, the manifest and
+(through the manifest) the runtime.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple, Sequence
+
+import torch
+
+INPUT_IDS = "input_ids"
+LOGITS = "logits"
+
+
+class LayerMemory(NamedTuple):
+    """Compressive memory of one layer. Always float32."""
+
+    memory: torch.Tensor  # (B, H, dk, dv): M, the associative matrix
+    norm: torch.Tensor  # (B, H, dk): z, the running sum of sigma(K)
+
+
+def past_name(name: str) -> str:
+    """Graph input carrying state tensor ``name`` into a step (``memory.0`` -> ``past_memory.0``)."""
+    return f"past_{name}"
+
+
+def present_name(name: str) -> str:
+    """Graph output carrying state tensor ``name`` out of a step (``present_memory.0``)."""
+    return f"present_{name}"
+
+
+@dataclass(frozen=True)
+class StateTensorSpec:
+    """One state tensor: its base name, shape ("batch" is the symbolic leading axis), dtype."""
+
+    name: str
+    shape: tuple  # ("batch", d1, d2, ...)
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """What a step module exposes to exporters, manifest and parity: its I/O, in graph order.
+
+    Any ``torch.nn.Module`` with ``step_spec() -> StepSpec``, ``init_state(batch)`` and a pure
+    ``step(input_ids, state) -> (logits, new_state)`` can be exported; ``state`` is any nesting of
+    tuples whose flattening (depth-first) follows ``state`` here.
+    """
+
+    vocab_size: int
+    segment_len: int
+    state: tuple[StateTensorSpec, ...]
+    extra: dict = field(default_factory=dict)  # model-specific facts for the manifest
+
+    def input_names(self) -> list[str]:
+        return [INPUT_IDS] + [past_name(s.name) for s in self.state]
+
+    def output_names(self) -> list[str]:
+        return [LOGITS] + [present_name(s.name) for s in self.state]
+
+    def state_map(self) -> dict[str, str]:
+        """Which output feeds which input at the next step."""
+        return {present_name(s.name): past_name(s.name) for s in self.state}
+
+
+def layer_state_specs(n_layers: int, n_heads: int, d_head: int) -> tuple[StateTensorSpec, ...]:
+    """Per layer ``memory.{i}`` (B, H, dk, dv) then ``norm.{i}`` (B, H, dk)."""
+    specs = []
+    for i in range(n_layers):
+        specs.append(StateTensorSpec(f"memory.{i}", ("batch", n_heads, d_head, d_head)))
+        specs.append(StateTensorSpec(f"norm.{i}", ("batch", n_heads, d_head)))
+    return tuple(specs)
+
+
+def io_names(cfg) -> tuple[list[str], list[str]]:
+    """(input names, output names) of the step graph of an ``InfiniConfig``."""
+    spec = StepSpec(cfg.vocab_size, cfg.segment_len, layer_state_specs(cfg.n_layers, cfg.n_heads, cfg.d_head))
+    return spec.input_names(), spec.output_names()
+
+
+def flatten_state(state) -> list[torch.Tensor]:
+    """Depth-first flattening of nested tuples (NamedTuples included) of tensors."""
+    if isinstance(state, torch.Tensor):
+        return [state]
+    out: list[torch.Tensor] = []
+    for item in state:
+        out.extend(flatten_state(item))
+    return out
+
+
+def unflatten_like(template, flat: Sequence[torch.Tensor]):
+    """Inverse of ``flatten_state`` with the nesting of ``template``."""
+    it = iter(flat)
+
+    def build(node):
+        if isinstance(node, torch.Tensor):
+            return next(it)
+        items = [build(x) for x in node]
+        return type(node)(*items) if hasattr(node, "_fields") else type(node)(items)
+
+    result = build(template)
+    rest = list(it)
+    if rest:
+        raise ValueError(f"{len(rest)} state tensors left over after unflattening")
+    return result

@@ -1,0 +1,28 @@
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def tiny_cfg():
+    from infini_export import InfiniConfig
+    return InfiniConfig.from_name("tiny")
+
+
+def make_model(update="delta", seed=0, **overrides):
+    from infini_export import InfiniConfig, InfiniTransformer
+    torch.manual_seed(seed)
+    model = InfiniTransformer(InfiniConfig.from_name("tiny", update=update, **overrides)).eval()
+    # move gates off their initial 0 so each head mixes differently
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.beta.copy_(torch.linspace(-1.0, 1.0, block.attn.beta.numel()))
+    return model
