@@ -1,9 +1,30 @@
-"""infini-export: export Infini-attention transformers to ONNX and ExecuTorch, run them in constant memory."""
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import InfiniConfig
-from .model import InfiniTransformer
-from .state import LayerMemory, StepSpec, StateTensorSpec, io_names
+"""infini-export: export Infini-attention transformers to ONNX and ExecuTorch, run them in constant memory.
 
-__all__ = ["InfiniConfig", "InfiniTransformer", "LayerMemory", "StepSpec", "StateTensorSpec", "io_names",
-           "save_checkpoint", "load_checkpoint"]
+Names are imported lazily, so ``infini-export run`` (which needs only the torch-free runtime) does not
+load torch.
+"""
+from importlib import import_module
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "InfiniConfig": ".config",
+    "InfiniTransformer": ".model",
+    "LayerMemory": ".state",
+    "StepSpec": ".state",
+    "StateTensorSpec": ".state",
+    "io_names": ".state",
+    "save_checkpoint": ".checkpoint",
+    "load_checkpoint": ".checkpoint",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module 'infini_export' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

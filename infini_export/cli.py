@@ -1,9 +1,25 @@
-"""The ``infini-export`` command line."""
+"""The ``infini-export`` command line: info, export, validate, run, passkey, demo."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
+
+
+def _load_module(args: argparse.Namespace):
+    """Our checkpoint folder, or a model trained elsewhere through an adapter (``--from``)."""
+    source = getattr(args, "source", "infini-export")
+    if source == "lucidrains":
+        from .adapters.lucidrains import load_lucidrains
+        if not (args.weights and args.kwargs and args.segment_len):
+            raise ValueError("--from lucidrains needs --weights STATE_DICT.pt, --kwargs MODEL_KWARGS.json "
+                             "and --segment-len N")
+        return load_lucidrains(args.weights, args.kwargs, args.segment_len)
+    from .checkpoint import load_checkpoint
+    if not args.checkpoint:
+        raise ValueError("a checkpoint folder is needed (config.json + model.safetensors)")
+    return load_checkpoint(args.checkpoint)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -12,13 +28,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     model = load_checkpoint(args.checkpoint)
     cfg = model.cfg
     per_layer = 4 * cfg.state_numbers_per_layer()
-    info = {
-        "config": cfg.to_dict(),
-        "parameters": model.num_parameters(),
-        "state_bytes_per_layer": per_layer,
-        "state_bytes_total": cfg.state_bytes(1),
-        "state_numbers_total": cfg.n_layers * cfg.state_numbers_per_layer(),
-    }
+    info = {"config": cfg.to_dict(), "parameters": model.num_parameters(), "state_bytes_per_layer": per_layer,
+            "state_bytes_total": cfg.state_bytes(1),
+            "state_numbers_total": cfg.n_layers * cfg.state_numbers_per_layer()}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -31,6 +43,73 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from exporters.pipeline import ExportParityError, export_artifact
+
+    module = _load_module(args)
+    try:
+        manifest, report = export_artifact(module, args.output, args.format, quantize=args.quantize,
+                                           delegate=args.delegate, parity_segments=args.parity_segments,
+                                           max_batch=args.max_batch)
+    except ExportParityError as exc:
+        print(f"export wrote {args.output} but its parity check FAILED; the manifest records the failure: {exc}",
+              file=sys.stderr)
+        return 1
+    files = ", ".join(f"{v['path']} ({v['bytes']:,} B)" for v in manifest["files"].values())
+    print(f"exported {args.format}{' int8' if args.quantize else ''} to {args.output}: {files}; parity passed "
+          f"over {args.parity_segments} segments")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from runtime.session import InfiniSession
+
+    from .parity import validate
+
+    module = _load_module(args)
+    session = InfiniSession.open(args.artifact, backend=args.backend)
+    tokens = None
+    if args.tokens:
+        tokens = np.frombuffer(Path(args.tokens).read_bytes(), dtype=np.uint8).astype(np.int64)
+    precision = session.manifest.data.get("quantization") or "float32"
+    report = validate(session.backend, module, precision=precision, segments=args.segments, batch=args.batch,
+                      seed=args.seed, tokens=tokens, manifest=session.manifest)
+    print(report.table(rows=args.rows))
+    if args.report:
+        report.write(args.report)
+        print(f"report written to {args.report}")
+    return 0 if report.passed else 1
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .streaming import run_stream
+    return run_stream(args)
+
+
+def _cmd_passkey(args: argparse.Namespace) -> int:
+    from .passkey_eval import main as passkey_main
+    return passkey_main(args)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo_main
+    return demo_main(args)
+
+
+def _add_source(p: argparse.ArgumentParser, positional: bool) -> None:
+    if positional:
+        p.add_argument("checkpoint", nargs="?", help="checkpoint folder (config.json + model.safetensors)")
+    else:
+        p.add_argument("--checkpoint", help="the eager model's checkpoint folder")
+    p.add_argument("--from", dest="source", choices=["infini-export", "lucidrains"], default="infini-export",
+                   help="where the model comes from (default: an infini-export checkpoint)")
+    p.add_argument("--weights", help="--from lucidrains: the model's state_dict (.pt)")
+    p.add_argument("--kwargs", help="--from lucidrains: JSON of the InfiniTransformer constructor arguments")
+    p.add_argument("--segment-len", type=int, help="--from lucidrains: the segment length it was trained with")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="infini-export", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,15 +118,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint folder (config.json + model.safetensors)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("export", help="export the segment step to ONNX or ExecuTorch, then check parity")
+    _add_source(p, positional=True)
+    p.add_argument("--format", choices=["onnx", "executorch"], default="onnx")
+    p.add_argument("-o", "--output", required=True, help="artifact folder to write")
+    p.add_argument("--quantize", choices=["int8"], default=None, help="int8 weights of the linear layers")
+    p.add_argument("--delegate", choices=["xnnpack", "none"], default="xnnpack", help="ExecuTorch delegate")
+    p.add_argument("--parity-segments", type=int, default=64, help="segments compared after export")
+    p.add_argument("--max-batch", type=int, default=64, help="upper bound of the dynamic batch axis")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("validate", help="parity of an artifact against the eager model over K segments")
+    p.add_argument("artifact", help="artifact folder (manifest.json + model file)")
+    _add_source(p, positional=False)
+    p.add_argument("--segments", type=int, default=64)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokens", help="a file whose bytes are the token ids (default: random tokens)")
+    p.add_argument("--backend", choices=["onnxruntime", "executorch"], default=None)
+    p.add_argument("--report", help="write the JSON report here")
+    p.add_argument("--rows", type=int, default=10, help="segments shown in the table")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("run", help="stream a text or random tokens through an artifact in constant memory")
+    p.add_argument("artifact")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", help="a file, streamed as bytes (byte-level vocabularies)")
+    src.add_argument("--random-tokens", type=int, help="stream N random tokens")
+    p.add_argument("--backend", choices=["onnxruntime", "executorch"], default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--chunk", type=int, default=None, help="tokens per feed call (default: 16 segments)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--snapshot", help="save the state here (atomically) every --snapshot-every segments")
+    p.add_argument("--snapshot-every", type=int, default=0)
+    p.add_argument("--resume", help="a state file from --snapshot: continue the stream from there")
+    p.add_argument("--save-final", help="save the final state here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("passkey", help="passkey retrieval accuracy at long lengths, with the memory-off control")
+    p.add_argument("model", help="an artifact folder (manifest.json) or a checkpoint folder (eager torch)")
+    p.add_argument("--lengths", default="4K,32K,128K,1M")
+    p.add_argument("--depths", default="0,0.5,1")
+    p.add_argument("--trials", type=int, default=5)
+    p.add_argument("--backend", choices=["onnxruntime", "executorch"], default=None)
+    p.add_argument("--no-control", action="store_true", help="skip the memory-disabled control")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--out", default="out/passkey", help="folder for passkey.json and passkey.png")
+    p.set_defaults(func=_cmd_passkey)
+
+    p = sub.add_parser("demo", help="the main job: export the bundled model, validate, passkey up to 1M tokens")
+    p.add_argument("--model", default=None, help="checkpoint folder (default: the bundled models/passkey-small)")
+    p.add_argument("--out", default="out/demo")
+    p.add_argument("--lengths", default="4K,32K,128K,1M")
+    p.add_argument("--trials", type=int, default=None)
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from runtime.errors import InfiniRuntimeError
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
+    except (InfiniRuntimeError, ValueError, FileNotFoundError) as exc:
         print(f"infini-export {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -26,3 +26,16 @@ def make_model(update="delta", seed=0, **overrides):
         for block in model.blocks:
             block.attn.beta.copy_(torch.linspace(-1.0, 1.0, block.attn.beta.numel()))
     return model
+
+
+@pytest.fixture(scope="session")
+def onnx_artifacts(tmp_path_factory):
+    """The tiny preset exported to ONNX once per update rule: {update: (model, artifact_dir)}."""
+    from exporters.pipeline import export_artifact
+    out = {}
+    for update in ("linear", "delta"):
+        model = make_model(update)
+        d = tmp_path_factory.mktemp(f"onnx_{update}")
+        export_artifact(model, d, "onnx", parity_segments=8, progress=False, log=None)
+        out[update] = (model, d)
+    return out

@@ -1,0 +1,1 @@
+"""Exporters: one small module per backend, all driven by the model's ``StepSpec``."""

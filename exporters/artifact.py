@@ -1,0 +1,126 @@
+"""The artifact folder both exporters write: program file(s) + manifest.json (shared code)."""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from infini_export.state import INPUT_IDS, LOGITS, StepSpec, flatten_state
+from runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, Manifest, sha256_file
+
+_LIBS = ("torch", "onnx", "onnxruntime", "onnxscript", "executorch", "torchao", "numpy", "infini-export")
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for lib in _LIBS:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def model_fingerprint(module: torch.nn.Module, spec: StepSpec) -> str:
+    """sha256 of the spec and every parameter and buffer: the same model gives the same print on any backend."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"vocab": spec.vocab_size, "segment_len": spec.segment_len,
+                         "state": [(s.name, list(s.shape), s.dtype) for s in spec.state],
+                         "extra": spec.extra}, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def io_entries(spec: StepSpec, batch_symbol: str = "batch") -> tuple[list[dict], list[dict], list[dict]]:
+    """Manifest ``inputs``, ``outputs`` and ``state`` entries, in graph (positional) order."""
+    ins, outs = spec.input_names(), spec.output_names()
+    inputs = [{"name": ins[0], "role": "ids", "dtype": "int64", "shape": [batch_symbol, spec.segment_len]}]
+    outputs = [{"name": outs[0], "role": "logits", "dtype": "float32",
+                "shape": [batch_symbol, spec.segment_len, spec.vocab_size]}]
+    state = []
+    for s, i_name, o_name in zip(spec.state, ins[1:], outs[1:]):
+        shape = [batch_symbol if d == "batch" else int(d) for d in s.shape]
+        inputs.append({"name": i_name, "role": "state-in", "dtype": s.dtype, "shape": shape})
+        outputs.append({"name": o_name, "role": "state-out", "dtype": s.dtype, "shape": shape})
+        state.append({"name": s.name, "input": i_name, "output": o_name, "dtype": s.dtype, "shape": shape})
+    assert inputs[0]["name"] == INPUT_IDS and outputs[0]["name"] == LOGITS
+    return inputs, outputs, state
+
+
+def build_manifest(module: torch.nn.Module, spec: StepSpec, *, backend: str, program: dict, files: dict,
+                   directory: Path | None, max_batch: int, exporter: dict | None = None,
+                   quantization: str | None = None) -> dict:
+    """The manifest document (see ``runtime.manifest``); ``files`` maps key -> path inside ``directory``."""
+    inputs, outputs, state = io_entries(spec)
+    init = module.init_state(1)
+    zeros = all(not t.any() for t in flatten_state(init))
+    file_entries = {}
+    for key, rel in files.items():
+        path = directory / rel
+        file_entries[key] = {"path": rel, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    initial = "zeros"
+    if not zeros:  # a module may start from a non-zero state: ship it
+        rel = "initial_state.npz"
+        np.savez(directory / rel, **{s.name: t.numpy() for s, t in zip(spec.state, flatten_state(init))})
+        file_entries["initial_state"] = {"path": rel, "sha256": sha256_file(directory / rel),
+                                         "bytes": (directory / rel).stat().st_size}
+        initial = {"file": "initial_state"}
+    weight_dtypes = sorted({str(p.dtype).replace("torch.", "") for p in module.parameters()})
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "backend": backend,
+        "program": program,
+        "model": spec.extra,
+        "model_fingerprint": model_fingerprint(module, spec),
+        "segment_len": spec.segment_len,
+        "vocab_size": spec.vocab_size,
+        "batch": {"symbol": "batch", "min": 1, "max": max_batch},
+        "inputs": inputs,
+        "outputs": outputs,
+        "state": state,
+        "state_map": spec.state_map(),
+        "initial_state": initial,
+        "weights_dtype": weight_dtypes[0] if len(weight_dtypes) == 1 else weight_dtypes,
+        "quantization": quantization,
+        "files": file_entries,
+        "exporter": {"name": "infini-export", **(exporter or {}), "versions": library_versions(),
+                     "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+        "parity": None,
+    }
+
+
+def write_manifest(directory: Path, data: dict) -> Path:
+    """Atomic write of manifest.json (checked by the runtime's own parser first)."""
+    Manifest.from_dict(data, directory)
+    path = directory / MANIFEST_FILE
+    fd, tmp = tempfile.mkstemp(prefix="manifest.", suffix=".tmp", dir=directory)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def in_memory_manifest(module: torch.nn.Module, spec: StepSpec, backend: str = "eager") -> Manifest:
+    """A manifest for a module that was not exported (the eager reference, driven by the same session)."""
+    inputs, outputs, state = io_entries(spec)
+    data = {"format": FORMAT, "format_version": FORMAT_VERSION, "backend": backend,
+            "program": {"format": "torch", "file": None}, "model": spec.extra,
+            "model_fingerprint": model_fingerprint(module, spec), "segment_len": spec.segment_len,
+            "vocab_size": spec.vocab_size, "batch": {"symbol": "batch", "min": 1, "max": 1 << 16},
+            "inputs": inputs, "outputs": outputs, "state": state, "state_map": spec.state_map(),
+            "initial_state": "zeros", "files": {}}
+    return Manifest.from_dict(data, None)

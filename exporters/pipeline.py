@@ -1,0 +1,50 @@
+"""Export -> write artifact -> reopen with the runtime -> parity -> manifest with the measured parity."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from infini_export.parity import ParityReport, validate
+from runtime.session import InfiniSession
+
+from .artifact import write_manifest
+
+FORMATS = ("onnx", "executorch")
+
+
+class ExportParityError(RuntimeError):
+    """The exported artifact does not match the eager model; the manifest records the failure."""
+
+    def __init__(self, report: ParityReport):
+        super().__init__(f"parity failed: {len(report.failures)} failures, first: {report.failures[:3]}")
+        self.report = report
+
+
+def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "onnx", *,
+                    quantize: str | None = None, delegate: str = "xnnpack", parity_segments: int = 64,
+                    max_batch: int = 64, progress: bool = True, log=print) -> tuple[dict, ParityReport]:
+    """Export ``module`` into ``out_dir`` and validate it; raises ``ExportParityError`` on a parity failure."""
+    out_dir = Path(out_dir)
+    module = module.eval()
+    if fmt == "onnx":
+        from .onnx import export_onnx
+        manifest = export_onnx(module, out_dir, quantize=quantize, max_batch=max_batch)
+    elif fmt == "executorch":
+        from .executorch import export_executorch
+        manifest = export_executorch(module, out_dir, delegate=delegate, quantize=quantize, max_batch=max_batch)
+    else:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    write_manifest(out_dir, manifest)
+    session = InfiniSession.open(out_dir)
+    report = validate(session.backend, module, precision=quantize or "float32", segments=parity_segments,
+                      manifest=session.manifest, progress=progress)
+    manifest["parity"] = {"tolerance": report.tolerance, "segments": parity_segments, "passed": report.passed,
+                          "measured": report.summary, "failures": report.failures[:50]}
+    write_manifest(out_dir, manifest)
+    if log:
+        log(report.table(rows=6))
+    if not report.passed:
+        raise ExportParityError(report)
+    return manifest, report

@@ -1,0 +1,30 @@
+"""The eager torch model behind the runtime's session API: the reference every backend is held to."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .protocol import FlatStep, check_protocol
+
+
+class EagerBackend:
+    """Runs ``module.step`` through ``FlatStep`` on numpy in, numpy out, like an exported program."""
+
+    name = "eager"
+
+    def __init__(self, module: torch.nn.Module):
+        self.flat = FlatStep(module).eval()
+
+    @torch.no_grad()
+    def run(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        outs = self.flat(torch.from_numpy(ids), *(torch.from_numpy(s) for s in state))
+        return outs[0].float().numpy(), [t.numpy() for t in outs[1:]]
+
+
+def eager_session(module: torch.nn.Module, batch_size: int = 1):
+    """An ``InfiniSession`` over the eager module (feed / stream / generate / save_state ... as on device)."""
+    from exporters.artifact import in_memory_manifest
+    from runtime.session import InfiniSession
+
+    spec = check_protocol(module)
+    return InfiniSession(in_memory_manifest(module, spec), EagerBackend(module), batch_size)

@@ -1,0 +1,48 @@
+"""onnxruntime backend (torch-free)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ArtifactError, ManifestError
+
+_ORT_TYPES = {"tensor(int64)": "int64", "tensor(float)": "float32", "tensor(float16)": "float16"}
+
+
+class OrtBackend:
+    name = "onnxruntime"
+
+    def __init__(self, manifest, threads: int | None = None, profile: bool = False):
+        import onnxruntime as ort
+
+        if manifest.data["program"]["format"] != "onnx":
+            raise ManifestError(f"manifest program format is {manifest.data['program']['format']!r}; "
+                                "the onnxruntime backend runs 'onnx'")
+        self.manifest = manifest
+        path = manifest.file_path(manifest.data["program"]["file"])
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.enable_profiling = profile
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise ArtifactError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0][:300]}") from exc
+        self._check_io()
+        self.input_names = manifest.input_names
+        self.output_names = manifest.output_names
+
+    def _check_io(self) -> None:
+        man = self.manifest
+        for kind, graph_io, listed in (("input", self.session.get_inputs(), man.data["inputs"]),
+                                       ("output", self.session.get_outputs(), man.data["outputs"])):
+            got = [(io.name, _ORT_TYPES.get(io.type, io.type), len(io.shape)) for io in graph_io]
+            want = [(io["name"], io["dtype"], len(io["shape"])) for io in listed]
+            if got != want:
+                raise ArtifactError(f"the ONNX graph's {kind}s {got} do not match the manifest's {want}")
+
+    def run(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        feeds = dict(zip(self.input_names, [ids, *state]))
+        outputs = self.session.run(self.output_names, feeds)
+        return outputs[0], outputs[1:]

@@ -1,0 +1,21 @@
+"""The runtime's errors: one small hierarchy, every message says what was expected and what came."""
+
+
+class InfiniRuntimeError(ValueError):
+    """Base of every error the runtime raises on bad input or a bad artifact."""
+
+
+class ArtifactError(InfiniRuntimeError):
+    """An artifact file is missing, truncated, corrupt or does not match its manifest."""
+
+
+class ManifestError(InfiniRuntimeError):
+    """manifest.json is missing, unreadable, of an unsupported version, or inconsistent."""
+
+
+class InputError(InfiniRuntimeError):
+    """Token ids or sampling arguments are not what the model accepts."""
+
+
+class StateError(InfiniRuntimeError):
+    """A state (in memory or in a file) does not belong to this model or is malformed."""

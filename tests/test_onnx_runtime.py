@@ -1,0 +1,246 @@
+"""ONNX export + the torch-free runtime, against the eager model."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from infini_export.parity import validate
+from runtime import ArtifactError, InfiniSession, InputError, ManifestError, StateError
+from runtime.manifest import sha256_file
+from tests.conftest import ROOT, make_model
+
+
+@pytest.mark.parametrize("update", ["linear", "delta"])
+def test_runtime_matches_eager_every_segment(onnx_artifacts, update):
+    model, art = onnx_artifacts[update]
+    session = InfiniSession.open(art)
+    report = validate(session.backend, model, segments=50, batch=2, manifest=session.manifest, progress=False)
+    assert report.passed, report.failures
+    assert len(report.per_segment) == 50
+    for row in report.per_segment:
+        assert row["logits"]["max_abs"] < 1e-4
+        assert all(e["max_rel"] < 1e-4 for e in row["state"].values())
+    assert report.wiring["passed"]
+
+
+@pytest.mark.parametrize("update", ["linear", "delta"])
+def test_session_feed_equals_eager_forward(onnx_artifacts, update):
+    """Independent path: the session's streaming loop vs the model's own forward over 50 segments."""
+    model, art = onnx_artifacts[update]
+    N = model.cfg.segment_len
+    ids = torch.randint(0, 256, (2, 50 * N + 5), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ref_logits, _ = model(ids)
+        _, ref_state = model(ids[:, :50 * N])
+    session = InfiniSession.open(art, batch_size=2)
+    logits = session.feed(ids.numpy())
+    np.testing.assert_allclose(logits, ref_logits.numpy(), atol=1e-4, rtol=1e-4)
+    state = session.state
+    for i, mem in enumerate(ref_state):
+        np.testing.assert_allclose(state[f"memory.{i}"], mem.memory.numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(state[f"norm.{i}"], mem.norm.numpy(), rtol=1e-5, atol=1e-5)
+    assert session.pending_tokens.shape == (2, 5)
+    assert session.tokens_consumed == 50 * N + 5
+
+
+def test_chunking_invariance(onnx_artifacts):
+    model, art = onnx_artifacts["delta"]
+    ids = np.random.default_rng(0).integers(0, 256, 1000)
+    whole = InfiniSession.open(art)
+    ref = whole.feed(ids)
+    for sizes in ([1, 7, 333], [16, 15, 17, 1], [999, 1]):
+        s = InfiniSession.open(art)
+        parts, pos, k = [], 0, 0
+        while pos < len(ids):
+            n = sizes[k % len(sizes)]
+            parts.append(s.feed(ids[pos:pos + n]))
+            pos, k = pos + n, k + 1
+        np.testing.assert_allclose(np.concatenate(parts), ref, rtol=0, atol=1e-6)
+        for name, value in whole.state.items():
+            np.testing.assert_array_equal(s.state[name], value)
+        np.testing.assert_array_equal(s.pending_tokens, whole.pending_tokens)
+
+
+def test_stream_matches_feed_and_generate_is_greedy(onnx_artifacts):
+    model, art = onnx_artifacts["delta"]
+    ids = np.random.default_rng(1).integers(0, 256, 77)
+    a, b = InfiniSession.open(art), InfiniSession.open(art)
+    np.testing.assert_array_equal(a.feed(ids)[-1], b.stream(ids)[0])
+    out = b.generate(ids[:0], 5)  # continue from the pending token
+    manual = []
+    t = InfiniSession.open(art)
+    logits = t.feed(ids)[-1]
+    for _ in range(5):
+        tok = int(logits.argmax())
+        manual.append(tok)
+        logits = t.feed(np.array([tok]))[-1]
+    assert out[0].tolist() == manual
+    sampled1 = InfiniSession.open(art).generate(ids, 8, temperature=1.0, top_k=20, top_p=0.9, seed=3)
+    sampled2 = InfiniSession.open(art).generate(ids, 8, temperature=1.0, top_k=20, top_p=0.9, seed=3)
+    assert np.array_equal(sampled1, sampled2)
+
+
+def test_save_load_fork_reset(onnx_artifacts, tmp_path):
+    model, art = onnx_artifacts["linear"]
+    ids = np.random.default_rng(2).integers(0, 256, 250)
+    s = InfiniSession.open(art)
+    s.feed(ids[:203])
+    s.save_state(tmp_path / "st.npz")
+    twin = s.fork()
+    a = s.feed(ids[203:])
+    b = twin.feed(ids[203:])
+    np.testing.assert_array_equal(a, b)
+    r = InfiniSession.open(art)
+    r.load_state(tmp_path / "st.npz")
+    assert r.tokens_consumed == 203 and r.pending_tokens.shape == (1, 203 % 16)
+    np.testing.assert_array_equal(r.feed(ids[203:]), a)
+    s.reset()
+    assert all(not v.any() for v in s.state.values()) and s.tokens_consumed == 0
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_runtime_imports_and_runs_without_torch(onnx_artifacts):
+    _, art = onnx_artifacts["delta"]
+    code = f"""
+import sys
+sys.modules['torch'] = None  # any 'import torch' now fails
+sys.path.insert(0, {ROOT!r})
+import numpy as np
+import runtime
+s = runtime.InfiniSession.open({str(art)!r})
+out = s.feed(np.arange(40) % 256)
+assert out.shape == (40, 256) and np.isfinite(out).all()
+assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]
+print('ok')
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def _copy(art, tmp_path):
+    dst = tmp_path / "art"
+    shutil.copytree(art, dst)
+    return dst
+
+
+def _rehash(art):
+    man = json.loads((art / "manifest.json").read_text())
+    for entry in man["files"].values():
+        entry["sha256"] = sha256_file(art / entry["path"])
+        entry["bytes"] = (art / entry["path"]).stat().st_size
+    (art / "manifest.json").write_text(json.dumps(man))
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "infini_export.cli", *args], capture_output=True, text=True,
+                          cwd=ROOT)
+
+
+@pytest.fixture
+def tiny_ckpt(onnx_artifacts, tmp_path):
+    from infini_export import save_checkpoint
+    model, _ = onnx_artifacts["delta"]
+    return save_checkpoint(model, tmp_path / "ckpt")
+
+
+def test_validate_cli_passes_then_fails_on_altered_weights(onnx_artifacts, tmp_path, tiny_ckpt):
+    import onnx
+    from onnx import numpy_helper
+    _, art = onnx_artifacts["delta"]
+    ok = _cli("validate", str(art), "--checkpoint", str(tiny_ckpt), "--segments", "12",
+              "--report", str(tmp_path / "r.json"))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["passed"] is True
+    bad = _copy(art, tmp_path)
+    m = onnx.load(str(bad / "model.onnx"))
+    init = max(m.graph.initializer, key=lambda t: np.prod(t.dims))
+    arr = numpy_helper.to_array(init).copy()
+    arr.flat[0] += 0.5
+    init.CopyFrom(numpy_helper.from_array(arr, init.name))
+    onnx.save(m, str(bad / "model.onnx"))
+    _rehash(bad)
+    res = _cli("validate", str(bad), "--checkpoint", str(tiny_ckpt), "--segments", "12")
+    assert res.returncode == 1
+    assert "FAILED" in res.stdout and "logits max abs error" in res.stdout
+
+
+def test_validate_fails_on_passthrough_state(onnx_artifacts, tmp_path, tiny_ckpt):
+    import onnx
+    _, art = onnx_artifacts["delta"]
+    bad = _copy(art, tmp_path)
+    m = onnx.load(str(bad / "model.onnx"))
+    g = m.graph
+    for node in g.node:  # the node producing present_norm.1 now writes elsewhere
+        for i, o in enumerate(node.output):
+            if o == "present_norm.1":
+                node.output[i] = "orphan_norm_1"
+    g.node.append(onnx.helper.make_node("Identity", ["past_norm.1"], ["present_norm.1"]))
+    onnx.save(m, str(bad / "model.onnx"))
+    _rehash(bad)
+    res = _cli("validate", str(bad), "--checkpoint", str(tiny_ckpt), "--segments", "6")
+    assert res.returncode == 1
+    assert "present_norm.1 passes its input through" in res.stdout
+
+
+def test_bad_artifacts_are_refused(onnx_artifacts, tmp_path):
+    _, art = onnx_artifacts["delta"]
+    missing = _copy(art, tmp_path / "m")
+    (missing / "model.onnx").unlink()
+    with pytest.raises(ArtifactError, match="missing"):
+        InfiniSession.open(missing)
+    trunc = _copy(art, tmp_path / "t")
+    data = (trunc / "model.onnx").read_bytes()
+    (trunc / "model.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArtifactError, match="bytes"):
+        InfiniSession.open(trunc)
+    _rehash(trunc)  # even with a matching hash, the loader refuses it cleanly
+    with pytest.raises(ArtifactError, match="cannot load"):
+        InfiniSession.open(trunc)
+    flipped = _copy(art, tmp_path / "f")
+    data = bytearray((flipped / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (flipped / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="sha256"):
+        InfiniSession.open(flipped)
+    newer = _copy(art, tmp_path / "n")
+    man = json.loads((newer / "manifest.json").read_text())
+    man["format_version"] = 99
+    (newer / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(ManifestError, match="format_version 99"):
+        InfiniSession.open(newer)
+
+
+def test_bad_input_leaves_state_unchanged(onnx_artifacts, tmp_path):
+    _, art = onnx_artifacts["delta"]
+    s = InfiniSession.open(art)
+    s.feed(np.arange(21) % 256)
+    before, pend, count = s.state, s.pending_tokens, s.tokens_consumed
+    for bad, match in [(np.arange(5, dtype=np.float32), "integer dtype"), (np.array([1, 300]), r"\[0, 256\)"),
+                       (np.array([-1]), r"\[0, 256\)"), (np.zeros((2, 3), dtype=np.int64), "batch size 2"),
+                       (np.zeros((1, 1, 3), dtype=np.int64), "shape")]:
+        with pytest.raises(InputError, match=match):
+            s.feed(bad)
+    with pytest.raises(InputError, match="temperature"):
+        s.generate(np.array([1]), 3, temperature=-1)
+    other = make_model("delta", seed=99)
+    from exporters.pipeline import export_artifact
+    other_art = tmp_path / "other"
+    export_artifact(other, other_art, "onnx", parity_segments=2, progress=False, log=None)
+    o = InfiniSession.open(other_art)
+    o.feed(np.arange(40) % 256)
+    o.save_state(tmp_path / "other.npz")
+    with pytest.raises(StateError, match="another model"):
+        s.load_state(tmp_path / "other.npz")
+    with pytest.raises(StateError, match="NaN"):
+        bad_state = s.state
+        bad_state["norm.0"][0, 0, 0] = np.nan
+        s.set_state(bad_state)
+    after = s.state
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k])
+    np.testing.assert_array_equal(s.pending_tokens, pend)
+    assert s.tokens_consumed == count
