@@ -41,11 +41,18 @@ def model_fingerprint(module: torch.nn.Module, spec: StepSpec) -> str:
     return h.hexdigest()
 
 
-def io_entries(spec: StepSpec, batch_symbol: str = "batch") -> tuple[list[dict], list[dict], list[dict]]:
+def logits_dtype(module: torch.nn.Module) -> str:
+    """The dtype ``step`` returns logits in (that of the weights, e.g. float16)."""
+    with torch.no_grad():
+        logits, _ = module.step(torch.zeros(1, 1, dtype=torch.int64), module.init_state(1))
+    return str(logits.dtype).replace("torch.", "")
+
+
+def io_entries(spec: StepSpec, batch_symbol: str = "batch", logits_dtype: str = "float32"):
     """Manifest ``inputs``, ``outputs`` and ``state`` entries, in graph (positional) order."""
     ins, outs = spec.input_names(), spec.output_names()
     inputs = [{"name": ins[0], "role": "ids", "dtype": "int64", "shape": [batch_symbol, spec.segment_len]}]
-    outputs = [{"name": outs[0], "role": "logits", "dtype": "float32",
+    outputs = [{"name": outs[0], "role": "logits", "dtype": logits_dtype,
                 "shape": [batch_symbol, spec.segment_len, spec.vocab_size]}]
     state = []
     for s, i_name, o_name in zip(spec.state, ins[1:], outs[1:]):
@@ -61,7 +68,7 @@ def build_manifest(module: torch.nn.Module, spec: StepSpec, *, backend: str, pro
                    directory: Path | None, max_batch: int, exporter: dict | None = None,
                    quantization: str | None = None) -> dict:
     """The manifest document (see ``runtime.manifest``); ``files`` maps key -> path inside ``directory``."""
-    inputs, outputs, state = io_entries(spec)
+    inputs, outputs, state = io_entries(spec, logits_dtype=logits_dtype(module))
     init = module.init_state(1)
     zeros = all(not t.any() for t in flatten_state(init))
     file_entries = {}

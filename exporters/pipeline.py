@@ -38,7 +38,7 @@ def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "on
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
     write_manifest(out_dir, manifest)
     session = InfiniSession.open(out_dir)
-    report = validate(session.backend, module, precision=quantize or "float32", segments=parity_segments,
+    report = validate(session.backend, module, precision=quantize or manifest["weights_dtype"], segments=parity_segments,
                       manifest=session.manifest, progress=progress)
     manifest["parity"] = {"tolerance": report.tolerance, "segments": parity_segments, "passed": report.passed,
                           "measured": report.summary, "failures": report.failures[:50]}

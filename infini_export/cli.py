@@ -73,7 +73,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     tokens = None
     if args.tokens:
         tokens = np.frombuffer(Path(args.tokens).read_bytes(), dtype=np.uint8).astype(np.int64)
-    precision = session.manifest.data.get("quantization") or "float32"
+    precision = session.manifest.data.get("quantization") or session.manifest.data.get("weights_dtype", "float32")
     report = validate(session.backend, module, precision=precision, segments=args.segments, batch=args.batch,
                       seed=args.seed, tokens=tokens, manifest=session.manifest)
     print(report.table(rows=args.rows))
