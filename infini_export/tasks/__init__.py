@@ -1,0 +1,1 @@
+"""Evaluation tasks (torch-free: numpy only)."""

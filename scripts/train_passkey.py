@@ -1,0 +1,472 @@
+#!/usr/bin/env python
+"""Train an Infini-Transformer on passkey retrieval (byte tokens), with a length curriculum.
+
+Recipe (see shared/passkey.md): AdamW, warm-up + cosine to 0.1x, clip 1.0, a separate higher learning
+rate for the gates (``*.beta``), full back-propagation through the memory across every segment, and
+three helpers:
+  1. a loss on the key's second mention inside the needle (a local copy learnt first);
+  2. a quarter of the batches with no filler (and no instruction): the whole task fits in one segment;
+  3. the input length grows only when the training exact match on the current length is > 0.8;
+plus a small LM loss on every predictable byte.
+
+Examples::
+
+    python scripts/train_passkey.py --out models/passkey-small --minutes 50
+    python scripts/train_passkey.py --out models/passkey-small --minutes 60 --resume   # continue to 60 min in all
+    python scripts/train_passkey.py --out models/passkey-small --evaluate --eval-lengths 8192,32768
+
+The output folder gets config.json + model.safetensors (``save_checkpoint``), train_report.json,
+train_report.png and train_state.pt (optimizer, step, curriculum, RNG: for ``--resume``; do not commit it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from infini_export import InfiniConfig, InfiniTransformer, load_checkpoint, save_checkpoint  # noqa: E402
+from infini_export.tasks import passkey as P  # noqa: E402
+
+STATE_FILE = "train_state.pt"
+REPORT_JSON = "train_report.json"
+REPORT_PNG = "train_report.png"
+
+
+# ---- a small streaming session over the eager model (feed/reset, the task's session API) ---------
+class EagerSession:
+    """``feed(ids (B, T)) -> logits (B, T, V)`` over ``model.step``, any length, state kept across calls.
+
+    Keeps the state committed at the last full-segment boundary plus the pending partial segment's
+    tokens; each feed re-runs pending + new tokens, commits every complete segment and runs the
+    trailing partial one without committing.
+    """
+
+    def __init__(self, model: InfiniTransformer):
+        self.model = model
+        self.N = model.cfg.segment_len
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = None
+        self.pending = None  # (B, r) int64 tokens of the current, incomplete segment
+
+    @torch.inference_mode()
+    def feed(self, ids: np.ndarray) -> np.ndarray:
+        new = torch.as_tensor(np.asarray(ids, dtype=np.int64))
+        if new.dim() != 2 or new.shape[1] < 1:
+            raise ValueError(f"feed takes (batch, time) ids with time >= 1, got shape {tuple(new.shape)}")
+        if self.state is None:
+            self.state = self.model.init_state(new.shape[0])
+            self.pending = new[:, :0]
+        allt = torch.cat([self.pending, new], dim=1)
+        outs = []
+        n_full = allt.shape[1] // self.N
+        for s in range(n_full):
+            logits, self.state = self.model.step(allt[:, s * self.N:(s + 1) * self.N], self.state)
+            outs.append(logits)
+        rest = allt[:, n_full * self.N:]
+        if rest.shape[1]:
+            logits, _ = self.model.step(rest, self.state)  # not committed: the segment is incomplete
+            outs.append(logits)
+        self.pending = rest
+        return torch.cat(outs, dim=1)[:, -new.shape[1]:].float().numpy()
+
+
+# ---- helpers --------------------------------------------------------------------------------------
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def lr_factor(step: int, progress: float, warmup: int, final: float = 0.1) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine from 1 to ``final`` over progress in [0, 1]."""
+    warm = min(1.0, (step + 1) / max(1, warmup))
+    p = min(1.0, max(0.0, progress))
+    return warm * (final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * p)))
+
+
+def build_optimizer(model: InfiniTransformer, lr: float, gate_lr: float, weight_decay: float):
+    gates, decay, no_decay = [], [], []
+    for name, p in model.named_parameters():
+        if name.endswith(".beta"):
+            gates.append(p)
+        elif p.dim() == 2 and not name.startswith("embed"):
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    groups = [
+        {"params": decay, "lr": lr, "weight_decay": weight_decay, "base_lr": lr, "name": "decay"},
+        {"params": no_decay, "lr": lr, "weight_decay": 0.0, "base_lr": lr, "name": "no_decay"},
+        {"params": gates, "lr": gate_lr, "weight_decay": 0.0, "base_lr": gate_lr, "name": "gates"},
+    ]
+    return torch.optim.AdamW(groups, betas=(0.9, 0.95), eps=1e-8)
+
+
+def heldout_sets(args, cfg: InfiniConfig):
+    """Fixed held-out prompts whose needle lies in an earlier segment than the prompt's last token."""
+    sets = []
+    for i, length in enumerate(args.heldout_lengths):
+        for j, depth in enumerate(args.heldout_depths):
+            batch = P.make_batch(args.heldout_prompts, length, depth, [10 ** 6 + args.seed, i, j])
+            last_seg = (length - 1) // cfg.segment_len
+            if not np.all(batch.needle_end // cfg.segment_len < last_seg):
+                raise ValueError(f"held-out cell length={length} depth={depth} has the needle in the question's segment")
+            sets.append(((length, depth), batch))
+    return sets
+
+
+def evaluate_heldout(model, sets, batch_size: int) -> dict:
+    was_training = model.training
+    model.eval()
+    session = EagerSession(model)
+    cells, correct, total = {}, 0, 0
+    for (length, depth), batch in sets:
+        res = P.score_batch(session, batch, batch_size=batch_size)
+        cells[f"{length}@{depth:g}"] = res.accuracy
+        correct += sum(res.correct)
+        total += len(res)
+    model.train(was_training)
+    return {"em": correct / max(1, total), "cells": cells, "n": total}
+
+
+def next_length(cur: int, max_len: int) -> int:
+    """Curriculum: 2 filler sentences (~40 tokens) at a time, or 6% once inputs are longer."""
+    return min(max_len, cur + max(40, int(0.06 * cur)))
+
+
+def make_train_batch(rng: np.random.Generator, cur_len: int, args, cfg: InfiniConfig):
+    """(batch, kind): a quarter no-filler batches; else filler at about the current length."""
+    N = cfg.segment_len
+    if rng.random() < args.no_filler_frac:
+        L = P.min_length(instruction=False)
+        B = args.max_batch
+        depths = rng.random(B)
+        return P.make_batch(B, L, depths, rng, instruction=False), "nofill"
+    lo = P.min_length(instruction=True)
+    if rng.random() < 0.25 and cur_len >= 2 * N:
+        # end the prompt within a few tokens of a segment boundary: the answer spills into a new segment
+        L = (cur_len // N) * N - int(rng.integers(0, 4))
+    else:
+        L = cur_len - int(rng.integers(0, min(N, cur_len - lo + 1)))
+    L = max(lo, L)
+    B = int(max(1, min(args.max_batch, args.tokens_per_step // (L + P.ANSWER_LEN))))
+    depths = rng.random(B)
+    return P.make_batch(B, L, depths, rng), "filler"
+
+
+def train_step_losses(model, batch: P.PasskeyBatch):
+    full = torch.from_numpy(batch.full_ids)  # (B, L + 6)
+    inp, tgt = full[:, :-1], full[:, 1:]  # (B, L + 5)
+    B, L = batch.ids.shape
+    logits, _ = model(inp)  # (B, L + 5, V)
+    nll = F.cross_entropy(logits.float().transpose(1, 2), tgt, reduction="none")  # (B, L + 5)
+    ar5 = torch.arange(P.KEY_DIGITS)
+    ans_idx = (L - 1) + torch.arange(P.ANSWER_LEN)  # targets L .. L+5: " " + digits
+    ans_nll = nll[:, ans_idx]  # (B, 6)
+    kp = torch.from_numpy(batch.key_positions)  # (B, 2)
+    needle_idx = kp[:, 1:2] - 1 + ar5[None, :]  # (B, 5): 2nd mention digits as targets
+    needle_nll = nll.gather(1, needle_idx)
+    mask = torch.ones_like(nll)
+    mask.scatter_(1, kp[:, 0:1] - 1 + ar5[None, :], 0.0)  # 1st mention digits are random: no LM loss
+    lm = (nll * mask).sum() / mask.sum()
+    pred = logits[:, ans_idx[1:]].argmax(-1)  # (B, 5)
+    em = (pred == tgt[:, ans_idx[1:]]).all(dim=-1).float()  # (B,)
+    return ans_nll, needle_nll, lm, em
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_report(out: Path, report: dict) -> None:
+    tmp = out / (REPORT_JSON + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    os.replace(tmp, out / REPORT_JSON)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception as exc:  # plotting is a nicety
+        log(f"no plot: {exc}")
+        return
+    hist, evals = report["history"], report["evals"]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    if hist:
+        steps = [h["step"] for h in hist]
+        ax1.plot(steps, [h["loss"] for h in hist], label="total loss")
+        ax1.plot(steps, [h["answer_loss"] for h in hist], label="answer loss (digits)")
+        ax1.plot(steps, [h["lm_loss"] for h in hist], label="LM loss", alpha=0.7)
+        ax1.axhline(math.log(10), color="gray", ls=":", label="chance (ln 10)")
+        ax1.set_ylabel("loss (nats)")
+        ax1.set_yscale("log")
+        ax1.legend(loc="upper right", fontsize=8)
+        axl = ax2.twinx()
+        axl.plot(steps, [h["length"] for h in hist], color="tab:gray", alpha=0.5, label="curriculum length")
+        axl.set_ylabel("input length (tokens)")
+        axl.legend(loc="lower right", fontsize=8)
+    if evals:
+        ax2.plot([e["step"] for e in evals], [e["em"] for e in evals], "o-", color="tab:green",
+                 label="held-out EM (key in an earlier segment)")
+    ax2.set_ylim(-0.03, 1.03)
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("exact match")
+    ax2.legend(loc="upper left", fontsize=8)
+    fig.suptitle(f"passkey training: {report.get('preset')} ({report.get('parameters', 0):,} params)")
+    fig.tight_layout()
+    fig.savefig(out / REPORT_PNG, dpi=100)
+    plt.close(fig)
+
+
+# ---- evaluation only --------------------------------------------------------------------------------
+def run_evaluate(args) -> int:
+    model = load_checkpoint(args.out)
+    session = EagerSession(model)
+    lengths = [int(x) for x in args.eval_lengths.split(",")]
+    depths = [float(x) for x in args.eval_depths.split(",")]
+    rows = {}
+    t0 = time.time()
+    for length in lengths:
+        for depth in depths:
+            batch = P.make_batch(args.eval_prompts, length, depth, [2 * 10 ** 6 + args.seed, length, int(depth * 1000)])
+            res = P.score_batch(session, batch)
+            rows[(length, depth)] = res
+            log(f"length {length} depth {depth:g}: EM {res.accuracy:.2f}  answers {res.answers} keys {res.keys}")
+    print(f"\nExact match, {args.eval_prompts} prompts per cell, greedy, eager torch ({time.time() - t0:.0f} s)\n")
+    print("| length | " + " | ".join(f"depth {d:g}" for d in depths) + " |")
+    print("|---|" + "---|" * len(depths))
+    for length in lengths:
+        cells = [f"{sum(rows[(length, d)].correct)}/{len(rows[(length, d)])}" for d in depths]
+        print(f"| {length:,} | " + " | ".join(cells) + " |")
+    if args.eval_json:
+        Path(args.eval_json).write_text(json.dumps(
+            [{"length": k[0], "depth": k[1], "em": v.accuracy, "answers": v.answers, "keys": v.keys}
+             for k, v in rows.items()], indent=1) + "\n")
+    return 0
+
+
+# ---- training -----------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="models/passkey-small", help="output folder")
+    ap.add_argument("--minutes", type=float, default=50.0, help="wall-time budget in minutes, all runs together (0: none)")
+    ap.add_argument("--steps", type=int, default=0, help="step budget (0: none)")
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    ap.add_argument("--preset", default="small", help="InfiniConfig preset")
+    ap.add_argument("--update", default=None, choices=("linear", "delta"), help="override the memory rule")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="tiny smoke run: small batches, short inputs, little eval")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads; on a busy machine 1 can be several times faster than 2 (OpenMP spin-waits)")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--gate-lr", type=float, default=2e-2, help="learning rate of the gates (*.beta)")
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--tokens-per-step", type=int, default=16384)
+    ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--max-len", type=int, default=4096, help="longest prompt of the curriculum")
+    ap.add_argument("--start-len", type=int, default=0, help="first prompt length (0: 2 filler sentences)")
+    ap.add_argument("--no-filler-frac", type=float, default=0.25)
+    ap.add_argument("--needle-weight", type=float, default=1.0)
+    ap.add_argument("--lm-weight", type=float, default=0.1)
+    ap.add_argument("--promote-em", type=float, default=0.8)
+    ap.add_argument("--promote-rows", type=int, default=32, help="training rows at the current length behind a promotion")
+    ap.add_argument("--log-every", type=float, default=30.0, help="seconds between progress lines")
+    ap.add_argument("--eval-every", type=float, default=5.0, help="minutes between held-out evaluations")
+    ap.add_argument("--save-every", type=float, default=3.0, help="minutes between saves of train_state.pt")
+    ap.add_argument("--heldout-lengths", default="1000,2048,4096")
+    ap.add_argument("--heldout-depths", default="0,0.5")
+    ap.add_argument("--heldout-prompts", type=int, default=4)
+    ap.add_argument("--evaluate", action="store_true", help="only evaluate the checkpoint in OUT")
+    ap.add_argument("--eval-lengths", default="8192,32768")
+    ap.add_argument("--eval-depths", default="0,0.5,1")
+    ap.add_argument("--eval-prompts", type=int, default=5)
+    ap.add_argument("--eval-json", default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.evaluate:
+        return run_evaluate(args)
+
+    overrides = {"update": args.update} if args.update else {}
+    cfg = InfiniConfig.from_name(args.preset, **overrides)
+    if args.quick:
+        args.tokens_per_step, args.max_batch = 1024, 2
+        args.max_len = min(args.max_len, P.min_length() + 120)
+        args.heldout_lengths, args.heldout_depths, args.heldout_prompts = str(P.min_length() + 80), "0", 2
+        args.log_every, args.warmup = 0.0, 2
+    args.heldout_lengths = [int(x) for x in str(args.heldout_lengths).split(",")]
+    args.heldout_depths = [float(x) for x in str(args.heldout_depths).split(",")]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / STATE_FILE
+
+    torch.manual_seed(args.seed)
+    model = InfiniTransformer(cfg)
+    opt = build_optimizer(model, args.lr, args.gate_lr, args.weight_decay)
+    rng = np.random.default_rng(args.seed)
+    random.seed(args.seed)
+    start_len = args.start_len or (P.min_length() + 40)
+    tr = {"step": 0, "elapsed": 0.0, "tokens": 0, "cur_len": start_len, "history": [], "evals": [],
+          "promotions": [], "em_window": [], "runs": []}
+    if args.resume:
+        if not state_path.is_file():
+            raise SystemExit(f"--resume: {state_path} does not exist")
+        ck = torch.load(state_path, map_location="cpu", weights_only=False)
+        if ck["config"] != cfg.to_dict():
+            raise SystemExit(f"--resume: {state_path} was trained with another config: {ck['config']}")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        tr = ck["train"]
+        rng.bit_generator.state = ck["numpy_rng"]
+        torch.set_rng_state(ck["torch_rng"])
+        random.setstate(ck["python_rng"])
+        log(f"resumed from {state_path}: step {tr['step']}, {tr['elapsed'] / 60:.1f} min, length {tr['cur_len']}")
+    model.train()
+    n_params = model.num_parameters()
+    heldout = heldout_sets(args, cfg)
+    em_window = deque(tr["em_window"], maxlen=10 ** 6)
+    tr["runs"].append({"argv": sys.argv, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "start_step": tr["step"]})
+    log(f"{args.preset}: {n_params:,} params, update={cfg.update}, segment_len={cfg.segment_len}, "
+        f"threads={torch.get_num_threads()}, budget: {args.minutes} min / {args.steps or '-'} steps, out={out}")
+
+    stop = {"flag": False}
+
+    def on_signal(signum, frame):  # finish the step, save, exit
+        stop["flag"] = True
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def save_state() -> None:
+        tr["em_window"] = list(em_window)
+        atomic_torch_save({"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                           "train": tr, "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                           "python_rng": random.getstate(), "args": {k: v for k, v in vars(args).items()}},
+                          state_path)
+
+    def report(final: bool) -> dict:
+        last_eval = tr["evals"][-1] if tr["evals"] else None
+        rep = {"preset": args.preset, "config": cfg.to_dict(), "parameters": n_params,
+               "steps": tr["step"], "tokens": tr["tokens"], "train_minutes": round(tr["elapsed"] / 60, 2),
+               "final": final, "curriculum_length": tr["cur_len"], "max_len": args.max_len,
+               "heldout_em": last_eval["em"] if last_eval else None,
+               "heldout": {"lengths": args.heldout_lengths, "depths": args.heldout_depths,
+                           "prompts_per_cell": args.heldout_prompts,
+                           "note": "needle in an earlier segment than the prompt's last token; greedy, exact match"},
+               "recipe": {k: getattr(args, k) for k in ("lr", "gate_lr", "weight_decay", "warmup", "tokens_per_step",
+                                                         "max_batch", "max_len", "no_filler_frac", "needle_weight",
+                                                         "lm_weight", "promote_em", "promote_rows", "seed")},
+               "runs": tr["runs"], "promotions": tr["promotions"], "evals": tr["evals"], "history": tr["history"]}
+        write_report(out, rep)
+        return rep
+
+    def do_eval() -> dict:
+        t = time.time()
+        res = evaluate_heldout(model, heldout, batch_size=16)
+        res.update(step=tr["step"], minutes=round(tr["elapsed"] / 60, 2), length=tr["cur_len"])
+        tr["evals"].append(res)
+        log(f"held-out EM {res['em']:.3f} over {res['n']} prompts at step {tr['step']} "
+            f"({time.time() - t:.1f} s): {res['cells']}")
+        return res
+
+    budget_s = args.minutes * 60.0 if args.minutes > 0 else float("inf")
+    t_last = time.time()
+    t_eval = t_save = t_log = t_last
+    acc = {"loss": 0.0, "ans": 0.0, "needle": 0.0, "lm": 0.0, "em_f": [], "em_n": [], "n": 0, "tok": 0, "t": 0.0}
+    while not stop["flag"]:
+        if args.steps and tr["step"] >= args.steps:
+            break
+        if tr["elapsed"] >= budget_s:
+            break
+        progress = max(tr["step"] / args.steps if args.steps else 0.0, tr["elapsed"] / budget_s)
+        f = lr_factor(tr["step"], progress, args.warmup)
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * f
+        batch, kind = make_train_batch(rng, tr["cur_len"], args, cfg)
+        ans_nll, needle_nll, lm, em = train_step_losses(model, batch)
+        loss = ans_nll.mean() + args.needle_weight * needle_nll.mean() + args.lm_weight * lm
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        now = time.time()
+        tr["elapsed"] += now - t_last
+        t_last = now
+        tr["step"] += 1
+        ntok = int(batch.ids.shape[0] * (batch.ids.shape[1] + P.ANSWER_LEN - 1))
+        tr["tokens"] += ntok
+        acc["loss"] += float(loss.detach())
+        acc["ans"] += float(ans_nll[:, 1:].detach().mean())
+        acc["needle"] += float(needle_nll.detach().mean())
+        acc["lm"] += float(lm.detach())
+        acc["n"] += 1
+        acc["tok"] += ntok
+        (acc["em_f"] if kind == "filler" else acc["em_n"]).extend(em.tolist())
+        # curriculum: promote on the training EM of filler batches at the current length
+        if kind == "filler":
+            em_window.extend(em.tolist())
+            if len(em_window) >= args.promote_rows and tr["cur_len"] < args.max_len:
+                recent = list(em_window)[-args.promote_rows:]
+                if float(np.mean(recent)) > args.promote_em:
+                    new_len = next_length(tr["cur_len"], args.max_len)
+                    tr["promotions"].append({"step": tr["step"], "minutes": round(tr["elapsed"] / 60, 2),
+                                             "from": tr["cur_len"], "to": new_len})
+                    log(f"step {tr['step']}: train EM {np.mean(recent):.2f} > {args.promote_em}: length "
+                        f"{tr['cur_len']} -> {new_len}")
+                    tr["cur_len"] = new_len
+                    em_window.clear()
+        if now - t_log >= args.log_every or args.quick:
+            n = max(1, acc["n"])
+            dt = max(1e-6, now - t_log)
+            rec = {"step": tr["step"], "minutes": round(tr["elapsed"] / 60, 2), "loss": acc["loss"] / n,
+                   "answer_loss": acc["ans"] / n, "needle_loss": acc["needle"] / n, "lm_loss": acc["lm"] / n,
+                   "train_em": float(np.mean(acc["em_f"])) if acc["em_f"] else None,
+                   "train_em_nofill": float(np.mean(acc["em_n"])) if acc["em_n"] else None,
+                   "length": tr["cur_len"], "lr": opt.param_groups[0]["lr"], "tokens": tr["tokens"],
+                   "tokens_per_s": acc["tok"] / dt,
+                   "gates": [round(float(torch.sigmoid(b.attn.beta).mean()), 3) for b in model.blocks]}
+            tr["history"].append(rec)
+            em_s = "-" if rec["train_em"] is None else f"{rec['train_em']:.2f}"
+            em_n = "-" if rec["train_em_nofill"] is None else f"{rec['train_em_nofill']:.2f}"
+            log(f"step {rec['step']:5d} | {rec['minutes']:5.1f} min | loss {rec['loss']:.3f} | answer {rec['answer_loss']:.3f}"
+                f" | needle {rec['needle_loss']:.3f} | lm {rec['lm_loss']:.3f} | train EM {em_s} (no filler {em_n})"
+                f" | len {tr['cur_len']} | lr {rec['lr']:.2e} | {rec['tokens_per_s']:.0f} tok/s | gates {rec['gates']}")
+            acc = {"loss": 0.0, "ans": 0.0, "needle": 0.0, "lm": 0.0, "em_f": [], "em_n": [], "n": 0, "tok": 0, "t": 0.0}
+            t_log = now
+        if now - t_eval >= args.eval_every * 60:
+            do_eval()
+            t_eval = t_last = time.time()  # the wall-time budget includes evaluations
+            tr["elapsed"] += t_eval - now
+        if now - t_save >= args.save_every * 60:
+            save_state()
+            save_checkpoint(model, out)
+            report(final=False)
+            t_save = time.time()
+
+    model.eval()
+    if not stop["flag"] and (not tr["evals"] or tr["evals"][-1]["step"] != tr["step"]):
+        do_eval()  # (skipped when interrupted: save quickly)
+    save_checkpoint(model, out)
+    save_state()
+    rep = report(final=not stop["flag"])
+    log(f"done: {tr['step']} steps, {tr['tokens']:,} tokens, {tr['elapsed'] / 60:.1f} min, length {tr['cur_len']}, "
+        f"held-out EM {rep['heldout_em']}; wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
