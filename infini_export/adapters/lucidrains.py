@@ -1,0 +1,327 @@
+"""Step adapter for ``infini_transformer_pytorch.InfiniTransformer`` (lucidrains, 0.2.1).
+
+``LucidrainsStep(their_model, segment_len)`` keeps the project's step protocol and reproduces
+their ``InfiniTransformer.forward(segment, past_memories=..., return_new_memories=True)`` as driven
+segment by segment by their ``InfiniTransformerWrapper``, weight for weight: their module is held
+as the submodule ``model`` and its submodules and parameters are called as they are.
+
+What their code does (read from ``infini_transformer.py`` and ``rotary_embedding_torch``), and what
+the adapter therefore computes per layer on a segment of T tokens, x (B, T, D):
+
+- ``x = RMSNorm(x)`` = ``F.normalize(x, dim=-1) * sqrt(D) * gamma`` (their own RMSNorm);
+- ``q, k, v`` from one bias-free ``to_qkv`` projection, laid out ``(qkv h d)``;
+- local attention: ``q`` is scaled by ``dim_head ** -0.5`` *before* rotary; rotary
+  (``RotaryEmbedding(dim_head)``, theta 10000, interleaved pairs, positions 0..T-1 restarting in
+  every segment) on scaled q and on k; causal mask filled with ``-finfo.max``; softmax; dropout;
+- memory read with the *un-rotated, un-scaled* q: ``sigma(q) M / clamp(sigma(q) z, min=1e-10)``,
+  ``sigma = elu + 1``; gate ``g = sigmoid(head_gates)`` (init 10) weights the LOCAL output:
+  ``out = g * A_dot + (1 - g) * A_mem`` (the paper's convention inverted);
+- on the first segment there is no memory at all: the read and the gate are skipped, ``out = A_dot``
+  (not the same as zero memory, which gives ``g * A_dot``);
+- memory write with the un-rotated k and v: ``M += sigma(k)^T dv``, ``z += sum_t sigma(k_t)``;
+  ``dv = v`` (linear), or with ``use_mem_delta_rule`` and a past memory
+  ``dv = v - sigma(k) M / clamp(sigma(k) z, min=1e-10)``; with ``learned_delta_update`` a per-token,
+  per-head ``w = sigmoid(Linear(x_normed))`` turns ``v`` into ``v.lerp(delta_v, w)`` (delta rule with
+  memory) or ``v * (1 - w)`` (otherwise, including the first segment of the delta rule);
+- ``x = x + to_out(heads)``, ``x = x + FF(x)`` with ``FF = proj_out(gelu(gate) * value)``,
+  ``value, gate = proj_in(RMSNorm(x)).chunk(2)``, hidden ``int(ff_mult * D * 2 / 3)``;
+- ``logits = to_logits(RMSNorm(x))`` (with bias, no weight tying).
+
+The "no memory yet" case is carried in the state as ``has_memory`` (B, 1) float32: 0 from
+``init_state``, 1 after any step. ``step`` selects with ``torch.where`` (no Python branch), so one
+traced graph serves the first and every later segment, and rows of a batch can be at different
+stages. With ``has_memory`` <= 0.5 the incoming ``memory.i``/``norm.i`` are ignored (as their
+``past_memories=None``).
+
+Patched around for ``torch.export`` (their modules are not modified): their rotary embedding is
+not called (its forward writes a cache buffer and a Python attribute, a side effect, and is wrapped
+in an autocast context that appears in the graph); the adapter computes the same rotation from
+their ``rotary_emb.freqs`` parameter. ``chunk``/``unbind`` on activations (their feed-forward, head
+split and ``rotate_half``) are replaced by slicing/indexing, and the ``None``-memory branch by the
+flag above. Every replacement is value-identical, so eager results match theirs bit for bit on
+float32 CPU.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..state import LayerMemory, StateTensorSpec, StepSpec, layer_state_specs
+
+STATE_DTYPE = torch.float32
+HAS_MEMORY = "has_memory"
+MEMORY_EPS = 1e-10  # their retrieve_from_kv_memories default: denominator clamped, not offset
+
+
+def _their_package():
+    try:
+        import infini_transformer_pytorch
+    except ImportError as exc:  # pragma: no cover - the package is a hard requirement of this adapter
+        raise ImportError("the lucidrains adapter needs `pip install infini-transformer-pytorch`") from exc
+    return infini_transformer_pytorch
+
+
+def _their_version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("infini-transformer-pytorch")
+    except Exception:  # pragma: no cover
+        return "unknown"
+
+
+class LucidrainsStep(nn.Module):
+    """Pure segment step over a lucidrains ``InfiniTransformer``; their module is ``self.model``.
+
+    State (nested as ``(LayerMemory(memory.0, norm.0), ..., has_memory)``, flattened in that order):
+    ``memory.{i}`` (B, H, dim_head, dim_head), ``norm.{i}`` (B, H, dim_head) per layer, then
+    ``has_memory`` (B, 1); all float32.
+    """
+
+    def __init__(self, their_model: nn.Module, segment_len: int):
+        super().__init__()
+        pkg = _their_package()
+        if not isinstance(their_model, pkg.InfiniTransformer):
+            raise TypeError(f"expected an infini_transformer_pytorch.InfiniTransformer, got {type(their_model).__name__}")
+        if not isinstance(segment_len, int) or isinstance(segment_len, bool) or segment_len < 1:
+            raise ValueError(f"segment_len must be an integer >= 1, got {segment_len!r}")
+        self.model = their_model
+        self.segment_len = segment_len
+
+        first_attn = their_model.layers[0][0]
+        self.vocab_size = their_model.token_emb.num_embeddings
+        self.dim = their_model.token_emb.embedding_dim
+        self.depth = len(their_model.layers)
+        self.heads = first_attn.fastweight_mem.head_gates.numel()
+        self.dim_head = first_attn.to_qkv.out_features // (3 * self.heads)
+        self.use_mem_delta_rule = bool(first_attn.fastweight_mem.use_mem_delta_rule)
+        self.learned_delta_update = first_attn.to_learned_delta_update_weights is not None
+        for i, (attn, _ff) in enumerate(their_model.layers):
+            rot = attn.rotary_emb
+            if rot.use_xpos or rot.seq_before_head_dim or rot.freqs_for == "pixel":
+                raise ValueError(f"layer {i}: rotary embedding options (xpos / seq_before_head_dim / pixel) "
+                                 "that InfiniTransformer 0.2.1 never sets; not supported")
+            if 2 * rot.freqs.numel() != self.dim_head:
+                # odd dim_head: their RotaryEmbedding(dim_head) caches (T, dim_head - 1) frequencies into a
+                # (8192, dim_head) buffer and raises on the first forward, so there is nothing to reproduce
+                raise ValueError(f"layer {i}: dim_head={self.dim_head} with {rot.freqs.numel()} rotary frequencies; "
+                                 "infini_transformer_pytorch only runs with an even dim_head")
+        # their causal mask, a constant: ones((T, T)).triu(1), True = masked
+        mask = torch.ones((segment_len, segment_len), dtype=torch.bool).triu(1)
+        self.register_buffer("causal_mask", mask, persistent=False)
+
+    # ---- the step protocol ---------------------------------------------------------------------
+    def step_spec(self) -> StepSpec:
+        state = layer_state_specs(self.depth, self.heads, self.dim_head) + (
+            StateTensorSpec(HAS_MEMORY, ("batch", 1)),)
+        extra = {
+            "model": "infini_transformer_pytorch.InfiniTransformer",
+            "package_version": _their_version(),
+            "adapter": "infini_export.adapters.lucidrains.LucidrainsStep",
+            "dim": self.dim, "depth": self.depth, "heads": self.heads, "dim_head": self.dim_head,
+            "ff_inner": self.model.layers[0][1].proj_out.in_features,
+            "use_mem_delta_rule": self.use_mem_delta_rule,
+            "learned_delta_update": self.learned_delta_update,
+            "gate": "sigmoid(head_gates) weights the local attention (inverse of the paper)",
+            "has_memory": "0 before the first segment (no memory read, no gate), 1 afterwards",
+            "memory_eps": MEMORY_EPS,
+        }
+        return StepSpec(self.vocab_size, self.segment_len, state, extra=extra)
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None):
+        """No memory: zero ``memory.i``/``norm.i`` and ``has_memory`` = 0 (their ``past_memories=None``)."""
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        device = device if device is not None else self.model.token_emb.weight.device
+        H, d = self.heads, self.dim_head
+        layers = tuple(
+            LayerMemory(torch.zeros(batch_size, H, d, d, dtype=STATE_DTYPE, device=device),
+                        torch.zeros(batch_size, H, d, dtype=STATE_DTYPE, device=device))
+            for _ in range(self.depth))
+        return (*layers, torch.zeros(batch_size, 1, dtype=STATE_DTYPE, device=device))
+
+    def step(self, input_ids: torch.Tensor, state):
+        """One segment: ``(input_ids (B, T) int64, state) -> (logits (B, T, V), new_state)``, 1 <= T <= segment_len.
+
+        Pure. Equals their ``forward(input_ids, past_memories=None if has_memory == 0 else memories,
+        return_new_memories=True)``, with ``new_state`` = their new memories and ``has_memory`` = 1.
+        """
+        if not torch.compiler.is_compiling():
+            self.check_step_inputs(input_ids, state)
+        *layer_state, has_memory = state
+        use_mem = (has_memory > 0.5)[:, :, None, None]  # (B, 1, 1, 1) bool
+
+        x = self.model.token_emb(input_ids)  # (B, T, D)
+        new_layers = []
+        for (attn, ff), mem in zip(self.model.layers, layer_state):
+            attn_out, new_mem = self._attention(attn, x, mem, use_mem)
+            x = attn_out + x
+            x = self._feed_forward(ff, x) + x
+            new_layers.append(new_mem)
+        logits = self.model.to_logits(self.model.norm(x))  # (B, T, V)
+        return logits, (*new_layers, torch.ones_like(has_memory))
+
+    # ---- their layers, re-expressed ------------------------------------------------------------
+    def _rotate(self, attn, t: torch.Tensor) -> torch.Tensor:
+        """``rotary_emb.rotate_queries_or_keys(t)`` at positions 0..T-1, without its cache side effect."""
+        rot = attn.rotary_emb
+        T = t.shape[-2]
+        seq = torch.arange(T, device=t.device, dtype=t.dtype) / rot.interpolate_factor  # get_seq_pos
+        freqs = torch.einsum("n,f->nf", _cast(seq, rot.freqs.dtype), rot.freqs)  # (T, F)
+        freqs = freqs[:, :, None].expand(T, freqs.shape[-1], 2).reshape(T, 2 * freqs.shape[-1])  # (T, 2F): (f r)
+        pairs = t.reshape(*t.shape[:-1], t.shape[-1] // 2, 2)  # rotate_half on interleaved pairs (d r)
+        halved = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).reshape(t.shape)
+        out = (t * freqs.cos()) + (halved * freqs.sin())  # rotates all dim_head features (checked in __init__)
+        return _cast(out, t.dtype)
+
+    def _attention(self, attn, x: torch.Tensor, mem, use_mem: torch.Tensor):
+        B, T, _ = x.shape
+        H, d = self.heads, self.dim_head
+        x = attn.norm(x)  # (B, T, D)
+        qkv = attn.to_qkv(x).reshape(B, T, 3, H, d).permute(2, 0, 3, 1, 4)  # (3, B, H, T, d)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, T, d) each
+
+        # local causal attention (rotary after scaling, as theirs)
+        q_rot = self._rotate(attn, q * attn.scale)
+        k_rot = self._rotate(attn, k)
+        sim = torch.einsum("bhid,bhjd->bhij", q_rot, k_rot)  # (B, H, T, T)
+        sim = sim.masked_fill(self.causal_mask[:T, :T], -torch.finfo(sim.dtype).max)
+        a = attn.dropout(sim.softmax(dim=-1))
+        out = torch.einsum("bhij,bhjd->bhid", a, v)  # (B, H, T, d): A_dot
+
+        # compressive memory: with no memory, behave as past_memories=None
+        past_kv = torch.where(use_mem, mem.memory, torch.zeros_like(mem.memory))  # (B, H, d, d)
+        past_norm = torch.where(use_mem[..., 0], mem.norm, torch.zeros_like(mem.norm))  # (B, H, d)
+        kf, vf = _cast(k, STATE_DTYPE), _cast(v, STATE_DTYPE)
+
+        mem_out = _cast(_retrieve(F.elu(_cast(q, STATE_DTYPE)) + 1.0, past_kv, past_norm), out.dtype)  # A_mem
+        gates = attn.fastweight_mem.head_gates.sigmoid()[:, None, None]  # (H, 1, 1)
+        gated = out * gates + mem_out * (1.0 - gates)
+        out = torch.where(use_mem, gated, out)  # first segment: no read, no gate
+
+        out = out.permute(0, 2, 1, 3).reshape(B, T, H * d)  # merge heads
+        out = attn.to_out(out)  # (B, T, D)
+
+        # write (create_new_memories)
+        keys = F.elu(kf) + 1.0  # (B, H, T, d)
+        weights = None
+        if attn.to_learned_delta_update_weights is not None:
+            lin, act = attn.to_learned_delta_update_weights[0], attn.to_learned_delta_update_weights[2]
+            weights = _cast(act(lin(x).permute(0, 2, 1)[..., None]), STATE_DTYPE)  # (B, H, T, 1)
+        if self.use_mem_delta_rule:
+            delta_v = _retrieve(keys, past_kv, past_norm)  # exactly 0 with no memory
+            if weights is not None:
+                values = torch.where(use_mem, vf.lerp(delta_v, weights), vf * (1.0 - weights))
+            else:
+                values = vf
+            diff_values = values - delta_v
+        else:
+            diff_values = vf * (1.0 - weights) if weights is not None else vf
+        new_kv = torch.einsum("...nk,...nv->...kv", keys, diff_values) + past_kv  # eq (4)
+        new_norm = keys.sum(dim=2) + past_norm
+        return out, LayerMemory(new_kv, new_norm)
+
+    @staticmethod
+    def _feed_forward(ff, x: torch.Tensor) -> torch.Tensor:
+        h = ff.proj_in(ff.norm(x))
+        inner = ff.proj_out.in_features
+        value, gate = h[..., :inner], h[..., inner:]  # = .chunk(2, dim=-1)
+        return ff.proj_out(ff.dropout(F.gelu(gate) * value))
+
+    # ---- input checks (eager only) -------------------------------------------------------------
+    def check_step_inputs(self, input_ids, state) -> None:
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dtype != torch.int64 or input_ids.dim() != 2:
+            got = (f"{tuple(input_ids.shape)} {input_ids.dtype}" if isinstance(input_ids, torch.Tensor)
+                   else type(input_ids).__name__)
+            raise ValueError(f"input_ids must be an int64 (batch, time) tensor, got {got}")
+        B, T = input_ids.shape
+        if B < 1 or not 1 <= T <= self.segment_len:
+            raise ValueError(f"input_ids has shape {(B, T)}; a step takes batch >= 1 and 1 to "
+                             f"segment_len={self.segment_len} tokens")
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= self.vocab_size:
+            raise ValueError(f"input_ids must lie in [0, {self.vocab_size}), got values in [{lo}, {hi}]")
+        if not isinstance(state, (tuple, list)) or len(state) != self.depth + 1:
+            raise ValueError(f"state must be a tuple of {self.depth} LayerMemory then has_memory (B, 1), "
+                             f"got {type(state).__name__}"
+                             + (f" of length {len(state)}" if isinstance(state, (tuple, list)) else ""))
+        H, d = self.heads, self.dim_head
+        named = []
+        for i, mem in enumerate(state[:-1]):
+            if not isinstance(mem, (tuple, list)) or len(mem) != 2:
+                raise ValueError(f"state[{i}] must be LayerMemory(memory, norm)")
+            named += [(f"memory.{i}", mem[0], (B, H, d, d)), (f"norm.{i}", mem[1], (B, H, d))]
+        named.append((HAS_MEMORY, state[-1], (B, 1)))
+        for name, t, shape in named:
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape or t.dtype != STATE_DTYPE:
+                got = f"{tuple(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"state tensor {name} is {got}, expected {shape} torch.float32")
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t.to(dtype)``, left out of the graph when it would be a no-op."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def _retrieve(t: torch.Tensor, kv: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """Their ``retrieve_from_kv_memories``: ``t M / clamp(t z, min=1e-10)`` (eq 3 of their comments)."""
+    numer = torch.einsum("bhnk,bhkv->bhnv", t, kv)
+    denom = torch.einsum("bhnd,bhd->bhn", t, norm)
+    return numer / denom[..., None].clamp(min=MEMORY_EPS)
+
+
+# ---- loading ---------------------------------------------------------------------------------------
+def build_lucidrains(kwargs: dict) -> nn.Module:
+    """Their ``InfiniTransformer(**kwargs)``; unknown or missing keyword arguments raise ``ValueError``."""
+    pkg = _their_package()
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"InfiniTransformer kwargs must be a JSON object, got {type(kwargs).__name__}")
+    params = inspect.signature(pkg.InfiniTransformer.__init__).parameters
+    accepted = [n for n in params if n != "self"]
+    unknown = sorted(set(kwargs) - set(accepted))
+    required = [n for n, p in params.items() if n != "self" and p.default is inspect.Parameter.empty]
+    missing = [n for n in required if n not in kwargs]
+    if unknown or missing:
+        raise ValueError(f"InfiniTransformer kwargs: unknown={unknown}, missing={missing}; "
+                         f"accepted: {accepted}")
+    return pkg.InfiniTransformer(**kwargs)
+
+
+def load_lucidrains(weights_path: str | Path, kwargs_json_path: str | Path, segment_len: int) -> LucidrainsStep:
+    """Build their model from a kwargs JSON file, load a ``state_dict`` .pt strictly, wrap it (eval mode).
+
+    Missing, unexpected or mis-shaped tensors raise ``ValueError`` listing every one of them.
+    """
+    weights_path, kwargs_json_path = Path(weights_path), Path(kwargs_json_path)
+    for p in (weights_path, kwargs_json_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} does not exist")
+    try:
+        kwargs = json.loads(kwargs_json_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{kwargs_json_path} is not valid JSON: {exc}") from exc
+    model = build_lucidrains(kwargs)
+    try:
+        sd = torch.load(str(weights_path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"cannot read {weights_path} as a torch state_dict: {exc}") from exc
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{weights_path} must hold a state_dict (a dict of name -> tensor), got "
+                         f"{type(sd).__name__}" + (f" with keys {sorted(sd)[:10]}" if isinstance(sd, dict) else ""))
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    misshaped = sorted(f"{k}: file {tuple(sd[k].shape)} vs kwargs {expected[k]}"
+                       for k in set(expected) & set(sd) if tuple(sd[k].shape) != expected[k])
+    if missing or unexpected or misshaped:
+        hint = ""
+        if unexpected and all(k.startswith("model.") for k in unexpected):
+            hint = " (keys start with 'model.': save InfiniTransformerWrapper.model.state_dict(), not the wrapper's)"
+        raise ValueError(f"{weights_path} does not match {kwargs_json_path}: missing={missing}, "
+                         f"unexpected={unexpected}, misshaped={misshaped}{hint}")
+    model.load_state_dict(sd, strict=True)
+    return LucidrainsStep(model.eval(), segment_len).eval()
