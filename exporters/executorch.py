@@ -1,0 +1,215 @@
+"""ExecuTorch export of the segment step: ``.pte`` with the XNNPACK delegate (or portable kernels), optional int8.
+
+torch.export of ``FlatStep`` (batch dynamic up to ``max_batch``, as ExecuTorch plans memory for an upper
+bound) -> ``to_edge_transform_and_lower`` (XNNPACK partitioner, or none for the portable kernels) ->
+``to_executorch`` -> ``out_dir/model.pte``. A ``.pte`` carries no I/O names: the program's inputs are
+``(input_ids, *state)`` and its outputs ``(logits, *new_state)`` in the manifest's positional order.
+
+Before partitioning, one graph pass (``canonicalize_dynamic_shapes``) rewrites what the dynamic batch makes
+of reshapes: a ``view_copy`` whose size names the symbolic batch becomes a ``-1`` view (XNNPACK refuses
+symbolic sizes but takes one inferred dim), and the identity ``expand_copy`` that ``matmul`` adds before
+``bmm`` is dropped. Both are exact. What stays outside XNNPACK is reported in the manifest's ``exporter``
+entry (``delegate_partitions``, ``non_delegated_ops``).
+
+``quantize="int8"``: XNNPACK's 8-bit scheme through the PT2E flow (``XNNPACKQuantizer``, dynamic per-tensor
+int8 activations, symmetric per-channel int8 weights) on the ``nn.Linear`` modules only. The activation x
+activation matmuls (attention scores, memory read and write) and the state stay float32.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from infini_export.protocol import FlatStep, check_protocol
+
+from .artifact import build_manifest
+
+MODEL_FILE = "model.pte"
+METHOD = "forward"
+DELEGATES = ("xnnpack", "none")
+QUANTIZE = (None, "int8")
+
+log = logging.getLogger(__name__)
+
+# bookkeeping ops that are not computation: never counted as "outside the delegate"
+_NOT_OPS = {"getitem", "sym_size.int", "sym_size", "_assert_scalar", "sym_constrain_range_for_size",
+            "mul", "add", "sub", "floordiv", "ge", "le", "eq"}
+
+
+# ---- graph pass ------------------------------------------------------------------------------
+def canonicalize_dynamic_shapes(gm: torch.fx.GraphModule):
+    """Exact rewrites of the edge graph that let XNNPACK take reshapes under a dynamic batch.
+
+    - ``view_copy(x, [s0, 16, 2, 16])`` with exactly one symbolic entry -> ``view_copy(x, [-1, 16, 2, 16])``;
+    - ``expand_copy(x, shape)`` to x's own shape (``matmul`` emits one before every ``bmm``) -> ``x``;
+    - ``alias_copy(x)`` (a full slice of a buffer) -> ``x`` unless it feeds a graph output.
+    """
+    from executorch.exir.dialects._ops import ops as exir_ops
+    from torch.fx.passes.infra.pass_base import PassResult
+
+    view = exir_ops.edge.aten.view_copy.default
+    expand = exir_ops.edge.aten.expand_copy.default
+    alias = exir_ops.edge.aten.alias_copy.default
+    changed = False
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target == view:
+            size = list(node.args[1])
+            symbolic = [i for i, d in enumerate(size) if not isinstance(d, int)]
+            if len(symbolic) == 1 and -1 not in size:
+                size[symbolic[0]] = -1
+                node.args = (node.args[0], size, *node.args[2:])
+                changed = True
+        elif node.target in (expand, alias):
+            src = node.args[0]
+            val, src_val = node.meta.get("val"), getattr(src, "meta", {}).get("val")
+            if val is None or src_val is None or any(u.op == "output" for u in node.users):
+                continue
+            if tuple(val.shape) == tuple(src_val.shape) and val.dtype == src_val.dtype:
+                node.replace_all_uses_with(src)
+                gm.graph.erase_node(node)
+                changed = True
+    if changed:
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+    return PassResult(gm, changed)
+
+
+# ---- quantization ----------------------------------------------------------------------------
+def _quantize_int8(flat: FlatStep, example: tuple, dynamic_shapes: dict) -> tuple[torch.export.ExportedProgram, int]:
+    """PT2E dynamic int8 (per-channel weights) of the nn.Linear layers; returns the re-exported program."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                         get_symmetric_quantization_config)
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)
+    # nn.Linear only: the dynamic config annotates aten.linear alone, and this keeps any functional
+    # linear a model may use for something else (a reduction, a rotation) in float32
+    quantizer = XNNPACKQuantizer().set_module_type(nn.Linear, config)
+    captured = torch.export.export(flat, example, dynamic_shapes=dynamic_shapes, strict=False).module()
+    prepared = prepare_pt2e(captured, quantizer)
+    prepared(*example)  # dynamic activations need no calibration; one run checks the prepared graph
+    converted = convert_pt2e(prepared)
+    flat_shapes = (dynamic_shapes["input_ids"], *dynamic_shapes["state"])  # the graph module takes flat args
+    n_linear = sum(1 for n in converted.graph.nodes
+                   if n.op == "call_function" and n.target == torch.ops.aten.linear.default
+                   and _is_dequantized_weight(n))
+    ep = torch.export.export(converted, example, dynamic_shapes=flat_shapes, strict=False)
+    return ep, n_linear
+
+
+def _is_dequantized_weight(linear: torch.fx.Node) -> bool:
+    w = linear.args[1] if len(linear.args) > 1 else None
+    return isinstance(w, torch.fx.Node) and "dequantize" in str(w.target)
+
+
+# ---- delegation report -----------------------------------------------------------------------
+def delegation_report(edge_program) -> dict:
+    """Delegate partitions and the operators left to the portable kernels (op name -> count)."""
+    gm = edge_program.graph_module
+    outside: Counter = Counter()
+    partitions = 0
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = getattr(node.target, "__name__", str(node.target))
+        if name == "executorch_call_delegate":
+            partitions += 1
+            continue
+        short = name.split("::")[-1]
+        for prefix in ("aten.", "aten_", "dim_order_ops."):
+            short = short[len(prefix):] if short.startswith(prefix) else short
+        if short in _NOT_OPS:
+            continue
+        outside[short] += 1
+    return {"delegate_partitions": partitions, "non_delegated_ops": dict(sorted(outside.items()))}
+
+
+# ---- export ----------------------------------------------------------------------------------
+def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate: str = "xnnpack",
+                      quantize: str | None = None, max_batch: int = 64, verbose: bool = False) -> dict:
+    """Export ``module.step`` to ``out_dir/model.pte``; return the manifest (not yet written)."""
+    if delegate not in DELEGATES:
+        raise ValueError(f"delegate must be one of {DELEGATES}, got {delegate!r}")
+    if quantize not in QUANTIZE:
+        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+    if quantize == "int8" and delegate != "xnnpack":
+        raise ValueError("quantize='int8' is XNNPACK's 8-bit scheme: it needs delegate='xnnpack'")
+    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 2:
+        raise ValueError(f"max_batch must be an integer >= 2 (the batch axis is exported dynamic), got {max_batch!r}")
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+
+    spec = check_protocol(module)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    flat = FlatStep(module).eval()
+    example = flat.example_inputs(2)
+    dynamic = flat.dynamic_shapes(max_batch)
+    t0 = time.perf_counter()
+    quantized = 0
+    with torch.no_grad():
+        if quantize == "int8":
+            program, quantized = _quantize_int8(flat, example, dynamic)
+        else:
+            program = torch.export.export(flat, example, dynamic_shapes=dynamic, strict=False)
+        partitioner = []
+        if delegate == "xnnpack":
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+            partitioner = [XnnpackPartitioner()]
+        edge = to_edge_transform_and_lower(program, transform_passes=[canonicalize_dynamic_shapes],
+                                           partitioner=partitioner,
+                                           compile_config=EdgeCompileConfig(_check_ir_validity=False))
+        report = delegation_report(edge.exported_program())
+        et_program = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True))
+    n_in = len(et_program.exported_program().graph_signature.user_inputs)
+    n_out = len(et_program.exported_program().graph_signature.user_outputs)
+    if (n_in, n_out) != (len(spec.input_names()), len(spec.output_names())):
+        raise RuntimeError(f"the ExecuTorch program has {n_in} inputs and {n_out} outputs, the step has "
+                           f"{len(spec.input_names())} and {len(spec.output_names())} (an in-place state update "
+                           "adds outputs: updates must be out of place)")
+    _write_atomic(out_dir / MODEL_FILE, et_program.buffer)
+    seconds = round(time.perf_counter() - t0, 2)
+    summary = (f"executorch export ({delegate}{', int8' if quantize else ''}): {report['delegate_partitions']} "
+               f"delegate partition(s); outside the delegate: {report['non_delegated_ops'] or 'nothing'}; "
+               f"{seconds}s")
+    log.info(summary)
+    if verbose:
+        print(summary)
+    from executorch import version as et_version
+    manifest = build_manifest(
+        module, spec, backend="executorch",
+        program={"format": "pte", "file": "program", "method": METHOD, "delegate": delegate},
+        files={"program": MODEL_FILE}, directory=out_dir, max_batch=max_batch, quantization=quantize,
+        exporter={"path": "torch.export -> to_edge_transform_and_lower"
+                          + ("(XnnpackPartitioner)" if delegate == "xnnpack" else "(portable kernels)")
+                          + " -> to_executorch",
+                  "executorch": getattr(et_version, "__version__", None),
+                  "transform_passes": ["canonicalize_dynamic_shapes"],
+                  **report,
+                  "quantized_linears": quantized,
+                  "quantization_scheme": ("XNNPACKQuantizer PT2E: int8 dynamic per-tensor activations, int8 "
+                                          "symmetric per-channel weights, nn.Linear only") if quantize else None,
+                  "export_seconds": seconds})
+    return manifest
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
