@@ -178,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+    if os.environ.get("INFINI_EXPORT_NO_TORCH"):  # prove a command runs without torch (device-like process)
+        sys.modules["torch"] = None
     parser = build_parser()
     args = parser.parse_args(argv)
     from runtime.errors import InfiniRuntimeError

@@ -8,8 +8,6 @@ the last (partial) segment of the prompt from a zero state.
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,8 +174,6 @@ def open_any(model_path: str, backend: str | None):
 
 
 def main(args) -> int:
-    if os.environ.get("INFINI_EXPORT_NO_TORCH"):  # prove the measured process runs without torch
-        sys.modules["torch"] = None
     session = open_any(args.model, args.backend)
     lengths = [parse_length(x) for x in args.lengths.split(",")]
     depths = [float(x) for x in args.depths.split(",")]

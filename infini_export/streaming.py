@@ -15,6 +15,14 @@ GEN_CHUNK = 4096  # random tokens are drawn per block of this size, so any offse
 
 
 def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB (VmHWM: unlike ru_maxrss it is not inherited across exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
