@@ -1,0 +1,94 @@
+#!/usr/bin/env python
+"""Parity of every export variant against eager torch over many consecutive segments.
+
+    python scripts/parity_matrix.py --checkpoint models/passkey-small --segments 1000
+    python scripts/parity_matrix.py --preset small --segments 1000      # random weights
+
+Writes docs/parity/parity.json and docs/parity/parity.md (a table: worst logits / state error, top-1
+agreement, error trend, wiring check, verdict per variant).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from exporters.pipeline import export_artifact  # noqa: E402
+from infini_export import InfiniConfig, InfiniTransformer, load_checkpoint  # noqa: E402
+from infini_export.parity import validate  # noqa: E402
+from runtime.session import InfiniSession  # noqa: E402
+
+VARIANTS = {  # name: (format, quantize, delegate)
+    "onnx-fp32": ("onnx", None, "xnnpack"),
+    "onnx-int8": ("onnx", "int8", "xnnpack"),
+    "executorch-xnnpack-fp32": ("executorch", None, "xnnpack"),
+    "executorch-xnnpack-int8": ("executorch", "int8", "xnnpack"),
+    "executorch-portable-fp32": ("executorch", None, "none"),
+}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint")
+    p.add_argument("--preset", default="small")
+    p.add_argument("--segments", type=int, default=1000)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--out", default="docs/parity")
+    args = p.parse_args()
+    if args.checkpoint:
+        model, source = load_checkpoint(args.checkpoint), args.checkpoint
+    else:
+        torch.manual_seed(0)
+        model, source = InfiniTransformer(InfiniConfig.from_name(args.preset)).eval(), f"{args.preset} (random)"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.variants.split(","):
+            fmt, quant, delegate = VARIANTS[name]
+            t0 = time.perf_counter()
+            print(f"== {name}: export", flush=True)
+            try:
+                export_artifact(model, Path(tmp) / name, fmt, quantize=quant, delegate=delegate,
+                                parity_segments=4, progress=False, log=None)
+            except Exception as exc:
+                results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+                print(f"   failed: {exc}")
+                continue
+            session = InfiniSession.open(Path(tmp) / name)
+            report = validate(session.backend, model, precision=quant or "float32", segments=args.segments,
+                              manifest=session.manifest)
+            print(report.table(rows=5), flush=True)
+            results[name] = {"passed": report.passed, "summary": report.summary, "wiring": report.wiring,
+                             "failures": report.failures[:10], "tolerance": report.tolerance,
+                             "seconds": round(time.perf_counter() - t0, 1)}
+    doc = {"model": source, "segments": args.segments, "segment_len": model.cfg.segment_len, "results": results}
+    (out / "parity.json").write_text(json.dumps(doc, indent=2, default=float) + "\n")
+    lines = [f"# Parity over {args.segments} consecutive segments ({args.segments * model.cfg.segment_len:,} tokens)",
+             "", f"Model: `{source}`. Command: `python scripts/parity_matrix.py "
+             f"{'--checkpoint ' + args.checkpoint if args.checkpoint else '--preset ' + args.preset} "
+             f"--segments {args.segments}`.", "",
+             "| variant | worst logits abs | worst state rel | final state rel (max) | top-1 vs eager | "
+             "error trend (last/first quarter) | wiring | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        if "error" in r:
+            lines.append(f"| {name} | | | | | | | export failed: {r['error'][:80]} |")
+            continue
+        s = r["summary"]
+        lines.append(f"| {name} | {s['logits_max_abs']:.2e} | {s['state_max_rel']:.2e} | "
+                     f"{max(s['state_final_rel'].values()):.2e} | {s['top1']:.4f} | {s['logits_trend']:.2f} | "
+                     f"{'ok' if r['wiring']['passed'] else 'FAILED'} | {'PASSED' if r['passed'] else 'FAILED'} |")
+    (out / "parity.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0 if all(r.get("passed") for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
