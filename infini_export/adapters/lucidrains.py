@@ -28,18 +28,22 @@ the adapter therefore computes per layer on a segment of T tokens, x (B, T, D):
 - ``logits = to_logits(RMSNorm(x))`` (with bias, no weight tying).
 
 The "no memory yet" case is carried in the state as ``has_memory`` (B, 1) float32: 0 from
-``init_state``, 1 after any step. ``step`` selects with ``torch.where`` (no Python branch), so one
-traced graph serves the first and every later segment, and rows of a batch can be at different
-stages. With ``has_memory`` <= 0.5 the incoming ``memory.i``/``norm.i`` are ignored (as their
-``past_memories=None``).
+``init_state``, 1 after any step (computed as ``max(has_memory, 1)``: the same for 0 and 1, and it
+keeps the output connected to the input for the validator's state-wiring check). ``step`` selects
+with ``torch.where`` (no Python branch), so one traced graph serves the first and every later
+segment, and rows of a batch can be at different stages. With ``has_memory`` <= 0.5 the incoming
+``memory.i``/``norm.i`` are ignored (as their ``past_memories=None``).
 
 Patched around for ``torch.export`` (their modules are not modified): their rotary embedding is
 not called (its forward writes a cache buffer and a Python attribute, a side effect, and is wrapped
 in an autocast context that appears in the graph); the adapter computes the same rotation from
-their ``rotary_emb.freqs`` parameter. ``chunk``/``unbind`` on activations (their feed-forward, head
-split and ``rotate_half``) are replaced by slicing/indexing, and the ``None``-memory branch by the
-flag above. Every replacement is value-identical, so eager results match theirs bit for bit on
-float32 CPU.
+their ``rotary_emb.freqs`` parameter, one cos/sin table per layer shared by q and k. ``chunk``/``unbind``
+on activations (their feed-forward, head split and ``rotate_half``) are replaced by slicing/indexing,
+their einops ``einsum`` contractions by the same contractions written as ``matmul`` (both reach
+``bmm``; fewer permute/view nodes in the exported graph: 484 -> 378 aten ops for a depth-2 model), and
+the ``None``-memory branch by the flag above. Every replacement computes the same values; on float32
+CPU eager results match theirs bit for bit (max |difference| 0.0 over 21 segments in every
+configuration of tests/test_adapter_lucidrains.py, random and trained; the tests allow 1e-5).
 """
 from __future__ import annotations
 
@@ -163,19 +167,29 @@ class LucidrainsStep(nn.Module):
             x = self._feed_forward(ff, x) + x
             new_layers.append(new_mem)
         logits = self.model.to_logits(self.model.norm(x))  # (B, T, V)
-        return logits, (*new_layers, torch.ones_like(has_memory))
+        # the flag's logical OR with "a segment was written": 1 for the valid inputs 0 and 1. Written as
+        # max(has_memory, 1) rather than a constant 1 so the output depends on the input, which the
+        # parity validator's state-wiring check (it scales every state input, 1 -> 1.75) needs to see
+        # past_has_memory connected; a constant would make that check report it disconnected.
+        return logits, (*new_layers, torch.clamp(has_memory, min=1.0))
 
     # ---- their layers, re-expressed ------------------------------------------------------------
-    def _rotate(self, attn, t: torch.Tensor) -> torch.Tensor:
-        """``rotary_emb.rotate_queries_or_keys(t)`` at positions 0..T-1, without its cache side effect."""
+    @staticmethod
+    def _rotary_tables(attn, T: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (T, dim_head) of ``rotary_emb`` at positions 0..T-1, computed as their ``forward``
+        does but without its cache side effect; shared by q and k (one table per layer, not two)."""
         rot = attn.rotary_emb
-        T = t.shape[-2]
-        seq = torch.arange(T, device=t.device, dtype=t.dtype) / rot.interpolate_factor  # get_seq_pos
-        freqs = torch.einsum("n,f->nf", _cast(seq, rot.freqs.dtype), rot.freqs)  # (T, F)
+        seq = torch.arange(T, device=device, dtype=dtype) / rot.interpolate_factor  # get_seq_pos
+        freqs = _cast(seq, rot.freqs.dtype)[:, None] * rot.freqs[None, :]  # einsum('n,f->nf'): one product each
         freqs = freqs[:, :, None].expand(T, freqs.shape[-1], 2).reshape(T, 2 * freqs.shape[-1])  # (T, 2F): (f r)
-        pairs = t.reshape(*t.shape[:-1], t.shape[-1] // 2, 2)  # rotate_half on interleaved pairs (d r)
+        return freqs.cos(), freqs.sin()
+
+    @staticmethod
+    def _rotate(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """``apply_rotary_emb``: ``t * cos + rotate_half(t) * sin`` on interleaved pairs (d r)."""
+        pairs = t.reshape(*t.shape[:-1], t.shape[-1] // 2, 2)
         halved = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).reshape(t.shape)
-        out = (t * freqs.cos()) + (halved * freqs.sin())  # rotates all dim_head features (checked in __init__)
+        out = (t * cos) + (halved * sin)  # rotates all dim_head features (checked in __init__)
         return _cast(out, t.dtype)
 
     def _attention(self, attn, x: torch.Tensor, mem, use_mem: torch.Tensor):
@@ -186,12 +200,13 @@ class LucidrainsStep(nn.Module):
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, T, d) each
 
         # local causal attention (rotary after scaling, as theirs)
-        q_rot = self._rotate(attn, q * attn.scale)
-        k_rot = self._rotate(attn, k)
-        sim = torch.einsum("bhid,bhjd->bhij", q_rot, k_rot)  # (B, H, T, T)
+        cos, sin = self._rotary_tables(attn, T, q.dtype, q.device)
+        q_rot = self._rotate(q * attn.scale, cos, sin)
+        k_rot = self._rotate(k, cos, sin)
+        sim = q_rot @ k_rot.transpose(-1, -2)  # (B, H, T, T): einsum("... i d, ... j d -> ... i j")
         sim = sim.masked_fill(self.causal_mask[:T, :T], -torch.finfo(sim.dtype).max)
         a = attn.dropout(sim.softmax(dim=-1))
-        out = torch.einsum("bhij,bhjd->bhid", a, v)  # (B, H, T, d): A_dot
+        out = a @ v  # (B, H, T, d): A_dot
 
         # compressive memory: with no memory, behave as past_memories=None
         past_kv = torch.where(use_mem, mem.memory, torch.zeros_like(mem.memory))  # (B, H, d, d)
@@ -221,7 +236,7 @@ class LucidrainsStep(nn.Module):
             diff_values = values - delta_v
         else:
             diff_values = vf * (1.0 - weights) if weights is not None else vf
-        new_kv = torch.einsum("...nk,...nv->...kv", keys, diff_values) + past_kv  # eq (4)
+        new_kv = keys.transpose(-1, -2) @ diff_values + past_kv  # eq (4): einsum("... n dk, ... n dv -> ... dk dv")
         new_norm = keys.sum(dim=2) + past_norm
         return out, LayerMemory(new_kv, new_norm)
 
@@ -269,9 +284,9 @@ def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def _retrieve(t: torch.Tensor, kv: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
     """Their ``retrieve_from_kv_memories``: ``t M / clamp(t z, min=1e-10)`` (eq 3 of their comments)."""
-    numer = torch.einsum("bhnk,bhkv->bhnv", t, kv)
-    denom = torch.einsum("bhnd,bhd->bhn", t, norm)
-    return numer / denom[..., None].clamp(min=MEMORY_EPS)
+    numer = t @ kv  # (B, H, n, dv)
+    denom = t @ norm[..., None]  # (B, H, n, 1)
+    return numer / denom.clamp(min=MEMORY_EPS)
 
 
 # ---- loading ---------------------------------------------------------------------------------------

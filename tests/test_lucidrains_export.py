@@ -1,0 +1,286 @@
+"""A model built and trained with infini-transformer-pytorch, exported through the adapter, against THEIR code.
+
+The oracle is their ``InfiniTransformer.forward(segment, past_memories=..., return_new_memories=True)`` driven
+segment by segment as their ``InfiniTransformerWrapper`` drives it (``their_segments``, shared with the eager
+adapter tests). The artifacts are made by the ordinary pipeline (``export_artifact``) and run by the runtime
+(``InfiniSession``); nothing here calls the adapter to produce what is compared. Per configuration (linear and
+delta memories), per weights (their random init, and briefly trained with their wrapper), per backend (ONNX
+Runtime, ExecuTorch): logits and every layer's memory at each of 24 segments (then a short trailing one, as
+their wrapper cuts a sequence) within the tolerances the artifact is exported with.
+
+Exports are slow (ExecuTorch with XNNPACK ~17 s per layer on one core), so each artifact is built once per
+module, lazily, the configurations are tiny (depth 2), and the ExecuTorch artifacts of the random-weight models
+use the portable kernels (``delegate="none"``, half the export time) while the trained ones use XNNPACK, the
+default: both ExecuTorch paths are held to their forward.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("infini_transformer_pytorch")
+from infini_transformer_pytorch import InfiniTransformer  # noqa: E402
+
+from exporters.pipeline import export_artifact  # noqa: E402
+from infini_export.adapters import LucidrainsStep  # noqa: E402
+from infini_export.parity import tolerance_for  # noqa: E402
+from runtime import InfiniSession  # noqa: E402
+from tests.conftest import ROOT  # noqa: E402
+from tests.test_adapter_lucidrains import SEG, their_segments, train_briefly  # noqa: E402
+
+N_FULL = 24  # complete segments compared (>= 20), then a trailing partial one of TAIL tokens
+TAIL = 3
+BATCH = 2
+PRECISION = "float32"
+
+CONFIGS = {
+    "linear": dict(num_tokens=64, dim=32, depth=2, dim_head=16, heads=2, ff_mult=2),
+    # delta rule with the learned per-token update weights: every branch of their create_new_memories
+    "delta": dict(num_tokens=64, dim=24, depth=2, dim_head=8, heads=2, ff_mult=2,
+                  use_mem_delta_rule=True, learned_delta_update=True),
+}
+WEIGHTS = ("random", "trained")
+
+HAVE_EXECUTORCH = (Path(ROOT) / "exporters" / "executorch.py").exists() and \
+    (Path(ROOT) / "runtime" / "backends" / "executorch.py").exists()
+needs_executorch = pytest.mark.skipif(
+    not HAVE_EXECUTORCH, reason="the ExecuTorch exporter (exporters/executorch.py and "
+                                "runtime/backends/executorch.py) has not landed yet")
+FORMATS = [pytest.param("onnx", id="onnx"), pytest.param("executorch", id="executorch", marks=needs_executorch)]
+BACKEND = {"onnx": "onnxruntime", "executorch": "executorch"}
+
+MEASURED: dict = {}  # (config, weights, backend) -> worst errors, printed at the end (pytest -s)
+
+
+def delegate_for(weights: str) -> str:
+    """ExecuTorch delegate: XNNPACK (the default) for the trained models, portable kernels for the random ones."""
+    return "xnnpack" if weights == "trained" else "none"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on a shared 2-core box: intra-op threads only add contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+    if MEASURED:
+        print("\nparity vs infini_transformer_pytorch.InfiniTransformer.forward "
+              f"({N_FULL} segments of {SEG} + {TAIL} tokens, batch {BATCH}):")
+        for (name, weights, backend), e in sorted(MEASURED.items()):
+            print(f"  {name:<7} {weights:<8} {backend:<20} max|dlogits| {e['logits']:.3g}  "
+                  f"max|dmemory| {e['memory']:.3g}  max|dnorm| {e['norm']:.3g}  "
+                  f"(first segment: logits {e['first_logits']:.3g})")
+
+
+# ---- their models --------------------------------------------------------------------------------
+def make_theirs(name: str, weights: str) -> InfiniTransformer:
+    torch.manual_seed(0)
+    model = InfiniTransformer(**CONFIGS[name])
+    if weights == "trained":
+        # a trained model's gates are spread over both signs, not at their init of 10 (sigmoid = 0.99995, the
+        # memory nearly unread): start them there, then train through their wrapper so everything moves
+        with torch.no_grad():
+            for i, (attn, _) in enumerate(model.layers):
+                gates = attn.fastweight_mem.head_gates
+                gates.copy_(torch.linspace(-2.0, 2.0, gates.numel()) + i)
+        before = torch.cat([a.fastweight_mem.head_gates.detach().clone() for a, _ in model.layers])
+        train_briefly(model)  # 5 Adam steps of their InfiniTransformerWrapper (TBPTT every 2 segments)
+        after = torch.cat([a.fastweight_mem.head_gates.detach() for a, _ in model.layers])
+        assert (after - before).abs().max() > 0.1, "training did not move the gates"
+    return model.eval()
+
+
+def token_ids(vocab: int, seed: int = 11) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (BATCH, N_FULL * SEG + TAIL), generator=g)
+
+
+@pytest.fixture(scope="module")
+def theirs():
+    """{(config, weights): (their model, token ids, their per-segment outputs)}, built on first use."""
+    cache = {}
+
+    def get(name, weights):
+        if (name, weights) not in cache:
+            model = make_theirs(name, weights)
+            ids = token_ids(CONFIGS[name]["num_tokens"])
+            cache[name, weights] = (model, ids, their_segments(model, ids))
+        return cache[name, weights]
+    return get
+
+
+@pytest.fixture(scope="module")
+def artifacts(theirs, tmp_path_factory):
+    """{(config, weights, format): (artifact dir, manifest)}: one export each, on first use."""
+    cache = {}
+
+    def get(name, weights, fmt):
+        key = (name, weights, fmt)
+        if key not in cache:
+            model, _, _ = theirs(name, weights)
+            adapter = LucidrainsStep(model, SEG).eval()
+            out = tmp_path_factory.mktemp(f"lucidrains_{name}_{weights}_{fmt}")
+            manifest, report = export_artifact(adapter, out, fmt, delegate=delegate_for(weights),
+                                               parity_segments=20, progress=False, log=None)
+            assert report.passed, report.failures  # the pipeline's own check (artifact vs adapter eager)
+            cache[key] = (out, manifest)
+        return cache[key]
+    return get
+
+
+# ---- comparison ----------------------------------------------------------------------------------
+def _check(got: np.ndarray, ref: torch.Tensor, atol: float, rtol: float, what: str) -> float:
+    """max|got - ref|, asserted within the parity validator's rule: atol + rtol * max|ref|."""
+    ref = ref.detach().numpy()
+    assert got.shape == ref.shape, f"{what}: shape {got.shape}, theirs {ref.shape}"
+    assert np.isfinite(got).all(), f"{what}: NaN/inf"
+    err = float(np.abs(got.astype(np.float64) - ref).max())
+    bound = atol + rtol * float(np.abs(ref).max())
+    assert err <= bound, f"{what}: max abs error {err:.3e} exceeds {atol:g} + {rtol:g} * max|ref| = {bound:.3e}"
+    return err
+
+
+def _check_memories(state: dict, their_mems, tol, where: str) -> tuple[float, float]:
+    err_mem = err_norm = 0.0
+    for i, (kv, norm) in enumerate(their_mems):
+        err_mem = max(err_mem, _check(state[f"memory.{i}"], kv, tol.state_atol, tol.state_rtol,
+                                      f"{where} memory.{i}"))
+        err_norm = max(err_norm, _check(state[f"norm.{i}"], norm, tol.state_atol, tol.state_rtol,
+                                        f"{where} norm.{i}"))
+    return err_mem, err_norm
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("weights", WEIGHTS)
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_artifact_matches_their_forward(theirs, artifacts, name, weights, fmt):
+    """The artifact, through the runtime, vs their forward: logits and memories at every segment."""
+    model, ids, ref = theirs(name, weights)
+    art, manifest = artifacts(name, weights, fmt)
+    assert manifest["model"]["model"] == "infini_transformer_pytorch.InfiniTransformer"
+    assert manifest["parity"]["passed"] and manifest["quantization"] is None
+    tol = tolerance_for(BACKEND[fmt], PRECISION)
+    session = InfiniSession.open(art, batch_size=BATCH)
+    assert session.backend.name == BACKEND[fmt]
+    assert not session.state["has_memory"].any()  # starts with no memory, as their past_memories=None
+
+    assert len(ref) == N_FULL + 1
+    segments = ids.split(SEG, dim=-1)
+    errs = {"logits": 0.0, "memory": 0.0, "norm": 0.0}
+    for s, (seg, (their_logits, their_mems)) in enumerate(zip(segments, ref, strict=True)):
+        logits = session.feed(seg.numpy())
+        e = _check(logits, their_logits, tol.logits_atol, tol.logits_rtol, f"segment {s} logits")
+        errs["logits"] = max(errs["logits"], e)
+        if s == 0:
+            errs["first_logits"] = e
+        if seg.shape[1] == SEG:
+            state = session.state
+            assert np.array_equal(state["has_memory"], np.ones((BATCH, 1), np.float32))
+            e_mem, e_norm = _check_memories(state, their_mems, tol, f"segment {s}")
+            errs["memory"], errs["norm"] = max(errs["memory"], e_mem), max(errs["norm"], e_norm)
+        else:
+            # the trailing partial segment: logits now; the runtime defers its memory write until the segment
+            # is complete (by design), so the memory compared is that of the last complete segment
+            assert s == N_FULL and seg.shape[1] == TAIL and session.pending_tokens.shape == (BATCH, TAIL)
+    # a test that memory matters here: by the end, the memories are large (z sums ~1.2 per token)
+    assert float(ref[N_FULL - 1][1][0][1].abs().max()) > 100
+    if fmt == "executorch":
+        assert manifest["program"]["delegate"] == delegate_for(weights)
+    MEASURED[name, weights, BACKEND[fmt] + (f"/{delegate_for(weights)}" if fmt == "executorch" else "")] = errs
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_first_segment_is_no_memory_through_the_artifact(theirs, artifacts, name, fmt):
+    """From its initial state the artifact equals their forward with ``past_memories=None`` on segment 0, and
+    that is checked to be distinguishable from a zero memory (read + gate applied) at the exported tolerance;
+    a batch whose rows are at different stages (one continuing, one fresh over stale memory) runs in one call."""
+    model, ids, _ = theirs(name, "trained")
+    art, _ = artifacts(name, "trained", fmt)
+    tol = tolerance_for(BACKEND[fmt], PRECISION)
+    first, second = ids[:, :SEG], ids[:, SEG:2 * SEG]
+    H, d = model.layers[0][0].fastweight_mem.head_gates.numel(), CONFIGS[name]["dim_head"]
+    with torch.no_grad():
+        none = model(first, past_memories=None, return_new_memories=True)
+        zeros = [(torch.zeros(BATCH, H, d, d), torch.zeros(BATCH, H, d)) for _ in model.layers]
+        zero = model(first, past_memories=zeros, return_new_memories=True)
+        cont = model(second, past_memories=none.past_memories, return_new_memories=True)
+        fresh = model(second, past_memories=None, return_new_memories=True)
+
+    session = InfiniSession.open(art, batch_size=BATCH)
+    logits = session.feed(first.numpy())
+    _check(logits, none.logits, tol.logits_atol, tol.logits_rtol, "first segment logits")
+    _check_memories(session.state, [(m.kv_mem, m.k_norm) for m in none.past_memories], tol, "first segment")
+    # zero memory in place of none would have failed the check above by a wide margin
+    bound = tol.logits_atol + tol.logits_rtol * float(none.logits.abs().max())
+    wrong = float((zero.logits - none.logits).abs().max())
+    assert wrong > 10 * bound, f"zero vs no memory differ by only {wrong:.3g} (bound {bound:.3g})"
+    assert float(np.abs(logits - zero.logits.numpy()).max()) > 10 * bound
+
+    # row 0 continues; row 1 restarts (has_memory 0) with row 0's memory left in its slots: it must be ignored
+    state = session.state
+    state["has_memory"] = np.array([[1.0], [0.0]], dtype=np.float32)
+    for k in state:
+        if k != "has_memory":
+            state[k][1] = state[k][0]
+    session.set_state(state)
+    logits = session.feed(second.numpy())
+    _check(logits[0], cont.logits[0], tol.logits_atol, tol.logits_rtol, "continuing row")
+    _check(logits[1], fresh.logits[1], tol.logits_atol, tol.logits_rtol, "restarted row")
+    after = session.state
+    for i, (c, f) in enumerate(zip(cont.past_memories, fresh.past_memories)):
+        _check(after[f"memory.{i}"][0], c.kv_mem[0], tol.state_atol, tol.state_rtol, f"continuing memory.{i}")
+        _check(after[f"memory.{i}"][1], f.kv_mem[1], tol.state_atol, tol.state_rtol, f"restarted memory.{i}")
+    assert np.array_equal(after["has_memory"], np.ones((BATCH, 1), np.float32))
+
+
+# ---- the command line ----------------------------------------------------------------------------
+def _cli(*args, timeout=600):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "infini_export.cli", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_export_and_validate_a_trained_model(theirs, tmp_path):
+    """What a user runs: their state_dict + kwargs JSON -> ``export --from lucidrains`` -> ``validate``."""
+    name = "delta"
+    model, ids, ref = theirs(name, "trained")
+    weights, kwargs = tmp_path / "model.pt", tmp_path / "model_kwargs.json"
+    torch.save(model.state_dict(), weights)
+    kwargs.write_text(json.dumps(CONFIGS[name]))
+    src = ["--from", "lucidrains", "--weights", weights, "--kwargs", kwargs, "--segment-len", SEG]
+    out = tmp_path / "onnx"
+
+    r = _cli("export", *src, "--format", "onnx", "--parity-segments", 20, "-o", out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "parity passed" in r.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["parity"]["passed"] and manifest["parity"]["segments"] == 20
+    assert manifest["model"]["use_mem_delta_rule"] and manifest["model"]["learned_delta_update"]
+
+    report = tmp_path / "report.json"
+    r = _cli("validate", out, *src, "--segments", 20, "--report", report)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "PASSED" in r.stdout
+    data = json.loads(report.read_text())
+    assert data["passed"] and data["segments"] == 20 and len(data["per_segment"]) == 20
+    assert data["wiring"]["passed"]
+
+    # and the CLI's artifact is their model: first and last complete segments against their forward
+    tol = tolerance_for("onnxruntime", PRECISION)
+    session = InfiniSession.open(out, batch_size=BATCH)
+    logits = session.feed(ids[:, :N_FULL * SEG].numpy())
+    _check(logits[:, :SEG], ref[0][0], tol.logits_atol, tol.logits_rtol, "CLI artifact, segment 0")
+    _check(logits[:, -SEG:], ref[N_FULL - 1][0], tol.logits_atol, tol.logits_rtol, "CLI artifact, last segment")
+    _check_memories(session.state, ref[N_FULL - 1][1], tol, "CLI artifact, last segment")
+
+    # a mismatched kwargs file is refused with exit 2 and a message, not a traceback
+    kwargs.write_text(json.dumps(dict(CONFIGS[name], dim=32)))
+    r = _cli("validate", out, *src, "--segments", 2)
+    assert r.returncode == 2 and "misshaped" in r.stderr and "Traceback" not in r.stderr
