@@ -17,6 +17,7 @@ activation matmuls (attention scores, memory read and write) and the state stay 
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import tempfile
@@ -83,9 +84,33 @@ def canonicalize_dynamic_shapes(gm: torch.fx.GraphModule):
     return PassResult(gm, changed)
 
 
+# ---- tied weights ----------------------------------------------------------------------------
+def untie_linear_from_embedding(module: nn.Module) -> tuple[nn.Module, list[str]]:
+    """A copy of ``module`` in which each ``nn.Linear`` that shares its weight with an ``nn.Embedding``
+    (a tied LM head) has its own copy of it; ``module`` itself is not touched.
+
+    The XNNPACK partitioner will not put a linear whose weight the (non-delegated) embedding also reads
+    in the main partition: a tied head costs a second partition. The ``.pte`` holds the two copies anyway
+    (XNNPACK packs the linear's weight into its own blob), so untying costs no size. Same numbers.
+    """
+    embedded = {id(m.weight) for m in module.modules() if isinstance(m, nn.Embedding)}
+    names = [n for n, m in module.named_modules() if isinstance(m, nn.Linear) and id(m.weight) in embedded]
+    if not names:
+        return module, []
+    twin = copy.deepcopy(module)  # deepcopy keeps the tie; it is broken in the copy only
+    for name in names:
+        lin = twin.get_submodule(name)
+        lin.weight = nn.Parameter(lin.weight.detach().clone(), requires_grad=False)
+    return twin, names
+
+
 # ---- quantization ----------------------------------------------------------------------------
-def _quantize_int8(flat: FlatStep, example: tuple, dynamic_shapes: dict) -> tuple[torch.export.ExportedProgram, int]:
-    """PT2E dynamic int8 (per-channel weights) of the nn.Linear layers; returns the re-exported program."""
+def _quantize_int8(flat: FlatStep, example: tuple, dynamic_shapes: dict):
+    """PT2E dynamic int8 (per-channel weights) of the nn.Linear layers.
+
+    Returns the re-exported program and ``{op: count}`` of the operators that now consume dequantized
+    (int8) inputs: the linear layers, and nothing else.
+    """
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                          get_symmetric_quantization_config)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -98,17 +123,15 @@ def _quantize_int8(flat: FlatStep, example: tuple, dynamic_shapes: dict) -> tupl
     prepared = prepare_pt2e(captured, quantizer)
     prepared(*example)  # dynamic activations need no calibration; one run checks the prepared graph
     converted = convert_pt2e(prepared)
+    consumers: Counter = Counter()
+    for node in converted.graph.nodes:
+        if node.op != "call_function" or "quantize" in str(node.target):
+            continue
+        if any(isinstance(a, torch.fx.Node) and "dequantize" in str(a.target) for a in node.all_input_nodes):
+            consumers[getattr(node.target, "__name__", str(node.target))] += 1
     flat_shapes = (dynamic_shapes["input_ids"], *dynamic_shapes["state"])  # the graph module takes flat args
-    n_linear = sum(1 for n in converted.graph.nodes
-                   if n.op == "call_function" and n.target == torch.ops.aten.linear.default
-                   and _is_dequantized_weight(n))
     ep = torch.export.export(converted, example, dynamic_shapes=flat_shapes, strict=False)
-    return ep, n_linear
-
-
-def _is_dequantized_weight(linear: torch.fx.Node) -> bool:
-    w = linear.args[1] if len(linear.args) > 1 else None
-    return isinstance(w, torch.fx.Node) and "dequantize" in str(w.target)
+    return ep, dict(consumers)
 
 
 # ---- delegation report -----------------------------------------------------------------------
@@ -150,11 +173,12 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
     spec = check_protocol(module)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    flat = FlatStep(module).eval()
+    exported_module, untied = untie_linear_from_embedding(module)
+    flat = FlatStep(exported_module).eval()
     example = flat.example_inputs(2)
     dynamic = flat.dynamic_shapes(max_batch)
     t0 = time.perf_counter()
-    quantized = 0
+    quantized: dict = {}
     with torch.no_grad():
         if quantize == "int8":
             program, quantized = _quantize_int8(flat, example, dynamic)
@@ -193,8 +217,10 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
                           + " -> to_executorch",
                   "executorch": getattr(et_version, "__version__", None),
                   "transform_passes": ["canonicalize_dynamic_shapes"],
+                  "untied_weights": untied,
                   **report,
-                  "quantized_linears": quantized,
+                  "quantized_linears": quantized.get("linear.default", 0),
+                  "quantized_op_types": quantized,
                   "quantization_scheme": ("XNNPACKQuantizer PT2E: int8 dynamic per-tensor activations, int8 "
                                           "symmetric per-channel weights, nn.Linear only") if quantize else None,
                   "export_seconds": seconds})

@@ -1,105 +1,188 @@
-"""ExecuTorch backend: runs the ``.pte`` through ExecuTorch's Python runtime (its pybindings).
+"""ExecuTorch backend: runs the ``.pte`` with one of two engines.
 
-Torch: this backend needs torch. ExecuTorch's own Python runtime (``executorch.runtime`` and the
-``executorch.extension.pybindings.portable_lib`` module under it) links libtorch, imports ``torch`` on
-import and takes and returns ``torch.Tensor`` only (a numpy array is refused). torch and executorch are
-therefore imported lazily, when an ``ExecuTorchBackend`` is created: ``import runtime`` and the onnxruntime
-backend stay torch-free. The one torch-free ``.pte`` runner on PyPI (``executorch-numpy-runtime``, a
-single-author beta) is pinned to another ExecuTorch release (1.3.1) and to Python >= 3.12, so it cannot open
-this project's programs; see the project notes for the measured cost of torch here (RSS, speed).
+- ``"pybindings"``: ExecuTorch's own Python runtime (``executorch.extension.pybindings.portable_lib``, the
+  layer under ``executorch.runtime``). **It needs torch**: the extension links libtorch, imports ``torch``
+  on import and takes and returns ``torch.Tensor`` only (a numpy array is refused). It is the runtime of
+  the very ExecuTorch release the exporter used.
+- ``"numpy"``: ``executorch-numpy-runtime`` (PyPI, third party, beta), the same ExecuTorch C++ core with the
+  XNNPACK delegate and the portable/optimized/quantized kernels behind a numpy-only binding. **torch-free**,
+  ~40 MB RSS instead of ~400 MB with torch. It is built for one ExecuTorch release (1.3.1 at the time of
+  writing; our programs are written by 1.4.1 and load and match) and ships wheels for Python >= 3.12 only.
+- ``"auto"`` (default): ``"pybindings"`` where executorch and torch import, else ``"numpy"``.
 
-A loaded ``Method`` is not thread-safe and reuses its output buffers: calls are serialised by a lock and
-every returned array is a copy made under that lock.
+Either way torch and executorch are imported lazily, when an ``ExecuTorchBackend`` is created:
+``import runtime`` and the onnxruntime backend stay torch-free.
+
+A loaded method is not thread-safe and (pybindings) reuses its output buffers: calls are serialised by a
+lock and every returned array is a copy made under that lock. Inputs are checked against the program's
+own signature (count, dtypes, fixed dims, the batch bound it was exported with) before it is called.
 """
 from __future__ import annotations
 
 import threading
+import warnings
 
 import numpy as np
 
 from ..errors import ArtifactError, InfiniRuntimeError, InputError, ManifestError
 
+ENGINES = ("auto", "pybindings", "numpy")
 # ExecuTorch ScalarType codes (runtime/core/portable_type/scalar_type.h) -> numpy dtype names
 _SCALAR_TYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 4: "int64", 5: "float16", 6: "float32",
                  7: "float64", 11: "bool"}
 
 
-def _load_pybindings():
-    """torch + ExecuTorch's Python runtime, imported on first use only."""
-    try:
-        import warnings
+def _check_header(path, data: bytes) -> None:
+    """The .pte's magic and the sizes of its extended header, checked before ExecuTorch parses it.
 
+    The pybindings abort the whole process on some malformed headers (an error message carrying the
+    file's raw bytes cannot be turned into a Python string), so what is cheap to check is checked here.
+    """
+    magic = data[4:8]
+    if len(data) < 8 or magic[:2] != b"ET" or not magic[2:].isdigit():
+        raise ArtifactError(f"{path} is not an ExecuTorch program: {len(data)} bytes without the 'ET..' "
+                            "flatbuffer identifier at offset 4")
+    if data[8:12] == b"eh00" and len(data) >= 32:
+        header_len = int.from_bytes(data[12:16], "little")
+        program_size = int.from_bytes(data[16:24], "little")
+        segment_base = int.from_bytes(data[24:32], "little")
+        segment_size = int.from_bytes(data[32:40], "little") if header_len >= 32 and len(data) >= 40 else 0
+        if header_len < 24 or program_size > len(data) or segment_base + segment_size > len(data):
+            raise ArtifactError(f"{path} is truncated or corrupt: its header announces a program of "
+                                f"{program_size} bytes and {segment_size} bytes of segments from byte "
+                                f"{segment_base}, the file has {len(data)} bytes")
+
+
+# ---- engines: load bytes, describe the method, run numpy arrays ----------------------------------
+class _PybindingsEngine:
+    name = "pybindings"
+
+    def __init__(self, threads: int | None):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "experimental API" warnings on import
-            import torch
-            from executorch.extension.pybindings import portable_lib
-    except ImportError as exc:
-        raise InfiniRuntimeError(f"the executorch backend needs the executorch and torch packages "
-                                 f"(pip install executorch): {exc}") from exc
-    return torch, portable_lib
+            import torch  # first: loads the libtorch the extension links against
+            from executorch import version
+            try:  # the compiled module itself: its wrapper portable_lib.py imports executorch.exir (seconds)
+                from executorch.extension.pybindings import _portable_lib as portable_lib
+            except ImportError:
+                from executorch.extension.pybindings import portable_lib
+        self._torch, self._pl = torch, portable_lib
+        self.version = getattr(version, "__version__", "?")
+        if threads is not None:
+            portable_lib._unsafe_reset_threadpool(threads)  # process-wide: ExecuTorch has one CPU thread pool
+
+    def load(self, data: bytes, method: str):
+        pl = self._pl
+        self._program = pl._load_program_from_buffer(data, program_verification=pl.Verification.InternalConsistency)
+        names = [self._program.get_method_name(i) for i in range(self._program.num_methods())]
+        if method not in names:
+            return names
+        meta = self._program.method_meta(method)
+        self.inputs = [(t.dtype(), tuple(t.sizes())) for t in map(meta.input_tensor_meta, range(meta.num_inputs()))]
+        self.outputs = [(t.dtype(), tuple(t.sizes())) for t in map(meta.output_tensor_meta, range(meta.num_outputs()))]
+        self._method = self._program.load_method(method)
+        return names
+
+    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        # from_numpy shares the memory; the method copies its inputs into its planned memory
+        inputs = [self._torch.from_numpy(a if a.flags.writeable else a.copy()) for a in arrays]
+        outs = self._method.call(inputs, clone_outputs=False)
+        # the outputs alias the method's planned buffers, overwritten by the next call: copy (under the lock)
+        return [np.array(t.numpy(), copy=True) for t in outs]
+
+
+class _NumpyEngine:
+    name = "numpy"
+
+    def __init__(self, threads: int | None):
+        import executorch_numpy_runtime as en
+        self._en = en
+        self.version = getattr(en, "__et_version__", "?")
+        if threads is not None:
+            warnings.warn("executorch-numpy-runtime has no thread-count setting; threads is ignored", stacklevel=3)
+
+    def load(self, data: bytes, method: str):
+        self._program = self._en.Runtime.get().load_program(data)
+        names = list(self._program.method_names)
+        if method not in names:
+            return names
+        self._method = self._program.load_method(method)
+        meta = self._method.metadata
+        self.inputs = [(t["scalar_type"], tuple(t["shape"])) for t in meta["inputs"]]
+        self.outputs = [(t["scalar_type"], tuple(t["shape"])) for t in meta["outputs"]]
+        return names
+
+    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return [np.array(o, copy=True) for o in self._method(arrays)]  # its outputs are fresh already
+
+
+def _make_engine(engine: str, threads: int | None):
+    if engine not in ENGINES:
+        raise InputError(f"engine must be one of {ENGINES}, got {engine!r}")
+    errors = []
+    for cls in ((_PybindingsEngine, _NumpyEngine) if engine == "auto" else
+                (_PybindingsEngine,) if engine == "pybindings" else (_NumpyEngine,)):
+        try:
+            return cls(threads)
+        except ImportError as exc:
+            errors.append(f"{cls.name}: {exc}")
+    raise InfiniRuntimeError("the executorch backend needs the executorch and torch packages (pip install "
+                             "executorch), or the torch-free executorch-numpy-runtime (Python >= 3.12); "
+                             + "; ".join(errors))
 
 
 class ExecuTorchBackend:
     name = "executorch"
 
-    def __init__(self, manifest, threads: int | None = None):
+    def __init__(self, manifest, threads: int | None = None, engine: str = "auto"):
         program = manifest.data["program"]
         if program.get("format") != "pte":
             raise ManifestError(f"manifest program format is {program.get('format')!r}; the executorch backend "
                                 "runs 'pte'")
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+            raise InputError(f"threads must be None or an integer >= 1, got {threads!r}")
         self.manifest = manifest
         self.method_name = program.get("method", "forward")
         self.delegate = program.get("delegate")
-        self._torch, pl = _load_pybindings()
-        if threads is not None:
-            if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-                raise InputError(f"threads must be None or an integer >= 1, got {threads!r}")
-            pl._unsafe_reset_threadpool(threads)  # process-wide: ExecuTorch has one CPU thread pool
+        self.engine = _make_engine(engine, threads)
         path = manifest.file_path(program["file"])
         try:
             data = path.read_bytes()  # a private copy: the file may change or vanish after loading
         except OSError as exc:
             raise ArtifactError(f"cannot read the ExecuTorch program {path}: {exc}") from exc
+        _check_header(path, data)
         try:
-            self._program = pl._load_program_from_buffer(
-                data, program_verification=pl.Verification.InternalConsistency)
-            names = [self._program.get_method_name(i) for i in range(self._program.num_methods())]
-            if self.method_name not in names:
-                raise ArtifactError(f"{path} has the methods {names}, the manifest names {self.method_name!r}")
-            self.meta = self._program.method_meta(self.method_name)
-            self._method = self._program.load_method(self.method_name)
-        except ArtifactError:
-            raise
-        except Exception as exc:  # RuntimeError with an ExecuTorch error code: truncated, corrupt, wrong version
-            raise ArtifactError(f"ExecuTorch cannot load {path} ({len(data)} bytes): "
-                                f"{str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__} "
-                                "(truncated, corrupt, or written by an incompatible ExecuTorch)") from exc
+            names = self.engine.load(data, self.method_name)
+        except Exception as exc:  # an ExecuTorch error code: truncated, corrupt, or an incompatible version
+            raise ArtifactError(f"ExecuTorch ({self.engine.name} {self.engine.version}) cannot load {path} "
+                                f"({len(data)} bytes): {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}"
+                                " (truncated, corrupt, or written by an incompatible ExecuTorch)") from exc
+        if self.method_name not in names:
+            raise ArtifactError(f"{path} has the methods {names}, the manifest names {self.method_name!r}")
         self._data = data  # the program may point into this buffer
         self._lock = threading.Lock()
         self._check_io()
 
     # ---- load-time checks ----------------------------------------------------------------------
     def _check_io(self) -> None:
-        man, meta = self.manifest, self.meta
-        n_in, n_out = meta.num_inputs(), meta.num_outputs()
+        man, eng = self.manifest, self.engine
         want_in, want_out = len(man.data["inputs"]), len(man.data["outputs"])
-        if (n_in, n_out) != (want_in, want_out):
-            raise ArtifactError(f"the ExecuTorch method {self.method_name!r} has {n_in} inputs and {n_out} outputs, "
-                                f"the manifest lists {want_in} and {want_out} (a manifest from another model?)")
+        if (len(eng.inputs), len(eng.outputs)) != (want_in, want_out):
+            raise ArtifactError(f"the ExecuTorch method {self.method_name!r} has {len(eng.inputs)} inputs and "
+                                f"{len(eng.outputs)} outputs, the manifest lists {want_in} and {want_out} "
+                                "(a manifest from another model?)")
         batch_bounds = set()
-        for kind, count, info, listed in (("input", n_in, meta.input_tensor_meta, man.data["inputs"]),
-                                          ("output", n_out, meta.output_tensor_meta, man.data["outputs"])):
-            for i in range(count):
-                t, io = info(i), listed[i]
-                sizes, dtype = tuple(t.sizes()), _SCALAR_TYPES.get(t.dtype(), f"scalar type {t.dtype()}")
-                shape = io["shape"]
+        for kind, infos, listed in (("input", eng.inputs, man.data["inputs"]),
+                                    ("output", eng.outputs, man.data["outputs"])):
+            for i, ((code, sizes), io) in enumerate(zip(infos, listed)):
+                dtype, shape = _SCALAR_TYPES.get(code, f"scalar type {code}"), io["shape"]
                 fixed_ok = len(sizes) == len(shape) and all(
                     d == "batch" or int(d) == s for d, s in zip(shape, sizes))
                 if dtype != io["dtype"] or not fixed_ok:
                     raise ArtifactError(f"the program's {kind} {i} is {dtype} {list(sizes)}, the manifest's "
                                         f"{io['name']!r} is {io['dtype']} {shape} (a manifest from another model?)")
                 batch_bounds.update(s for d, s in zip(shape, sizes) if d == "batch")
-        # the planned sizes of a dynamic axis are its upper bound
+        # the planned size of a dynamic axis is its upper bound
         self.max_batch = min(batch_bounds) if batch_bounds else 1
         if self.max_batch < man.max_batch:
             raise ArtifactError(f"the program accepts batches up to {self.max_batch}, the manifest promises "
@@ -108,7 +191,7 @@ class ExecuTorchBackend:
         self._dtypes = [np.dtype(io["dtype"]) for io in man.data["inputs"]]
 
     # ---- one segment ---------------------------------------------------------------------------
-    def _check_inputs(self, arrays: list) -> int:
+    def _check_inputs(self, arrays: list) -> None:
         if len(arrays) != len(self._shapes):
             raise InputError(f"the program takes {len(self._shapes)} inputs (ids + state), got {len(arrays)}")
         batch = arrays[0].shape[0] if arrays[0].ndim else 0
@@ -119,18 +202,14 @@ class ExecuTorchBackend:
             want = tuple(batch if d == "batch" else int(d) for d in shape)
             if arr.shape != want or arr.dtype != dtype:
                 raise InputError(f"input {io['name']!r} is {arr.dtype} {arr.shape}, the program takes {dtype} {want}")
-        return batch
 
     def run(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         arrays = [np.asarray(ids), *(np.asarray(s) for s in state)]
         self._check_inputs(arrays)
-        torch = self._torch
-        inputs = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]  # copied into planned memory
+        arrays = [np.ascontiguousarray(a) for a in arrays]
         with self._lock:
-            outs = self._method.call(inputs, clone_outputs=False)
-            # the outputs alias the method's planned buffers, overwritten by the next call: copy here
-            arrays_out = [np.array(t.numpy(), copy=True) for t in outs]
-        if len(arrays_out) != len(self.manifest.data["outputs"]):
-            raise ArtifactError(f"the program returned {len(arrays_out)} outputs, the manifest lists "
+            outs = self.engine.run(arrays)
+        if len(outs) != len(self.manifest.data["outputs"]):
+            raise ArtifactError(f"the program returned {len(outs)} outputs, the manifest lists "
                                 f"{len(self.manifest.data['outputs'])}")
-        return arrays_out[0], arrays_out[1:]
+        return outs[0], outs[1:]
