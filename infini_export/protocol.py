@@ -32,7 +32,7 @@ def check_protocol(module: nn.Module, batch_size: int = 2) -> StepSpec:
     state = module.init_state(batch_size)
     flat = flatten_state(state)
     _check_state(spec, flat, batch_size, "init_state()")
-    before_buffers = {k: v.clone() for k, v in module.state_dict().items()}
+    before_buffers = {k: v.detach().clone() for k, v in _tensors(module).items()}
     flat_in = [t + 0.25 for t in flat]  # non-zero so a pass-through is visible
     state_in = unflatten_like(state, flat_in)
     flat_copy = [t.clone() for t in flat_in]
@@ -49,10 +49,15 @@ def check_protocol(module: nn.Module, batch_size: int = 2) -> StepSpec:
     for name, (a, b) in zip([s.name for s in spec.state], zip(flat_in, flat_copy)):
         if not torch.equal(a, b):
             raise ProtocolError(f"step() mutated its input state tensor {name!r}; updates must be out of place")
-    for key, value in module.state_dict().items():
+    for key, value in _tensors(module).items():
         if not torch.equal(value, before_buffers[key]):
             raise ProtocolError(f"step() mutated parameter or buffer {key!r}; a step must be pure")
     return spec
+
+
+def _tensors(module: nn.Module) -> dict:
+    """Every parameter and buffer by name; ``state_dict()`` would leave out buffers with ``persistent=False``."""
+    return {**dict(module.named_parameters()), **dict(module.named_buffers())}
 
 
 def _check_state(spec: StepSpec, flat: list, batch_size: int, where: str) -> None:

@@ -225,9 +225,6 @@ def test_exporter_refuses_a_module_that_breaks_the_protocol(case, fmt, tmp_path)
     assert not out.exists() or not any(out.iterdir())
 
 
-@pytest.mark.xfail(strict=True, reason="check_protocol compares module.state_dict() before and after the step, "
-                                       "and state_dict() leaves out buffers registered with persistent=False; "
-                                       "fix proposed for infini_export/protocol.py (named_buffers()) in issue 8")
 def test_check_protocol_sees_a_mutated_non_persistent_buffer():
     with pytest.raises(ProtocolError, match=r"mutated parameter or buffer 'calls'"):
         check_protocol(MutatesNonPersistentBuffer().eval())
