@@ -140,22 +140,23 @@ RUNTIME_OF = {"ort-fp32": "onnxruntime", "ort-int8": "onnxruntime", "et-xnnpack-
 MODES = {
     "smoke": dict(configs=[("tiny", 16, 1)], min_reps=1, max_reps=1, config_budget=0.0, slice_seconds=0.0,
                   memory_preset=("tiny", 16), memory_lengths=[4096], baseline_budget=10.0,
-                  gemm_sizes=[256, 512], gemm_reps=2, parity_segments=2, export_lanes=3, export_grouped=True,
+                  gemm_sizes=[256, 512], gemm_reps=2, parity_segments=2, export_lanes=3, export_grouped=True, interleaved_gemm_n=256,
                   first_call_cap=20.0, timeout=300),
     "quick": dict(configs=[("small", 128, 1), ("medium", 512, 1)], min_reps=3, max_reps=40, config_budget=25.0,
                   slice_seconds=0.25, memory_preset=("small", 128), memory_lengths=[4096, 32768],
-                  baseline_budget=45.0, gemm_sizes=[1024, 2048], gemm_reps=3, parity_segments=2, export_lanes=2, export_grouped=True,
+                  baseline_budget=45.0, gemm_sizes=[1024, 2048], gemm_reps=3, parity_segments=2, export_lanes=2, export_grouped=True, interleaved_gemm_n=1024,
                   first_call_cap=30.0, timeout=1200),
     "full": dict(configs=[(p, n, b) for p in ("tiny", "small", "medium") for n in (128, 512) for b in (1, 8)],
                  min_reps=3, max_reps=60, config_budget=30.0, slice_seconds=0.4, memory_preset=("small", 128),
                  memory_lengths=[4096, 32768, 131072, 1048576], baseline_budget=120.0,
-                 gemm_sizes=[1024, 2048, 3072], gemm_reps=5, parity_segments=2, export_lanes=2, export_grouped=False,
+                 gemm_sizes=[1024, 2048, 3072], gemm_reps=5, parity_segments=2, export_lanes=2, export_grouped=False, interleaved_gemm_n=1024,
                  first_call_cap=60.0, timeout=3600),
 }
 
 
 def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {msg}\n")  # one write: lines from threads stay whole
+    sys.stderr.flush()
 
 
 def parse_len(text: str) -> int:
@@ -449,6 +450,22 @@ def open_runner(name: str, cfg_key, ckpt_dir: Path, art_dir: Path | None, batch:
     return r
 
 
+class _GemmSlice:
+    """Looks like a session to the round-robin: ``stream`` runs one n x n float32 matmul."""
+
+    def __init__(self, n: int):
+        import torch
+
+        self.n, self.flops = n, 2.0 * n ** 3
+        g = torch.Generator().manual_seed(n)
+        self.a, self.b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+
+    def stream(self, _ids):
+        import torch
+
+        torch.matmul(self.a, self.b)
+
+
 def measure_config(preset, seg, batch, backends, ctx, mode, threads, rates, seed) -> dict:
     from infini_export import InfiniConfig
 
@@ -493,6 +510,14 @@ def measure_config(preset, seg, batch, backends, ctx, mode, threads, rates, seed
         except Exception as exc:  # noqa: BLE001
             r.status, r.reason = "failed", f"{type(exc).__name__}: {str(exc)[:300]}"
     live = [r for r in live if r.status == "ok"]
+    # a GEMM slice takes its turn in the round-robin too: the machine's rate under the same conditions
+    gemm = Runner("_gemm")
+    gemm.session = _GemmSlice(mode["interleaved_gemm_n"])
+    gemm.session.stream(None)
+    t0 = time.perf_counter()
+    gemm.session.stream(None)
+    gemm.warm = time.perf_counter() - t0
+    live.append(gemm)
     for r in live:
         r.k = max(1, min(64, round(mode["slice_seconds"] / max(r.warm, 1e-6)))) if mode["slice_seconds"] else 1
     t_start, rep = time.perf_counter(), 0
@@ -507,6 +532,9 @@ def measure_config(preset, seg, batch, backends, ctx, mode, threads, rates, seed
                 r.session.stream(ids)
                 r.lat.append(time.perf_counter() - t0)
         rep += 1
+    g_rates = gemm.session.flops / np.array(gemm.lat)
+    interleaved = {"n": gemm.session.n, "slices": len(gemm.lat), "median_gflops": round(float(np.median(g_rates)) / 1e9, 2),
+                   "best_gflops": round(float(g_rates.max()) / 1e9, 2)}
     results = {}
     for r in runners:
         rec = {"status": r.status}
@@ -518,9 +546,12 @@ def measure_config(preset, seg, batch, backends, ctx, mode, threads, rates, seed
             continue
         lat = np.array(r.lat)
         tps = batch * seg * len(lat) / lat.sum()
+        tps_med = batch * seg / float(np.median(lat))
         rate = tps * fpt["total"]
         rates[r.name] = max(rates.get(r.name, 0.0), rate)
-        rec.update(tokens_per_second=round(tps, 1), segments_measured=int(len(lat)), repetitions=rep,
+        rec.update(tokens_per_second=round(tps, 1), tokens_per_second_from_median=round(tps_med, 1),
+                   mfu_vs_interleaved_gemm=round(tps_med * fpt["total"] / (interleaved["median_gflops"] * 1e9), 4),
+                   segments_measured=int(len(lat)), repetitions=rep,
                    segments_per_slice=r.k,
                    latency_ms={"median": rnd(1e3 * float(np.median(lat))), "p90": rnd(1e3 * float(np.percentile(lat, 90))),
                                "min": rnd(1e3 * float(lat.min())), "max": rnd(1e3 * float(lat.max()))},
@@ -528,15 +559,18 @@ def measure_config(preset, seg, batch, backends, ctx, mode, threads, rates, seed
                    achieved_gflops=round(rate / 1e9, 3))
         results[r.name] = rec
     eager = results.get("eager", {}).get("tokens_per_second")
+    eager_med = results.get("eager", {}).get("tokens_per_second_from_median")
     for rec in results.values():
         if rec["status"] == "ok":
             rec["ratio_to_eager"] = round(rec["tokens_per_second"] / eager, 3) if eager else None
+            rec["ratio_to_eager_from_median"] = (round(rec["tokens_per_second_from_median"] / eager_med, 3)
+                                                 if eager_med else None)
     for r in runners:  # free the sessions before the next config
         r.session = None
     return {"preset": preset, "segment_len": seg, "batch": batch, "parameters": ctx["params"][(preset, seg)],
             "flops_per_token": fpt["total"], "flops_breakdown": fpt["breakdown"],
             "elementwise_flops_per_token_not_counted": fpt["elementwise_not_counted"],
-            "seconds": round(time.perf_counter() - t_start, 2), "results": results}
+            "seconds": round(time.perf_counter() - t_start, 2), "interleaved_gemm": interleaved, "results": results}
 
 
 # ---- memory: Infini (onnxruntime) vs full attention with a growing KV cache ------------------------
@@ -815,20 +849,29 @@ def tables_markdown(result: dict) -> str:
                     cells.append(r.get("status", "-"))
             lines.append(f"| {c['preset']}/{c['segment_len']}/b{c['batch']} | {c['parameters'] / 1e6:.2f}M | "
                          f"{c['flops_per_token'] / 1e6:.2f} | " + " | ".join(cells) + " |")
-        lines += ["", "tokens/s streamed (ratio to eager torch). Per backend:", "",
-                  "| config | backend | tokens/s | x eager | MFU | latency median ms | p90 ms | first call ms | "
-                  "load s | segments |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "tokens/s streamed (ratio to eager torch). GEMM rate interleaved with the backends, median "
+                  "(best) GFLOP/s: " + "; ".join(f"{c['preset']}/{c['segment_len']}/b{c['batch']} "
+                                                 f"{c['interleaved_gemm']['median_gflops']:.0f} "
+                                                 f"({c['interleaved_gemm']['best_gflops']:.0f})" for c in thr) + ".",
+                  "", "Per backend (x eager (medians): ratio of per-segment median latencies; MFU: against the best "
+                  "GEMM rate of the run; MFU vs interleaved GEMM: median rate against the median GEMM rate of "
+                  "the same round-robin, robust to load from other processes):", "",
+                  "| config | backend | tokens/s | x eager | x eager (medians) | MFU | MFU vs interleaved GEMM | "
+                  "latency median ms | p90 ms | first call ms | load s | segments |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for c in thr:
             for n in names:
                 r = c["results"].get(n, {})
                 key = f"{c['preset']}/{c['segment_len']}/b{c['batch']}"
                 if r.get("status") != "ok":
                     lines.append(f"| {key} | {n} | {r.get('status', '-')}: {str(r.get('reason', ''))[:90]} |"
-                                 " | | | | | | | |")
+                                 " | | | | | | | | | |")
                     continue
                 lines.append(f"| {key} | {n} | {r['tokens_per_second']:,.0f} | {r['ratio_to_eager']:.2f} | "
-                             f"{100 * r['mfu']:.1f}% | {_f(r['latency_ms']['median'])} | {_f(r['latency_ms']['p90'])} |"
-                             f" {_f(r['first_call_ms'])} | {_f(r['load_seconds'])} | {r['segments_measured']} |")
+                             f"{r['ratio_to_eager_from_median']:.2f} | {100 * r['mfu']:.1f}% | "
+                             f"{100 * r['mfu_vs_interleaved_gemm']:.1f}% | {_f(r['latency_ms']['median'])} | "
+                             f"{_f(r['latency_ms']['p90'])} | {_f(r['first_call_ms'])} | {_f(r['load_seconds'])} | "
+                             f"{r['segments_measured']} |")
         lines.append("")
     mem = result.get("memory")
     if mem:
@@ -973,13 +1016,18 @@ def main(args) -> int:
                 res = throughput[-1]["results"]
                 log("  " + ", ".join(f"{k} {v.get('tokens_per_second', v['status'])}" for k, v in res.items()))
         gemm += measure_gemm(mode["gemm_sizes"], mode["gemm_reps"], "end")
+        for c in throughput:
+            ig = c["interleaved_gemm"]
+            gemm.append({"lib": "torch", "n": ig["n"], "seconds": rnd(2 * ig["n"] ** 3 / ig["best_gflops"] / 1e9),
+                         "gflops": ig["best_gflops"], "when": f"interleaved {c['preset']}/{c['segment_len']}/b{c['batch']}"})
         best = max(gemm, key=lambda g: g["gflops"])
         gemm_best = best["gflops"] * 1e9
         result["gemm"] = {"best_gflops": best["gflops"], "best": {"lib": best["lib"], "n": best["n"],
                                                                    "when": best["when"]},
                           "threads": threads, "samples": gemm,
                           "method": "C = A @ B, float32 square matrices, best of reps after a warm-up, "
-                                    "numpy and torch, at the start and the end of the run"}
+                                    "numpy and torch, at the start and the end of the run, and torch slices "
+                                    "interleaved with the backends in every throughput round-robin"}
         order = {("tiny", "small", "medium").index(c["preset"]) * 100 + c["segment_len"] // 128 * 10 + c["batch"]: c
                  for c in throughput}
         throughput = [order[k] for k in sorted(order)]
