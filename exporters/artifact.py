@@ -4,9 +4,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import os
 import platform
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import numpy as np
 import torch
 
 from infini_export.state import INPUT_IDS, LOGITS, StepSpec, flatten_state
+from runtime.atomic import atomic_write
 from runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, Manifest, sha256_file
 
 _LIBS = ("torch", "onnx", "onnxruntime", "onnxscript", "executorch", "torchao", "numpy", "infini-export")
@@ -110,15 +109,8 @@ def build_manifest(module: torch.nn.Module, spec: StepSpec, *, backend: str, pro
 def write_manifest(directory: Path, data: dict) -> Path:
     """Atomic write of manifest.json (checked by the runtime's own parser first)."""
     Manifest.from_dict(data, directory)
-    path = directory / MANIFEST_FILE
-    fd, tmp = tempfile.mkstemp(prefix="manifest.", suffix=".tmp", dir=directory)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    text = (json.dumps(data, indent=2) + "\n").encode()
+    return atomic_write(directory / MANIFEST_FILE, lambda f: f.write(text))
 
 
 def in_memory_manifest(module: torch.nn.Module, spec: StepSpec, backend: str = "eager") -> Manifest:

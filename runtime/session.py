@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
 from .backends import open_backend
 from .errors import InfiniRuntimeError, InputError, StateError
 from .manifest import Manifest
@@ -134,24 +133,7 @@ class InfiniSession:
         arrays = {f"state/{e.name}": s for e, s in zip(self._entries, self._state)}
         arrays["pending"] = self._pending
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        return path
+        return atomic_write(path, lambda f: np.savez(f, **arrays))
 
     def load_state(self, path: str | os.PathLike) -> None:
         """Load a file written by ``save_state`` of the *same model*; anything else raises ``StateError``."""
