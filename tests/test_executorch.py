@@ -113,6 +113,10 @@ def test_delegation_report(et_artifacts, update):
     assert ex["untied_weights"] == ["lm_head"]  # the tied head gets its own copy: no partition of its own
     _, _, portable, _ = _get(et_artifacts, (update, "none", None))
     assert portable["exporter"]["delegate_partitions"] == 0
+    if update == "delta":
+        _, _, int8, _ = _get(et_artifacts, (update, "xnnpack", "int8"))
+        assert 1 <= int8["exporter"]["delegate_partitions"] <= MAX_PARTITIONS, int8["exporter"]
+        assert set(int8["exporter"]["non_delegated_ops"]) <= ALLOWED_OUTSIDE
 
 
 def test_session_feed_equals_eager_forward(et_artifacts):
