@@ -155,9 +155,12 @@ def plot(result: dict, path: Path) -> None:
     ax1.set(xscale="log", xlabel="input length (tokens)", ylabel="exact match (%)", ylim=(-5, 105),
             title="passkey retrieval")
     ax1.legend(fontsize=7)
-    ax2.plot(lengths, [r["peak_rss_mb"] for r in result["rows"]], "o-")
-    ax2.set(xscale="log", yscale="log", xlabel="input length (tokens)", ylabel="peak RSS (MB)",
-            title="peak memory of the run")
+    rss = [r["peak_rss_mb"] for r in result["rows"]]
+    ax2.plot(lengths, rss, "o-")
+    for x, y in zip(lengths, rss):
+        ax2.annotate(f"{y:.0f} MB", (x, y), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
+    ax2.set(xscale="log", ylim=(0, 1.3 * max(rss)), xlabel="input length (tokens)", ylabel="peak RSS (MB)",
+            title="peak memory of the runtime process")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
