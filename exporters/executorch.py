@@ -1,7 +1,7 @@
 """ExecuTorch export of the segment step: ``.pte`` with the XNNPACK delegate (or portable kernels), optional int8.
 
 torch.export of ``FlatStep`` (batch dynamic up to ``max_batch``, as ExecuTorch plans memory for an upper
-bound) -> ``to_edge_transform_and_lower`` (XNNPACK partitioner, or none for the portable kernels) ->
+bound; ``max_batch=1`` gives a static batch-1 program, the least memory) -> ``to_edge_transform_and_lower`` (XNNPACK partitioner, or none for the portable kernels) ->
 ``to_executorch`` -> ``out_dir/model.pte``. A ``.pte`` carries no I/O names: the program's inputs are
 ``(input_ids, *state)`` and its outputs ``(logits, *new_state)`` in the manifest's positional order.
 
@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -29,6 +27,7 @@ import torch
 from torch import nn
 
 from infini_export.protocol import FlatStep, check_protocol
+from runtime.atomic import atomic_write
 
 from .artifact import build_manifest
 
@@ -65,7 +64,7 @@ def canonicalize_dynamic_shapes(gm: torch.fx.GraphModule):
         if node.target == view:
             size = list(node.args[1])
             symbolic = [i for i, d in enumerate(size) if not isinstance(d, int)]
-            if len(symbolic) == 1 and -1 not in size:
+            if len(symbolic) == 1 and all(d > 0 for d in size if isinstance(d, int)):
                 size[symbolic[0]] = -1
                 node.args = (node.args[0], size, *node.args[2:])
                 changed = True
@@ -74,7 +73,8 @@ def canonicalize_dynamic_shapes(gm: torch.fx.GraphModule):
             val, src_val = node.meta.get("val"), getattr(src, "meta", {}).get("val")
             if val is None or src_val is None or any(u.op == "output" for u in node.users):
                 continue
-            if tuple(val.shape) == tuple(src_val.shape) and val.dtype == src_val.dtype:
+            # compared as text: same symbols, same sizes, and no guard is added to the shape environment
+            if [str(d) for d in val.shape] == [str(d) for d in src_val.shape] and val.dtype == src_val.dtype:
                 node.replace_all_uses_with(src)
                 gm.graph.erase_node(node)
                 changed = True
@@ -160,7 +160,7 @@ def untie_linear_from_embedding(module: nn.Module) -> tuple[nn.Module, list[str]
 
 
 # ---- quantization ----------------------------------------------------------------------------
-def _quantize_int8(flat: FlatStep, example: tuple, dynamic_shapes: dict):
+def _quantize_int8(flat: FlatStep, example: tuple, dynamic_shapes: dict | None):
     """PT2E dynamic int8 (per-channel weights) of the nn.Linear layers.
 
     Returns the re-exported program and ``{op: count}`` of the operators that now consume dequantized
@@ -184,7 +184,8 @@ def _quantize_int8(flat: FlatStep, example: tuple, dynamic_shapes: dict):
             continue
         if any(isinstance(a, torch.fx.Node) and "dequantize" in str(a.target) for a in node.all_input_nodes):
             consumers[getattr(node.target, "__name__", str(node.target))] += 1
-    flat_shapes = (dynamic_shapes["input_ids"], *dynamic_shapes["state"])  # the graph module takes flat args
+    # the graph module takes flat args
+    flat_shapes = None if dynamic_shapes is None else (dynamic_shapes["input_ids"], *dynamic_shapes["state"])
     ep = torch.export.export(converted, example, dynamic_shapes=flat_shapes, strict=False)
     return ep, dict(consumers)
 
@@ -221,8 +222,8 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
         raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
     if quantize == "int8" and delegate != "xnnpack":
         raise ValueError("quantize='int8' is XNNPACK's 8-bit scheme: it needs delegate='xnnpack'")
-    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 2:
-        raise ValueError(f"max_batch must be an integer >= 2 (the batch axis is exported dynamic), got {max_batch!r}")
+    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
+        raise ValueError(f"max_batch must be an integer >= 1, got {max_batch!r}")
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
 
     spec = check_protocol(module)
@@ -230,8 +231,10 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
     out_dir.mkdir(parents=True, exist_ok=True)
     exported_module, untied = untie_linear_from_embedding(module)
     flat = FlatStep(exported_module).eval()
-    example = flat.example_inputs(2)
-    dynamic = flat.dynamic_shapes(max_batch)
+    # batch 1 only: a static program (ExecuTorch plans every buffer, and XNNPACK sizes its tensors, for the
+    # largest batch allowed, so a small bound is less memory at load time); else batch dynamic in [1, max]
+    example = flat.example_inputs(1 if max_batch == 1 else 2)
+    dynamic = None if max_batch == 1 else flat.dynamic_shapes(max_batch)
     t0 = time.perf_counter()
     quantized: dict = {}
     with torch.no_grad():
@@ -251,7 +254,7 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
         raise RuntimeError(f"the ExecuTorch program has {n_in} inputs and {n_out} outputs, the step has "
                            f"{len(spec.input_names())} and {len(spec.output_names())} (an in-place state update "
                            "adds outputs: updates must be out of place)")
-    _write_atomic(out_dir / MODEL_FILE, et_program.buffer)
+    atomic_write(out_dir / MODEL_FILE, lambda f: f.write(et_program.buffer))
     seconds = round(time.perf_counter() - t0, 2)
     summary = (f"executorch export ({delegate}{', int8' if quantize else ''}): {report['delegate_partitions']} "
                f"delegate partition(s); outside the delegate: {report['non_delegated_ops'] or 'nothing'}; "
@@ -278,17 +281,3 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
                                           "symmetric per-channel weights, nn.Linear only") if quantize else None,
                   "export_seconds": seconds})
     return manifest
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

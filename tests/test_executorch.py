@@ -30,7 +30,7 @@ SEGMENTS = 50
 CACHE_ENV = "INFINI_TEST_EXECUTORCH_CACHE"
 # every (update, delegate, quantize) exported; longest first, so the two workers finish together
 JOBS = [("delta", "xnnpack", "int8"), ("delta", "xnnpack", None), ("linear", "xnnpack", None),
-        ("delta", "none", None), ("linear", "none", None)]
+        ("delta", "none", None), ("linear", "none", None), ("linear", "xnnpack", None, 1)]  # last: max_batch=1
 # what may stay outside XNNPACK with the current model (the embedding always does): a regression guard
 ALLOWED_OUTSIDE = {"embedding.default", "mean.dim", "sum.dim_IntList", "slice_copy.Tensor"}
 MAX_PARTITIONS = 8
@@ -39,7 +39,7 @@ MAX_PARTITIONS = 8
 INT8_MIN_TOP1 = 0.97
 
 
-def _export_job(update, delegate, quantize, out_dir):
+def _export_job(update, delegate, quantize, max_batch, out_dir):
     """Runs in a worker process: export + the pipeline's own parity check; returns plain data."""
     try:
         from exporters.pipeline import export_artifact
@@ -49,7 +49,7 @@ def _export_job(update, delegate, quantize, out_dir):
         if CACHE_ENV in os.environ and cached.is_file():  # a developer's cache of earlier exports
             return json.loads(cached.read_text())
         manifest, report = export_artifact(make(update), out_dir, "executorch", delegate=delegate, quantize=quantize,
-                                           parity_segments=SEGMENTS, progress=False, log=None)
+                                           max_batch=max_batch, parity_segments=SEGMENTS, progress=False, log=None)
         result = {"manifest": manifest, "report": report.to_dict(), "error": None}
         if CACHE_ENV in os.environ:
             cached.write_text(json.dumps(result, default=float))
@@ -64,7 +64,8 @@ def et_artifacts(tmp_path_factory):
     base = Path(os.environ[CACHE_ENV]) if CACHE_ENV in os.environ else tmp_path_factory.mktemp("executorch")
     dirs = {job: base / "_".join(str(x) for x in job) for job in JOBS}
     with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {job: pool.submit(_export_job, *job, str(dirs[job])) for job in JOBS}
+        futures = {job: pool.submit(_export_job, *job[:3], job[3] if len(job) > 3 else 64, str(dirs[job]))
+                   for job in JOBS}
         results = {job: f.result() for job, f in futures.items()}
     out = {}
     for job, res in results.items():
@@ -101,6 +102,21 @@ def test_runtime_matches_eager_every_segment(et_artifacts, update, delegate):
         assert all(e["max_rel"] < 1e-4 for e in row["state"].values())
         assert row["top1"] == 1.0
     assert report.wiring["passed"]
+
+
+def test_static_batch_one_program(et_artifacts):
+    """max_batch=1: a static program (least memory); parity as above, batch 2 refused before the call."""
+    model, art, manifest, pipeline_report = _get(et_artifacts, ("linear", "xnnpack", None, 1))
+    assert pipeline_report["passed"] and manifest["batch"]["max"] == 1
+    session = InfiniSession.open(art)
+    assert session.backend.max_batch == 1
+    report = validate(session.backend, model, segments=SEGMENTS, seed=4, manifest=session.manifest, progress=False)
+    assert report.passed, report.failures
+    state = [np.zeros(e.concrete_shape(2), np.float32) for e in session.manifest.state]
+    with pytest.raises(InputError, match="1 to 1"):
+        session.backend.run(np.zeros((2, 16), np.int64), state)
+    with pytest.raises(InputError, match=r"\[1, 1\]"):
+        session.reset(2)
 
 
 @pytest.mark.parametrize("update", ["linear", "delta"])
@@ -379,6 +395,6 @@ def test_export_arguments_are_checked(tmp_path):
     with pytest.raises(ValueError, match="needs delegate='xnnpack'"):
         export_executorch(model, tmp_path, delegate="none", quantize="int8")
     with pytest.raises(ValueError, match="max_batch"):
-        export_executorch(model, tmp_path, max_batch=1)
+        export_executorch(model, tmp_path, max_batch=0)
     assert not list(tmp_path.iterdir())
     assert isinstance(InfiniRuntimeError("x"), ValueError)
