@@ -149,7 +149,8 @@ def next_length(cur: int, max_len: int) -> int:
 
 
 def make_train_batch(rng: np.random.Generator, cur_len: int, args, cfg: InfiniConfig):
-    """(batch, kind): a quarter no-filler batches; else filler at about the current length."""
+    """(batch, kind): a quarter no-filler batches ("nofill"); of the others, a share ``mix_frac`` at a
+    shorter random length ("mixed") and the rest at about the current length ("filler")."""
     N = cfg.segment_len
     if rng.random() < args.no_filler_frac:
         L = P.min_length(instruction=False)
@@ -157,15 +158,21 @@ def make_train_batch(rng: np.random.Generator, cur_len: int, args, cfg: InfiniCo
         depths = rng.random(B)
         return P.make_batch(B, L, depths, rng, instruction=False), "nofill"
     lo = P.min_length(instruction=True)
-    if rng.random() < 0.25 and cur_len >= 2 * N:
+    kind, target = "filler", cur_len
+    if cur_len > lo + 200 and rng.random() < args.mix_frac:
+        # a shorter input, log-uniform between 2 filler sentences and the current length: keeps every
+        # length seen so far working (the memory read is diluted differently at every length)
+        kind = "mixed"
+        target = int(round(math.exp(rng.uniform(math.log(lo + 40), math.log(cur_len)))))
+    if rng.random() < 0.25 and target >= 2 * N:
         # end the prompt within a few tokens of a segment boundary: the answer spills into a new segment
-        L = (cur_len // N) * N - int(rng.integers(0, 4))
+        L = (target // N) * N - int(rng.integers(0, 4))
     else:
-        L = cur_len - int(rng.integers(0, min(N, cur_len - lo + 1)))
+        L = target - int(rng.integers(0, min(N, target - lo + 1)))
     L = max(lo, L)
     B = int(max(1, min(args.max_batch, args.tokens_per_step // (L + P.ANSWER_LEN))))
     depths = rng.random(B)
-    return P.make_batch(B, L, depths, rng), "filler"
+    return P.make_batch(B, L, depths, rng), kind
 
 
 def train_step_losses(model, batch: P.PasskeyBatch):
@@ -282,6 +289,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-len", type=int, default=4096, help="longest prompt of the curriculum")
     ap.add_argument("--start-len", type=int, default=0, help="first prompt length (0: 2 filler sentences)")
     ap.add_argument("--no-filler-frac", type=float, default=0.25)
+    ap.add_argument("--mix-frac", type=float, default=0.5,
+                    help="share of filler batches at a shorter, log-uniform random length (not used for promotion)")
     ap.add_argument("--needle-weight", type=float, default=1.0)
     ap.add_argument("--lm-weight", type=float, default=0.1)
     ap.add_argument("--promote-em", type=float, default=0.8)
@@ -368,7 +377,7 @@ def main(argv=None) -> int:
                            "prompts_per_cell": args.heldout_prompts,
                            "note": "needle in an earlier segment than the prompt's last token; greedy, exact match"},
                "recipe": {k: getattr(args, k) for k in ("lr", "gate_lr", "weight_decay", "warmup", "tokens_per_step",
-                                                         "max_batch", "max_len", "no_filler_frac", "needle_weight",
+                                                         "max_batch", "max_len", "no_filler_frac", "mix_frac", "needle_weight",
                                                          "lm_weight", "promote_em", "promote_rows", "seed")},
                "runs": tr["runs"], "promotions": tr["promotions"], "evals": tr["evals"], "history": tr["history"]}
         write_report(out, rep)
@@ -386,7 +395,7 @@ def main(argv=None) -> int:
     budget_s = args.minutes * 60.0 if args.minutes > 0 else float("inf")
     t_last = time.time()
     t_eval = t_save = t_log = t_last
-    acc = {"loss": 0.0, "ans": 0.0, "needle": 0.0, "lm": 0.0, "em_f": [], "em_n": [], "n": 0, "tok": 0, "t": 0.0}
+    acc = {"loss": 0.0, "ans": 0.0, "needle": 0.0, "lm": 0.0, "em_f": [], "em_e": [], "em_n": [], "n": 0, "tok": 0}
     while not stop["flag"]:
         if args.steps and tr["step"] >= args.steps:
             break
@@ -415,10 +424,19 @@ def main(argv=None) -> int:
         acc["lm"] += float(lm.detach())
         acc["n"] += 1
         acc["tok"] += ntok
-        (acc["em_f"] if kind == "filler" else acc["em_n"]).extend(em.tolist())
-        # curriculum: promote on the training EM of filler batches at the current length
-        if kind == "filler":
-            em_window.extend(em.tolist())
+        # "hard" rows: the needle ends in an earlier segment than the prompt's last token, so only the
+        # memory can carry the key to the answer; the others are solved by local attention
+        N = cfg.segment_len
+        hard = (batch.needle_end - 1) // N < (batch.ids.shape[1] - 1) // N  # (B,) bool
+        em_rows = em.numpy().astype(bool)
+        if kind in ("filler", "mixed"):
+            acc["em_f"].extend(em_rows[hard].tolist())
+            acc["em_e"].extend(em_rows[~hard].tolist())
+        else:
+            acc["em_n"].extend(em_rows.tolist())
+        # curriculum: promote on the training EM of the hard rows only
+        if kind == "filler" and hard.any():
+            em_window.extend(em_rows[hard].astype(float).tolist())
             if len(em_window) >= args.promote_rows and tr["cur_len"] < args.max_len:
                 recent = list(em_window)[-args.promote_rows:]
                 if float(np.mean(recent)) > args.promote_em:
@@ -435,17 +453,19 @@ def main(argv=None) -> int:
             rec = {"step": tr["step"], "minutes": round(tr["elapsed"] / 60, 2), "loss": acc["loss"] / n,
                    "answer_loss": acc["ans"] / n, "needle_loss": acc["needle"] / n, "lm_loss": acc["lm"] / n,
                    "train_em": float(np.mean(acc["em_f"])) if acc["em_f"] else None,
+                   "train_em_local": float(np.mean(acc["em_e"])) if acc["em_e"] else None,
                    "train_em_nofill": float(np.mean(acc["em_n"])) if acc["em_n"] else None,
                    "length": tr["cur_len"], "lr": opt.param_groups[0]["lr"], "tokens": tr["tokens"],
                    "tokens_per_s": acc["tok"] / dt,
-                   "gates": [round(float(torch.sigmoid(b.attn.beta).mean()), 3) for b in model.blocks]}
+                   "gates": [round(float(torch.sigmoid(b.attn.beta.detach()).mean()), 3) for b in model.blocks]}
             tr["history"].append(rec)
-            em_s = "-" if rec["train_em"] is None else f"{rec['train_em']:.2f}"
-            em_n = "-" if rec["train_em_nofill"] is None else f"{rec['train_em_nofill']:.2f}"
+            def fmt(x):
+                return "-" if x is None else f"{x:.2f}"
+            em_s, em_e, em_n = fmt(rec["train_em"]), fmt(rec["train_em_local"]), fmt(rec["train_em_nofill"])
             log(f"step {rec['step']:5d} | {rec['minutes']:5.1f} min | loss {rec['loss']:.3f} | answer {rec['answer_loss']:.3f}"
-                f" | needle {rec['needle_loss']:.3f} | lm {rec['lm_loss']:.3f} | train EM {em_s} (no filler {em_n})"
+                f" | needle {rec['needle_loss']:.3f} | lm {rec['lm_loss']:.3f} | train EM {em_s} (local {em_e}, no filler {em_n})"
                 f" | len {tr['cur_len']} | lr {rec['lr']:.2e} | {rec['tokens_per_s']:.0f} tok/s | gates {rec['gates']}")
-            acc = {"loss": 0.0, "ans": 0.0, "needle": 0.0, "lm": 0.0, "em_f": [], "em_n": [], "n": 0, "tok": 0, "t": 0.0}
+            acc = {"loss": 0.0, "ans": 0.0, "needle": 0.0, "lm": 0.0, "em_f": [], "em_e": [], "em_n": [], "n": 0, "tok": 0}
             t_log = now
         if now - t_eval >= args.eval_every * 60:
             do_eval()

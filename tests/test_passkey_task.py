@@ -144,3 +144,14 @@ def test_task_module_is_torch_free():
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom) and node.module}
     assert "torch" not in imported
+
+
+def test_task_module_imports_without_torch():
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    code = ("import sys; from infini_export.tasks import passkey as P; P.make_batch(2, 300, 0.5, 0); "
+            "assert 'torch' not in sys.modules, 'importing the passkey task loaded torch'")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
