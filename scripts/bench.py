@@ -147,8 +147,8 @@ MODES = {
                   baseline_budget=45.0, gemm_sizes=[1024, 2048], gemm_reps=3, parity_segments=2, export_lanes=2, export_grouped=True, interleaved_gemm_n=1024,
                   first_call_cap=30.0, timeout=1200),
     "full": dict(configs=[(p, n, b) for p in ("tiny", "small", "medium") for n in (128, 512) for b in (1, 8)],
-                 min_reps=3, max_reps=60, config_budget=30.0, slice_seconds=0.4, memory_preset=("small", 128),
-                 memory_lengths=[4096, 32768, 131072, 1048576], baseline_budget=120.0,
+                 min_reps=3, max_reps=60, config_budget=20.0, slice_seconds=0.3, memory_preset=("small", 128),
+                 memory_lengths=[4096, 32768, 131072, 1048576], baseline_budget=90.0,
                  gemm_sizes=[1024, 2048, 3072], gemm_reps=5, parity_segments=2, export_lanes=2, export_grouped=False, interleaved_gemm_n=1024,
                  first_call_cap=60.0, timeout=3600),
 }
