@@ -5,9 +5,11 @@
   on import and takes and returns ``torch.Tensor`` only (a numpy array is refused). It is the runtime of
   the very ExecuTorch release the exporter used.
 - ``"numpy"``: ``executorch-numpy-runtime`` (PyPI, third party, beta), the same ExecuTorch C++ core with the
-  XNNPACK delegate and the portable/optimized/quantized kernels behind a numpy-only binding. **torch-free**,
-  ~40 MB RSS instead of ~400 MB with torch. It is built for one ExecuTorch release (1.3.1 at the time of
-  writing; our programs are written by 1.4.1 and load and match) and ships wheels for Python >= 3.12 only.
+  XNNPACK delegate and the portable/optimized/quantized kernels behind a numpy-only binding. **torch-free**.
+  It is built for one ExecuTorch release (1.3.1 at the time of writing; the 1.4.1 programs of this exporter
+  load, and give bit-identical XNNPACK outputs) and ships wheels for Python >= 3.12 only.
+  Measured (small preset, XNNPACK float32, max_batch 64, one core): peak RSS 118-150 MB against 369-398 MB
+  with torch; open 0.05 s against 1.2-1.4 s (importing torch); the same tokens/s (~24k).
 - ``"auto"`` (default): ``"pybindings"`` where executorch and torch import, else ``"numpy"``.
 
 Either way torch and executorch are imported lazily, when an ``ExecuTorchBackend`` is created:
@@ -113,7 +115,7 @@ class _NumpyEngine:
         return names
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        return [np.array(o, copy=True) for o in self._method(arrays)]  # its outputs are fresh already
+        return [np.asarray(o) for o in self._method(arrays)]  # fresh arrays already: it copies out of its arena
 
 
 def _make_engine(engine: str, threads: int | None):
