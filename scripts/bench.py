@@ -32,8 +32,8 @@ def _parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1, help="threads for every backend and the GEMM (default 1)")
     p.add_argument("--artifacts", default=None,
                    help="cache of exported artifacts, reused while the exporter and model sources and the library "
-                        "versions are unchanged (default for --smoke and --quick: out/bench-artifacts; the full run "
-                        "exports afresh into a temporary folder unless this is given)")
+                        "versions are unchanged (default for --smoke and --quick: ~/.cache/infini-export/bench-artifacts; "
+                        "the full run exports afresh into a temporary folder unless this is given)")
     p.add_argument("--fresh", action="store_true", help="export afresh into a temporary folder (no cache)")
     p.add_argument("--configs", default=None, help="comma list of preset/segment_len/batch, e.g. small/128/1")
     p.add_argument("--backends", default=None, help="comma list, a subset of " + ",".join(
@@ -966,7 +966,8 @@ def main(args) -> int:
     gemm = measure_gemm(mode["gemm_sizes"], mode["gemm_reps"], "start")
     log(f"GEMM best so far {max(g['gflops'] for g in gemm):.1f} GFLOP/s")
 
-    cache = None if args.fresh else (args.artifacts or ("out/bench-artifacts" if mode_name != "full" else None))
+    default_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "infini-export" / "bench-artifacts"
+    cache = None if args.fresh else (args.artifacts or (str(default_cache) if mode_name != "full" else None))
     if cache:
         key = source_key(args.seed)
         cache_root = (ROOT / cache) if not Path(cache).is_absolute() else Path(cache)
