@@ -796,11 +796,13 @@ def plots(result: dict, out: Path) -> list[str]:
         fig, axes = plt.subplots(3, 1, figsize=(max(8, 0.45 * len(exp) + 2), 9), sharex=True)
         x = np.arange(len(exp))
         col = [COLORS[r["backend"]] for r in exp]
-        axes[0].bar(x, [r["wall_seconds"] for r in exp], color=col)
-        axes[0].set_ylabel("wall s")
-        axes[0].set_title("Export cost (each export + its parity check" +
-                          (", in its own process)" if not any(r.get("shared_process") for r in exp) else
-                           "; some exports shared a process or ran concurrently)"))
+        axes[0].bar(x, [r["wall_seconds"] for r in exp], color=col, label="wall")
+        axes[0].plot(x, [r.get("cpu_seconds") or np.nan for r in exp], "k_", ms=18, mew=2, label="CPU")
+        axes[0].set_ylabel("seconds")
+        axes[0].legend(fontsize=8)
+        axes[0].set_title("Export cost: export + parity check, " +
+                          ("each in its own process" if not any(r.get("shared_process") for r in exp) else
+                           "some in a shared process"), fontsize=10)
         axes[1].bar(x, [r["peak_rss_mb"] for r in exp], color=col)
         axes[1].set_ylabel("peak RSS MB")
         axes[2].bar(x, [r["artifact_bytes"] / 1e6 for r in exp], color=col)
