@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm  # imported up front: a first import mid-run would show as RSS growth with length
 
 from .streaming import peak_rss_mb
 from .tasks import passkey as pk
@@ -81,7 +82,6 @@ def answer(session, prompt: LazyPrompt, keys: list[str], memory: bool = True, ch
     last = None
     starts = range(start, prompt.length, chunk)
     if bar and len(starts) > 8:
-        from tqdm import tqdm
         starts = tqdm(starts, desc=f"{prompt.length:,} tokens x{len(keys)}", unit="chunk", leave=False)
     for lo in starts:
         last = session.stream(prompt.chunk(lo, min(prompt.length, lo + chunk), keys))
