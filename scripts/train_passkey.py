@@ -164,7 +164,7 @@ def make_train_batch(rng: np.random.Generator, cur_len: int, args, cfg: InfiniCo
         # length seen so far working (the memory read is diluted differently at every length)
         kind = "mixed"
         target = int(round(math.exp(rng.uniform(math.log(lo + 40), math.log(cur_len)))))
-    if rng.random() < 0.25 and target >= 2 * N:
+    if rng.random() < args.boundary_frac and target >= 2 * N:
         # end the prompt within a few tokens of a segment boundary: the answer spills into a new segment
         L = (target // N) * N - int(rng.integers(0, 4))
     else:
@@ -289,6 +289,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-len", type=int, default=4096, help="longest prompt of the curriculum")
     ap.add_argument("--start-len", type=int, default=0, help="first prompt length (0: 2 filler sentences)")
     ap.add_argument("--no-filler-frac", type=float, default=0.25)
+    ap.add_argument("--boundary-frac", type=float, default=0.4,
+                    help="share of filler batches whose prompt ends 0-3 tokens before a segment boundary, so the "
+                         "answer is generated in a fresh segment (as at lengths that are multiples of segment_len)")
     ap.add_argument("--mix-frac", type=float, default=0.5,
                     help="share of filler batches at a shorter, log-uniform random length (not used for promotion)")
     ap.add_argument("--needle-weight", type=float, default=1.0)
@@ -377,7 +380,7 @@ def main(argv=None) -> int:
                            "prompts_per_cell": args.heldout_prompts,
                            "note": "needle in an earlier segment than the prompt's last token; greedy, exact match"},
                "recipe": {k: getattr(args, k) for k in ("lr", "gate_lr", "weight_decay", "warmup", "tokens_per_step",
-                                                         "max_batch", "max_len", "no_filler_frac", "mix_frac", "needle_weight",
+                                                         "max_batch", "max_len", "no_filler_frac", "mix_frac", "boundary_frac", "needle_weight",
                                                          "lm_weight", "promote_em", "promote_rows", "seed")},
                "runs": tr["runs"], "promotions": tr["promotions"], "evals": tr["evals"], "history": tr["history"]}
         write_report(out, rep)
