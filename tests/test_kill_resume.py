@@ -11,7 +11,7 @@ import numpy as np
 
 from tests.conftest import ROOT
 
-TOKENS = 40_000
+TOKENS = 150_000
 
 
 def _run(art, *extra, wait=True):
@@ -39,7 +39,7 @@ def test_sigkill_then_resume_is_identical(onnx_artifacts, tmp_path):
     for trial in range(3):
         snap, final = tmp_path / f"snap{trial}.npz", tmp_path / f"final{trial}.npz"
         proc = _run(art, "--snapshot", str(snap), "--snapshot-every", "5", wait=False)
-        time.sleep(rng.uniform(0.8, 2.5))
+        time.sleep(rng.uniform(1.0, 3.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         killed = proc.returncode == -signal.SIGKILL
@@ -52,7 +52,8 @@ def test_sigkill_then_resume_is_identical(onnx_artifacts, tmp_path):
             resumed_at = 0
         out = _run(art, *resume, "--save-final", str(final))
         assert out["tokens"] == TOKENS
-        assert out["last_logits_sha256"] == ref["last_logits_sha256"]
+        if resumed_at < TOKENS:  # (a run that had already finished leaves nothing to recompute)
+            assert out["last_logits_sha256"] == ref["last_logits_sha256"]
         got = _state(final)
         assert got.keys() == ref_state.keys()
         for k in got:
