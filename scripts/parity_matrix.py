@@ -42,6 +42,7 @@ def main() -> int:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--out", default="docs/parity")
     args = p.parse_args()
+    torch.set_num_threads(1)  # eager small models: one thread; two contend badly on a shared 2-core machine
     if args.checkpoint:
         model, source = load_checkpoint(args.checkpoint), args.checkpoint
     else:
