@@ -62,20 +62,6 @@ def delegate_for(weights: str) -> str:
     return "xnnpack" if weights == "trained" else "none"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core box: intra-op threads only add contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-    if MEASURED:
-        print("\nparity vs infini_transformer_pytorch.InfiniTransformer.forward "
-              f"({N_FULL} segments of {SEG} + {TAIL} tokens, batch {BATCH}):")
-        for (name, weights, backend), e in sorted(MEASURED.items()):
-            print(f"  {name:<7} {weights:<8} {backend:<20} max|dlogits| {e['logits']:.3g}  "
-                  f"max|dmemory| {e['memory']:.3g}  max|dnorm| {e['norm']:.3g}  "
-                  f"(first segment: logits {e['first_logits']:.3g})")
 
 
 # ---- their models --------------------------------------------------------------------------------

@@ -22,12 +22,6 @@ FORMATS = ["onnx", pytest.param("executorch", marks=pytest.mark.skipif(
     not HAVE_EXECUTORCH, reason="the ExecuTorch exporter (exporters/executorch.py) has not landed yet"))]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class TinyRNN(nn.Module):
