@@ -26,19 +26,37 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
+        # mean over the last axis as a linear map with a constant 1/dim row: the XNNPACK delegate takes a
+        # linear but not a mean over the channel axis, which would cut the graph into partitions
+        self.register_buffer("mean_row", torch.full((1, dim), 1.0 / dim), persistent=False)  # (1, D)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        ms = F.linear(xf * xf, self.mean_row.float())  # (..., D) x (1, D)^T -> (..., 1): mean of squares
+        xf = xf * torch.rsqrt(ms + self.eps)
         return xf.to(x.dtype) * self.weight
 
 
-def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the two halves of ``x`` (B, H, T, dh) by position; cos/sin are (T, dh/2)."""
-    half = x.shape[-1] // 2
-    x1 = x[..., :half]  # (B, H, T, dh/2)
-    x2 = x[..., half:]  # (B, H, T, dh/2)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, H, T, dh)
+def rotate_half_matrix(dh: int) -> torch.Tensor:
+    """(dh, dh) signed permutation R with ``x @ R == cat([-x2, x1])`` for ``x = cat([x1, x2])``.
+
+    The model stores ``R.T`` and applies it as ``F.linear(x, R.T)`` (a linear layer delegates without
+    the broadcast copies a batched matmul against a 2-D matrix brings)."""
+    half = dh // 2
+    r = torch.zeros(dh, dh)
+    idx = torch.arange(half)
+    r[idx + half, idx] = -1.0  # output j < half takes -x[j + half]
+    r[idx, idx + half] = 1.0  # output j >= half takes x[j - half]
+    return r
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rot_t: torch.Tensor) -> torch.Tensor:
+    """Rotate the two halves of ``x`` (B, H, T, dh) by position.
+
+    cos/sin are full width (T, dh): ``cat([c, c])``; ``rot_t`` is ``rotate_half_matrix(dh).T``. Same as
+    ``cat([x1 c - x2 s, x1 s + x2 c])``, written without slices (which the XNNPACK delegate leaves out).
+    """
+    return x * cos + F.linear(x, rot_t) * sin  # x @ R: (B, H, T, dh)
 
 
 class InfiniAttention(nn.Module):
@@ -57,7 +75,7 @@ class InfiniAttention(nn.Module):
         self.beta = nn.Parameter(torch.zeros(cfg.n_heads))
 
     def forward(self, x: torch.Tensor, mem: LayerMemory, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor) -> tuple[torch.Tensor, LayerMemory]:
+                rot: torch.Tensor, mask: torch.Tensor, ones: torch.Tensor) -> tuple[torch.Tensor, LayerMemory]:
         B, T, _ = x.shape
         H, dh = self.n_heads, self.d_head
         q = self.wq(x).view(B, T, H, dh).transpose(1, 2)  # (B, H, T, dk)
@@ -75,10 +93,15 @@ class InfiniAttention(nn.Module):
             new_M = M + sk.transpose(-1, -2) @ (vf - v_old)  # eq 9: (B, H, dk, dv)
         else:
             new_M = M + sk.transpose(-1, -2) @ vf  # eq 8: (B, H, dk, dv)
-        new_z = z + sk.sum(dim=2)  # eq 8: (B, H, dk)
+        # sum over t as a linear layer with a constant ones row (XNNPACK takes it; a sum over an axis it
+        # does not). The full buffer, not a slice, when T == N: a sliced weight is not a constant to it
+        ones_t = (ones if ones.shape[1] == T else ones[:, :T]).to(sd)  # (1, T)
+        sk_rows = sk.transpose(-1, -2).reshape(B * H * dh, T)  # (B*H*dk, T)
+        z_inc = F.linear(sk_rows, ones_t)  # (B*H*dk, T) x (1, T)^T -> (B*H*dk, 1)
+        new_z = z + z_inc.view(B, H, dh)  # eq 8: (B, H, dk)
 
         # local path: causal softmax attention inside the segment, RoPE here only
-        qr, kr = rope(q, cos[:T], sin[:T]), rope(k, cos[:T], sin[:T])  # (B, H, T, dk)
+        qr, kr = rope(q, cos[:T], sin[:T], rot), rope(k, cos[:T], sin[:T], rot)  # (B, H, T, dk)
         scores = (qr @ kr.transpose(-1, -2)) * (1.0 / math.sqrt(dh)) + mask[:T, :T].to(q.dtype)  # (B, H, T, T)
         a_dot = torch.softmax(scores, dim=-1) @ v  # eq 6: (B, H, T, dv)
 
@@ -107,8 +130,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.ffn = SwiGLU(cfg)
 
-    def forward(self, x, mem, cos, sin, mask):
-        h, new_mem = self.attn(self.attn_norm(x), mem, cos, sin, mask)
+    def forward(self, x, mem, cos, sin, rot, mask, ones):
+        h, new_mem = self.attn(self.attn_norm(x), mem, cos, sin, rot, mask, ones)
         x = x + h
         x = x + self.ffn(self.ffn_norm(x))
         return x, new_mem
@@ -129,8 +152,10 @@ class InfiniTransformer(nn.Module):
         N, half = cfg.segment_len, cfg.d_head // 2
         inv_freq = cfg.rope_base ** (-torch.arange(half, dtype=torch.float64) / half)  # (dh/2,)
         angles = torch.arange(N, dtype=torch.float64)[:, None] * inv_freq[None, :]  # (N, dh/2)
-        self.register_buffer("rope_cos", angles.cos().float(), persistent=False)
-        self.register_buffer("rope_sin", angles.sin().float(), persistent=False)
+        self.register_buffer("rope_cos", angles.cos().float().repeat(1, 2), persistent=False)  # (N, dh)
+        self.register_buffer("rope_sin", angles.sin().float().repeat(1, 2), persistent=False)  # (N, dh)
+        self.register_buffer("rope_rot_t", rotate_half_matrix(cfg.d_head).T.contiguous(), persistent=False)  # (dh, dh)
+        self.register_buffer("seg_ones", torch.ones(1, N), persistent=False)  # (1, N): sums over t as linears
         # constant additive causal mask: delegates well (no arange/where in the graph)
         causal = torch.full((N, N), float("-inf")).triu(1)  # (N, N)
         self.register_buffer("causal_mask", causal, persistent=False)
@@ -162,6 +187,10 @@ class InfiniTransformer(nn.Module):
                         torch.zeros(batch_size, cfg.n_heads, cfg.d_head, dtype=STATE_DTYPE, device=device))
             for _ in range(cfg.n_layers))
 
+    def layer_constants(self) -> tuple[torch.Tensor, ...]:
+        """What every block (and ``InfiniAttention``) takes after ``mem``: cos, sin, rot, mask, ones."""
+        return self.rope_cos, self.rope_sin, self.rope_rot_t, self.causal_mask, self.seg_ones
+
     def step(self, input_ids: torch.Tensor, state: tuple[LayerMemory, ...]):
         """Run one segment: ``(input_ids (B, T) int64, state) -> (logits (B, T, V), new_state)``.
 
@@ -176,7 +205,7 @@ class InfiniTransformer(nn.Module):
         x = self.embed(input_ids)  # (B, T, D)
         new_state = []
         for block, mem in zip(self.blocks, state):
-            x, new_mem = block(x, mem, self.rope_cos, self.rope_sin, self.causal_mask)
+            x, new_mem = block(x, mem, *self.layer_constants())
             new_state.append(new_mem)
         logits = self.lm_head(self.norm(x))  # (B, T, V)
         return logits, tuple(new_state)

@@ -9,6 +9,14 @@ three helpers:
   3. the input length grows only when the training exact match on the current length is > 0.8;
 plus a small LM loss on every predictable byte.
 
+Optional lever for lengths far beyond the training inputs (``--extrapolate-frac``): on a share of the rows
+whose needle lies well before the answer, the state entering the answer's segment gets ``k`` more segments'
+worth of filler added, ``k`` log-uniform up to ``--extrapolate-to`` tokens: ``M += k * dM``, ``z += k * dz``
+with ``(dM, dz)`` the (detached) state increment of a filler segment of the same row. This is first-order
+extrapolation of what a long filler stream does to the memory (the linear rule's exact effect of repeating
+that segment; an approximation for the delta rule), so the answer must be read against the dilution of a
+1M-token input while back-propagation still covers only ~4K tokens. The exported model is unchanged.
+
 Examples::
 
     python scripts/train_passkey.py --out models/passkey-small --minutes 50
@@ -40,6 +48,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from infini_export import InfiniConfig, InfiniTransformer, load_checkpoint, save_checkpoint  # noqa: E402
+from infini_export.state import LayerMemory  # noqa: E402
 from infini_export.tasks import passkey as P  # noqa: E402
 
 STATE_FILE = "train_state.pt"
@@ -175,11 +184,56 @@ def make_train_batch(rng: np.random.Generator, cur_len: int, args, cfg: InfiniCo
     return P.make_batch(B, L, depths, rng), kind
 
 
-def train_step_losses(model, batch: P.PasskeyBatch):
+def extrapolation_factors(rng: np.random.Generator, batch: P.PasskeyBatch, N: int, frac: float,
+                          max_tokens: int) -> np.ndarray | None:
+    """(B,) extra filler segments to add before the answer's segment (0: none), or None for no row.
+
+    Eligible rows: the segment two before the answer's, ``s_a - 2``, is pure filler (the needle ends before
+    it and the instruction too), so its state increment is a clean per-segment filler rate."""
+    if frac <= 0:
+        return None
+    B, L = batch.ids.shape
+    s_a = (L - 1) // N
+    if s_a < 3:
+        return None
+    clean_from = (s_a - 2) * N
+    ok = (batch.needle_end <= clean_from) & (len(P.INSTRUCTION) + 1 <= clean_from)  # (B,) bool
+    pick = ok & (rng.random(B) < frac)
+    if not pick.any():
+        return None
+    k_max = max(2.0, max_tokens / N)
+    k = np.exp(rng.uniform(0.0, math.log(k_max), B))  # log-uniform in [1, max_tokens / N] segments
+    return np.where(pick, k, 0.0)
+
+
+def forward_extrapolated(model, inp: torch.Tensor, k: np.ndarray, s_a: int) -> torch.Tensor:
+    """``model(inp)`` with ``k[b]`` extra filler segments' state added before segment ``s_a`` (see the doc)."""
+    B, T = inp.shape
+    N = model.cfg.segment_len
+    kt = torch.from_numpy(k).float()  # (B,)
+    state = model.init_state(B)
+    before = []  # before[i]: the state entering segment i
+    outs = []
+    for si, start in enumerate(range(0, T, N)):
+        if si == s_a:
+            a, b = before[s_a - 1], before[s_a - 2]  # a - b: what segment s_a - 2 (pure filler) wrote
+            state = tuple(LayerMemory(m.memory + kt.view(B, 1, 1, 1) * (pa.memory - pb.memory).detach(),  # (B, H, dk, dv)
+                                      m.norm + kt.view(B, 1, 1) * (pa.norm - pb.norm).detach())  # (B, H, dk)
+                          for m, pa, pb in zip(state, a, b))
+        before.append(state)
+        logits, state = model.step(inp[:, start:start + N], state)
+        outs.append(logits)
+    return torch.cat(outs, dim=1)  # (B, T, V)
+
+
+def train_step_losses(model, batch: P.PasskeyBatch, extra: np.ndarray | None = None):
     full = torch.from_numpy(batch.full_ids)  # (B, L + 6)
     inp, tgt = full[:, :-1], full[:, 1:]  # (B, L + 5)
     B, L = batch.ids.shape
-    logits, _ = model(inp)  # (B, L + 5, V)
+    if extra is None:
+        logits, _ = model(inp)  # (B, L + 5, V)
+    else:
+        logits = forward_extrapolated(model, inp, extra, (L - 1) // model.cfg.segment_len)  # (B, L + 5, V)
     nll = F.cross_entropy(logits.float().transpose(1, 2), tgt, reduction="none")  # (B, L + 5)
     ar5 = torch.arange(P.KEY_DIGITS)
     ans_idx = (L - 1) + torch.arange(P.ANSWER_LEN)  # targets L .. L+5: " " + digits
@@ -294,6 +348,9 @@ def main(argv=None) -> int:
                          "answer is generated in a fresh segment (as at lengths that are multiples of segment_len)")
     ap.add_argument("--mix-frac", type=float, default=0.5,
                     help="share of filler batches at a shorter, log-uniform random length (not used for promotion)")
+    ap.add_argument("--extrapolate-frac", type=float, default=0.0,
+                    help="share of eligible filler rows whose answer reads a state extrapolated to a longer input")
+    ap.add_argument("--extrapolate-to", type=int, default=1 << 20, help="longest extrapolated input, tokens")
     ap.add_argument("--needle-weight", type=float, default=1.0)
     ap.add_argument("--lm-weight", type=float, default=0.1)
     ap.add_argument("--promote-em", type=float, default=0.8)
@@ -381,7 +438,7 @@ def main(argv=None) -> int:
                            "note": "needle in an earlier segment than the prompt's last token; greedy, exact match"},
                "recipe": {k: getattr(args, k) for k in ("lr", "gate_lr", "weight_decay", "warmup", "tokens_per_step",
                                                          "max_batch", "max_len", "no_filler_frac", "mix_frac", "boundary_frac", "needle_weight",
-                                                         "lm_weight", "promote_em", "promote_rows", "seed")},
+                                                         "lm_weight", "promote_em", "promote_rows", "seed", "extrapolate_frac", "extrapolate_to")},
                "runs": tr["runs"], "promotions": tr["promotions"], "evals": tr["evals"], "history": tr["history"]}
         write_report(out, rep)
         return rep
@@ -398,7 +455,7 @@ def main(argv=None) -> int:
     budget_s = args.minutes * 60.0 if args.minutes > 0 else float("inf")
     t_last = time.time()
     t_eval = t_save = t_log = t_last
-    acc = {"loss": 0.0, "ans": 0.0, "needle": 0.0, "lm": 0.0, "em_f": [], "em_e": [], "em_n": [], "n": 0, "tok": 0}
+    acc = {"loss": 0.0, "ans": 0.0, "needle": 0.0, "lm": 0.0, "em_f": [], "em_e": [], "em_n": [], "em_x": [], "n": 0, "tok": 0}
     while not stop["flag"]:
         if args.steps and tr["step"] >= args.steps:
             break
@@ -409,7 +466,9 @@ def main(argv=None) -> int:
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * f
         batch, kind = make_train_batch(rng, tr["cur_len"], args, cfg)
-        ans_nll, needle_nll, lm, em = train_step_losses(model, batch)
+        extra = (extrapolation_factors(rng, batch, cfg.segment_len, args.extrapolate_frac, args.extrapolate_to)
+                 if kind != "nofill" else None)
+        ans_nll, needle_nll, lm, em = train_step_losses(model, batch, extra)
         loss = ans_nll.mean() + args.needle_weight * needle_nll.mean() + args.lm_weight * lm
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -432,6 +491,10 @@ def main(argv=None) -> int:
         N = cfg.segment_len
         hard = (batch.needle_end - 1) // N < (batch.ids.shape[1] - 1) // N  # (B,) bool
         em_rows = em.numpy().astype(bool)
+        if extra is not None:  # extrapolated rows: their own EM, kept out of the curriculum's
+            xr = extra > 0
+            acc["em_x"].extend(em_rows[xr].tolist())
+            hard = hard & ~xr
         if kind in ("filler", "mixed"):
             acc["em_f"].extend(em_rows[hard].tolist())
             acc["em_e"].extend(em_rows[~hard].tolist())
@@ -458,6 +521,7 @@ def main(argv=None) -> int:
                    "train_em": float(np.mean(acc["em_f"])) if acc["em_f"] else None,
                    "train_em_local": float(np.mean(acc["em_e"])) if acc["em_e"] else None,
                    "train_em_nofill": float(np.mean(acc["em_n"])) if acc["em_n"] else None,
+                   "train_em_extrapolated": float(np.mean(acc["em_x"])) if acc["em_x"] else None,
                    "length": tr["cur_len"], "lr": opt.param_groups[0]["lr"], "tokens": tr["tokens"],
                    "tokens_per_s": acc["tok"] / dt,
                    "gates": [round(float(torch.sigmoid(b.attn.beta.detach()).mean()), 3) for b in model.blocks]}
@@ -465,10 +529,11 @@ def main(argv=None) -> int:
             def fmt(x):
                 return "-" if x is None else f"{x:.2f}"
             em_s, em_e, em_n = fmt(rec["train_em"]), fmt(rec["train_em_local"]), fmt(rec["train_em_nofill"])
+            em_n += f", extrapolated {fmt(rec['train_em_extrapolated'])}"
             log(f"step {rec['step']:5d} | {rec['minutes']:5.1f} min | loss {rec['loss']:.3f} | answer {rec['answer_loss']:.3f}"
                 f" | needle {rec['needle_loss']:.3f} | lm {rec['lm_loss']:.3f} | train EM {em_s} (local {em_e}, no filler {em_n})"
                 f" | len {tr['cur_len']} | lr {rec['lr']:.2e} | {rec['tokens_per_s']:.0f} tok/s | gates {rec['gates']}")
-            acc = {"loss": 0.0, "ans": 0.0, "needle": 0.0, "lm": 0.0, "em_f": [], "em_e": [], "em_n": [], "n": 0, "tok": 0}
+            acc = {"loss": 0.0, "ans": 0.0, "needle": 0.0, "lm": 0.0, "em_f": [], "em_e": [], "em_n": [], "em_x": [], "n": 0, "tok": 0}
             t_log = now
         if now - t_eval >= args.eval_every * 60:
             do_eval()

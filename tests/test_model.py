@@ -101,7 +101,7 @@ def test_zero_state_reads_as_zero_memory():
     x = torch.randn(1, 8, model.cfg.d_model)
     with torch.no_grad():
         attn.beta.fill_(1e4)  # memory only
-        out, mem = attn(x, model.init_state(1)[0], model.rope_cos, model.rope_sin, model.causal_mask)
+        out, mem = attn(x, model.init_state(1)[0], *model.layer_constants())
     assert torch.all(out == 0)
     assert torch.isfinite(mem.memory).all() and mem.norm.min() > 0
 
@@ -120,7 +120,7 @@ def test_linear_memory_grows_delta_increment_shrinks():
         norms, steps = [], []
         with torch.no_grad():
             for _ in range(6):
-                _, new = a(x, mem, model.rope_cos, model.rope_sin, model.causal_mask)
+                _, new = a(x, mem, *model.layer_constants())
                 steps.append(float((new.memory - mem.memory).norm()))
                 mem = new
                 norms.append(float(mem.memory.norm()))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from infini_export import InfiniConfig, LayerMemory
-from infini_export.model import InfiniAttention
+from infini_export.model import InfiniAttention, rotate_half_matrix
 
 
 def naive_sigma(x):
@@ -86,7 +86,8 @@ def test_attention_matches_naive_reference(update):
     for seg in range(4):
         x = torch.randn(B, N, cfg.d_model, dtype=torch.float64)
         with torch.no_grad():
-            out, mem = attn(x, mem, cos, sin, mask)
+            out, mem = attn(x, mem, cos.repeat(1, 2), sin.repeat(1, 2), rotate_half_matrix(cfg.d_head).T.double(), mask,
+                            torch.ones(1, N, dtype=torch.float64))
         for b in range(B):
             r_out, r_M, r_z = naive_layer(attn, x[b], ref[b][0], ref[b][1], cfg)
             ref[b] = (r_M, r_z)
@@ -113,7 +114,8 @@ def test_float32_layer_matches_naive_reference(update):
     for seg in range(3):
         x = torch.randn(1, N, cfg.d_model)
         with torch.no_grad():
-            out, mem = attn(x, mem, ang.cos().float(), ang.sin().float(), mask)
+            out, mem = attn(x, mem, ang.cos().float().repeat(1, 2), ang.sin().float().repeat(1, 2),
+                            rotate_half_matrix(cfg.d_head).T, mask, torch.ones(1, N))
         r_out, rM, rz = naive_layer(attn, x[0].double(), rM, rz, cfg)
         assert float((out[0].double() - r_out).abs().max()) < 1e-5
         assert float(((mem.memory[0].double() - rM).abs().max()) / rM.abs().max()) < 1e-5
