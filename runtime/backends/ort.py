@@ -11,7 +11,7 @@ _ORT_TYPES = {"tensor(int64)": "int64", "tensor(float)": "float32", "tensor(floa
 class OrtBackend:
     name = "onnxruntime"
 
-    def __init__(self, manifest, threads: int | None = None, profile: bool = False):
+    def __init__(self, manifest, threads: int | None = None, profile: bool = False, denormal_as_zero: bool = True):
         import onnxruntime as ort
 
         if manifest.data["program"]["format"] != "onnx":
@@ -25,6 +25,11 @@ class OrtBackend:
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.enable_profiling = profile
+        # flush denormals to zero on onnxruntime's threads: the causal mask's exp(-inf) and the far tail of
+        # exp() land in the denormal range, where x86 takes a microcode assist per element (MLAS softmax
+        # over a masked 128x128 block: 230 us -> 31 us). Values below 1.2e-38 become 0; nothing else changes.
+        if denormal_as_zero:
+            opts.add_session_config_entry("session.set_denormal_as_zero", "1")
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
