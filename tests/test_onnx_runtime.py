@@ -27,6 +27,22 @@ def test_runtime_matches_eager_every_segment(onnx_artifacts, update):
     assert report.wiring["passed"]
 
 
+def test_denormals_flushed_by_default_and_results_unchanged(onnx_artifacts):
+    """The onnxruntime session flushes denormals (a speed setting); outputs match the setting off."""
+    _, art = onnx_artifacts["delta"]
+    on = InfiniSession.open(art)
+    off = InfiniSession.open(art, denormal_as_zero=False)
+    key = "session.set_denormal_as_zero"
+    assert on.backend.session.get_session_options().get_session_config_entry(key) == "1"
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # not set at all
+        off.backend.session.get_session_options().get_session_config_entry(key)
+    ids = np.random.default_rng(3).integers(0, 256, (1, 5 * on.segment_len), dtype=np.int64)
+    a, b = on.feed(ids), off.feed(ids)
+    assert np.abs(a - b).max() < 1e-5
+    for name in on.state:
+        assert np.allclose(on.state[name], off.state[name], rtol=1e-6, atol=0), name
+
+
 @pytest.mark.parametrize("update", ["linear", "delta"])
 def test_session_feed_equals_eager_forward(onnx_artifacts, update):
     """Independent path: the session's streaming loop vs the model's own forward over 50 segments."""
