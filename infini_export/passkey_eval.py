@@ -133,7 +133,8 @@ def table(result: dict) -> str:
              f"{'peak RSS MB':>11}"]
     for r in result["rows"]:
         acc = " / ".join(f"{100 * r['depths'][str(d)]['accuracy']:.0f}" for d in depths)
-        off = " / ".join(f"{100 * r['depths'][str(d)].get('control_accuracy', float('nan')):.0f}" for d in depths)
+        off = " / ".join(f"{100 * r['depths'][str(d)]['control_accuracy']:.0f}" if "control_accuracy" in r["depths"][str(d)]
+                         else "-" for d in depths)  # "-": the control was not run (--no-control)
         lines.append(f"{r['length']:>10,} | {acc:<28} | {off:<16} | {r['tokens_per_second']:>8,.0f} | "
                      f"{r['peak_rss_mb']:>11.0f}")
     return "\n".join(lines)
