@@ -43,6 +43,23 @@ def test_denormals_flushed_by_default_and_results_unchanged(onnx_artifacts):
         assert np.allclose(on.state[name], off.state[name], rtol=1e-6, atol=0), name
 
 
+def test_denormal_flush_does_not_leak_into_the_process(onnx_artifacts):
+    """FTZ/DAZ is on only inside a run: numpy in the same thread keeps its subnormals afterwards."""
+    from runtime import fpenv
+    if not fpenv.AVAILABLE:
+        pytest.skip("fpenv: not Linux x86-64 glibc")
+    _, art = onnx_artifacts["linear"]
+    tiny = np.array([1e-39], np.float32)  # a float32 subnormal
+    before = fpenv.mxcsr() & ~0x3F  # control bits (the low 6 are sticky status flags)
+    s = InfiniSession.open(art)
+    assert fpenv.mxcsr() & ~0x3F == before
+    s.feed(np.zeros((1, 3 * s.segment_len), np.int64))
+    assert fpenv.mxcsr() & ~0x3F == before
+    assert (tiny * np.float32(1.0))[0] != 0.0
+    with fpenv.flush_denormals():
+        assert (tiny * np.float32(1.0))[0] == 0.0  # the context does flush
+
+
 @pytest.mark.parametrize("update", ["linear", "delta"])
 def test_session_feed_equals_eager_forward(onnx_artifacts, update):
     """Independent path: the session's streaming loop vs the model's own forward over 50 segments."""
