@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="checkpoint folder (default: the bundled models/passkey-small)")
     p.add_argument("--out", default="out/demo")
     p.add_argument("--lengths", default="4K,32K,128K,1M")
-    p.add_argument("--trials", type=int, default=None)
+    p.add_argument("--trials", type=int, default=2, help="prompts per (length, depth) cell (2: ~4 min on 2 idle cores)")
     p.set_defaults(func=_cmd_demo)
     return parser
 

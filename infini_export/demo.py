@@ -52,7 +52,7 @@ def main(args) -> int:
                                    "parity": report.summary}
     _stage("passkey retrieval on the exported ONNX model, in a torch-free process (numpy + onnxruntime)")
     cmd = [sys.executable, "-m", "infini_export.cli", "passkey", str(out / "onnx"), "--lengths", args.lengths,
-           "--depths", "0,0.5,1", "--trials", str(args.trials or 1), "--out", str(out)]
+           "--depths", "0,0.5,1", "--trials", str(args.trials or 2), "--out", str(out)]
     env = {**os.environ, "INFINI_EXPORT_NO_TORCH": "1"}
     code = subprocess.call(cmd, env=env)
     if code != 0:
