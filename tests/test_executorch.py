@@ -215,6 +215,19 @@ def test_int8_top1_agreement_and_state_drift(et_artifacts):
 
 
 # ---- the backend --------------------------------------------------------------------------------
+def test_floating_point_state_of_the_process_is_left_alone(et_artifacts):
+    """Like the onnxruntime backend: no FTZ/DAZ (or other MXCSR change) leaks out of open or run."""
+    from runtime import fpenv
+    if not fpenv.AVAILABLE:
+        pytest.skip("fpenv: not Linux x86-64 glibc")
+    _, art, _, _ = _get(et_artifacts, ("delta", "xnnpack", None))
+    before = fpenv.mxcsr() & ~0x3F  # control bits (the low 6 are sticky status flags)
+    session = InfiniSession.open(art)
+    session.feed(np.zeros((1, 40), np.int64))
+    assert fpenv.mxcsr() & ~0x3F == before
+    assert (np.array([1e-39], np.float32) * np.float32(1.0))[0] != 0.0  # subnormals survive
+
+
 def test_backend_outputs_are_copies_and_calls_are_serialised(et_artifacts):
     _, art, _, _ = _get(et_artifacts, ("delta", "xnnpack", None))
     backend = InfiniSession.open(art).backend
