@@ -23,7 +23,7 @@ from exporters.artifact import build_manifest
 from infini_export.parity import validate
 from runtime import ArtifactError, InfiniRuntimeError, InfiniSession, InputError, ManifestError
 from runtime.manifest import sha256_file
-from tests.conftest import ROOT, make_model
+from tests.conftest import ROOT, check_session_matches_forward, make_model
 
 ROOT_PATH = Path(ROOT)
 SEGMENTS = 50
@@ -141,19 +141,7 @@ def test_delegation_report(et_artifacts, update):
 def test_session_feed_equals_eager_forward(et_artifacts):
     """Independent path: the session's streaming loop vs the model's own forward, batch 2."""
     model, art, _, _ = _get(et_artifacts, ("delta", "xnnpack", None))
-    N = model.cfg.segment_len
-    ids = torch.randint(0, 256, (2, 50 * N + 5), generator=torch.Generator().manual_seed(7))
-    with torch.no_grad():
-        ref_logits, _ = model(ids)
-        _, ref_state = model(ids[:, :50 * N])
-    session = InfiniSession.open(art, batch_size=2)
-    logits = session.feed(ids.numpy())
-    np.testing.assert_allclose(logits, ref_logits.numpy(), atol=1e-4, rtol=1e-4)
-    state = session.state
-    for i, mem in enumerate(ref_state):
-        np.testing.assert_allclose(state[f"memory.{i}"], mem.memory.numpy(), rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(state[f"norm.{i}"], mem.norm.numpy(), rtol=1e-5, atol=1e-5)
-    assert session.pending_tokens.shape == (2, 5)
+    check_session_matches_forward(model, art)
 
 
 @pytest.mark.parametrize("delegate", ["xnnpack", "none"])

@@ -6,12 +6,11 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from infini_export.parity import validate
 from runtime import ArtifactError, InfiniSession, InputError, ManifestError, StateError
 from runtime.manifest import sha256_file
-from tests.conftest import ROOT, make_model
+from tests.conftest import ROOT, check_session_matches_forward, make_model
 
 
 @pytest.mark.parametrize("update", ["linear", "delta"])
@@ -64,20 +63,7 @@ def test_denormal_flush_does_not_leak_into_the_process(onnx_artifacts):
 def test_session_feed_equals_eager_forward(onnx_artifacts, update):
     """Independent path: the session's streaming loop vs the model's own forward over 50 segments."""
     model, art = onnx_artifacts[update]
-    N = model.cfg.segment_len
-    ids = torch.randint(0, 256, (2, 50 * N + 5), generator=torch.Generator().manual_seed(7))
-    with torch.no_grad():
-        ref_logits, _ = model(ids)
-        _, ref_state = model(ids[:, :50 * N])
-    session = InfiniSession.open(art, batch_size=2)
-    logits = session.feed(ids.numpy())
-    np.testing.assert_allclose(logits, ref_logits.numpy(), atol=1e-4, rtol=1e-4)
-    state = session.state
-    for i, mem in enumerate(ref_state):
-        np.testing.assert_allclose(state[f"memory.{i}"], mem.memory.numpy(), rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(state[f"norm.{i}"], mem.norm.numpy(), rtol=1e-5, atol=1e-5)
-    assert session.pending_tokens.shape == (2, 5)
-    assert session.tokens_consumed == 50 * N + 5
+    check_session_matches_forward(model, art)
 
 
 def test_chunking_invariance(onnx_artifacts):
