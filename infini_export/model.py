@@ -75,7 +75,7 @@ class InfiniAttention(nn.Module):
         self.beta = nn.Parameter(torch.zeros(cfg.n_heads))
 
     def forward(self, x: torch.Tensor, mem: LayerMemory, cos: torch.Tensor, sin: torch.Tensor,
-                rot: torch.Tensor, mask: torch.Tensor, ones: torch.Tensor) -> tuple[torch.Tensor, LayerMemory]:
+                rot_t: torch.Tensor, mask: torch.Tensor, ones: torch.Tensor) -> tuple[torch.Tensor, LayerMemory]:
         B, T, _ = x.shape
         H, dh = self.n_heads, self.d_head
         q = self.wq(x).view(B, T, H, dh).transpose(1, 2)  # (B, H, T, dk)
@@ -101,7 +101,7 @@ class InfiniAttention(nn.Module):
         new_z = z + z_inc.view(B, H, dh)  # eq 8: (B, H, dk)
 
         # local path: causal softmax attention inside the segment, RoPE here only
-        qr, kr = rope(q, cos[:T], sin[:T], rot), rope(k, cos[:T], sin[:T], rot)  # (B, H, T, dk)
+        qr, kr = rope(q, cos[:T], sin[:T], rot_t), rope(k, cos[:T], sin[:T], rot_t)  # (B, H, T, dk)
         scores = (qr @ kr.transpose(-1, -2)) * (1.0 / math.sqrt(dh)) + mask[:T, :T].to(q.dtype)  # (B, H, T, T)
         a_dot = torch.softmax(scores, dim=-1) @ v  # eq 6: (B, H, T, dv)
 
@@ -130,8 +130,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.ffn = SwiGLU(cfg)
 
-    def forward(self, x, mem, cos, sin, rot, mask, ones):
-        h, new_mem = self.attn(self.attn_norm(x), mem, cos, sin, rot, mask, ones)
+    def forward(self, x, mem, cos, sin, rot_t, mask, ones):
+        h, new_mem = self.attn(self.attn_norm(x), mem, cos, sin, rot_t, mask, ones)
         x = x + h
         x = x + self.ffn(self.ffn_norm(x))
         return x, new_mem
@@ -188,7 +188,7 @@ class InfiniTransformer(nn.Module):
             for _ in range(cfg.n_layers))
 
     def layer_constants(self) -> tuple[torch.Tensor, ...]:
-        """What every block (and ``InfiniAttention``) takes after ``mem``: cos, sin, rot, mask, ones."""
+        """What every block (and ``InfiniAttention``) takes after ``mem``: cos, sin, rot_t, mask, ones."""
         return self.rope_cos, self.rope_sin, self.rope_rot_t, self.causal_mask, self.seg_ones
 
     def step(self, input_ids: torch.Tensor, state: tuple[LayerMemory, ...]):
