@@ -58,3 +58,28 @@ def test_eager_session_streams_like_the_full_model():
     np.testing.assert_allclose(got, ref.numpy(), rtol=1e-4, atol=1e-4)
     session.reset()
     np.testing.assert_allclose(session.feed(ids[:, :20].numpy()), ref[:, :20].numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_state_extrapolation_lever():
+    """--extrapolate-frac: k = 0 is the plain forward; k > 0 changes nothing before the answer's segment and
+    changes what the answer reads."""
+    mod = _load_script()
+    from infini_export import InfiniConfig, InfiniTransformer
+    from infini_export.tasks import passkey as P
+    torch.manual_seed(0)
+    model = InfiniTransformer(InfiniConfig.from_name("tiny", update="linear")).eval()
+    N = model.cfg.segment_len
+    rng = np.random.default_rng(0)
+    batch = P.make_batch(4, P.min_length() + 12 * N, 0.0, rng)  # key right after the instruction
+    k = mod.extrapolation_factors(rng, batch, N, frac=1.0, max_tokens=64 * N)
+    assert k is not None and (k >= 1).all() and (k <= 64).all()
+    assert mod.extrapolation_factors(rng, batch, N, frac=0.0, max_tokens=64 * N) is None
+    inp = torch.from_numpy(batch.full_ids)[:, :-1]
+    s_a = (batch.ids.shape[1] - 1) // N
+    with torch.no_grad():
+        ref, _ = model(inp)
+        same = mod.forward_extrapolated(model, inp, np.zeros(4), s_a)
+        ext = mod.forward_extrapolated(model, inp, k, s_a)
+    assert torch.equal(same, ref)
+    assert torch.equal(ext[:, :s_a * N], ref[:, :s_a * N])  # before the answer's segment: untouched
+    assert not torch.allclose(ext[:, s_a * N:], ref[:, s_a * N:])  # the answer reads a diluted memory
