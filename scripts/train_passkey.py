@@ -29,6 +29,7 @@ train_report.png and train_state.pt (optimizer, step, curriculum, RNG: for ``--r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -184,56 +185,83 @@ def make_train_batch(rng: np.random.Generator, cur_len: int, args, cfg: InfiniCo
     return P.make_batch(B, L, depths, rng), kind
 
 
-def extrapolation_factors(rng: np.random.Generator, batch: P.PasskeyBatch, N: int, frac: float,
-                          max_tokens: int) -> np.ndarray | None:
-    """(B,) extra filler segments to add before the answer's segment (0: none), or None for no row.
+@dataclasses.dataclass(frozen=True)
+class Extrapolation:
+    """Where extra filler goes in a batch: row ``b`` enters segment ``at[b]`` with ``k[b]`` more segments'
+    worth of the state increment that pure-filler segment ``src[b]`` (< ``at[b]``) wrote."""
+    k: np.ndarray  # (B,) float, extra filler segments; 0: row untouched
+    at: np.ndarray  # (B,) int, segment whose entering state gets them
+    src: np.ndarray  # (B,) int, pure-filler segment whose increment is repeated
 
-    Eligible rows: the segment two before the answer's, ``s_a - 2``, is pure filler (the needle ends before
-    it and the instruction too), so its state increment is a clean per-segment filler rate."""
+
+def extrapolation_plan(rng: np.random.Generator, batch: P.PasskeyBatch, N: int, frac: float,
+                       max_tokens: int, before_frac: float = 0.0) -> Extrapolation | None:
+    """Pick rows (share ``frac`` of the eligible ones) and where their extra filler goes, or None for no row.
+
+    Two placements. *After the needle* (stage 2's): the state entering the answer's segment ``s_a``, with the
+    increment of segment ``s_a - 2``; eligible when that segment is pure filler (needle and instruction end
+    before it). *Before the needle*: the state entering the needle's first segment ``n0``, with the increment
+    of segment ``n0 - 1``; eligible when that segment is pure filler. The second is the only one open to rows
+    whose needle sits in the last two segments (a depth-1 prompt at 1M tokens: a huge memory, then the
+    needle, then the answer in a fresh segment); ``before_frac`` is the share of rows eligible for both that
+    get it. ``before_frac = 0`` is stage 2's plan, with the same random draws."""
     if frac <= 0:
         return None
     B, L = batch.ids.shape
     s_a = (L - 1) // N
-    if s_a < 3:
-        return None
-    clean_from = (s_a - 2) * N
-    ok = (batch.needle_end <= clean_from) & (len(P.INSTRUCTION) + 1 <= clean_from)  # (B,) bool
-    pick = ok & (rng.random(B) < frac)
+    instr_end = len(P.INSTRUCTION) + 1
+    after_ok = ((batch.needle_end <= (s_a - 2) * N) & (instr_end <= (s_a - 2) * N)
+                if s_a >= 3 else np.zeros(B, dtype=bool))  # (B,) bool
+    n0 = batch.needle_start // N  # (B,) the needle's first segment
+    before_ok = (n0 >= 1) & ((n0 - 1) * N >= instr_end) & (before_frac > 0)  # (B,) bool
+    pick = (after_ok | before_ok) & (rng.random(B) < frac)
     if not pick.any():
         return None
     k_max = max(2.0, max_tokens / N)
     k = np.exp(rng.uniform(0.0, math.log(k_max), B))  # log-uniform in [1, max_tokens / N] segments
-    return np.where(pick, k, 0.0)
+    before = before_ok & (~after_ok | (rng.random(B) < before_frac)) if before_frac > 0 else before_ok
+    return Extrapolation(k=np.where(pick, k, 0.0), at=np.where(before, n0, s_a),
+                         src=np.where(before, n0 - 1, s_a - 2))
 
 
-def forward_extrapolated(model, inp: torch.Tensor, k: np.ndarray, s_a: int) -> torch.Tensor:
-    """``model(inp)`` with ``k[b]`` extra filler segments' state added before segment ``s_a`` (see the doc)."""
+def forward_extrapolated(model, inp: torch.Tensor, plan: Extrapolation) -> torch.Tensor:
+    """``model(inp)`` with the extra filler of ``plan`` added to the state (see ``extrapolation_plan``)."""
     B, T = inp.shape
     N = model.cfg.segment_len
-    kt = torch.from_numpy(k).float()  # (B,)
     state = model.init_state(B)
-    before = []  # before[i]: the state entering segment i
+    entering = []  # entering[i]: the state entering segment i, before any extra filler
     outs = []
     for si, start in enumerate(range(0, T, N)):
-        if si == s_a:
-            a, b = before[s_a - 1], before[s_a - 2]  # a - b: what segment s_a - 2 (pure filler) wrote
-            state = tuple(LayerMemory(m.memory + kt.view(B, 1, 1, 1) * (pa.memory - pb.memory).detach(),  # (B, H, dk, dv)
-                                      m.norm + kt.view(B, 1, 1) * (pa.norm - pb.norm).detach())  # (B, H, dk)
-                          for m, pa, pb in zip(state, a, b))
-        before.append(state)
+        entering.append(state)
+        rows = [b for b in range(B) if plan.k[b] > 0 and plan.at[b] == si]
+        if rows:
+            scale = torch.zeros(B)  # (B,)
+            scale[rows] = torch.tensor([float(plan.k[b]) for b in rows])
+            src = [int(plan.src[b]) if b in rows else si for b in range(B)]  # row b's filler segment
+            new = []
+            for li, m in enumerate(state):
+                d_mem = torch.stack([entering[s + 1][li].memory[b] - entering[s][li].memory[b]
+                                     if b in rows else torch.zeros_like(m.memory[b])
+                                     for b, s in enumerate(src)]).detach()  # (B, H, dk, dv)
+                d_norm = torch.stack([entering[s + 1][li].norm[b] - entering[s][li].norm[b]
+                                      if b in rows else torch.zeros_like(m.norm[b])
+                                      for b, s in enumerate(src)]).detach()  # (B, H, dk)
+                new.append(LayerMemory(m.memory + scale.view(B, 1, 1, 1) * d_mem,  # (B, H, dk, dv)
+                                       m.norm + scale.view(B, 1, 1) * d_norm))  # (B, H, dk)
+            state = tuple(new)
         logits, state = model.step(inp[:, start:start + N], state)
         outs.append(logits)
     return torch.cat(outs, dim=1)  # (B, T, V)
 
 
-def train_step_losses(model, batch: P.PasskeyBatch, extra: np.ndarray | None = None):
+def train_step_losses(model, batch: P.PasskeyBatch, extra: Extrapolation | None = None):
     full = torch.from_numpy(batch.full_ids)  # (B, L + 6)
     inp, tgt = full[:, :-1], full[:, 1:]  # (B, L + 5)
     B, L = batch.ids.shape
     if extra is None:
         logits, _ = model(inp)  # (B, L + 5, V)
     else:
-        logits = forward_extrapolated(model, inp, extra, (L - 1) // model.cfg.segment_len)  # (B, L + 5, V)
+        logits = forward_extrapolated(model, inp, extra)  # (B, L + 5, V)
     nll = F.cross_entropy(logits.float().transpose(1, 2), tgt, reduction="none")  # (B, L + 5)
     ar5 = torch.arange(P.KEY_DIGITS)
     ans_idx = (L - 1) + torch.arange(P.ANSWER_LEN)  # targets L .. L+5: " " + digits
@@ -351,6 +379,9 @@ def main(argv=None) -> int:
     ap.add_argument("--extrapolate-frac", type=float, default=0.0,
                     help="share of eligible filler rows whose answer reads a state extrapolated to a longer input")
     ap.add_argument("--extrapolate-to", type=int, default=1 << 20, help="longest extrapolated input, tokens")
+    ap.add_argument("--extrapolate-before-needle", type=float, default=0.0,
+                    help="share of extrapolated rows whose extra filler goes before the needle rather than after it "
+                         "(rows with the needle in the last two segments can only take it there; 0: stage 2's plan)")
     ap.add_argument("--needle-weight", type=float, default=1.0)
     ap.add_argument("--lm-weight", type=float, default=0.1)
     ap.add_argument("--promote-em", type=float, default=0.8)
@@ -438,7 +469,8 @@ def main(argv=None) -> int:
                            "note": "needle in an earlier segment than the prompt's last token; greedy, exact match"},
                "recipe": {k: getattr(args, k) for k in ("lr", "gate_lr", "weight_decay", "warmup", "tokens_per_step",
                                                          "max_batch", "max_len", "no_filler_frac", "mix_frac", "boundary_frac", "needle_weight",
-                                                         "lm_weight", "promote_em", "promote_rows", "seed", "extrapolate_frac", "extrapolate_to")},
+                                                         "lm_weight", "promote_em", "promote_rows", "seed", "extrapolate_frac", "extrapolate_to",
+                                                         "extrapolate_before_needle")},
                "runs": tr["runs"], "promotions": tr["promotions"], "evals": tr["evals"], "history": tr["history"]}
         write_report(out, rep)
         return rep
@@ -466,8 +498,8 @@ def main(argv=None) -> int:
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * f
         batch, kind = make_train_batch(rng, tr["cur_len"], args, cfg)
-        extra = (extrapolation_factors(rng, batch, cfg.segment_len, args.extrapolate_frac, args.extrapolate_to)
-                 if kind != "nofill" else None)
+        extra = (extrapolation_plan(rng, batch, cfg.segment_len, args.extrapolate_frac, args.extrapolate_to,
+                                    args.extrapolate_before_needle) if kind != "nofill" else None)
         ans_nll, needle_nll, lm, em = train_step_losses(model, batch, extra)
         loss = ans_nll.mean() + args.needle_weight * needle_nll.mean() + args.lm_weight * lm
         opt.zero_grad(set_to_none=True)
@@ -492,7 +524,7 @@ def main(argv=None) -> int:
         hard = (batch.needle_end - 1) // N < (batch.ids.shape[1] - 1) // N  # (B,) bool
         em_rows = em.numpy().astype(bool)
         if extra is not None:  # extrapolated rows: their own EM, kept out of the curriculum's
-            xr = extra > 0
+            xr = extra.k > 0
             acc["em_x"].extend(em_rows[xr].tolist())
             hard = hard & ~xr
         if kind in ("filler", "mixed"):

@@ -1,5 +1,6 @@
 """scripts/train_passkey.py: a 2-step --quick run writes a loadable checkpoint and a report; its session streams."""
 import importlib.util
+import dataclasses
 import json
 import os
 import subprocess
@@ -71,15 +72,45 @@ def test_state_extrapolation_lever():
     N = model.cfg.segment_len
     rng = np.random.default_rng(0)
     batch = P.make_batch(4, P.min_length() + 12 * N, 0.0, rng)  # key right after the instruction
-    k = mod.extrapolation_factors(rng, batch, N, frac=1.0, max_tokens=64 * N)
-    assert k is not None and (k >= 1).all() and (k <= 64).all()
-    assert mod.extrapolation_factors(rng, batch, N, frac=0.0, max_tokens=64 * N) is None
-    inp = torch.from_numpy(batch.full_ids)[:, :-1]
+    plan = mod.extrapolation_plan(rng, batch, N, frac=1.0, max_tokens=64 * N)
     s_a = (batch.ids.shape[1] - 1) // N
+    assert plan is not None and (plan.k >= 1).all() and (plan.k <= 64).all()
+    assert (plan.at == s_a).all() and (plan.src == s_a - 2).all()
+    assert mod.extrapolation_plan(rng, batch, N, frac=0.0, max_tokens=64 * N) is None
+    inp = torch.from_numpy(batch.full_ids)[:, :-1]
     with torch.no_grad():
         ref, _ = model(inp)
-        same = mod.forward_extrapolated(model, inp, np.zeros(4), s_a)
-        ext = mod.forward_extrapolated(model, inp, k, s_a)
+        same = mod.forward_extrapolated(model, inp, dataclasses.replace(plan, k=np.zeros(4)))
+        ext = mod.forward_extrapolated(model, inp, plan)
     assert torch.equal(same, ref)
     assert torch.equal(ext[:, :s_a * N], ref[:, :s_a * N])  # before the answer's segment: untouched
     assert not torch.allclose(ext[:, s_a * N:], ref[:, s_a * N:])  # the answer reads a diluted memory
+
+
+def test_extrapolation_before_the_needle_is_exact_for_the_linear_rule():
+    """--extrapolate-before-needle: a needle in the last segments gets its extra filler before the needle's
+    segment; for the linear rule, k = 2 extra segments equals feeding that filler segment twice more."""
+    mod = _load_script()
+    from infini_export import InfiniConfig, InfiniTransformer
+    from infini_export.tasks import passkey as P
+    torch.manual_seed(0)
+    model = InfiniTransformer(InfiniConfig.from_name("tiny", update="linear")).eval()
+    N = model.cfg.segment_len
+    rng = np.random.default_rng(1)
+    L = P.min_length() + 12 * N
+    batch = P.make_batch(3, L, 1.0, rng)  # needle at the end
+    plan = mod.extrapolation_plan(rng, batch, N, frac=1.0, max_tokens=64 * N, before_frac=1.0)
+    n0 = batch.needle_start // N
+    assert plan is not None and (plan.at == n0).all() and (plan.src == n0 - 1).all()
+    plan = dataclasses.replace(plan, k=np.full(3, 2.0))
+    inp = torch.from_numpy(batch.full_ids)[:, :-1]
+    with torch.no_grad():
+        ext = mod.forward_extrapolated(model, inp, plan)
+        for b in range(3):  # reference: the same row with segment n0 - 1 repeated twice more
+            a = int(n0[b]) * N
+            row = inp[b:b + 1]
+            rep = torch.cat([row[:, :a], row[:, a - N:a], row[:, a - N:a], row[:, a:]], dim=1)
+            want, _ = model(rep)
+            # (the repeated segments shift RoPE positions only inside their own segments: none reach later ones)
+            torch.testing.assert_close(ext[b, a:], want[0, a + 2 * N:], rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(ext[b, :a], want[0, :a], rtol=1e-5, atol=1e-5)  # batch 3 vs batch 1 rounding
