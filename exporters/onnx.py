@@ -22,6 +22,9 @@ def _quantize_int8(src: Path, dst: Path) -> list[str]:
     Activation x activation MatMuls (attention scores, memory read and write) stay float32, so the
     recurrent state is computed and kept in float32.
     """
+    from runtime.ortenv import import_onnxruntime
+
+    import_onnxruntime()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(str(src))

@@ -5,6 +5,10 @@ load torch.
 """
 from importlib import import_module
 
+from runtime.ortenv import telemetry_off_by_default
+
+telemetry_off_by_default()  # onnxruntime (imported later by torch.onnx, the exporters or the runtime) starts with telemetry off
+
 __version__ = "0.1.0"
 
 _EXPORTS = {

@@ -1,5 +1,6 @@
 """ONNX export + the torch-free runtime, against the eager model."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -138,6 +139,30 @@ print('ok')
 """
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def _telemetry_files(code: str, home, **env) -> list[str]:
+    """Run ``code`` with HOME / XDG_CACHE_HOME in ``home``; the files onnxruntime's telemetry left there."""
+    clean = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    clean.update(HOME=str(home), XDG_CACHE_HOME=str(home / "cache"), **env)
+    res = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {ROOT!r})\n" + code],
+                         capture_output=True, text=True, env=clean)
+    assert res.returncode == 0, res.stderr
+    return sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file())
+
+
+def test_onnxruntime_telemetry_is_off_unless_the_user_turns_it_on(onnx_artifacts, tmp_path):
+    """onnxruntime >= 1.29 starts a telemetry uploader at import (device id + event cache on disk, network
+    threads ~9 s later: the RSS step of docs/benchmarks.md). Our runtime imports it with that off; a user's
+    ORT_DISABLE_TELEMETRY=0 is respected."""
+    _, art = onnx_artifacts["delta"]
+    run = f"import numpy as np, runtime\nruntime.InfiniSession.open({str(art)!r}).feed(np.arange(40) % 256)\n"
+    control = _telemetry_files("import onnxruntime", tmp_path / "control")
+    if not control:
+        pytest.skip("this onnxruntime build writes no telemetry files: nothing to turn off")
+    assert _telemetry_files(run, tmp_path / "ours") == []
+    assert _telemetry_files("import infini_export, onnxruntime", tmp_path / "pkg") == []
+    assert _telemetry_files(run, tmp_path / "opt_in", ORT_DISABLE_TELEMETRY="0") == control
 
 
 def _copy(art, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import fpenv
+from ..ortenv import import_onnxruntime
 from ..errors import ArtifactError, ManifestError
 
 _ORT_TYPES = {"tensor(int64)": "int64", "tensor(float)": "float32", "tensor(float16)": "float16"}
@@ -13,7 +14,7 @@ class OrtBackend:
     name = "onnxruntime"
 
     def __init__(self, manifest, threads: int | None = None, profile: bool = False, denormal_as_zero: bool = True):
-        import onnxruntime as ort
+        ort = import_onnxruntime()
 
         if manifest.data["program"]["format"] != "onnx":
             raise ManifestError(f"manifest program format is {manifest.data['program']['format']!r}; "

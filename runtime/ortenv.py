@@ -1,0 +1,39 @@
+"""Import onnxruntime with its telemetry off, unless the user has chosen otherwise.
+
+Since 1.29 the Linux / macOS / Android wheels start a telemetry uploader when onnxruntime is imported: a
+thread that writes a device id and an SQLite event cache under ``~/.cache/Microsoft/DeveloperTools`` and,
+about 9 s later, spawns threads that resolve the upload endpoint. Those threads get their own malloc arenas:
+a one-off 0.6-1.7 MB step in resident memory that made a 1M-token stream look 1-2% bigger than a 4K one
+(measured: docs/benchmarks.md). A device runtime should neither phone home nor write files the user did not
+ask for, so ``ORT_DISABLE_TELEMETRY=1`` (onnxruntime's full opt-out, read once at import) is the default
+here; set ``ORT_DISABLE_TELEMETRY=0`` to keep onnxruntime's own default.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"
+
+
+def telemetry_off_by_default() -> None:
+    """Set ``ORT_DISABLE_TELEMETRY=1`` unless it is set already or onnxruntime is loaded (then it is too late).
+
+    Called when ``runtime`` or ``infini_export`` is imported, so that onnxruntime, whoever imports it next
+    (torch.onnx, onnxscript, the quantizer, our backend), starts with its telemetry off."""
+    if "onnxruntime" not in sys.modules:
+        os.environ.setdefault(TELEMETRY_ENV, "1")
+
+
+def import_onnxruntime():
+    """The ``onnxruntime`` module, imported with ``ORT_DISABLE_TELEMETRY=1`` unless that is already set."""
+    if "onnxruntime" not in sys.modules:
+        os.environ.setdefault(TELEMETRY_ENV, "1")
+    elif os.environ.get(TELEMETRY_ENV) is None:
+        warnings.warn("onnxruntime was imported before infini-export's runtime, so its telemetry uploader is "
+                      f"running (set {TELEMETRY_ENV}=1 before importing onnxruntime to turn it off)",
+                      RuntimeWarning, stacklevel=3)
+    import onnxruntime
+
+    return onnxruntime
