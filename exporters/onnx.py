@@ -12,6 +12,7 @@ import torch
 from infini_export.protocol import FlatStep, check_protocol
 
 from .artifact import build_manifest
+from .onnx_fusions import FUSED_OPSET, fuse
 
 MODEL_FILE = "model.onnx"
 
@@ -49,7 +50,8 @@ def export_onnx(module: torch.nn.Module, out_dir: str | Path, *, quantize: str |
     with torch.no_grad():
         program = torch.onnx.export(flat, flat.example_inputs(2), dynamo=True, input_names=spec.input_names(),
                                     output_names=spec.output_names(), dynamic_shapes=flat.dynamic_shapes(max_batch),
-                                    optimize=True, verbose=verbose)
+                                    opset_version=FUSED_OPSET, optimize=True, verbose=verbose)
+    fusions = fuse(program.model)  # the model's XNNPACK-friendly RMSNorm back to one ONNX op per norm
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / MODEL_FILE
         program.save(str(fp32))  # the onnxscript optimizer ran (optimize=True): constant folding, fusions
@@ -70,8 +72,8 @@ def export_onnx(module: torch.nn.Module, out_dir: str | Path, *, quantize: str |
     manifest = build_manifest(
         module, spec, backend="onnxruntime", program={"format": "onnx", "file": "program"}, files=files,
         directory=out_dir, max_batch=max_batch, quantization=quantize,
-        exporter={"path": "torch.onnx.export(dynamo=True) + onnxscript optimizer",
-                  "opset": program.model_proto.opset_import[0].version,
+        exporter={"path": "torch.onnx.export(dynamo=True) + onnxscript optimizer + exporters.onnx_fusions",
+                  "opset": program.model_proto.opset_import[0].version, "fusions": fusions,
                   "export_seconds": round(time.perf_counter() - t0, 2),
                   "quantized_nodes": len(quantized) if quantized else 0})
     return manifest

@@ -1,0 +1,54 @@
+"""Graph rewrites for the ONNX export: the model's ExecuTorch-friendly formulations back to fused ONNX ops.
+
+The model writes RMSNorm's mean of squares as a linear layer with a constant ``1/D`` column (so the XNNPACK
+delegate takes the whole step in one partition, see ``infini_export/model.py``). In ONNX that is 7 nodes per
+norm; opset 23's ``RMSNormalization`` does the same in one kernel. The rewrite uses onnxscript's pattern
+rewriter and checks the constant before it fires: only a column of exactly ``1/D`` is a mean.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+FUSED_OPSET = 23  # RMSNormalization
+
+
+def _constant(value: ir.Value) -> np.ndarray | None:
+    const = value.const_value if value is not None else None
+    return None if const is None else const.numpy()
+
+
+class MeanByMatMulRMSNorm(pattern.RewriteRuleClassBase):
+    """``x * Reciprocal(Sqrt(MatMul(x * x, 1/D column) + eps)) * w`` -> ``RMSNormalization(x, w)``."""
+
+    def pattern(self, op, x, mean_col, eps, weight):
+        mean_sq = op.MatMul(op.Mul(x, x), mean_col)  # (..., D) @ (D, 1) -> (..., 1)
+        inv_rms = op.Reciprocal(op.Sqrt(op.Add(mean_sq, eps)))  # (..., 1)
+        return op.Mul(op.Mul(x, inv_rms), weight)  # (..., D)
+
+    def check(self, op, x, mean_col, eps, weight, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        col, e, w = _constant(mean_col), _constant(eps), _constant(weight)
+        if col is None or e is None or e.size != 1:
+            return result.fail("mean column or epsilon is not a constant")
+        if col.ndim != 2 or col.shape[1] != 1 or not np.all(col == np.float32(1.0 / col.shape[0])):
+            return result.fail("the MatMul constant is not a (D, 1) column of 1/D", mean_col)
+        if x.dtype != ir.DataType.FLOAT or (w is not None and w.shape != (col.shape[0],)):
+            return result.fail("not a float32 norm over the last axis", x)
+        return result
+
+    def rewrite(self, op, x, mean_col, eps, weight, **_):
+        return op.RMSNormalization(x, weight, axis=-1, epsilon=float(_constant(eps).reshape(())),
+                                   stash_type=ir.DataType.FLOAT.value)
+
+
+RULES = pattern.RewriteRuleSet([MeanByMatMulRMSNorm.rule()])
+
+
+def fuse(model: ir.Model) -> dict[str, int]:
+    """Apply the rewrites in place; returns how many nodes each produced. Needs opset >= 23."""
+    if model.opset_imports.get("", 0) < FUSED_OPSET:
+        raise ValueError(f"RMSNormalization needs opset {FUSED_OPSET}; the model imports "
+                         f"{model.opset_imports.get('', 0)}")
+    return {"RMSNormalization": RULES.apply_to_model(model)}

@@ -1,0 +1,71 @@
+"""exporters/onnx_fusions.py: the RMSNorm rewrite fires only on a true mean, and computes the same thing."""
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from exporters.onnx_fusions import FUSED_OPSET, fuse
+from runtime.ortenv import import_onnxruntime
+
+
+def _norm_graph(col: np.ndarray, opset: int = FUSED_OPSET) -> ir.Model:
+    """x * 1/sqrt(matmul(x * x, col) + eps) * w, written as the model's export writes it."""
+    D = col.shape[0]
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(col.astype(np.float32), "col"),
+             numpy_helper.from_array(np.array(1e-6, np.float32), "eps"),
+             numpy_helper.from_array(rng.normal(size=D).astype(np.float32), "w")]
+    nodes = [helper.make_node("Mul", ["x", "x"], ["sq"]), helper.make_node("MatMul", ["sq", "col"], ["ms"]),
+             helper.make_node("Add", ["ms", "eps"], ["mse"]), helper.make_node("Sqrt", ["mse"], ["rms"]),
+             helper.make_node("Reciprocal", ["rms"], ["inv"]), helper.make_node("Mul", ["x", "inv"], ["xn"]),
+             helper.make_node("Mul", ["xn", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "norm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, D])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, D])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    return ir.serde.deserialize_model(model)
+
+
+def _run(model: ir.Model, x: np.ndarray) -> np.ndarray:
+    ort = import_onnxruntime()
+    sess = ort.InferenceSession(ir.serde.serialize_model(model).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]
+
+
+def test_rmsnorm_rewrite_fires_on_a_mean_and_keeps_the_values():
+    D = 16
+    model = _norm_graph(np.full((D, 1), 1.0 / D))
+    x = np.random.default_rng(1).normal(size=(2, 5, D)).astype(np.float32) * 3
+    before = _run(model, x)
+    assert fuse(model) == {"RMSNormalization": 1}
+    assert [n.op_type for n in model.graph] == ["RMSNormalization"]
+    after = _run(model, x)
+    w = model.graph.initializers["w"].const_value.numpy()
+    ref = x.astype(np.float64) / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-6) * w
+    np.testing.assert_allclose(after, ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("col", [np.full((16, 1), 1.0 / 15), np.linspace(0, 1, 16)[:, None]])
+def test_rmsnorm_rewrite_leaves_other_matmuls_alone(col):
+    model = _norm_graph(col)
+    assert fuse(model) == {"RMSNormalization": 0}
+    assert "RMSNormalization" not in [n.op_type for n in model.graph]
+
+
+def test_rmsnorm_rewrite_needs_opset_23():
+    with pytest.raises(ValueError, match="opset 23"):
+        fuse(_norm_graph(np.full((16, 1), 1.0 / 16), opset=20))
+
+
+def test_exported_step_has_one_rmsnorm_node_per_norm(onnx_artifacts):
+    import json
+    model, art = onnx_artifacts["delta"]
+    graph = onnx.load(str(art / "model.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    n_norms = 2 * model.cfg.n_layers + 1
+    assert ops.count("RMSNormalization") == n_norms
+    assert "Reciprocal" not in ops and "Sqrt" not in ops  # no unfused norm left
+    exporter = json.loads((art / "manifest.json").read_text())["exporter"]
+    assert exporter["opset"] == FUSED_OPSET and exporter["fusions"] == {"RMSNormalization": n_norms}
