@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
 from onnxscript.rewriter import pattern
 
 FUSED_OPSET = 23  # RMSNormalization
@@ -51,4 +52,6 @@ def fuse(model: ir.Model) -> dict[str, int]:
     if model.opset_imports.get("", 0) < FUSED_OPSET:
         raise ValueError(f"RMSNormalization needs opset {FUSED_OPSET}; the model imports "
                          f"{model.opset_imports.get('', 0)}")
-    return {"RMSNormalization": RULES.apply_to_model(model)}
+    counts = {"RMSNormalization": RULES.apply_to_model(model)}
+    RemoveUnusedNodesPass()(model)  # the mean columns and epsilons the fused nodes no longer read
+    return counts

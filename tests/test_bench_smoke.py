@@ -67,6 +67,8 @@ def test_bench_smoke(tmp_path):
     for rec in mem["infini"]:
         assert rec["status"] == "ok", rec
         assert _positive(rec["peak_rss_mb"]) and _positive(rec["tokens_per_second"]) and _positive(rec["state_bytes"])
+        runs = rec["peak_rss_mb_runs"]  # several processes per length; the reported peak is their median
+        assert len(runs) == 3 and rec["peak_rss_mb"] == sorted(runs)[1]
     for rec in mem["baseline"]:
         assert rec["status"] == "ok", rec
         assert _positive(rec["peak_rss_mb"]) and _positive(rec["kv_cache_bytes"]) and rec["tokens"] > 0

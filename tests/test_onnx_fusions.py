@@ -40,6 +40,7 @@ def test_rmsnorm_rewrite_fires_on_a_mean_and_keeps_the_values():
     before = _run(model, x)
     assert fuse(model) == {"RMSNormalization": 1}
     assert [n.op_type for n in model.graph] == ["RMSNormalization"]
+    assert sorted(model.graph.initializers) == ["w"]  # the mean column and epsilon are gone
     after = _run(model, x)
     w = model.graph.initializers["w"].const_value.numpy()
     ref = x.astype(np.float64) / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-6) * w
@@ -67,5 +68,7 @@ def test_exported_step_has_one_rmsnorm_node_per_norm(onnx_artifacts):
     n_norms = 2 * model.cfg.n_layers + 1
     assert ops.count("RMSNormalization") == n_norms
     assert "Reciprocal" not in ops and "Sqrt" not in ops  # no unfused norm left
+    used = {i for n in graph.node for i in n.input}
+    assert [i.name for i in graph.initializer if i.name not in used] == []  # nothing left behind
     exporter = json.loads((art / "manifest.json").read_text())["exporter"]
     assert exporter["opset"] == FUSED_OPSET and exporter["fusions"] == {"RMSNormalization": n_norms}
