@@ -16,6 +16,8 @@ with ``(dM, dz)`` the (detached) state increment of a filler segment of the same
 extrapolation of what a long filler stream does to the memory (the linear rule's exact effect of repeating
 that segment; an approximation for the delta rule), so the answer must be read against the dilution of a
 1M-token input while back-propagation still covers only ~4K tokens. The exported model is unchanged.
+``--extrapolate-before-needle F`` also opens the lever to needles in the last segments: the extra filler then
+goes into the state entering the needle's segment (a share F of the rows that could take either placement).
 
 Examples::
 
