@@ -28,9 +28,8 @@ def telemetry_off_by_default() -> None:
 
 def import_onnxruntime():
     """The ``onnxruntime`` module, imported with ``ORT_DISABLE_TELEMETRY=1`` unless that is already set."""
-    if "onnxruntime" not in sys.modules:
-        os.environ.setdefault(TELEMETRY_ENV, "1")
-    elif os.environ.get(TELEMETRY_ENV) is None:
+    telemetry_off_by_default()
+    if os.environ.get(TELEMETRY_ENV) is None:  # onnxruntime came first: too late to turn it off
         warnings.warn("onnxruntime was imported before infini-export's runtime, so its telemetry uploader is "
                       f"running (set {TELEMETRY_ENV}=1 before importing onnxruntime to turn it off)",
                       RuntimeWarning, stacklevel=3)
