@@ -235,22 +235,18 @@ def forward_extrapolated(model, inp: torch.Tensor, plan: Extrapolation) -> torch
     outs = []
     for si, start in enumerate(range(0, T, N)):
         entering.append(state)
-        rows = [b for b in range(B) if plan.k[b] > 0 and plan.at[b] == si]
-        if rows:
-            scale = torch.zeros(B)  # (B,)
-            scale[rows] = torch.tensor([float(plan.k[b]) for b in rows])
-            src = [int(plan.src[b]) if b in rows else si for b in range(B)]  # row b's filler segment
-            new = []
-            for li, m in enumerate(state):
-                d_mem = torch.stack([entering[s + 1][li].memory[b] - entering[s][li].memory[b]
-                                     if b in rows else torch.zeros_like(m.memory[b])
-                                     for b, s in enumerate(src)]).detach()  # (B, H, dk, dv)
-                d_norm = torch.stack([entering[s + 1][li].norm[b] - entering[s][li].norm[b]
-                                      if b in rows else torch.zeros_like(m.norm[b])
-                                      for b, s in enumerate(src)]).detach()  # (B, H, dk)
-                new.append(LayerMemory(m.memory + scale.view(B, 1, 1, 1) * d_mem,  # (B, H, dk, dv)
-                                       m.norm + scale.view(B, 1, 1) * d_norm))  # (B, H, dk)
-            state = tuple(new)
+        here = (plan.k > 0) & (plan.at == si)  # (B,) rows whose extra filler goes in now
+        if here.any():
+            scale = torch.from_numpy(np.where(here, plan.k, 0.0)).float()  # (B,)
+            src = np.where(here, plan.src, si - 1)  # (B,) filler segment per row (others: any, scaled by 0)
+
+            def wrote(li: int, field: str) -> torch.Tensor:  # (B, ...) what row b's segment src[b] wrote
+                return torch.stack([getattr(entering[s + 1][li], field)[b] - getattr(entering[s][li], field)[b]
+                                    for b, s in enumerate(src)]).detach()
+
+            state = tuple(LayerMemory(m.memory + scale.view(B, 1, 1, 1) * wrote(li, "memory"),  # (B, H, dk, dv)
+                                      m.norm + scale.view(B, 1, 1) * wrote(li, "norm"))  # (B, H, dk)
+                          for li, m in enumerate(state))
         logits, state = model.step(inp[:, start:start + N], state)
         outs.append(logits)
     return torch.cat(outs, dim=1)  # (B, T, V)
