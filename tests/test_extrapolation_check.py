@@ -1,0 +1,60 @@
+"""scripts/extrapolation_check.py: its streamed probe equals the model run on the whole prompt; its report adds up."""
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("extrapolation_check", ROOT / "scripts" / "extrapolation_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    from infini_export import InfiniConfig, InfiniTransformer, save_checkpoint
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny")
+    save_checkpoint(InfiniTransformer(InfiniConfig.from_name("tiny")).eval(), out)
+    return out
+
+
+def test_streamed_probe_matches_the_whole_prompt(tiny_ckpt):
+    from infini_export import load_checkpoint
+    from infini_export.tasks import passkey as P
+    mod = _load_script()
+    L, B, seed = 512, 3, 5
+    res = mod.run(str(tiny_ckpt), L, B, 64, seed, progress=False)
+    assert [r["tokens"] for r in res["real"]] == [80, 272, 512]  # 4, 16 segments (+ the tail), then the full prompt
+
+    # independent reference: the whole prompt and its answer through model.forward, no hand-built state
+    model = load_checkpoint(tiny_ckpt).eval()
+    batch = P.make_batch(B, L, 0.0, seed)
+    full = torch.from_numpy(batch.full_ids)  # (B, L + A)
+    with torch.no_grad():
+        logits, _ = model(full[:, :-1])  # (B, L + A - 1, V)
+    ans = torch.from_numpy(batch.answer_ids)  # (B, A)
+    p = logits[:, L - 1:].softmax(-1).gather(-1, ans.unsqueeze(-1)).squeeze(-1)  # (B, A)
+    np.testing.assert_allclose(res["real"][-1]["p_correct_per_token"], p.mean(0).numpy(), rtol=1e-4, atol=1e-6)
+    em = (logits[:, L - 1:].argmax(-1) == ans).all(1).float().mean().item()
+    assert res["real"][-1]["exact_match"] == pytest.approx(em)
+
+
+def test_extrapolated_state_is_reported_against_the_real_one(tiny_ckpt):
+    mod = _load_script()
+    res = mod.run(str(tiny_ckpt), 512, 2, 64, 5, progress=False)
+    ext = res["extrapolated"]
+    assert ext["tokens"] == 512 and ext["from_tokens"] == 80
+    assert len(res["state_vs_real"]) == 2  # one row per layer
+    for row in res["state_vs_real"]:
+        assert 0.0 < row["memory_rel_diff"] < 10.0 and 0.0 < row["norm_rel_diff"] < 10.0
+    text = mod.report(res)
+    assert "first-order from 80" in text and "layer 1 M" in text
+    with pytest.raises(SystemExit, match="multiples of the segment length"):
+        mod.run(str(tiny_ckpt), 500, 2, 64, 5, progress=False)
