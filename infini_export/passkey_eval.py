@@ -110,10 +110,13 @@ def evaluate(session, lengths: list[int], depths: list[float], trials: int, seed
             ok = [pk.is_correct(a, k) for a, k in zip(answers, keys)]
             entry = {"accuracy": float(np.mean(ok)), "correct": int(sum(ok)), "trials": trials,
                      "needle_segment": prompt.needle_start // session.segment_len,
-                     "question_segment": prompt.question_start // session.segment_len}
+                     "question_segment": prompt.question_start // session.segment_len,
+                     "keys": keys, "answers": answers}
             if control:
-                off = [pk.is_correct(a, k) for a, k in zip(answer(session, prompt, keys, memory=False), keys)]
+                off_answers = answer(session, prompt, keys, memory=False)
+                off = [pk.is_correct(a, k) for a, k in zip(off_answers, keys)]
                 entry["control_accuracy"] = float(np.mean(off))
+                entry["control_answers"] = off_answers
             cell[str(depth)] = entry
             if progress:
                 progress(f"  {length:>9,} tokens, depth {depth:<4}: {sum(ok)}/{trials} correct"
