@@ -54,22 +54,28 @@ def run(checkpoint: str, length: int, prompts: int, source: int, seed: int, prog
     from tqdm import tqdm
 
     from infini_export import load_checkpoint
+    from infini_export.passkey_eval import LazyPrompt
     from infini_export.tasks import passkey as P
     model = load_checkpoint(checkpoint).eval()
     N = model.cfg.segment_len
     if length % N or source % N or not N <= source < length - N:
         raise SystemExit(f"--length ({length}) and --source ({source}) must be multiples of the segment length "
                          f"{N}, with {N} <= source < length - {N}")
-    batch = P.make_batch(prompts, length, 0.0, seed)
-    ids, answer = torch.from_numpy(batch.ids), torch.from_numpy(batch.answer_ids)  # (B, L), (B, A)
-    tail = ids[:, -N:]  # (B, N): the last prompt segment (filler, then the question)
+    keys = P._random_keys(np.random.default_rng(seed), prompts)  # the keys of make_batch(prompts, length, 0, seed)
+    prompt = LazyPrompt(length, 0.0)  # generated segment by segment: the 1M-token prompt is never held
+
+    def seg(lo: int, hi: int) -> torch.Tensor:
+        return torch.from_numpy(prompt.chunk(lo, hi, keys))  # (B, hi - lo)
+
+    answer = torch.from_numpy(np.stack([P.encode(P.answer_text(k)) for k in keys]))  # (B, A)
+    tail = seg(length - N, length)  # (B, N): the last prompt segment (filler, then the question)
     S = length // N - 1  # segments before the tail
     checks = sorted({c for c in (source // N * 4 ** i for i in range(32)) if c < S} | {source // N, S})
     real, extrapolated, prev = [], None, None
     state = model.init_state(prompts)
     with torch.no_grad():
         for s in tqdm(range(S), desc="filler segments", unit="seg", disable=not progress, mininterval=5):
-            prev, state = state, model.step(ids[:, s * N:(s + 1) * N], state)[1]
+            prev, state = state, model.step(seg(s * N, (s + 1) * N), state)[1]
             if s + 1 in checks:
                 real.append({"tokens": (s + 2) * N, **ask(model, state, tail, answer)})
             if (s + 1) * N == source:
