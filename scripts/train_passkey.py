@@ -18,6 +18,8 @@ that segment; an approximation for the delta rule), so the answer must be read a
 1M-token input while back-propagation still covers only ~4K tokens. The exported model is unchanged.
 ``--extrapolate-before-needle F`` also opens the lever to needles in the last segments: the extra filler then
 goes into the state entering the needle's segment (a share F of the rows that could take either placement).
+``--extrapolate-mode doubling`` replaces ``k * dM`` by doubling Euler steps that re-run the filler segment from
+the growing state (``grow_filler``): 1 + log2(k) more segment runs, and a state much closer to a real stream's.
 
 Examples::
 
@@ -226,8 +228,33 @@ def extrapolation_plan(rng: np.random.Generator, batch: P.PasskeyBatch, N: int, 
                          src=np.where(before, n0 - 1, s_a - 2))
 
 
-def forward_extrapolated(model, inp: torch.Tensor, plan: Extrapolation) -> torch.Tensor:
-    """``model(inp)`` with the extra filler of ``plan`` added to the state (see ``extrapolation_plan``)."""
+@torch.no_grad()
+def grow_filler(model, state, filler: torch.Tensor, k) -> tuple:
+    """The state after ``k[b]`` (>= 0, any real) more passes of filler segment ``filler[b]`` (B, N) from ``state``,
+    by doubling Euler steps: each step runs the segment once from the current state and applies its increment
+    ``h`` times, ``h = min(done, k - done)`` (1 at first), so the increment is re-measured as the state grows
+    (``1 + log2 k`` segment runs). For ``k <= 3`` this is exactly ``k`` real passes. Detached."""
+    k = torch.as_tensor(np.asarray(k, dtype=np.float32))  # (B,)
+    done = torch.zeros_like(k)  # (B,) passes applied so far
+    cur = tuple(LayerMemory(m.memory.detach(), m.norm.detach()) for m in state)
+    while bool((done < k).any()):
+        h = torch.minimum(k - done, done.clamp(min=1.0))  # (B,) this step's multiplier; 0 for finished rows
+        nxt = model.step(filler, cur)[1]
+        cur = tuple(LayerMemory(c.memory + h.view(-1, 1, 1, 1) * (n.memory - c.memory),  # (B, H, dk, dv)
+                                c.norm + h.view(-1, 1, 1) * (n.norm - c.norm))  # (B, H, dk)
+                    for c, n in zip(cur, nxt))
+        done = done + h
+    return cur
+
+
+def forward_extrapolated(model, inp: torch.Tensor, plan: Extrapolation, mode: str = "first-order") -> torch.Tensor:
+    """``model(inp)`` with the extra filler of ``plan`` added to the state (see ``extrapolation_plan``).
+
+    ``mode``: ``first-order`` adds ``k`` times what segment ``src`` wrote when it ran (stages 2-4);
+    ``doubling`` re-runs segment ``src`` from the growing state (``grow_filler``), closer to what a real long
+    input leaves. The extra is detached either way: gradients flow through the real segments only."""
+    if mode not in ("first-order", "doubling"):
+        raise ValueError(f"extrapolation mode must be 'first-order' or 'doubling', got {mode!r}")
     B, T = inp.shape
     N = model.cfg.segment_len
     state = model.init_state(B)
@@ -237,29 +264,38 @@ def forward_extrapolated(model, inp: torch.Tensor, plan: Extrapolation) -> torch
         entering.append(state)
         here = (plan.k > 0) & (plan.at == si)  # (B,) rows whose extra filler goes in now
         if here.any():
-            scale = torch.from_numpy(np.where(here, plan.k, 0.0)).float()  # (B,)
+            k = np.where(here, plan.k, 0.0)  # (B,)
             src = np.where(here, plan.src, si - 1)  # (B,) filler segment per row (others: any, scaled by 0)
+            if mode == "doubling":
+                filler = torch.stack([inp[b, s * N:(s + 1) * N] for b, s in enumerate(src)])  # (B, N)
+                grown = grow_filler(model, state, filler, k)
+                state = tuple(LayerMemory(m.memory + (g.memory - m.memory.detach()),  # (B, H, dk, dv)
+                                          m.norm + (g.norm - m.norm.detach()))  # (B, H, dk)
+                              for m, g in zip(state, grown))
+            else:
+                scale = torch.from_numpy(k).float()  # (B,)
 
-            def wrote(li: int, field: str) -> torch.Tensor:  # (B, ...) what row b's segment src[b] wrote
-                return torch.stack([getattr(entering[s + 1][li], field)[b] - getattr(entering[s][li], field)[b]
-                                    for b, s in enumerate(src)]).detach()
+                def wrote(li: int, field: str) -> torch.Tensor:  # (B, ...) what row b's segment src[b] wrote
+                    return torch.stack([getattr(entering[s + 1][li], field)[b] - getattr(entering[s][li], field)[b]
+                                        for b, s in enumerate(src)]).detach()
 
-            state = tuple(LayerMemory(m.memory + scale.view(B, 1, 1, 1) * wrote(li, "memory"),  # (B, H, dk, dv)
-                                      m.norm + scale.view(B, 1, 1) * wrote(li, "norm"))  # (B, H, dk)
-                          for li, m in enumerate(state))
+                state = tuple(LayerMemory(m.memory + scale.view(B, 1, 1, 1) * wrote(li, "memory"),  # (B, H, dk, dv)
+                                          m.norm + scale.view(B, 1, 1) * wrote(li, "norm"))  # (B, H, dk)
+                              for li, m in enumerate(state))
         logits, state = model.step(inp[:, start:start + N], state)
         outs.append(logits)
     return torch.cat(outs, dim=1)  # (B, T, V)
 
 
-def train_step_losses(model, batch: P.PasskeyBatch, extra: Extrapolation | None = None):
+def train_step_losses(model, batch: P.PasskeyBatch, extra: Extrapolation | None = None,
+                      extrapolate_mode: str = "first-order"):
     full = torch.from_numpy(batch.full_ids)  # (B, L + 6)
     inp, tgt = full[:, :-1], full[:, 1:]  # (B, L + 5)
     B, L = batch.ids.shape
     if extra is None:
         logits, _ = model(inp)  # (B, L + 5, V)
     else:
-        logits = forward_extrapolated(model, inp, extra)  # (B, L + 5, V)
+        logits = forward_extrapolated(model, inp, extra, extrapolate_mode)  # (B, L + 5, V)
     nll = F.cross_entropy(logits.float().transpose(1, 2), tgt, reduction="none")  # (B, L + 5)
     ar5 = torch.arange(P.KEY_DIGITS)
     ans_idx = (L - 1) + torch.arange(P.ANSWER_LEN)  # targets L .. L+5: " " + digits
@@ -377,6 +413,9 @@ def main(argv=None) -> int:
     ap.add_argument("--extrapolate-frac", type=float, default=0.0,
                     help="share of eligible filler rows whose answer reads a state extrapolated to a longer input")
     ap.add_argument("--extrapolate-to", type=int, default=1 << 20, help="longest extrapolated input, tokens")
+    ap.add_argument("--extrapolate-mode", choices=("first-order", "doubling"), default="first-order",
+                    help="first-order: k times one filler segment's increment (stages 2-4); doubling: the "
+                         "increment re-measured from the growing state, 1 + log2(k) segment runs")
     ap.add_argument("--extrapolate-before-needle", type=float, default=0.0,
                     help="share of extrapolated rows whose extra filler goes before the needle rather than after it "
                          "(rows with the needle in the last two segments can only take it there; 0: stage 2's plan)")
@@ -468,7 +507,7 @@ def main(argv=None) -> int:
                "recipe": {k: getattr(args, k) for k in ("lr", "gate_lr", "weight_decay", "warmup", "tokens_per_step",
                                                          "max_batch", "max_len", "no_filler_frac", "mix_frac", "boundary_frac", "needle_weight",
                                                          "lm_weight", "promote_em", "promote_rows", "seed", "extrapolate_frac", "extrapolate_to",
-                                                         "extrapolate_before_needle")},
+                                                         "extrapolate_before_needle", "extrapolate_mode")},
                "runs": tr["runs"], "promotions": tr["promotions"], "evals": tr["evals"], "history": tr["history"]}
         write_report(out, rep)
         return rep
@@ -498,7 +537,7 @@ def main(argv=None) -> int:
         batch, kind = make_train_batch(rng, tr["cur_len"], args, cfg)
         extra = (extrapolation_plan(rng, batch, cfg.segment_len, args.extrapolate_frac, args.extrapolate_to,
                                     args.extrapolate_before_needle) if kind != "nofill" else None)
-        ans_nll, needle_nll, lm, em = train_step_losses(model, batch, extra)
+        ans_nll, needle_nll, lm, em = train_step_losses(model, batch, extra, args.extrapolate_mode)
         loss = ans_nll.mean() + args.needle_weight * needle_nll.mean() + args.lm_weight * lm
         opt.zero_grad(set_to_none=True)
         loss.backward()

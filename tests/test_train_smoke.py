@@ -114,3 +114,51 @@ def test_extrapolation_before_the_needle_is_exact_for_the_linear_rule():
             # (the repeated segments shift RoPE positions only inside their own segments: none reach later ones)
             torch.testing.assert_close(ext[b, a:], want[0, a + 2 * N:], rtol=1e-4, atol=1e-4)
             torch.testing.assert_close(ext[b, :a], want[0, :a], rtol=1e-5, atol=1e-5)  # batch 3 vs batch 1 rounding
+
+
+def test_doubling_extrapolation_is_exact_for_three_passes_of_the_delta_rule():
+    """--extrapolate-mode doubling re-runs the filler segment from the growing state: for k <= 3 its steps are
+    single passes, so k = 3 must equal feeding that filler segment three more times, with the delta rule (where
+    the first-order lever is only an approximation); a row with k = 0 is the plain forward."""
+    mod = _load_script()
+    from infini_export import InfiniConfig, InfiniTransformer
+    from infini_export.tasks import passkey as P
+    torch.manual_seed(0)
+    model = InfiniTransformer(InfiniConfig.from_name("tiny", update="delta")).eval()
+    N = model.cfg.segment_len
+    rng = np.random.default_rng(1)
+    L = P.min_length() + 12 * N
+    batch = P.make_batch(3, L, 1.0, rng)  # needle at the end
+    plan = mod.extrapolation_plan(rng, batch, N, frac=1.0, max_tokens=64 * N, before_frac=1.0)
+    n0 = batch.needle_start // N
+    plan = dataclasses.replace(plan, k=np.array([3.0, 3.0, 0.0]))
+    inp = torch.from_numpy(batch.full_ids)[:, :-1]
+    with torch.no_grad():
+        ext = mod.forward_extrapolated(model, inp, plan, mode="doubling")
+        first = mod.forward_extrapolated(model, inp, plan, mode="first-order")
+        ref, _ = model(inp)
+        torch.testing.assert_close(ext[2], ref[2], rtol=1e-5, atol=1e-5)
+        for b in range(2):
+            a = int(n0[b]) * N
+            row = inp[b:b + 1]
+            rep = torch.cat([row[:, :a]] + [row[:, a - N:a]] * 3 + [row[:, a:]], dim=1)
+            want, _ = model(rep)
+            torch.testing.assert_close(ext[b, a:], want[0, a + 3 * N:], rtol=1e-4, atol=1e-4)
+            assert not torch.allclose(first[b, a:], want[0, a + 3 * N:], rtol=1e-4, atol=1e-4)  # first-order is not
+    # fractional and large k: the multipliers add up to k, in 1 + ceil(log2 k) segment runs
+    state = model.init_state(2)
+    filler = inp[:2, :N]
+    calls = {"n": 0}
+    real_step = model.step
+
+    def counting_step(*a, **kw):
+        calls["n"] += 1
+        return real_step(*a, **kw)
+    model.step = counting_step
+    grown = mod.grow_filler(model, state, filler, [1000.0, 2.5])
+    assert calls["n"] == 1 + 10  # 1, 1, 2, 4, ..., 488: doubling to 1000
+    assert all(torch.isfinite(g.memory).all() and torch.isfinite(g.norm).all() for g in grown)
+    model.step = real_step
+    with torch.no_grad():  # layer 0's z increment does not depend on the state: z grows exactly k-fold
+        one = model.step(filler, state)[1][0].norm
+    torch.testing.assert_close(grown[0].norm, one * torch.tensor([1000.0, 2.5]).view(2, 1, 1), rtol=1e-4, atol=1e-3)
