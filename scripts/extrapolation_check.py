@@ -51,7 +51,8 @@ def rel_diff(a, b) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-def run(checkpoint: str, length: int, prompts: int, source: int, seed: int, progress: bool = True) -> dict:
+def run(checkpoint: str, length: int, prompts: int, source: int, seed: int, progress: bool = True,
+        block: int = 1) -> dict:
     import torch
     from tqdm import tqdm
 
@@ -73,7 +74,7 @@ def run(checkpoint: str, length: int, prompts: int, source: int, seed: int, prog
     tail = seg(length - N, length)  # (B, N): the last prompt segment (filler, then the question)
     S = length // N - 1  # segments before the tail
     checks = sorted({c for c in (source // N * 4 ** i for i in range(32)) if c < S} | {source // N, S})
-    from train_passkey import grow_filler
+    from train_passkey import filler_block, grow_filler
     real, extrapolated, doubled, prev = [], None, None, None
     state = model.init_state(prompts)
     with torch.no_grad():
@@ -85,8 +86,10 @@ def run(checkpoint: str, length: int, prompts: int, source: int, seed: int, prog
                 ext_state = extrapolate(state, prev, S - (s + 1))
                 extrapolated = {"tokens": length, "from_tokens": source + N, **ask(model, ext_state, tail, answer)}
                 k = np.full(prompts, float(S - (s + 1)))  # (B,) segments still to come
-                dbl_state = grow_filler(model, state, seg(s * N, (s + 1) * N), k)
-                doubled = {"tokens": length, "from_tokens": source + N, **ask(model, dbl_state, tail, answer)}
+                src = seg(s * N, (s + 1) * N).numpy()  # (B, N) the source segment, pure filler
+                blk = torch.from_numpy(np.stack([filler_block(r, block) for r in src]))  # (B, block * N)
+                dbl_state = grow_filler(model, state, blk, k)
+                doubled = {"tokens": length, "from_tokens": source + N, "block": block, **ask(model, dbl_state, tail, answer)}
     layers = [{"layer": i, "memory_rel_diff": rel_diff(e.memory, r.memory), "norm_rel_diff": rel_diff(e.norm, r.norm),
                "doubling_memory_rel_diff": rel_diff(d.memory, r.memory),
                "doubling_norm_rel_diff": rel_diff(d.norm, r.norm),
@@ -108,7 +111,7 @@ def report(res: dict) -> str:
                  f"{np.mean(e['p_correct_per_token']):.3f} | {e['p_correct_min_token']:.3f} |")
     e = res.get("doubling")
     if e:
-        lines.append(f"| {e['tokens']:,} | doubling from {e['from_tokens']:,} | {e['exact_match']:.2f} | "
+        lines.append(f"| {e['tokens']:,} | doubling ({e.get('block', 1)}-segment block) from {e['from_tokens']:,} | {e['exact_match']:.2f} | "
                      f"{np.mean(e['p_correct_per_token']):.3f} | {e['p_correct_min_token']:.3f} |")
     lines.append("first-order vs real state at the end: " + "; ".join(
         f"layer {x['layer']} M {100 * x['memory_rel_diff']:.1f}%, z {100 * x['norm_rel_diff']:.1f}%"
@@ -128,12 +131,14 @@ def main() -> int:
     p.add_argument("--source", default="4K", help="input length whose last filler segment is extrapolated")
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--seed", type=int, default=77)
+    p.add_argument("--block", type=int, default=1, help="doubling mode's filler block, segments")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", help="write the result here")
     args = p.parse_args()
     import torch
     torch.set_num_threads(args.threads)
-    res = run(args.checkpoint, parse_length(args.length), args.prompts, parse_length(args.source), args.seed)
+    res = run(args.checkpoint, parse_length(args.length), args.prompts, parse_length(args.source), args.seed,
+              block=args.block)
     print(report(res))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1) + "\n")

@@ -228,31 +228,58 @@ def extrapolation_plan(rng: np.random.Generator, batch: P.PasskeyBatch, N: int, 
                          src=np.where(before, n0 - 1, s_a - 2))
 
 
+_FILLER_CYCLE = P.encode("".join(P._FILLER_UNITS))  # (90,) one period of the filler text
+
+
+def filler_block(seg: np.ndarray, m: int) -> np.ndarray:
+    """(m * N,) the pure-filler segment ``seg`` (N,) followed by the m - 1 segments of filler that continue it
+    (the filler is periodic: 90 bytes, 45 phases against a 128-token segment); ``seg`` repeated m times if it
+    is not pure filler."""
+    N, C = len(seg), len(_FILLER_CYCLE)
+    cyc = np.tile(_FILLER_CYCLE, (m * N) // C + 2)  # (>= m * N + C,)
+    for o in range(C):
+        if np.array_equal(cyc[o:o + N], seg):
+            return cyc[o:o + m * N]
+    return np.tile(seg, m)
+
+
 @torch.no_grad()
 def grow_filler(model, state, filler: torch.Tensor, k) -> tuple:
-    """The state after ``k[b]`` (>= 0, any real) more passes of filler segment ``filler[b]`` (B, N) from ``state``,
-    by doubling Euler steps: each step runs the segment once from the current state and applies its increment
-    ``h`` times, ``h = min(done, k - done)`` (1 at first), so the increment is re-measured as the state grows
-    (``1 + log2 k`` segment runs). For ``k <= 3`` this is exactly ``k`` real passes. Detached."""
+    """The state after ``k[b]`` (>= 0, any real) more segments of filler from ``state``, by doubling Euler steps.
+
+    ``filler`` (B, m * N) is a block of m segments (``filler_block``); each step runs the block once from the
+    current state and applies its per-segment increment ``h`` times, ``h = min(k - done, max(done, m))`` (m at
+    first), so the increment is re-measured as the state grows (``m * (1 + log2(k / m))`` segment runs). A block
+    of several segments averages the filler's phases against the segment. For ``h == m`` a step is exactly the
+    block run once, so k = m (or k <= 3 with m = 1) is exact. Detached."""
+    B, T = filler.shape
+    N = model.cfg.segment_len
+    if T % N:
+        raise ValueError(f"filler block of {T} tokens is not a whole number of {N}-token segments")
+    m = T // N
     k = torch.as_tensor(np.asarray(k, dtype=np.float32))  # (B,)
-    done = torch.zeros_like(k)  # (B,) passes applied so far
-    cur = tuple(LayerMemory(m.memory.detach(), m.norm.detach()) for m in state)
+    done = torch.zeros_like(k)  # (B,) segments applied so far
+    cur = tuple(LayerMemory(m_.memory.detach(), m_.norm.detach()) for m_ in state)
     while bool((done < k).any()):
-        h = torch.minimum(k - done, done.clamp(min=1.0))  # (B,) this step's multiplier; 0 for finished rows
-        nxt = model.step(filler, cur)[1]
-        cur = tuple(LayerMemory(c.memory + h.view(-1, 1, 1, 1) * (n.memory - c.memory),  # (B, H, dk, dv)
-                                c.norm + h.view(-1, 1, 1) * (n.norm - c.norm))  # (B, H, dk)
+        h = torch.minimum(k - done, done.clamp(min=float(m)))  # (B,) segments this step; 0 for finished rows
+        nxt = cur
+        for j in range(m):
+            nxt = model.step(filler[:, j * N:(j + 1) * N], nxt)[1]
+        f = h / m  # (B,) block increments to apply
+        cur = tuple(LayerMemory(c.memory + f.view(-1, 1, 1, 1) * (n.memory - c.memory),  # (B, H, dk, dv)
+                                c.norm + f.view(-1, 1, 1) * (n.norm - c.norm))  # (B, H, dk)
                     for c, n in zip(cur, nxt))
         done = done + h
     return cur
 
 
-def forward_extrapolated(model, inp: torch.Tensor, plan: Extrapolation, mode: str = "first-order") -> torch.Tensor:
+def forward_extrapolated(model, inp: torch.Tensor, plan: Extrapolation, mode: str = "first-order",
+                         block: int = 1) -> torch.Tensor:
     """``model(inp)`` with the extra filler of ``plan`` added to the state (see ``extrapolation_plan``).
 
     ``mode``: ``first-order`` adds ``k`` times what segment ``src`` wrote when it ran (stages 2-4);
-    ``doubling`` re-runs segment ``src`` from the growing state (``grow_filler``), closer to what a real long
-    input leaves. The extra is detached either way: gradients flow through the real segments only."""
+    ``doubling`` re-runs segment ``src`` (and the ``block - 1`` filler segments that would follow it) from the
+    growing state (``grow_filler``), closer to what a real long input leaves. The extra is detached either way: gradients flow through the real segments only."""
     if mode not in ("first-order", "doubling"):
         raise ValueError(f"extrapolation mode must be 'first-order' or 'doubling', got {mode!r}")
     B, T = inp.shape
@@ -267,11 +294,19 @@ def forward_extrapolated(model, inp: torch.Tensor, plan: Extrapolation, mode: st
             k = np.where(here, plan.k, 0.0)  # (B,)
             src = np.where(here, plan.src, si - 1)  # (B,) filler segment per row (others: any, scaled by 0)
             if mode == "doubling":
-                filler = torch.stack([inp[b, s * N:(s + 1) * N] for b, s in enumerate(src)])  # (B, N)
-                grown = grow_filler(model, state, filler, k)
-                state = tuple(LayerMemory(m.memory + (g.memory - m.memory.detach()),  # (B, H, dk, dv)
-                                          m.norm + (g.norm - m.norm.detach()))  # (B, H, dk)
-                              for m, g in zip(state, grown))
+                rows = np.flatnonzero(here)  # (R,) only these rows are grown
+                filler = torch.from_numpy(np.stack([filler_block(inp[b, src[b] * N:(src[b] + 1) * N].numpy(), block)
+                                                    for b in rows]))  # (R, block * N)
+                sub = tuple(LayerMemory(m.memory[rows], m.norm[rows]) for m in state)
+                grown = grow_filler(model, sub, filler, k[rows])
+
+                def added(full: torch.Tensor, g: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
+                    extra = torch.zeros_like(full)  # (B, ...) zero for the rows left alone
+                    extra[rows] = g - part.detach()
+                    return full + extra
+                state = tuple(LayerMemory(added(m.memory, g.memory, s_.memory),  # (B, H, dk, dv)
+                                          added(m.norm, g.norm, s_.norm))  # (B, H, dk)
+                              for m, g, s_ in zip(state, grown, sub))
             else:
                 scale = torch.from_numpy(k).float()  # (B,)
 
@@ -288,14 +323,14 @@ def forward_extrapolated(model, inp: torch.Tensor, plan: Extrapolation, mode: st
 
 
 def train_step_losses(model, batch: P.PasskeyBatch, extra: Extrapolation | None = None,
-                      extrapolate_mode: str = "first-order"):
+                      extrapolate_mode: str = "first-order", extrapolate_block: int = 1):
     full = torch.from_numpy(batch.full_ids)  # (B, L + 6)
     inp, tgt = full[:, :-1], full[:, 1:]  # (B, L + 5)
     B, L = batch.ids.shape
     if extra is None:
         logits, _ = model(inp)  # (B, L + 5, V)
     else:
-        logits = forward_extrapolated(model, inp, extra, extrapolate_mode)  # (B, L + 5, V)
+        logits = forward_extrapolated(model, inp, extra, extrapolate_mode, extrapolate_block)  # (B, L + 5, V)
     nll = F.cross_entropy(logits.float().transpose(1, 2), tgt, reduction="none")  # (B, L + 5)
     ar5 = torch.arange(P.KEY_DIGITS)
     ans_idx = (L - 1) + torch.arange(P.ANSWER_LEN)  # targets L .. L+5: " " + digits
@@ -416,6 +451,8 @@ def main(argv=None) -> int:
     ap.add_argument("--extrapolate-mode", choices=("first-order", "doubling"), default="first-order",
                     help="first-order: k times one filler segment's increment (stages 2-4); doubling: the "
                          "increment re-measured from the growing state, 1 + log2(k) segment runs")
+    ap.add_argument("--extrapolate-block", type=int, default=1,
+                    help="doubling mode: filler segments run per step (7 x 128 tokens ~ 10 periods of the filler)")
     ap.add_argument("--extrapolate-before-needle", type=float, default=0.0,
                     help="share of extrapolated rows whose extra filler goes before the needle rather than after it "
                          "(rows with the needle in the last two segments can only take it there; 0: stage 2's plan)")
@@ -507,7 +544,8 @@ def main(argv=None) -> int:
                "recipe": {k: getattr(args, k) for k in ("lr", "gate_lr", "weight_decay", "warmup", "tokens_per_step",
                                                          "max_batch", "max_len", "no_filler_frac", "mix_frac", "boundary_frac", "needle_weight",
                                                          "lm_weight", "promote_em", "promote_rows", "seed", "extrapolate_frac", "extrapolate_to",
-                                                         "extrapolate_before_needle", "extrapolate_mode")},
+                                                         "extrapolate_before_needle", "extrapolate_mode",
+                                                         "extrapolate_block")},
                "runs": tr["runs"], "promotions": tr["promotions"], "evals": tr["evals"], "history": tr["history"]}
         write_report(out, rep)
         return rep
@@ -537,7 +575,7 @@ def main(argv=None) -> int:
         batch, kind = make_train_batch(rng, tr["cur_len"], args, cfg)
         extra = (extrapolation_plan(rng, batch, cfg.segment_len, args.extrapolate_frac, args.extrapolate_to,
                                     args.extrapolate_before_needle) if kind != "nofill" else None)
-        ans_nll, needle_nll, lm, em = train_step_losses(model, batch, extra, args.extrapolate_mode)
+        ans_nll, needle_nll, lm, em = train_step_losses(model, batch, extra, args.extrapolate_mode, args.extrapolate_block)
         loss = ans_nll.mean() + args.needle_weight * needle_nll.mean() + args.lm_weight * lm
         opt.zero_grad(set_to_none=True)
         loss.backward()

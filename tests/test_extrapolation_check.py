@@ -57,6 +57,6 @@ def test_extrapolated_state_is_reported_against_the_real_one(tiny_ckpt):
         assert 0.0 < row["doubling_memory_rel_diff"] < 10.0 and 0.0 < row["doubling_norm_rel_diff"] < 10.0
     assert res["doubling"]["tokens"] == 512 and res["doubling"]["from_tokens"] == 80
     text = mod.report(res)
-    assert "first-order from 80" in text and "doubling from 80" in text and "layer 1 M" in text
+    assert "first-order from 80" in text and "doubling (1-segment block) from 80" in text and "layer 1 M" in text
     with pytest.raises(SystemExit, match="multiples of the segment length"):
         mod.run(str(tiny_ckpt), 500, 2, 64, 5, progress=False)

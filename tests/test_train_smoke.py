@@ -162,3 +162,31 @@ def test_doubling_extrapolation_is_exact_for_three_passes_of_the_delta_rule():
     with torch.no_grad():  # layer 0's z increment does not depend on the state: z grows exactly k-fold
         one = model.step(filler, state)[1][0].norm
     torch.testing.assert_close(grown[0].norm, one * torch.tensor([1000.0, 2.5]).view(2, 1, 1), rtol=1e-4, atol=1e-3)
+
+
+def test_filler_block_continues_the_prompt_and_a_block_step_is_exact():
+    """filler_block(seg, m) is seg followed by the filler the prompt itself would continue with; grow_filler with
+    an m-segment block and k = m is exactly the block run once (the delta rule)."""
+    mod = _load_script()
+    from infini_export import InfiniConfig, InfiniTransformer
+    from infini_export.tasks import passkey as P
+    torch.manual_seed(0)
+    model = InfiniTransformer(InfiniConfig.from_name("tiny", update="delta")).eval()
+    N = model.cfg.segment_len
+    batch = P.make_batch(2, P.min_length() + 40 * N, 0.0, 3)  # needle at the start: filler after it
+    s0 = batch.needle_end.max() // N + 1  # first pure-filler segment of both rows
+    for b in range(2):
+        seg = batch.ids[b, s0 * N:(s0 + 1) * N]
+        np.testing.assert_array_equal(mod.filler_block(seg, 5), batch.ids[b, s0 * N:(s0 + 5) * N])
+    not_filler = batch.ids[0, :N]  # the instruction
+    np.testing.assert_array_equal(mod.filler_block(not_filler, 2), np.tile(not_filler, 2))
+    blk = torch.from_numpy(batch.ids[:, s0 * N:(s0 + 3) * N])  # (2, 3N)
+    state = model.init_state(2)
+    with torch.no_grad():
+        want = state
+        for j in range(3):
+            want = model.step(blk[:, j * N:(j + 1) * N], want)[1]
+    got = mod.grow_filler(model, state, blk, [3.0, 3.0])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.memory, w.memory, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(g.norm, w.norm, rtol=1e-5, atol=1e-6)
