@@ -598,13 +598,12 @@ def main(argv=None) -> int:
         N = cfg.segment_len
         hard = (batch.needle_end - 1) // N < (batch.ids.shape[1] - 1) // N  # (B,) bool
         em_rows = em.numpy().astype(bool)
-        if extra is not None:  # extrapolated rows: their own EM, kept out of the curriculum's
-            xr = extra.k > 0
-            acc["em_x"].extend(em_rows[xr].tolist())
-            hard = hard & ~xr
+        xr = extra.k > 0 if extra is not None else np.zeros_like(hard)  # (B,) extrapolated rows
+        acc["em_x"].extend(em_rows[xr].tolist())  # their own EM, kept out of the curriculum's and "local"
+        hard = hard & ~xr
         if kind in ("filler", "mixed"):
             acc["em_f"].extend(em_rows[hard].tolist())
-            acc["em_e"].extend(em_rows[~hard].tolist())
+            acc["em_e"].extend(em_rows[~hard & ~xr].tolist())
         else:
             acc["em_n"].extend(em_rows.tolist())
         # curriculum: promote on the training EM of the hard rows only
