@@ -87,20 +87,24 @@ def test_state_extrapolation_lever():
     assert not torch.allclose(ext[:, s_a * N:], ref[:, s_a * N:])  # the answer reads a diluted memory
 
 
-def test_extrapolation_before_the_needle_is_exact_for_the_linear_rule():
-    """--extrapolate-before-needle: a needle in the last segments gets its extra filler before the needle's
-    segment; for the linear rule, k = 2 extra segments equals feeding that filler segment twice more."""
+def _needle_at_end(update: str):
+    """A tiny model, 3 prompts with the needle at the end, and a before-the-needle extrapolation plan for them."""
     mod = _load_script()
     from infini_export import InfiniConfig, InfiniTransformer
     from infini_export.tasks import passkey as P
     torch.manual_seed(0)
-    model = InfiniTransformer(InfiniConfig.from_name("tiny", update="linear")).eval()
+    model = InfiniTransformer(InfiniConfig.from_name("tiny", update=update)).eval()
     N = model.cfg.segment_len
     rng = np.random.default_rng(1)
-    L = P.min_length() + 12 * N
-    batch = P.make_batch(3, L, 1.0, rng)  # needle at the end
+    batch = P.make_batch(3, P.min_length() + 12 * N, 1.0, rng)  # needle at the end
     plan = mod.extrapolation_plan(rng, batch, N, frac=1.0, max_tokens=64 * N, before_frac=1.0)
-    n0 = batch.needle_start // N
+    return mod, model, N, batch, plan, batch.needle_start // N
+
+
+def test_extrapolation_before_the_needle_is_exact_for_the_linear_rule():
+    """--extrapolate-before-needle: a needle in the last segments gets its extra filler before the needle's
+    segment; for the linear rule, k = 2 extra segments equals feeding that filler segment twice more."""
+    mod, model, N, batch, plan, n0 = _needle_at_end("linear")
     assert plan is not None and (plan.at == n0).all() and (plan.src == n0 - 1).all()
     plan = dataclasses.replace(plan, k=np.full(3, 2.0))
     inp = torch.from_numpy(batch.full_ids)[:, :-1]
@@ -120,17 +124,7 @@ def test_doubling_extrapolation_is_exact_for_three_passes_of_the_delta_rule():
     """--extrapolate-mode doubling re-runs the filler segment from the growing state: for k <= 3 its steps are
     single passes, so k = 3 must equal feeding that filler segment three more times, with the delta rule (where
     the first-order lever is only an approximation); a row with k = 0 is the plain forward."""
-    mod = _load_script()
-    from infini_export import InfiniConfig, InfiniTransformer
-    from infini_export.tasks import passkey as P
-    torch.manual_seed(0)
-    model = InfiniTransformer(InfiniConfig.from_name("tiny", update="delta")).eval()
-    N = model.cfg.segment_len
-    rng = np.random.default_rng(1)
-    L = P.min_length() + 12 * N
-    batch = P.make_batch(3, L, 1.0, rng)  # needle at the end
-    plan = mod.extrapolation_plan(rng, batch, N, frac=1.0, max_tokens=64 * N, before_frac=1.0)
-    n0 = batch.needle_start // N
+    mod, model, N, batch, plan, n0 = _needle_at_end("delta")
     plan = dataclasses.replace(plan, k=np.array([3.0, 3.0, 0.0]))
     inp = torch.from_numpy(batch.full_ids)[:, :-1]
     with torch.no_grad():
