@@ -236,7 +236,7 @@ def other_load() -> dict:
 def import_runtimes() -> dict:
     """Import each runtime once, timed, so that session load times below do not include library imports."""
     out = {}
-    for name, fn in (("onnxruntime", lambda: __import__("onnxruntime")),
+    for name, fn in (("onnxruntime", lambda: __import__("runtime.ortenv", fromlist=["x"]).import_onnxruntime()),
                      ("executorch", lambda: __import__("runtime.backends.executorch", fromlist=["x"])._load_pybindings()),
                      ("exporters", lambda: __import__("infini_export.eager", fromlist=["x"]))):
         t0 = time.perf_counter()
