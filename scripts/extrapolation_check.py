@@ -26,19 +26,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))  # train_passkey: the lever's grow_filler
 
 
-def ask(model, state, tail, answer) -> dict:
-    """Teacher-forced answer from ``state``: feed ``tail`` (B, N) then ``answer[:, :-1]``; p and EM of ``answer``."""
-    import torch
-    with torch.no_grad():
-        lg_tail, st = model.step(tail, state)  # (B, N, V)
-        lg_ans, _ = model.step(answer[:, :-1], st)  # (B, A - 1, V)
-    logits = torch.cat([lg_tail[:, -1:], lg_ans], 1)  # (B, A, V): predicts answer[:, 0..A-1]
-    p = logits.softmax(-1).gather(-1, answer.unsqueeze(-1)).squeeze(-1)  # (B, A)
-    em = (logits.argmax(-1) == answer).all(1).float()  # (B,)
-    return {"p_correct_per_token": p.mean(0).tolist(), "p_correct_min_token": p.min(1).values.mean().item(),
-            "exact_match": em.mean().item()}
-
-
 def extrapolate(state, prev, k: float):
     """``state + k * (state - prev)`` per layer: the training lever's first-order extrapolation."""
     from infini_export.state import LayerMemory
@@ -74,7 +61,7 @@ def run(checkpoint: str, length: int, prompts: int, source: int, seed: int, prog
     tail = seg(length - N, length)  # (B, N): the last prompt segment (filler, then the question)
     S = length // N - 1  # segments before the tail
     checks = sorted({c for c in (source // N * 4 ** i for i in range(32)) if c < S} | {source // N, S})
-    from train_passkey import filler_block, grow_filler
+    from train_passkey import filler_block, grow_filler, teacher_forced_answer as ask
     real, extrapolated, doubled, prev = [], None, None, None
     state = model.init_state(prompts)
     with torch.no_grad():

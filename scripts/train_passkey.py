@@ -274,6 +274,56 @@ def grow_filler(model, state, filler: torch.Tensor, k) -> tuple:
     return cur
 
 
+def teacher_forced_answer(model, state, tail: torch.Tensor, answer: torch.Tensor) -> dict:
+    """Teacher-forced answer from ``state``: feed ``tail`` (B, N) then ``answer[:, :-1]``; p and EM of ``answer``."""
+    with torch.no_grad():
+        lg_tail, st = model.step(tail, state)  # (B, N, V)
+        lg_ans, _ = model.step(answer[:, :-1], st)  # (B, A - 1, V)
+    logits = torch.cat([lg_tail[:, -1:], lg_ans], 1)  # (B, A, V): predicts answer[:, 0..A-1]
+    p = logits.softmax(-1).gather(-1, answer.unsqueeze(-1)).squeeze(-1)  # (B, A)
+    em = (logits.argmax(-1) == answer).all(1).float()  # (B,)
+    return {"p_correct_per_token": p.mean(0).tolist(), "p_correct_min_token": p.min(1).values.mean().item(),
+            "exact_match": em.mean().item()}
+
+
+@torch.no_grad()
+def long_proxy(model, length: int, prompts: int, seed: int, source: int = 4096, block: int = 7) -> dict:
+    """A cheap long-input score for choosing checkpoints: ``prompts`` depth-0 passkey prompts of ``length`` tokens
+    (key in the first segment, then filler), answered teacher-forced from the lever's own state: the first
+    ``source`` tokens run for real, the rest of the filler added by ``grow_filler`` with a ``block``-segment block.
+    About ``source / N + block * (1 + log2(length / (block * N)))`` segment runs instead of ``length / N``
+    (~110 instead of 8,192 at 1M). ``score`` is the mean over prompts of the lowest p(correct digit). Equals the
+    ``doubling`` row of ``scripts/extrapolation_check.py`` for the same length, source, block and seed."""
+    from infini_export.passkey_eval import LazyPrompt
+    N = model.cfg.segment_len
+    if length % N or source % N or not N <= source < length - N:
+        raise ValueError(f"proxy length ({length}) and source ({source}) must be multiples of the segment length "
+                         f"{N}, with {N} <= source < length - {N}")
+    prompt = LazyPrompt(length, 0.0)
+    if prompt.needle_start + P._NEEDLE_LEN > source:
+        raise ValueError(f"proxy source ({source} tokens) must hold the whole needle (ends at token "
+                         f"{prompt.needle_start + P._NEEDLE_LEN})")
+    was_training = model.training
+    model.eval()
+    keys = P._random_keys(np.random.default_rng(seed), prompts)  # make_batch(prompts, length, 0, seed)'s keys
+
+    def seg(lo: int, hi: int) -> torch.Tensor:
+        return torch.from_numpy(prompt.chunk(lo, hi, keys))  # (B, hi - lo)
+
+    s0, S = source // N, length // N - 1  # real segments; segments before the question's
+    state = model.init_state(prompts)
+    for s in range(s0):
+        state = model.step(seg(s * N, (s + 1) * N), state)[1]
+    blk = torch.from_numpy(np.stack([filler_block(r, block) for r in seg((s0 - 1) * N, s0 * N).numpy()]))  # (B, block * N)
+    state = grow_filler(model, state, blk, np.full(prompts, float(S - s0)))
+    answer = torch.from_numpy(np.stack([P.encode(P.answer_text(k)) for k in keys]))  # (B, A)
+    res = teacher_forced_answer(model, state, seg(length - N, length), answer)
+    model.train(was_training)
+    return {"length": length, "source": source, "block": block, "prompts": prompts, "seed": seed,
+            "score": res["p_correct_min_token"], "mean_p": float(np.mean(res["p_correct_per_token"])),
+            "exact_match": res["exact_match"]}
+
+
 def forward_extrapolated(model, inp: torch.Tensor, plan: Extrapolation, mode: str = "first-order",
                          block: int = 1) -> torch.Tensor:
     """``model(inp)`` with the extra filler of ``plan`` added to the state (see ``extrapolation_plan``).
@@ -383,6 +433,13 @@ def write_report(out: Path, report: dict) -> None:
     if evals:
         ax2.plot([e["step"] for e in evals], [e["em"] for e in evals], "o-", color="tab:green",
                  label="held-out EM (key in an earlier segment)")
+    proxy = report.get("proxy") or []
+    if proxy:
+        ax2.plot([r["step"] for r in proxy], [r["score"] for r in proxy], "s-", color="tab:purple",
+                 label=f"proxy at {proxy[-1]['length']:,} tokens: lowest p(correct digit)")
+        if any("raw" in r for r in proxy):
+            ax2.plot([r["step"] for r in proxy if "raw" in r], [r["raw"]["score"] for r in proxy if "raw" in r],
+                     "s:", color="tab:purple", alpha=0.5, label="proxy, raw weights (before --ema)")
     ax2.set_ylim(-0.03, 1.03)
     ax2.set_xlabel("step")
     ax2.set_ylabel("exact match")
@@ -468,6 +525,15 @@ def main(argv=None) -> int:
     ap.add_argument("--heldout-lengths", default="1000,2048,4096")
     ap.add_argument("--heldout-depths", default="0,0.5")
     ap.add_argument("--heldout-prompts", type=int, default=4)
+    ap.add_argument("--ema", type=float, default=0.0,
+                    help="keep an exponential moving average of the weights with this decay per step (e.g. 0.998; "
+                         "0: off); model.safetensors, the evaluations and best/ are then the averaged weights")
+    ap.add_argument("--proxy-every", type=float, default=0.0,
+                    help="minutes between long-input proxy scores (0: off); the best-scoring weights go to OUT/best/")
+    ap.add_argument("--proxy-length", default="1M", help="the proxy's prompt length (a multiple of the segment length)")
+    ap.add_argument("--proxy-prompts", type=int, default=16)
+    ap.add_argument("--proxy-seed", type=int, default=31337,
+                    help="keys of the proxy's prompts (keep it apart from the evaluation seeds: 77, 1234, 4321, 9876)")
     ap.add_argument("--evaluate", action="store_true", help="only evaluate the checkpoint in OUT")
     ap.add_argument("--eval-lengths", default="8192,32768")
     ap.add_argument("--eval-depths", default="0,0.5,1")
@@ -478,6 +544,8 @@ def main(argv=None) -> int:
         ap.error(f"--extrapolate-block must be >= 1 segment, got {args.extrapolate_block}")
     if args.extrapolate_block != 1 and args.extrapolate_mode != "doubling":
         ap.error("--extrapolate-block applies to --extrapolate-mode doubling only")
+    if not 0.0 <= args.ema < 1.0:
+        ap.error(f"--ema must be a decay in [0, 1), got {args.ema}")
     torch.set_num_threads(args.threads)
     if args.evaluate:
         return run_evaluate(args)
@@ -489,8 +557,12 @@ def main(argv=None) -> int:
         args.max_len = min(args.max_len, P.min_length() + 120)
         args.heldout_lengths, args.heldout_depths, args.heldout_prompts = str(P.min_length() + 80), "0", 2
         args.log_every, args.warmup = 0.0, 2
+        args.proxy_length, args.proxy_prompts = str(32 * cfg.segment_len), min(args.proxy_prompts, 2)
     args.heldout_lengths = [int(x) for x in str(args.heldout_lengths).split(",")]
     args.heldout_depths = [float(x) for x in str(args.heldout_depths).split(",")]
+    from infini_export.passkey_eval import parse_length
+    args.proxy_length = parse_length(str(args.proxy_length))
+    proxy_source = min(4096, (args.proxy_length // 2) // cfg.segment_len * cfg.segment_len)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / STATE_FILE
@@ -502,7 +574,7 @@ def main(argv=None) -> int:
     random.seed(args.seed)
     start_len = args.start_len or (P.min_length() + 40)
     tr = {"step": 0, "elapsed": 0.0, "tokens": 0, "cur_len": start_len, "history": [], "evals": [],
-          "promotions": [], "em_window": [], "runs": []}
+          "promotions": [], "em_window": [], "runs": [], "proxy": [], "best_proxy": None}
     if args.resume:
         if not state_path.is_file():
             raise SystemExit(f"--resume: {state_path} does not exist")
@@ -516,7 +588,19 @@ def main(argv=None) -> int:
         torch.set_rng_state(ck["torch_rng"])
         random.setstate(ck["python_rng"])
         log(f"resumed from {state_path}: step {tr['step']}, {tr['elapsed'] / 60:.1f} min, length {tr['cur_len']}")
+        tr.setdefault("proxy", [])
+        tr.setdefault("best_proxy", None)
     model.train()
+    ema = None  # the averaged copy (torch.optim.swa_utils); what ships when on
+    if args.ema:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema))
+        if args.resume and ck.get("ema") is not None:
+            ema.load_state_dict(ck["ema"])
+            log(f"resumed the weight average ({int(ema.n_averaged)} steps averaged)")
+        else:
+            log(f"weight average starts from the current weights, decay {args.ema}")
+    shipped = ema.module if ema is not None else model
     n_params = model.num_parameters()
     heldout = heldout_sets(args, cfg)
     em_window = deque(tr["em_window"], maxlen=10 ** 6)
@@ -535,7 +619,8 @@ def main(argv=None) -> int:
         tr["em_window"] = list(em_window)
         atomic_torch_save({"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
                            "train": tr, "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                           "python_rng": random.getstate(), "args": {k: v for k, v in vars(args).items()}},
+                           "python_rng": random.getstate(), "args": {k: v for k, v in vars(args).items()},
+                           "ema": ema.state_dict() if ema is not None else None},
                           state_path)
 
     def report(final: bool) -> dict:
@@ -551,23 +636,46 @@ def main(argv=None) -> int:
                                                          "max_batch", "max_len", "no_filler_frac", "mix_frac", "boundary_frac", "needle_weight",
                                                          "lm_weight", "promote_em", "promote_rows", "seed", "extrapolate_frac", "extrapolate_to",
                                                          "extrapolate_before_needle", "extrapolate_mode",
-                                                         "extrapolate_block")},
+                                                         "extrapolate_block", "ema")},
+               "proxy": tr["proxy"], "best_proxy": tr["best_proxy"],
                "runs": tr["runs"], "promotions": tr["promotions"], "evals": tr["evals"], "history": tr["history"]}
         write_report(out, rep)
         return rep
 
     def do_eval() -> dict:
         t = time.time()
-        res = evaluate_heldout(model, heldout, batch_size=16)
+        res = evaluate_heldout(shipped, heldout, batch_size=16)
         res.update(step=tr["step"], minutes=round(tr["elapsed"] / 60, 2), length=tr["cur_len"])
         tr["evals"].append(res)
         log(f"held-out EM {res['em']:.3f} over {res['n']} prompts at step {tr['step']} "
             f"({time.time() - t:.1f} s): {res['cells']}")
         return res
 
+    def do_proxy() -> dict:
+        """Score the shipped weights (and the raw ones, under --ema) on the long-input proxy; keep the best."""
+        t = time.time()
+        kw = dict(length=args.proxy_length, prompts=args.proxy_prompts, seed=args.proxy_seed, source=proxy_source,
+                  block=max(1, args.extrapolate_block))
+        res = long_proxy(shipped, **kw)
+        rec = {"step": tr["step"], "minutes": round(tr["elapsed"] / 60, 2), **res}
+        if ema is not None:
+            raw = long_proxy(model, **kw)
+            rec["raw"] = {k: raw[k] for k in ("score", "mean_p", "exact_match")}
+        tr["proxy"].append(rec)
+        best = tr["best_proxy"]
+        if best is None or rec["score"] > best["score"]:
+            save_checkpoint(shipped, out / "best")
+            tr["best_proxy"] = {k: rec[k] for k in ("step", "minutes", "score", "mean_p", "exact_match")}
+            (out / "best" / "proxy.json").write_text(json.dumps(rec, indent=1) + "\n")
+        raw_s = f" (raw weights {rec['raw']['score']:.3f})" if ema is not None else ""
+        log(f"proxy at {args.proxy_length:,} tokens: lowest-p {rec['score']:.3f}{raw_s}, mean p {rec['mean_p']:.3f}, "
+            f"EM {rec['exact_match']:.2f} over {args.proxy_prompts} prompts at step {tr['step']} "
+            f"({time.time() - t:.1f} s); best {tr['best_proxy']['score']:.3f} at step {tr['best_proxy']['step']}")
+        return rec
+
     budget_s = args.minutes * 60.0 if args.minutes > 0 else float("inf")
     t_last = time.time()
-    t_eval = t_save = t_log = t_last
+    t_eval = t_save = t_log = t_proxy = t_last
     acc = {"loss": 0.0, "ans": 0.0, "needle": 0.0, "lm": 0.0, "em_f": [], "em_e": [], "em_n": [], "em_x": [], "n": 0, "tok": 0}
     while not stop["flag"]:
         if args.steps and tr["step"] >= args.steps:
@@ -587,6 +695,8 @@ def main(argv=None) -> int:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if ema is not None:
+            ema.update_parameters(model)
         now = time.time()
         tr["elapsed"] += now - t_last
         t_last = now
@@ -651,16 +761,23 @@ def main(argv=None) -> int:
             do_eval()
             t_eval = t_last = time.time()  # the wall-time budget includes evaluations
             tr["elapsed"] += t_eval - now
+        if args.proxy_every and time.time() - t_proxy >= args.proxy_every * 60:
+            t0 = time.time()
+            do_proxy()
+            t_proxy = t_last = time.time()  # counted in the budget too
+            tr["elapsed"] += t_proxy - t0
         if now - t_save >= args.save_every * 60:
             save_state()
-            save_checkpoint(model, out)
+            save_checkpoint(shipped, out)
             report(final=False)
             t_save = time.time()
 
     model.eval()
     if not stop["flag"] and (not tr["evals"] or tr["evals"][-1]["step"] != tr["step"]):
         do_eval()  # (skipped when interrupted: save quickly)
-    save_checkpoint(model, out)
+        if args.proxy_every and (not tr["proxy"] or tr["proxy"][-1]["step"] != tr["step"]):
+            do_proxy()
+    save_checkpoint(shipped, out)
     save_state()
     rep = report(final=not stop["flag"])
     log(f"done: {tr['step']} steps, {tr['tokens']:,} tokens, {tr['elapsed'] / 60:.1f} min, length {tr['cur_len']}, "

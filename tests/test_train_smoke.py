@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,3 +185,55 @@ def test_filler_block_continues_the_prompt_and_a_block_step_is_exact():
     for g, w in zip(got, want):
         torch.testing.assert_close(g.memory, w.memory, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(g.norm, w.norm, rtol=1e-5, atol=1e-6)
+
+
+def test_weight_average_and_long_proxy_choose_what_ships(tmp_path):
+    """--ema: model.safetensors holds the averaged weights, not the raw ones; --proxy-every: best/ holds the
+    weights of the best proxy score, and that score is what the proxy gives when run again on them."""
+    out = tmp_path / "ckpt"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--preset", "tiny", "--steps", "4", "--out", str(out),
+           "--threads", "1", "--ema", "0.5", "--proxy-every", "1e-6"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "weight average starts" in proc.stdout and "proxy at 512 tokens" in proc.stdout
+
+    from infini_export import load_checkpoint
+    ck = torch.load(out / "train_state.pt", map_location="cpu", weights_only=False)
+    shipped = load_checkpoint(out).state_dict()
+    averaged = {k[len("module."):]: v for k, v in ck["ema"].items() if k.startswith("module.")}
+    assert int(ck["ema"]["n_averaged"]) == 4
+    for name in ("blocks.0.attn.beta", "blocks.0.attn.wq.weight"):
+        torch.testing.assert_close(shipped[name], averaged[name])
+    assert not torch.allclose(shipped["blocks.0.attn.wq.weight"], ck["model"]["blocks.0.attn.wq.weight"])  # not the raw
+
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["recipe"]["ema"] == 0.5 and len(report["proxy"]) >= 4
+    best = report["best_proxy"]
+    assert best["score"] == max(r["score"] for r in report["proxy"])
+    mod = _load_script()
+    again = mod.long_proxy(load_checkpoint(out / "best"), 512, 2, 31337, source=256, block=1)
+    assert again["score"] == pytest.approx(best["score"], rel=1e-5)
+
+    bad = subprocess.run(cmd[:-4] + ["--ema", "1.0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "--ema must be a decay in [0, 1)" in bad.stderr
+
+
+def test_long_proxy_is_the_extrapolation_checks_doubling_row(tmp_path):
+    """The training-time proxy and scripts/extrapolation_check.py build the same doubling state from the same
+    prompts, so they must score the same."""
+    from infini_export import InfiniConfig, InfiniTransformer, save_checkpoint
+    mod = _load_script()
+    torch.manual_seed(0)
+    model = InfiniTransformer(InfiniConfig.from_name("tiny")).eval()
+    save_checkpoint(model, tmp_path)
+    spec = importlib.util.spec_from_file_location("extrapolation_check", ROOT / "scripts" / "extrapolation_check.py")
+    xc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(xc)
+    ref = xc.run(str(tmp_path), 1024, 3, 256, 5, progress=False, block=3)["doubling"]
+    got = mod.long_proxy(model, 1024, 3, 5, source=256, block=3)
+    assert got["score"] == pytest.approx(ref["p_correct_min_token"], rel=1e-5)
+    assert got["mean_p"] == pytest.approx(float(np.mean(ref["p_correct_per_token"])), rel=1e-5)
+    assert got["exact_match"] == ref["exact_match"]
+    with pytest.raises(ValueError, match="must hold the whole needle"):
+        mod.long_proxy(model, 1024, 3, 5, source=16, block=3)
