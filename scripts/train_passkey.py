@@ -22,11 +22,19 @@ goes into the state entering the needle's segment (a share F of the rows that co
 growing state (``grow_filler``); with ``--extrapolate-block 7`` each step runs 7 segments of the row's filler, and
 the state lands within ~1% of a real 1M-token stream's (``scripts/extrapolation_check.py --block 7``).
 
+Choosing what ships: ``--ema D`` keeps an exponential moving average of the weights (``torch.optim.swa_utils``,
+decay D per step); model.safetensors, the held-out evaluations and the proxy then use the averaged weights (the
+raw ones stay in train_state.pt and go on training). ``--proxy-every MIN`` scores the weights every MIN minutes on
+a cheap stand-in for a 1M-token input (``long_proxy``: depth-0 prompts, 4K tokens run for real, the rest of the
+filler added by the lever's doubling steps; ~110 segment runs instead of 8,192) and keeps the best-scoring weights
+in OUT/best/ (with proxy.json). The held-out evaluation (<= 16K tokens) saturates long before 1M does.
+
 Examples::
 
     python scripts/train_passkey.py --out models/passkey-small --minutes 50
     python scripts/train_passkey.py --out models/passkey-small --minutes 60 --resume   # continue to 60 min in all
     python scripts/train_passkey.py --out models/passkey-small --evaluate --eval-lengths 8192,32768
+    python scripts/train_passkey.py --out RUN --resume --minutes 620 --ema 0.998 --proxy-every 8   # + the lever's flags
 
 The output folder gets config.json + model.safetensors (``save_checkpoint``), train_report.json,
 train_report.png and train_state.pt (optimizer, step, curriculum, RNG: for ``--resume``; do not commit it).
