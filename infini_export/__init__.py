@@ -20,6 +20,7 @@ _EXPORTS = {
     "io_names": ".state",
     "save_checkpoint": ".checkpoint",
     "load_checkpoint": ".checkpoint",
+    "average_checkpoints": ".checkpoint",
 }
 __all__ = sorted(_EXPORTS)
 

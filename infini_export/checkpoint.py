@@ -56,3 +56,32 @@ def load_checkpoint(directory: str | Path, dtype: torch.dtype | None = None) -> 
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()
+
+
+SOUP_FILE = "soup.json"
+
+
+def average_checkpoints(directories: list[str | Path], weights: list[float] | None = None) -> InfiniTransformer:
+    """A uniform (or ``weights``-weighted) average of checkpoints of one config, parameter by parameter: a "model
+    soup" (Wortsman et al., 2022). Meaningful for fine-tunes of a common ancestor, where it smooths the noise of
+    the training tail. Every checkpoint is loaded strictly; a config that differs from the first raises
+    ``ValueError`` naming the fields. Averaged in float64, returned in the first checkpoint's dtype."""
+    if len(directories) < 2:
+        raise ValueError(f"averaging needs at least 2 checkpoints, got {len(directories)}")
+    weights = [1.0] * len(directories) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(directories) or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"need one non-negative weight per checkpoint with a positive sum, got {weights} for "
+                         f"{len(directories)} checkpoints")
+    models = [load_checkpoint(d) for d in directories]
+    base = models[0].cfg.to_dict()
+    for d, m in zip(directories[1:], models[1:]):
+        diff = {k: (base[k], v) for k, v in m.cfg.to_dict().items() if base.get(k) != v}
+        if diff:
+            raise ValueError(f"cannot average {d} with {directories[0]}: their configs differ in {diff}")
+    total = sum(weights)
+    states = [m.state_dict() for m in models]
+    out = models[0]
+    avg = {k: (sum(w * s[k].double() for w, s in zip(weights, states)) / total).to(v.dtype)
+           for k, v in states[0].items()}
+    out.load_state_dict(avg)
+    return out.eval()

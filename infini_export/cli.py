@@ -1,4 +1,4 @@
-"""The ``infini-export`` command line: info, export, validate, run, passkey, demo."""
+"""The ``infini-export`` command line: info, average, export, validate, run, passkey, demo."""
 from __future__ import annotations
 
 import argparse
@@ -83,6 +83,24 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def _cmd_average(args: argparse.Namespace) -> int:
+    import hashlib
+
+    from .checkpoint import SOUP_FILE, WEIGHTS_FILE, average_checkpoints, save_checkpoint
+
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    model = average_checkpoints(args.checkpoints, weights)
+    save_checkpoint(model, args.output)
+    sources = [{"checkpoint": str(d), "weight": w,
+                "sha256": hashlib.sha256((Path(d) / WEIGHTS_FILE).read_bytes()).hexdigest()}
+               for d, w in zip(args.checkpoints, weights or [1.0] * len(args.checkpoints))]
+    tmp = Path(args.output) / (SOUP_FILE + ".tmp")
+    tmp.write_text(json.dumps({"averaged": sources}, indent=1) + "\n")
+    tmp.replace(Path(args.output) / SOUP_FILE)
+    print(f"averaged {len(sources)} checkpoints into {args.output} (sources and their sha256 in {SOUP_FILE})")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .streaming import run_stream
     return run_stream(args)
@@ -118,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint folder (config.json + model.safetensors)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("average", help="average checkpoints of one config parameter by parameter (a model soup)")
+    p.add_argument("checkpoints", nargs="+", help="checkpoint folders (config.json + model.safetensors), 2 or more")
+    p.add_argument("-o", "--output", required=True, help="folder for the averaged checkpoint")
+    p.add_argument("--weights", help="comma-separated weight per checkpoint (default: uniform)")
+    p.set_defaults(func=_cmd_average)
 
     p = sub.add_parser("export", help="export the segment step to ONNX or ExecuTorch, then check parity")
     _add_source(p, positional=True)
