@@ -60,3 +60,24 @@ def test_extrapolated_state_is_reported_against_the_real_one(tiny_ckpt):
     assert "first-order from 80" in text and "doubling (1-segment block) from 80" in text and "layer 1 M" in text
     with pytest.raises(SystemExit, match="multiples of the segment length"):
         mod.run(str(tiny_ckpt), 500, 2, 64, 5, progress=False)
+
+
+def test_proxy_score_script_reports_the_training_proxy(tiny_ckpt, tmp_path):
+    """scripts/proxy_score.py prints and writes what train_passkey.long_proxy computes for each checkpoint."""
+    import json
+    import subprocess
+    import sys
+    out = tmp_path / "proxy.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "proxy_score.py"), str(tiny_ckpt), str(tiny_ckpt),
+                           "--length", "1024", "--source", "256", "--block", "3", "--prompts", "2", "--seed", "5",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())
+    assert len(rows) == 2 and rows[0]["score"] == rows[1]["score"]
+    from infini_export import load_checkpoint
+    spec = importlib.util.spec_from_file_location("train_passkey", ROOT / "scripts" / "train_passkey.py")
+    tp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tp)
+    ref = tp.long_proxy(load_checkpoint(tiny_ckpt), 1024, 2, 5, source=256, block=3)
+    assert rows[0]["score"] == pytest.approx(ref["score"], rel=1e-6) and rows[0]["exact_match"] == ref["exact_match"]
+    assert f"| {tiny_ckpt} | {ref['score']:.3f} |" in proc.stdout
