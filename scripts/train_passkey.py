@@ -608,6 +608,9 @@ def main(argv=None) -> int:
             log(f"resumed the weight average ({int(ema.n_averaged)} steps averaged)")
         else:
             log(f"weight average starts from the current weights, decay {args.ema}")
+    elif args.resume and ck.get("ema") is not None:
+        log(f"warning: {state_path} holds a weight average ({int(ck['ema']['n_averaged'])} steps) but --ema is off: "
+            "it is dropped and the raw weights ship; pass --ema to keep it")
     shipped = ema.module if ema is not None else model
     n_params = model.num_parameters()
     heldout = heldout_sets(args, cfg)
@@ -674,7 +677,9 @@ def main(argv=None) -> int:
         if best is None or rec["score"] > best["score"]:
             save_checkpoint(shipped, out / "best")
             tr["best_proxy"] = {k: rec[k] for k in ("step", "minutes", "score", "mean_p", "exact_match")}
-            (out / "best" / "proxy.json").write_text(json.dumps(rec, indent=1) + "\n")
+            tmp = out / "best" / "proxy.json.tmp"
+            tmp.write_text(json.dumps(rec, indent=1) + "\n")
+            os.replace(tmp, out / "best" / "proxy.json")
         raw_s = f" (raw weights {rec['raw']['score']:.3f})" if ema is not None else ""
         log(f"proxy at {args.proxy_length:,} tokens: lowest-p {rec['score']:.3f}{raw_s}, mean p {rec['mean_p']:.3f}, "
             f"EM {rec['exact_match']:.2f} over {args.proxy_prompts} prompts at step {tr['step']} "
