@@ -498,8 +498,10 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny smoke run: small batches, short inputs, little eval")
     ap.add_argument("--threads", type=int, default=2,
                     help="torch threads; on a busy machine 1 can be several times faster than 2 (OpenMP spin-waits)")
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--gate-lr", type=float, default=2e-2, help="learning rate of the gates (*.beta)")
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3; with --resume: the run's own "
+                                                             "unless given)")
+    ap.add_argument("--gate-lr", type=float, default=None,
+                    help="peak learning rate of the gates (*.beta) (default 2e-2; with --resume: the run's own unless given)")
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--tokens-per-step", type=int, default=16384)
@@ -542,6 +544,9 @@ def main(argv=None) -> int:
     ap.add_argument("--proxy-prompts", type=int, default=16)
     ap.add_argument("--proxy-seed", type=int, default=31337,
                     help="keys of the proxy's prompts (keep it apart from the evaluation seeds: 77, 1234, 4321, 9876)")
+    ap.add_argument("--init-weights", default=None, metavar="CHECKPOINT",
+                    help="with --resume: continue OUT's run (optimizer, step, schedule, RNG) from the weights of this "
+                         "checkpoint of the same config instead (e.g. an `infini-export average` of several runs)")
     ap.add_argument("--evaluate", action="store_true", help="only evaluate the checkpoint in OUT")
     ap.add_argument("--eval-lengths", default="8192,32768")
     ap.add_argument("--eval-depths", default="0,0.5,1")
@@ -554,6 +559,9 @@ def main(argv=None) -> int:
         ap.error("--extrapolate-block applies to --extrapolate-mode doubling only")
     if not 0.0 <= args.ema < 1.0:
         ap.error(f"--ema must be a decay in [0, 1), got {args.ema}")
+    if args.init_weights and not args.resume:
+        ap.error("--init-weights replaces the weights of a resumed run: pass --resume too (a fresh run starts from "
+                 "random weights by design)")
     torch.set_num_threads(args.threads)
     if args.evaluate:
         return run_evaluate(args)
@@ -577,6 +585,9 @@ def main(argv=None) -> int:
 
     torch.manual_seed(args.seed)
     model = InfiniTransformer(cfg)
+    given_lr = {"lr": args.lr, "gate_lr": args.gate_lr}
+    args.lr = 2e-3 if args.lr is None else args.lr
+    args.gate_lr = 2e-2 if args.gate_lr is None else args.gate_lr
     opt = build_optimizer(model, args.lr, args.gate_lr, args.weight_decay)
     rng = np.random.default_rng(args.seed)
     random.seed(args.seed)
@@ -590,12 +601,27 @@ def main(argv=None) -> int:
         if ck["config"] != cfg.to_dict():
             raise SystemExit(f"--resume: {state_path} was trained with another config: {ck['config']}")
         model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
+        opt.load_state_dict(ck["optimizer"])  # restores each group's base_lr: the run's own learning rates
+        for g in opt.param_groups:
+            key = "gate_lr" if g["name"] == "gates" else "lr"
+            if given_lr[key] is not None and given_lr[key] != g["base_lr"]:
+                log(f"--{key.replace('_', '-')} {given_lr[key]:g} replaces the run's {g['base_lr']:g} ({g['name']} group)")
+                g["base_lr"] = given_lr[key]
+        args.lr = next(g["base_lr"] for g in opt.param_groups if g["name"] == "decay")
+        args.gate_lr = next(g["base_lr"] for g in opt.param_groups if g["name"] == "gates")
         tr = ck["train"]
         rng.bit_generator.state = ck["numpy_rng"]
         torch.set_rng_state(ck["torch_rng"])
         random.setstate(ck["python_rng"])
         log(f"resumed from {state_path}: step {tr['step']}, {tr['elapsed'] / 60:.1f} min, length {tr['cur_len']}")
+        if args.init_weights:
+            init = load_checkpoint(args.init_weights)
+            if init.cfg.to_dict() != cfg.to_dict():
+                raise SystemExit(f"--init-weights: {args.init_weights} has another config than {state_path}: "
+                                 f"{init.cfg.to_dict()} vs {cfg.to_dict()}")
+            model.load_state_dict(init.state_dict())
+            ck["ema"] = None  # an average of the old weights would pull the new ones back
+            log(f"weights replaced by {args.init_weights} (optimizer state, step and schedule kept)")
         tr.setdefault("proxy", [])
         tr.setdefault("best_proxy", None)
     model.train()

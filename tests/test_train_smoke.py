@@ -237,3 +237,40 @@ def test_long_proxy_is_the_extrapolation_checks_doubling_row(tmp_path):
     assert got["exact_match"] == ref["exact_match"]
     with pytest.raises(ValueError, match="must hold the whole needle"):
         mod.long_proxy(model, 1024, 3, 5, source=16, block=3)
+
+
+def test_init_weights_continues_a_run_from_other_weights(tmp_path):
+    """--resume --init-weights X: the run goes on (step count, optimizer, schedule) from X's weights; a checkpoint of
+    another config, or the flag without --resume, is refused by name."""
+    from infini_export import InfiniConfig, InfiniTransformer, load_checkpoint, save_checkpoint
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
+    run = tmp_path / "run"
+    base = [sys.executable, str(SCRIPT), "--quick", "--preset", "tiny", "--out", str(run), "--threads", "1"]
+    proc = subprocess.run(base + ["--steps", "2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    torch.manual_seed(123)
+    other = tmp_path / "other"
+    save_checkpoint(InfiniTransformer(InfiniConfig.from_name("tiny")), other)
+    # learning rates 0: one more step must leave exactly the other checkpoint's weights
+    cmd = base + ["--steps", "3", "--resume", "--init-weights", str(other), "--lr", "0", "--gate-lr", "0"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "weights replaced by" in proc.stdout
+    assert "--lr 0 replaces the run's 0.002" in proc.stdout  # a resumed run takes a learning rate given to it
+    report = json.loads((run / "train_report.json").read_text())
+    assert report["steps"] == 3
+    want = load_checkpoint(other).state_dict()
+    got = load_checkpoint(run).state_dict()
+    ck = torch.load(run / "train_state.pt", map_location="cpu", weights_only=False)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=0)
+        torch.testing.assert_close(ck["model"][name], want[name], rtol=0, atol=0)
+
+    small = tmp_path / "small"
+    save_checkpoint(InfiniTransformer(InfiniConfig.from_name("small")), small)
+    bad = subprocess.run(base + ["--steps", "4", "--resume", "--init-weights", str(small)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "--init-weights" in bad.stderr and "another config" in bad.stderr
+    bad = subprocess.run(base + ["--steps", "4", "--init-weights", str(other)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "pass --resume too" in bad.stderr
