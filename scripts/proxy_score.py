@@ -4,7 +4,8 @@
 Depth-0 prompts (key in the first segment, then filler): the first ``--source`` tokens run for real, the rest of
 the filler is added by the training lever's doubling steps (``grow_filler``, ``--block``-segment block), then the
 question and the answer, teacher-forced. About 110 segment runs per prompt instead of 8,192 at 1M. ``score`` is
-the mean over prompts of the lowest p(correct digit); EM is teacher-forced exact match.
+the mean over prompts of the lowest p(correct digit); EM is teacher-forced exact match. Also per answer token
+(the space, then the five digits): the mean p, and how many prompts have their lowest p there.
 
     python scripts/proxy_score.py models/passkey-small models/passkey-small/ingredients/{G,H,I} --prompts 64
 """
@@ -39,13 +40,17 @@ def main() -> int:
     from train_passkey import long_proxy
     torch.set_num_threads(args.threads)
     rows = []
-    print(f"| checkpoint | proxy score | mean p | EM |  ({args.prompts} prompts, {args.length} tokens, seed {args.seed})")
+    print(f"| checkpoint | proxy score | mean p | EM | mean p per answer token (space, digits 1-5) | prompts whose "
+          f"lowest p is there |  ({args.prompts} prompts, {args.length} tokens, seed {args.seed})")
     for ck in args.checkpoints:
         t = time.time()
         res = long_proxy(load_checkpoint(ck), parse_length(args.length), args.prompts, args.seed,
                          source=parse_length(args.source), block=args.block)
         rows.append({"checkpoint": ck, "seconds": round(time.time() - t, 1), **res})
-        print(f"| {ck} | {res['score']:.3f} | {res['mean_p']:.3f} | {res['exact_match']:.2f} |", flush=True)
+        per = " / ".join(f"{x:.3f}" for x in res["p_per_token"])
+        weak = " / ".join(str(x) for x in res["weakest_token_counts"])
+        print(f"| {ck} | {res['score']:.3f} | {res['mean_p']:.3f} | {res['exact_match']:.2f} | {per} | {weak} |",
+              flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
     return 0

@@ -290,8 +290,9 @@ def teacher_forced_answer(model, state, tail: torch.Tensor, answer: torch.Tensor
     logits = torch.cat([lg_tail[:, -1:], lg_ans], 1)  # (B, A, V): predicts answer[:, 0..A-1]
     p = logits.softmax(-1).gather(-1, answer.unsqueeze(-1)).squeeze(-1)  # (B, A)
     em = (logits.argmax(-1) == answer).all(1).float()  # (B,)
+    weakest = torch.bincount(p.argmin(1), minlength=p.shape[1])  # (A,): prompts whose lowest p is at each token
     return {"p_correct_per_token": p.mean(0).tolist(), "p_correct_min_token": p.min(1).values.mean().item(),
-            "exact_match": em.mean().item()}
+            "exact_match": em.mean().item(), "weakest_token_counts": weakest.tolist()}
 
 
 @torch.no_grad()
@@ -329,7 +330,8 @@ def long_proxy(model, length: int, prompts: int, seed: int, source: int = 4096, 
     model.train(was_training)
     return {"length": length, "source": source, "block": block, "prompts": prompts, "seed": seed,
             "score": res["p_correct_min_token"], "mean_p": float(np.mean(res["p_correct_per_token"])),
-            "exact_match": res["exact_match"]}
+            "exact_match": res["exact_match"], "p_per_token": res["p_correct_per_token"],
+            "weakest_token_counts": res["weakest_token_counts"]}
 
 
 def forward_extrapolated(model, inp: torch.Tensor, plan: Extrapolation, mode: str = "first-order",

@@ -81,3 +81,10 @@ def test_proxy_score_script_reports_the_training_proxy(tiny_ckpt, tmp_path):
     ref = tp.long_proxy(load_checkpoint(tiny_ckpt), 1024, 2, 5, source=256, block=3)
     assert rows[0]["score"] == pytest.approx(ref["score"], rel=1e-6) and rows[0]["exact_match"] == ref["exact_match"]
     assert f"| {tiny_ckpt} | {ref['score']:.3f} |" in proc.stdout
+    # per answer token (space + 5 digits): the means average to mean_p, every prompt's weakest token is counted
+    # once, and the mean of the per-prompt minima cannot exceed the lowest per-token mean
+    per, weak = rows[0]["p_per_token"], rows[0]["weakest_token_counts"]
+    assert len(per) == len(weak) == 6 and sum(weak) == 2
+    assert sum(per) / 6 == pytest.approx(rows[0]["mean_p"], rel=1e-6)
+    assert rows[0]["score"] <= min(per) + 1e-7
+    assert " / ".join(f"{x:.3f}" for x in per) in proc.stdout
