@@ -35,6 +35,7 @@ Examples::
     python scripts/train_passkey.py --out models/passkey-small --minutes 60 --resume   # continue to 60 min in all
     python scripts/train_passkey.py --out models/passkey-small --evaluate --eval-lengths 8192,32768
     python scripts/train_passkey.py --out RUN --resume --minutes 620 --ema 0.998 --proxy-every 8   # + the lever's flags
+    python scripts/train_passkey.py --out RUN --resume --init-weights SOUP --minutes 600 --ema 0.998   # RUN's schedule, SOUP's weights
 
 The output folder gets config.json + model.safetensors (``save_checkpoint``), train_report.json,
 train_report.png and train_state.pt (optimizer, step, curriculum, RNG: for ``--resume``; do not commit it).
