@@ -546,7 +546,7 @@ def main(argv=None) -> int:
     ap.add_argument("--proxy-length", default="1M", help="the proxy's prompt length (a multiple of the segment length)")
     ap.add_argument("--proxy-prompts", type=int, default=16)
     ap.add_argument("--proxy-seed", type=int, default=31337,
-                    help="keys of the proxy's prompts (keep it apart from the evaluation seeds: 77, 1234, 4321, 9876)")
+                    help="keys of the proxy's prompts (keep it apart from the evaluation seeds: 77, 1234, 2468, 4321, 5555, 9876)")
     ap.add_argument("--init-weights", default=None, metavar="CHECKPOINT",
                     help="with --resume: continue OUT's run (optimizer, step, schedule, RNG) from the weights of this "
                          "checkpoint of the same config instead (e.g. an `infini-export average` of several runs)")
