@@ -623,22 +623,23 @@ def main(argv=None) -> int:
                 raise SystemExit(f"--init-weights: {args.init_weights} has another config than {state_path}: "
                                  f"{init.cfg.to_dict()} vs {cfg.to_dict()}")
             model.load_state_dict(init.state_dict())
-            ck["ema"] = None  # an average of the old weights would pull the new ones back
             log(f"weights replaced by {args.init_weights} (optimizer state, step and schedule kept)")
         tr.setdefault("proxy", [])
         tr.setdefault("best_proxy", None)
     model.train()
+    # a saved average of the run's old weights would pull --init-weights' new ones back: not resumed then
+    saved_ema = ck.get("ema") if args.resume and not args.init_weights else None
     ema = None  # the averaged copy (torch.optim.swa_utils); what ships when on
     if args.ema:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema))
-        if args.resume and ck.get("ema") is not None:
-            ema.load_state_dict(ck["ema"])
+        if saved_ema is not None:
+            ema.load_state_dict(saved_ema)
             log(f"resumed the weight average ({int(ema.n_averaged)} steps averaged)")
         else:
             log(f"weight average starts from the current weights, decay {args.ema}")
-    elif args.resume and ck.get("ema") is not None:
-        log(f"warning: {state_path} holds a weight average ({int(ck['ema']['n_averaged'])} steps) but --ema is off: "
+    elif saved_ema is not None:
+        log(f"warning: {state_path} holds a weight average ({int(saved_ema['n_averaged'])} steps) but --ema is off: "
             "it is dropped and the raw weights ship; pass --ema to keep it")
     shipped = ema.module if ema is not None else model
     n_params = model.num_parameters()
