@@ -183,9 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("passkey", help="passkey retrieval accuracy at long lengths, with the memory-off control")
     p.add_argument("model", help="an artifact folder (manifest.json) or a checkpoint folder (eager torch)")
-    p.add_argument("--lengths", default="4K,32K,128K,1M")
-    p.add_argument("--depths", default="0,0.5,1")
+    p.add_argument("--lengths", default=None, help="comma-separated, K/M suffixes (default 4K,32K,128K,1M; with "
+                   "--replay: keep only these lengths of the replayed prompts)")
+    p.add_argument("--depths", default=None, help="needle depths in [0, 1] (default 0,0.5,1; with --replay: a filter)")
     p.add_argument("--trials", type=int, default=5)
+    p.add_argument("--replay", action="append", metavar="PASSKEY_JSON",
+                   help="re-run the exact prompts (length, depth, key) of an earlier passkey.json instead of drawing "
+                        "new ones (repeatable: cells are concatenated); --trials and --seed are then unused")
+    p.add_argument("--misses-only", action="store_true",
+                   help="with --replay: only the prompts that run answered wrongly (a fixed set of hard prompts)")
     p.add_argument("--backend", choices=["onnxruntime", "executorch"], default=None)
     p.add_argument("--no-control", action="store_true", help="skip the memory-disabled control")
     p.add_argument("--seed", type=int, default=1234)

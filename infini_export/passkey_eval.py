@@ -24,6 +24,10 @@ _INSTR = np.frombuffer((pk.INSTRUCTION + " ").encode(), dtype=np.uint8)
 _QUESTION = np.frombuffer(pk.QUESTION.encode(), dtype=np.uint8)
 
 
+DEFAULT_LENGTHS = "4K,32K,128K,1M"
+DEFAULT_DEPTHS = "0,0.5,1"
+
+
 @dataclass(frozen=True)
 class LazyPrompt:
     """The token layout of ``tasks.passkey`` prompts, computed per position instead of materialised."""
@@ -95,37 +99,93 @@ def answer(session, prompt: LazyPrompt, keys: list[str], memory: bool = True, ch
     return [pk.decode(row) for row in out]
 
 
+def _is_key(k) -> bool:
+    return isinstance(k, str) and len(k) == pk.KEY_DIGITS and k.isdigit()
+
+
+def replay_keys(paths: list[str], lengths: list[int] | None = None, depths: list[float] | None = None,
+                misses_only: bool = False) -> dict[tuple[int, float], list[str]]:
+    """The prompts of earlier ``passkey.json`` results, as ``{(length, depth): keys}`` for :func:`evaluate`.
+
+    Cells of every file are concatenated in file order; ``lengths`` / ``depths`` keep only those cells;
+    ``misses_only`` keeps only the keys that run answered wrongly (a fixed set of hard prompts).
+    """
+    out: dict[tuple[int, float], list[str]] = {}
+    for path in paths:
+        try:
+            result = json.loads(Path(path).read_text())
+            rows = result["rows"]
+            cells = [(int(r["length"]), float(d), e) for r in rows for d, e in r["depths"].items()]
+            for _, _, e in cells:
+                if len(e["keys"]) != len(e["answers"]) or not all(_is_key(k) for k in e["keys"]):
+                    raise ValueError("keys and answers do not pair up as 5-digit keys")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"--replay {path}: not a passkey.json result with keys per cell "
+                             f"(rows[].depths[].keys/answers): {exc}") from exc
+        for length, depth, e in cells:
+            if lengths is not None and length not in lengths:
+                continue
+            if depths is not None and depth not in depths:
+                continue
+            keys = [k for k, a in zip(e["keys"], e["answers"]) if not (misses_only and pk.is_correct(a, k))]
+            out.setdefault((length, depth), []).extend(keys)
+    out = {cell: keys for cell, keys in out.items() if keys}
+    if not out:
+        raise ValueError(f"--replay {', '.join(map(str, paths))}: no prompt left to replay"
+                         + (" (no recorded misses in the selected cells)" if misses_only else
+                            " in the selected lengths / depths"))
+    return out
+
+
 def evaluate(session, lengths: list[int], depths: list[float], trials: int, seed: int = 1234,
-             control: bool = True, progress=print) -> dict:
-    """Accuracy per (length, depth), with tokens/s and peak RSS per length; the control beside it."""
+             control: bool = True, progress=print, keys: dict[tuple[int, float], list[str]] | None = None) -> dict:
+    """Accuracy per (length, depth), with tokens/s and peak RSS per length; the control beside it.
+
+    The keys of a cell come from ``seed`` and the cell's place in the grid, or, when ``keys`` is given (see
+    :func:`replay_keys`), from that mapping; a cell it lacks is left out of the result.
+    """
     rows = []
     for li, length in enumerate(lengths):
         cell, t0, tokens = {}, time.perf_counter(), 0
         for di, depth in enumerate(depths):
-            rng = np.random.default_rng([seed, li, di])
-            keys = [str(k) for k in rng.integers(10000, 100000, size=trials)]
-            prompt = LazyPrompt(length, depth)
-            answers = answer(session, prompt, keys, bar=bool(progress))
-            tokens += length * trials
-            ok = [pk.is_correct(a, k) for a, k in zip(answers, keys)]
-            entry = {"accuracy": float(np.mean(ok)), "correct": int(sum(ok)), "trials": trials,
-                     "needle_segment": prompt.needle_start // session.segment_len,
-                     "question_segment": prompt.question_start // session.segment_len,
-                     "keys": keys, "answers": answers}
-            if control:
-                off_answers = answer(session, prompt, keys, memory=False)
-                off = [pk.is_correct(a, k) for a, k in zip(off_answers, keys)]
-                entry["control_accuracy"] = float(np.mean(off))
-                entry["control_answers"] = off_answers
-            cell[str(depth)] = entry
-            if progress:
-                progress(f"  {length:>9,} tokens, depth {depth:<4}: {sum(ok)}/{trials} correct"
-                         + (f", memory off {sum(off)}/{trials}" if control else "")
-                         + f"  (peak RSS {peak_rss_mb():.0f} MB)")
+            if keys is None:
+                rng = np.random.default_rng([seed, li, di])
+                cell_keys = [str(k) for k in rng.integers(10000, 100000, size=trials)]
+            elif (length, depth) in keys:
+                cell_keys = keys[(length, depth)]
+            else:
+                continue
+            answers, n = _cell(session, length, depth, cell_keys, control, progress, cell)
+            tokens += length * n
+        if not cell:
+            continue
         seconds = time.perf_counter() - t0
         rows.append({"length": length, "depths": cell, "tokens_per_second": tokens / seconds,
                      "seconds": seconds, "peak_rss_mb": peak_rss_mb()})
-    return {"lengths": lengths, "depths": depths, "trials": trials, "seed": seed, "rows": rows}
+    return {"lengths": [r["length"] for r in rows], "depths": depths, "trials": trials, "seed": seed, "rows": rows}
+
+
+def _cell(session, length: int, depth: float, keys: list[str], control: bool, progress, cell: dict):
+    """One (length, depth) cell: greedy answers with the memory (and without it), written into ``cell``."""
+    trials = len(keys)
+    prompt = LazyPrompt(length, depth)
+    answers = answer(session, prompt, keys, bar=bool(progress))
+    ok = [pk.is_correct(a, k) for a, k in zip(answers, keys)]
+    entry = {"accuracy": float(np.mean(ok)), "correct": int(sum(ok)), "trials": trials,
+             "needle_segment": prompt.needle_start // session.segment_len,
+             "question_segment": prompt.question_start // session.segment_len,
+             "keys": keys, "answers": answers}
+    if control:
+        off_answers = answer(session, prompt, keys, memory=False)
+        off = [pk.is_correct(a, k) for a, k in zip(off_answers, keys)]
+        entry["control_accuracy"] = float(np.mean(off))
+        entry["control_answers"] = off_answers
+    cell[str(depth)] = entry
+    if progress:
+        progress(f"  {length:>9,} tokens, depth {depth:<4}: {sum(ok)}/{trials} correct"
+                 + (f", memory off {sum(off)}/{trials}" if control else "")
+                 + f"  (peak RSS {peak_rss_mb():.0f} MB)")
+    return answers, trials
 
 
 def table(result: dict) -> str:
@@ -135,9 +195,10 @@ def table(result: dict) -> str:
     lines = [f"{'length':>10} | {'accuracy % (' + head + ')':<28} | {'memory off %':<16} | {'tok/s':>8} | "
              f"{'peak RSS MB':>11}"]
     for r in result["rows"]:
-        acc = " / ".join(f"{100 * r['depths'][str(d)]['accuracy']:.0f}" for d in depths)
-        off = " / ".join(f"{100 * r['depths'][str(d)]['control_accuracy']:.0f}" if "control_accuracy" in r["depths"][str(d)]
-                         else "-" for d in depths)  # "-": the control was not run (--no-control)
+        cells = [r["depths"].get(str(d), {}) for d in depths]  # {}: a cell a replay did not hold
+        acc = " / ".join(f"{100 * c['accuracy']:.0f}" if c else "-" for c in cells)
+        off = " / ".join(f"{100 * c['control_accuracy']:.0f}" if "control_accuracy" in c
+                         else "-" for c in cells)  # "-": the control was not run (--no-control)
         lines.append(f"{r['length']:>10,} | {acc:<28} | {off:<16} | {r['tokens_per_second']:>8,.0f} | "
                      f"{r['peak_rss_mb']:>11.0f}")
     return "\n".join(lines)
@@ -150,11 +211,12 @@ def plot(result: dict, path: Path) -> None:
 
     lengths = [r["length"] for r in result["rows"]]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    nan = {"accuracy": np.nan, "control_accuracy": np.nan}  # a cell a replay did not hold: a gap in the line
     for d in result["depths"]:
-        ax1.plot(lengths, [100 * r["depths"][str(d)]["accuracy"] for r in result["rows"]], "o-",
-                 label=f"depth {d}")
-        if "control_accuracy" in result["rows"][0]["depths"][str(d)]:
-            ax1.plot(lengths, [100 * r["depths"][str(d)]["control_accuracy"] for r in result["rows"]], "x--",
+        cells = [r["depths"].get(str(d), nan) for r in result["rows"]]
+        ax1.plot(lengths, [100 * c["accuracy"] for c in cells], "o-", label=f"depth {d}")
+        if any("control_accuracy" in c and c is not nan for c in cells):
+            ax1.plot(lengths, [100 * c.get("control_accuracy", np.nan) for c in cells], "x--",
                      alpha=0.6, label=f"depth {d}, memory off")
     ax1.set(xscale="log", xlabel="input length (tokens)", ylabel="exact match (%)", ylim=(-5, 105),
             title="passkey retrieval")
@@ -181,13 +243,28 @@ def open_any(model_path: str, backend: str | None):
 
 
 def main(args) -> int:
+    if args.misses_only and not args.replay:
+        raise SystemExit("--misses-only selects from the prompts of --replay PASSKEY_JSON: pass one")
     session = open_any(args.model, args.backend)
-    lengths = [parse_length(x) for x in args.lengths.split(",")]
-    depths = [float(x) for x in args.depths.split(",")]
-    print(f"passkey on {args.model} ({session.backend.name}), {args.trials} trials per cell")
-    result = evaluate(session, lengths, depths, args.trials, args.seed, control=not args.no_control)
+    lengths = [parse_length(x) for x in args.lengths.split(",")] if args.lengths else None
+    depths = [float(x) for x in args.depths.split(",")] if args.depths else None
+    keys = None
+    if args.replay:
+        keys = replay_keys(args.replay, lengths, depths, misses_only=args.misses_only)
+        lengths = sorted({length for length, _ in keys})
+        depths = sorted({depth for _, depth in keys})
+        n = sum(map(len, keys.values()))
+        print(f"passkey on {args.model} ({session.backend.name}), replaying {n} "
+              f"{'missed ' if args.misses_only else ''}prompts of {', '.join(args.replay)}")
+    else:
+        lengths = lengths or [parse_length(x) for x in DEFAULT_LENGTHS.split(",")]
+        depths = depths or [float(x) for x in DEFAULT_DEPTHS.split(",")]
+        print(f"passkey on {args.model} ({session.backend.name}), {args.trials} trials per cell")
+    result = evaluate(session, lengths, depths, args.trials, args.seed, control=not args.no_control, keys=keys)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.replay:
+        result.update(trials=None, seed=None, replayed=[str(p) for p in args.replay], misses_only=args.misses_only)
     result["model"] = str(args.model)
     result["backend"] = session.backend.name
     (out / "passkey.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -36,6 +36,8 @@ Examples::
     python scripts/train_passkey.py --out models/passkey-small --evaluate --eval-lengths 8192,32768
     python scripts/train_passkey.py --out RUN --resume --minutes 620 --ema 0.998 --proxy-every 8   # + the lever's flags
     python scripts/train_passkey.py --out RUN --resume --init-weights SOUP --minutes 600 --ema 0.998   # RUN's schedule, SOUP's weights
+    python scripts/train_passkey.py --out RUN2 --init-weights models/passkey-small --start-len 4096 --lr 1e-4 \
+        --gate-lr 1e-3 --minutes 45 --ema 0.998 --answer-weights 1,1,1,1,2,2   # fine-tune the bundle, fresh optimizer
 
 The output folder gets config.json + model.safetensors (``save_checkpoint``), train_report.json,
 train_report.png and train_state.pt (optimizer, step, curriculum, RNG: for ``--resume``; do not commit it).
@@ -409,6 +411,13 @@ def train_step_losses(model, batch: P.PasskeyBatch, extra: Extrapolation | None 
     return ans_nll, needle_nll, lm, em
 
 
+def weighted_answer_loss(ans_nll: torch.Tensor, weights) -> torch.Tensor:
+    """Mean of the answer NLL (B, 6) with each target (the space, then the digits) weighted; weights normalised
+    to mean 1, so all-equal weights give the plain mean."""
+    w = torch.as_tensor(weights, dtype=ans_nll.dtype)  # (6,)
+    return (ans_nll * (w * (w.numel() / w.sum()))).mean()
+
+
 def atomic_torch_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -548,8 +557,14 @@ def main(argv=None) -> int:
     ap.add_argument("--proxy-seed", type=int, default=31337,
                     help="keys of the proxy's prompts (keep it apart from the evaluation seeds: 77, 1234, 2468, 4321, 5555, 9876)")
     ap.add_argument("--init-weights", default=None, metavar="CHECKPOINT",
-                    help="with --resume: continue OUT's run (optimizer, step, schedule, RNG) from the weights of this "
-                         "checkpoint of the same config instead (e.g. an `infini-export average` of several runs)")
+                    help="start from the weights of this checkpoint of the same config (e.g. an `infini-export "
+                         "average` of several runs). With --resume: OUT's run goes on (optimizer, step, schedule, RNG) "
+                         "from these weights; without: a fresh run (new optimizer, warm-up, schedule) fine-tunes them, "
+                         "its curriculum starting at --start-len")
+    ap.add_argument("--answer-weights", default="1,1,1,1,1,1", metavar="W0,...,W5",
+                    help="relative loss weight of each answer target: the space, then the 5 digits (e.g. "
+                         "1,1,1,1,2,2 to press on the 4th and 5th digits, where the long-input misses sit); "
+                         "normalised to mean 1, so the default is the plain mean")
     ap.add_argument("--evaluate", action="store_true", help="only evaluate the checkpoint in OUT")
     ap.add_argument("--eval-lengths", default="8192,32768")
     ap.add_argument("--eval-depths", default="0,0.5,1")
@@ -562,9 +577,13 @@ def main(argv=None) -> int:
         ap.error("--extrapolate-block applies to --extrapolate-mode doubling only")
     if not 0.0 <= args.ema < 1.0:
         ap.error(f"--ema must be a decay in [0, 1), got {args.ema}")
-    if args.init_weights and not args.resume:
-        ap.error("--init-weights replaces the weights of a resumed run: pass --resume too (a fresh run starts from "
-                 "random weights by design)")
+    try:
+        args.answer_weights = [float(x) for x in str(args.answer_weights).split(",")]
+    except ValueError:
+        ap.error(f"--answer-weights must be {P.ANSWER_LEN} comma-separated numbers, got {args.answer_weights!r}")
+    if len(args.answer_weights) != P.ANSWER_LEN or min(args.answer_weights) < 0 or sum(args.answer_weights) <= 0:
+        ap.error(f"--answer-weights needs {P.ANSWER_LEN} weights >= 0 (the space, then the {P.KEY_DIGITS} digits), "
+                 f"not all 0; got {args.answer_weights}")
     torch.set_num_threads(args.threads)
     if args.evaluate:
         return run_evaluate(args)
@@ -626,6 +645,14 @@ def main(argv=None) -> int:
             log(f"weights replaced by {args.init_weights} (optimizer state, step and schedule kept)")
         tr.setdefault("proxy", [])
         tr.setdefault("best_proxy", None)
+    elif args.init_weights:
+        init = load_checkpoint(args.init_weights)
+        if init.cfg.to_dict() != cfg.to_dict():
+            raise SystemExit(f"--init-weights: {args.init_weights} has another config than --preset {args.preset}: "
+                             f"{init.cfg.to_dict()} vs {cfg.to_dict()}")
+        model.load_state_dict(init.state_dict())
+        tr["init_weights"] = str(args.init_weights)
+        log(f"fresh run from the weights of {args.init_weights} (new optimizer and schedule; curriculum at {start_len})")
     model.train()
     # a saved average of the run's old weights would pull --init-weights' new ones back: not resumed then
     saved_ema = ck.get("ema") if args.resume and not args.init_weights else None
@@ -677,7 +704,8 @@ def main(argv=None) -> int:
                                                          "max_batch", "max_len", "no_filler_frac", "mix_frac", "boundary_frac", "needle_weight",
                                                          "lm_weight", "promote_em", "promote_rows", "seed", "extrapolate_frac", "extrapolate_to",
                                                          "extrapolate_before_needle", "extrapolate_mode",
-                                                         "extrapolate_block", "ema")},
+                                                         "extrapolate_block", "ema", "answer_weights")},
+               "init_weights": tr.get("init_weights"),
                "proxy": tr["proxy"], "best_proxy": tr["best_proxy"],
                "runs": tr["runs"], "promotions": tr["promotions"], "evals": tr["evals"], "history": tr["history"]}
         write_report(out, rep)
@@ -733,7 +761,7 @@ def main(argv=None) -> int:
         extra = (extrapolation_plan(rng, batch, cfg.segment_len, args.extrapolate_frac, args.extrapolate_to,
                                     args.extrapolate_before_needle) if kind != "nofill" else None)
         ans_nll, needle_nll, lm, em = train_step_losses(model, batch, extra, args.extrapolate_mode, args.extrapolate_block)
-        loss = ans_nll.mean() + args.needle_weight * needle_nll.mean() + args.lm_weight * lm
+        loss = weighted_answer_loss(ans_nll, args.answer_weights) + args.needle_weight * needle_nll.mean() + args.lm_weight * lm
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -76,3 +76,52 @@ def test_table_and_plot_are_written(run):
     assert (out / "passkey.png").stat().st_size > 10_000
     assert all(r["peak_rss_mb"] > 0 and r["tokens_per_second"] > 0 for r in result["rows"])
     assert result["backend"] == "onnxruntime"
+
+
+def _passkey(args, tmp):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
+    return subprocess.run([sys.executable, "-m", "infini_export.cli", "passkey", *map(str, args)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_replay_reruns_the_recorded_prompts(run, tmp_path):
+    """--replay re-runs a result's exact prompts: the same keys give the same answers; --lengths filters the
+    cells and --misses-only keeps the prompts that run got wrong; two files concatenate cell by cell."""
+    _, result, _, out = run
+    artifact = out.parent / "onnx"
+    recorded = out / "passkey.json"
+    proc = _passkey([artifact, "--replay", recorded, "--replay", recorded, "--lengths", LENGTHS[1],
+                     "--no-control", "--out", tmp_path / "all"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = json.loads((tmp_path / "all" / "passkey.json").read_text())
+    assert [r["length"] for r in got["rows"]] == [LENGTHS[1]] and got["replayed"] == [str(recorded)] * 2
+    for depth in DEPTHS:
+        want = result["rows"][1]["depths"][str(depth)]
+        cell = got["rows"][0]["depths"][str(depth)]
+        assert cell["keys"] == want["keys"] * 2 and cell["answers"] == want["answers"] * 2
+        assert "control_answers" not in cell
+
+    missed = {(r["length"], d): [k for k, a in zip(e["keys"], e["answers"]) if not pk.is_correct(a, k)]
+              for r in result["rows"] for d, e in r["depths"].items()}
+    assert any(missed.values()), "the fixture's model should miss some prompts"
+    proc = _passkey([artifact, "--replay", recorded, "--misses-only", "--out", tmp_path / "miss"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = json.loads((tmp_path / "miss" / "passkey.json").read_text())
+    seen = {(r["length"], d): e for r in got["rows"] for d, e in r["depths"].items()}
+    assert set(seen) == {cell for cell, keys in missed.items() if keys}
+    for cell, e in seen.items():
+        assert e["keys"] == missed[cell] and e["correct"] == 0 and "control_answers" in e
+    assert f"replaying {sum(map(len, missed.values()))} missed prompts" in proc.stdout
+
+
+def test_replay_refuses_what_it_cannot_replay(run, tmp_path):
+    _, _, _, out = run
+    artifact = out.parent / "onnx"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"rows": [{"length": 256, "depths": {"0.0": {"keys": ["12"], "answers": [" 12"]}}}]}))
+    proc = _passkey([artifact, "--replay", bad], tmp_path)
+    assert proc.returncode != 0 and "not a passkey.json result" in proc.stderr and "5-digit" in proc.stderr
+    proc = _passkey([artifact, "--replay", out / "passkey.json", "--lengths", "4K"], tmp_path)
+    assert proc.returncode != 0 and "no prompt left to replay" in proc.stderr
+    proc = _passkey([artifact, "--misses-only"], tmp_path)
+    assert proc.returncode != 0 and "--replay" in proc.stderr

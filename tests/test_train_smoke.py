@@ -240,8 +240,8 @@ def test_long_proxy_is_the_extrapolation_checks_doubling_row(tmp_path):
 
 
 def test_init_weights_continues_a_run_from_other_weights(tmp_path):
-    """--resume --init-weights X: the run goes on (step count, optimizer, schedule) from X's weights; a checkpoint of
-    another config, or the flag without --resume, is refused by name."""
+    """--resume --init-weights X: the run goes on (step count, optimizer, schedule) from X's weights; without --resume
+    a fresh run starts from them; a checkpoint of another config is refused by name."""
     from infini_export import InfiniConfig, InfiniTransformer, load_checkpoint, save_checkpoint
     env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
     run = tmp_path / "run"
@@ -271,6 +271,33 @@ def test_init_weights_continues_a_run_from_other_weights(tmp_path):
     bad = subprocess.run(base + ["--steps", "4", "--resume", "--init-weights", str(small)], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "--init-weights" in bad.stderr and "another config" in bad.stderr
-    bad = subprocess.run(base + ["--steps", "4", "--init-weights", str(other)], cwd=ROOT, env=env,
+    # without --resume: a fresh run (new optimizer, step 0) from X's weights; learning rates 0 keep them exactly
+    fresh = tmp_path / "fresh"
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--preset", "tiny", "--out", str(fresh), "--threads", "1",
+           "--steps", "2", "--init-weights", str(other), "--lr", "0", "--gate-lr", "0", "--answer-weights", "1,1,1,1,2,2"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "fresh run from the weights of" in proc.stdout
+    report = json.loads((fresh / "train_report.json").read_text())
+    assert report["steps"] == 2 and report["init_weights"] == str(other)
+    assert report["recipe"]["answer_weights"] == [1, 1, 1, 1, 2, 2]
+    got = load_checkpoint(fresh).state_dict()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=0)
+    bad = subprocess.run(cmd[:-1] + ["1,2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "--answer-weights needs 6 weights" in bad.stderr
+    bad = subprocess.run(base + ["--steps", "4", "--init-weights", str(small)], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=60)
-    assert bad.returncode != 0 and "pass --resume too" in bad.stderr
+    assert bad.returncode != 0 and "another config than --preset tiny" in bad.stderr
+
+
+def test_weighted_answer_loss():
+    mod = _load_script()
+    nll = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [0.0, 0.0, 0.0, 0.0, 0.0, 12.0]])
+    assert float(mod.weighted_answer_loss(nll, [1] * 6)) == pytest.approx(float(nll.mean()))
+    assert float(mod.weighted_answer_loss(nll, [3] * 6)) == pytest.approx(float(nll.mean()))  # scale-free
+    # only the 5th digit counts: its mean NLL, (6 + 12) / 2
+    assert float(mod.weighted_answer_loss(nll, [0, 0, 0, 0, 0, 1])) == pytest.approx(9.0)
+    # twice the weight on the last two: (1 + 1 + 1 + 1 + 2 + 2) = 8 -> weights 0.75 x4, 1.5 x2
+    want = float((nll * torch.tensor([0.75, 0.75, 0.75, 0.75, 1.5, 1.5])).mean())
+    assert float(mod.weighted_answer_loss(nll, [1, 1, 1, 1, 2, 2])) == pytest.approx(want)
