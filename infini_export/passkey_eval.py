@@ -108,7 +108,8 @@ def replay_keys(paths: list[str], lengths: list[int] | None = None, depths: list
     """The prompts of earlier ``passkey.json`` results, as ``{(length, depth): keys}`` for :func:`evaluate`.
 
     Cells of every file are concatenated in file order; ``lengths`` / ``depths`` keep only those cells;
-    ``misses_only`` keeps only the keys that run answered wrongly (a fixed set of hard prompts).
+    ``misses_only`` keeps only the keys a run answered wrongly, once each (the union over the files: a fixed set
+    of hard prompts).
     """
     out: dict[tuple[int, float], list[str]] = {}
     for path in paths:
@@ -128,7 +129,9 @@ def replay_keys(paths: list[str], lengths: list[int] | None = None, depths: list
             if depths is not None and depth not in depths:
                 continue
             keys = [k for k, a in zip(e["keys"], e["answers"]) if not (misses_only and pk.is_correct(a, k))]
-            out.setdefault((length, depth), []).extend(keys)
+            have = out.setdefault((length, depth), [])
+            # misses: the union over runs (a prompt two runs missed is one hard prompt); all: every prompt as given
+            have.extend(k for k in keys if not (misses_only and k in have))
     out = {cell: keys for cell, keys in out.items() if keys}
     if not out:
         raise ValueError(f"--replay {', '.join(map(str, paths))}: no prompt left to replay"

@@ -104,7 +104,8 @@ def test_replay_reruns_the_recorded_prompts(run, tmp_path):
     missed = {(r["length"], d): [k for k, a in zip(e["keys"], e["answers"]) if not pk.is_correct(a, k)]
               for r in result["rows"] for d, e in r["depths"].items()}
     assert any(missed.values()), "the fixture's model should miss some prompts"
-    proc = _passkey([artifact, "--replay", recorded, "--misses-only", "--out", tmp_path / "miss"], tmp_path)
+    proc = _passkey([artifact, "--replay", recorded, "--replay", recorded, "--misses-only", "--out", tmp_path / "miss"],
+                    tmp_path)  # misses of two runs: their union, each prompt once
     assert proc.returncode == 0, proc.stdout + proc.stderr
     got = json.loads((tmp_path / "miss" / "passkey.json").read_text())
     seen = {(r["length"], d): e for r in got["rows"] for d, e in r["depths"].items()}
