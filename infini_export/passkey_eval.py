@@ -158,8 +158,8 @@ def evaluate(session, lengths: list[int], depths: list[float], trials: int, seed
                 cell_keys = keys[(length, depth)]
             else:
                 continue
-            answers, n = _cell(session, length, depth, cell_keys, control, progress, cell)
-            tokens += length * n
+            _cell(session, length, depth, cell_keys, control, progress, cell)
+            tokens += length * len(cell_keys)
         if not cell:
             continue
         seconds = time.perf_counter() - t0
@@ -168,7 +168,7 @@ def evaluate(session, lengths: list[int], depths: list[float], trials: int, seed
     return {"lengths": [r["length"] for r in rows], "depths": depths, "trials": trials, "seed": seed, "rows": rows}
 
 
-def _cell(session, length: int, depth: float, keys: list[str], control: bool, progress, cell: dict):
+def _cell(session, length: int, depth: float, keys: list[str], control: bool, progress, cell: dict) -> None:
     """One (length, depth) cell: greedy answers with the memory (and without it), written into ``cell``."""
     trials = len(keys)
     prompt = LazyPrompt(length, depth)
@@ -188,7 +188,6 @@ def _cell(session, length: int, depth: float, keys: list[str], control: bool, pr
         progress(f"  {length:>9,} tokens, depth {depth:<4}: {sum(ok)}/{trials} correct"
                  + (f", memory off {sum(off)}/{trials}" if control else "")
                  + f"  (peak RSS {peak_rss_mb():.0f} MB)")
-    return answers, trials
 
 
 def table(result: dict) -> str:
