@@ -82,13 +82,19 @@ def adapter_segments(adapter, ids):
     return out
 
 
+def _scaled_err(ref: torch.Tensor, got: torch.Tensor) -> float:
+    """max |ref - got| over max(1, max |ref|): the memory grows over 20 segments to values in the hundreds, where one
+    float32 rounding step (another summation order in a matmul) is ~3e-5 in absolute terms."""
+    return (ref - got).abs().max().item() / max(1.0, ref.abs().max().item())
+
+
 def max_errors(theirs, ours):
     err_logits = err_mem = 0.0
     for (lt, mt), (lo, mo, has_memory) in zip(theirs, ours, strict=True):
         assert torch.equal(has_memory, torch.ones_like(has_memory))
         err_logits = max(err_logits, (lt - lo).abs().max().item())
         for (kv_t, n_t), (kv_o, n_o) in zip(mt, mo, strict=True):
-            err_mem = max(err_mem, (kv_t - kv_o).abs().max().item(), (n_t - n_o).abs().max().item())
+            err_mem = max(err_mem, _scaled_err(kv_t, kv_o), _scaled_err(n_t, n_o))
     return err_logits, err_mem
 
 
@@ -106,7 +112,8 @@ def test_adapter_matches_their_forward_over_segments(name, trained):
     assert len(theirs) == N_SEGMENTS and theirs[-1][0].shape[1] == 3
     ours = adapter_segments(LucidrainsStep(model, SEG).eval(), ids)
     err_logits, err_mem = max_errors(theirs, ours)
-    print(f"{name} {'trained' if trained else 'random'}: max|dlogits|={err_logits:.3g} max|dmemory|={err_mem:.3g}")
+    print(f"{name} {'trained' if trained else 'random'}: max|dlogits|={err_logits:.3g} "
+          f"max|dmemory| / max(1, max|memory|)={err_mem:.3g}")
     assert err_logits <= TOL and err_mem <= TOL
     # the memories are large by then (z sums ~1.2 per token): a tolerance is not what makes this pass
     assert theirs[-1][1][0][1].abs().max() > 100
