@@ -636,23 +636,18 @@ def main(argv=None) -> int:
         torch.set_rng_state(ck["torch_rng"])
         random.setstate(ck["python_rng"])
         log(f"resumed from {state_path}: step {tr['step']}, {tr['elapsed'] / 60:.1f} min, length {tr['cur_len']}")
-        if args.init_weights:
-            init = load_checkpoint(args.init_weights)
-            if init.cfg.to_dict() != cfg.to_dict():
-                raise SystemExit(f"--init-weights: {args.init_weights} has another config than {state_path}: "
-                                 f"{init.cfg.to_dict()} vs {cfg.to_dict()}")
-            model.load_state_dict(init.state_dict())
-            log(f"weights replaced by {args.init_weights} (optimizer state, step and schedule kept)")
         tr.setdefault("proxy", [])
         tr.setdefault("best_proxy", None)
-    elif args.init_weights:
+    if args.init_weights:  # a resumed run goes on from these weights; a fresh one fine-tunes them
         init = load_checkpoint(args.init_weights)
         if init.cfg.to_dict() != cfg.to_dict():
-            raise SystemExit(f"--init-weights: {args.init_weights} has another config than --preset {args.preset}: "
+            against = state_path if args.resume else f"--preset {args.preset}"
+            raise SystemExit(f"--init-weights: {args.init_weights} has another config than {against}: "
                              f"{init.cfg.to_dict()} vs {cfg.to_dict()}")
         model.load_state_dict(init.state_dict())
         tr["init_weights"] = str(args.init_weights)
-        log(f"fresh run from the weights of {args.init_weights} (new optimizer and schedule; curriculum at {start_len})")
+        log(f"weights replaced by {args.init_weights} (optimizer state, step and schedule kept)" if args.resume else
+            f"fresh run from the weights of {args.init_weights} (new optimizer and schedule; curriculum at {start_len})")
     model.train()
     # a saved average of the run's old weights would pull --init-weights' new ones back: not resumed then
     saved_ema = ck.get("ema") if args.resume and not args.init_weights else None
