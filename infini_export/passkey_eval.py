@@ -165,7 +165,9 @@ def evaluate(session, lengths: list[int], depths: list[float], trials: int, seed
         seconds = time.perf_counter() - t0
         rows.append({"length": length, "depths": cell, "tokens_per_second": tokens / seconds,
                      "seconds": seconds, "peak_rss_mb": peak_rss_mb()})
-    return {"lengths": [r["length"] for r in rows], "depths": depths, "trials": trials, "seed": seed, "rows": rows}
+    drawn = keys is None  # replayed keys come from no seed, and cells may differ in size
+    return {"lengths": [r["length"] for r in rows], "depths": depths, "trials": trials if drawn else None,
+            "seed": seed if drawn else None, "rows": rows}
 
 
 def _cell(session, length: int, depth: float, keys: list[str], control: bool, progress, cell: dict) -> None:
@@ -266,7 +268,7 @@ def main(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.replay:
-        result.update(trials=None, seed=None, replayed=[str(p) for p in args.replay], misses_only=args.misses_only)
+        result.update(replayed=[str(p) for p in args.replay], misses_only=args.misses_only)
     result["model"] = str(args.model)
     result["backend"] = session.backend.name
     (out / "passkey.json").write_text(json.dumps(result, indent=2) + "\n")
