@@ -6,6 +6,7 @@ import numpy as np
 from .. import fpenv
 from ..ortenv import import_onnxruntime
 from ..errors import ArtifactError, ManifestError
+from .decode_check import check_decode_call
 
 _ORT_TYPES = {"tensor(int64)": "int64", "tensor(float)": "float32", "tensor(float16)": "float16"}
 
@@ -74,6 +75,7 @@ class OrtBackend:
 
     def run_decode(self, ids: np.ndarray, position: int, state: list[np.ndarray], cache: list[np.ndarray]):
         """One decode call: ``(logits (B, T, V), new state list, cache rows list (B, H, T, dh))``."""
+        check_decode_call(self.manifest.decode, ids, position, state, cache)
         feeds = dict(zip(self._decode_in, [ids, np.array([position], dtype=np.int64), *state, *cache]))
         with fpenv.flush_denormals(self.denormal_as_zero):
             outputs = self.decode_session.run(self._decode_out, feeds)
