@@ -43,13 +43,15 @@ class InfiniSession:
     # ---- construction --------------------------------------------------------------------------
     @classmethod
     def open(cls, artifact_dir: str | os.PathLike, backend: str | None = None, batch_size: int = 1,
-             verify: bool = True, **backend_options) -> "InfiniSession":
-        """Open an artifact folder: read and check ``manifest.json``, verify file hashes, load the program."""
+             verify: bool = True, use_decode: bool = True, **backend_options) -> "InfiniSession":
+        """Open an artifact folder: read and check ``manifest.json``, verify file hashes, load the program(s).
+
+        ``use_decode=False`` ignores the artifact's decode program (a partial segment is then re-run padded)."""
         manifest = Manifest.load(artifact_dir)
         if verify:
             manifest.verify_files()
         name = backend or manifest.backend
-        return cls(manifest, open_backend(name, manifest, **backend_options), batch_size)
+        return cls(manifest, open_backend(name, manifest, **backend_options), batch_size, use_decode)
 
     def _load_initial_state(self) -> list[np.ndarray]:
         init = self.manifest.data.get("initial_state", "zeros")
