@@ -106,6 +106,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_stream(args)
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .generate_cli import main as generate_main
+    return generate_main(args)
+
+
 def _cmd_passkey(args: argparse.Namespace) -> int:
     from .passkey_eval import main as passkey_main
     return passkey_main(args)
@@ -180,6 +185,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-final", help="save the final state here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("generate", help="generate tokens after a prompt (decode program: one call per token)")
+    p.add_argument("artifact")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="the prompt text (bytes, for byte-level vocabularies)")
+    src.add_argument("--prompt-file", help="a file whose bytes are the prompt")
+    src.add_argument("--random-prompt", type=int, metavar="N", help="N random token ids (any vocabulary)")
+    p.add_argument("-n", "--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", choices=["onnxruntime", "executorch"], default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--quiet", action="store_true", help="print only the speed line")
+    p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("passkey", help="passkey retrieval accuracy at long lengths, with the memory-off control")
     p.add_argument("model", help="an artifact folder (manifest.json) or a checkpoint folder (eager torch)")

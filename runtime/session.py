@@ -388,8 +388,20 @@ class InfiniSession:
                  top_p: float | None = None, seed: int | None = None) -> np.ndarray:
         """Feed ``prompt_ids`` then sample ``max_new_tokens`` tokens (B, n); greedy when temperature is 0.
 
-        The session continues from where it was: the prompt and the generated tokens are consumed.
+        The session continues from where it was: the prompt and the generated tokens are consumed. With a
+        decode program each new token costs one decode call. If it fails, the session is as it was.
         """
+        saved = self._snapshot()
+        try:
+            toks = list(self.generate_iter(prompt_ids, max_new_tokens, temperature, top_k, top_p, seed))
+        except BaseException:
+            self._restore(saved)
+            raise
+        return np.stack(toks, axis=1) if toks else np.zeros((self.batch_size, 0), dtype=np.int64)
+
+    def generate_iter(self, prompt_ids, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
+                      top_p: float | None = None, seed: int | None = None):
+        """Like ``generate``, yielding each new token (B,) as soon as it is sampled (and consumed)."""
         if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
             raise InputError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
         if not isinstance(temperature, (int, float, np.floating)) or not np.isfinite(temperature) or temperature < 0:
@@ -402,21 +414,11 @@ class InfiniSession:
         if ids.shape[1] == 0 and self.tokens_consumed == 0:
             raise InputError("generate needs at least one prompt token on a fresh session")
         rng = np.random.default_rng(seed)
-        saved = self._snapshot()
-        try:
-            last = self.stream(ids) if ids.shape[1] else self._last_logits()
-            out = np.zeros((self.batch_size, max_new_tokens), dtype=np.int64)
-            for i in range(max_new_tokens):
-                tok = _sample(last, temperature, top_k, top_p, rng)  # (B,)
-                out[:, i] = tok
-                if i + 1 < max_new_tokens:
-                    last = self.stream(tok[:, None])
-            if max_new_tokens:
-                self.stream(out[:, -1:])
-        except BaseException:
-            self._restore(saved)
-            raise
-        return out
+        last = self.stream(ids) if ids.shape[1] else self._last_logits()
+        for _ in range(max_new_tokens):
+            tok = _sample(last, temperature, top_k, top_p, rng)  # (B,)
+            last = self.stream(tok[:, None])
+            yield tok
 
     def _snapshot(self) -> dict:
         """What ``_restore`` needs to undo any number of calls: the cache rows in use are copied (the calls
