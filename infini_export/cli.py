@@ -75,7 +75,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         tokens = np.frombuffer(Path(args.tokens).read_bytes(), dtype=np.uint8).astype(np.int64)
     precision = session.manifest.data.get("quantization") or session.manifest.data.get("weights_dtype", "float32")
     report = validate(session.backend, module, precision=precision, segments=args.segments, batch=args.batch,
-                      seed=args.seed, tokens=tokens, manifest=session.manifest)
+                      seed=args.seed, tokens=tokens, manifest=session.manifest,
+                      decode_segments=args.decode_segments, decode_chunk=args.decode_chunk)
     print(report.table(rows=args.rows))
     if args.report:
         report.write(args.report)
@@ -168,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["onnxruntime", "executorch"], default=None)
     p.add_argument("--report", help="write the JSON report here")
     p.add_argument("--rows", type=int, default=10, help="segments shown in the table")
+    p.add_argument("--decode-segments", type=int, default=3,
+                   help="segment boundaries the decode program is driven across (0: skip)")
+    p.add_argument("--decode-chunk", type=int, default=1, help="tokens per decode call in that check")
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("run", help="stream a text or random tokens through an artifact in constant memory")

@@ -138,8 +138,9 @@ class FlatDecode(nn.Module):
         return (ids, torch.tensor([position], dtype=torch.int64), *flat)
 
     def dynamic_shapes(self, max_batch: int = 64) -> dict:
-        """Batch (``max_batch == 1``: static) and the chunk length, 1..segment_len."""
-        tokens = torch.export.Dim("tokens", min=1, max=self.spec.max_tokens)
+        """Batch (``max_batch == 1``: static) and the chunk length, 1..segment_len - 1 (a whole segment goes
+        through the segment step)."""
+        tokens = torch.export.Dim("tokens", min=1, max=max(self.spec.max_tokens - 1, 2))
         batch = None if max_batch == 1 else torch.export.Dim("batch", min=1, max=max_batch)
         ids = {1: tokens} if batch is None else {0: batch, 1: tokens}
         rest = tuple(None if batch is None else {0: batch} for _ in self.spec.state + self.spec.cache)
