@@ -243,7 +243,9 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
     example = flat.example_inputs(1 if max_batch == 1 else 2)
     dynamic = None if max_batch == 1 else flat.dynamic_shapes(max_batch)
     methods = {METHOD: (flat, example, dynamic, spec)}
-    if has_decode(module):  # a second method in the same program: the weights are stored once
+    # a second method in the same program (the weights are stored once). XNNPACK takes it at batch 1 only; under
+    # a dynamic batch it runs on the portable kernels, which have no int8 kernels: then it is left out
+    if has_decode(module) and (max_batch == 1 or quantize is None):
         dec = FlatDecode(exported_module).eval()
         methods[DECODE_METHOD] = (dec, dec.example_inputs(1 if max_batch == 1 else 2), dec.dynamic_shapes(max_batch),
                                   dec.spec)
