@@ -93,7 +93,8 @@ def decode_entries(dspec: DecodeSpec, program: dict, vocab_size: int, batch_symb
 
 def build_manifest(module: torch.nn.Module, spec: StepSpec, *, backend: str, program: dict, files: dict,
                    directory: Path | None, max_batch: int, exporter: dict | None = None,
-                   quantization: str | None = None, decode_program: dict | None = None) -> dict:
+                   quantization: str | None = None, decode_program: dict | None = None,
+                   shared_weights: dict | None = None) -> dict:
     """The manifest document (see ``runtime.manifest``); ``files`` maps key -> path inside ``directory``.
 
     ``decode_program`` (where the module has the decode protocol and it was exported) adds the ``decode``
@@ -135,6 +136,7 @@ def build_manifest(module: torch.nn.Module, spec: StepSpec, *, backend: str, pro
                      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
         "parity": None,
         **_decode_section(module, spec, decode_program, logits_dtype(module)),
+        **({"shared_weights": shared_weights} if shared_weights else {}),
     }
 
 

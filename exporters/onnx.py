@@ -86,6 +86,7 @@ def export_onnx(module: torch.nn.Module, out_dir: str | Path, *, quantize: str |
         old.unlink()
     weights = write_shared(models, out_dir)
     files = {"program": MODEL_FILE, "weights": weights["file"]}
+    file_keys = {MODEL_FILE: "program", DECODE_FILE: "decode_program"}
     program = {"format": "onnx", "file": "program"}
     decode = None
     if DECODE_FILE in models:
@@ -94,7 +95,9 @@ def export_onnx(module: torch.nn.Module, out_dir: str | Path, *, quantize: str |
     manifest = build_manifest(
         module, spec, backend="onnxruntime", program=program, files=files, decode_program=decode,
         directory=out_dir, max_batch=max_batch, quantization=quantize,
+        shared_weights={"file": "weights", "graphs": {file_keys[g]: t for g, t in weights["graphs"].items()}},
         exporter={"path": "torch.onnx.export(dynamo=True) + onnxscript optimizer + exporters.onnx_fusions",
-                  "opset": FUSED_OPSET, "fusions": fusions, "shared_weights": weights,
+                  "opset": FUSED_OPSET, "fusions": fusions,
+                  "shared_weights": {k: v for k, v in weights.items() if k != "graphs"},
                   "export_seconds": round(time.perf_counter() - t0, 2), "quantized_nodes": quantized})
     return manifest

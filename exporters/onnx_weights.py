@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from runtime.atomic import atomic_write
 
@@ -28,13 +28,16 @@ def _tensor_bytes(t: onnx.TensorProto) -> bytes:
 def write_shared(models: dict[str, onnx.ModelProto], out_dir: Path) -> dict:
     """Write each ``{file name: model}`` into ``out_dir`` with its large initializers in one shared file.
 
-    Returns ``{"file": ..., "bytes": ..., "tensors": n stored, "references": n referring}``.
+    Returns ``{"file", "bytes", "tensors": n stored, "references": n referring, "graphs": {file name:
+    [[initializer name, offset, length, numpy dtype, dims], ...]}}``: what a runtime needs to map the file once
+    and hand the same buffers to every graph.
     """
+    graphs: dict[str, list] = {name: [] for name in models}
     blobs: dict[str, tuple[int, int]] = {}  # sha256 -> (offset, length)
     chunks: list[bytes] = []
     size = 0
     refs = 0
-    for model in models.values():
+    for gname, model in models.items():
         for t in model.graph.initializer:
             data = _tensor_bytes(t)
             if len(data) < MIN_EXTERNAL_BYTES:
@@ -49,13 +52,15 @@ def write_shared(models: dict[str, onnx.ModelProto], out_dir: Path) -> dict:
                 size += len(data)
             offset, length = blobs[key]
             _make_external(t, offset, length)
+            graphs[gname].append([t.name, offset, length, np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).name,
+                                  list(t.dims)])
             refs += 1
     atomic_write(out_dir / WEIGHTS_FILE, lambda f: [f.write(c) for c in chunks])
     for name, model in models.items():
         text = model.SerializeToString()
         atomic_write(out_dir / name, lambda f: f.write(text))
         onnx.checker.check_model(str(out_dir / name))  # by path: its external data is read beside it
-    return {"file": WEIGHTS_FILE, "bytes": size, "tensors": len(blobs), "references": refs}
+    return {"file": WEIGHTS_FILE, "bytes": size, "tensors": len(blobs), "references": refs, "graphs": graphs}
 
 
 def _make_external(t: onnx.TensorProto, offset: int, length: int) -> None:

@@ -7,6 +7,7 @@ from .. import fpenv
 from ..ortenv import import_onnxruntime
 from ..errors import ArtifactError, ManifestError
 from .decode_check import check_decode_call
+from .ort_weights import shared_initializers
 
 _ORT_TYPES = {"tensor(int64)": "int64", "tensor(float)": "float32", "tensor(float16)": "float16"}
 
@@ -14,35 +15,48 @@ _ORT_TYPES = {"tensor(int64)": "int64", "tensor(float)": "float32", "tensor(floa
 class OrtBackend:
     name = "onnxruntime"
 
-    def __init__(self, manifest, threads: int | None = None, profile: bool = False, denormal_as_zero: bool = True):
+    def __init__(self, manifest, threads: int | None = None, profile: bool = False, denormal_as_zero: bool = True,
+                 share_weights: bool = True):
         ort = import_onnxruntime()
 
         if manifest.data["program"]["format"] != "onnx":
             raise ManifestError(f"manifest program format is {manifest.data['program']['format']!r}; "
                                 "the onnxruntime backend runs 'onnx'")
         self.manifest = manifest
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.enable_profiling = profile
-        # flush denormals to zero while onnxruntime computes: the causal mask's exp(-inf) and the far tail of
-        # exp() land in the denormal range, where x86 takes a microcode assist per element (MLAS softmax
-        # over a masked 128x128 block: 230 us -> 31 us). Values below 1.2e-38 become 0; nothing else changes.
-        # onnxruntime's option covers its pool threads but also leaves FTZ/DAZ set on the thread that creates
-        # the session; ``fpenv`` undoes that and sets it on the calling thread only during ``run``.
         self.denormal_as_zero = denormal_as_zero
-        if denormal_as_zero:
-            opts.add_session_config_entry("session.set_denormal_as_zero", "1")
-        self.session = self._load(ort, manifest.file_path(manifest.data["program"]["file"]), opts)
+        shared, self._weights_map = shared_initializers(manifest, ort) if share_weights else ({}, None)
+        self.shared_weights = bool(shared)
+
+        def options(initializers):
+            opts = ort.SessionOptions()
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if threads:
+                opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+            opts.enable_profiling = profile
+            # flush denormals to zero while onnxruntime computes: the causal mask's exp(-inf) and the far tail of
+            # exp() land in the denormal range, where x86 takes a microcode assist per element (MLAS softmax
+            # over a masked 128x128 block: 230 us -> 31 us). Values below 1.2e-38 become 0; nothing else changes.
+            # onnxruntime's option covers its pool threads but also leaves FTZ/DAZ set on the thread that creates
+            # the session; ``fpenv`` undoes that and sets it on the calling thread only during ``run``.
+            if denormal_as_zero:
+                opts.add_session_config_entry("session.set_denormal_as_zero", "1")
+            if initializers:  # the caller's buffers, one copy for every graph; a prepacked copy each is what we avoid
+                opts.add_session_config_entry("session.disable_prepacking", "1")
+                for name, value in initializers:
+                    opts.add_initializer(name, value)
+            return opts
+
+        self.session = self._load(ort, manifest.file_path(manifest.data["program"]["file"]),
+                                  options(shared.get(manifest.data["program"]["file"])))
         self._check_io(self.session, man_inputs=manifest.data["inputs"], man_outputs=manifest.data["outputs"])
         self.input_names = manifest.input_names
         self.output_names = manifest.output_names
         dec = manifest.decode
         self.decode_session = None
         if dec is not None and dec.program.get("format") == "onnx":
-            self.decode_session = self._load(ort, manifest.file_path(dec.program["file"]), opts)
+            self.decode_session = self._load(ort, manifest.file_path(dec.program["file"]),
+                                             options(shared.get(dec.program["file"])))
             self._check_io(self.decode_session, man_inputs=dec.inputs, man_outputs=dec.outputs)
             self._decode_in, self._decode_out = dec.input_names, dec.output_names
 
@@ -81,3 +95,4 @@ class OrtBackend:
             outputs = self.decode_session.run(self._decode_out, feeds)
         n = len(state)
         return outputs[0], outputs[1:1 + n], outputs[1 + n:]
+
