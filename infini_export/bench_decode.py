@@ -97,6 +97,7 @@ def _state_bytes(session) -> int:
 
 
 def plot(results: list[dict], path: Path) -> None:
+    results = [r for r in results if "artifact" in r]
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -132,3 +133,44 @@ def write(results: list[dict], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench_decode.json").write_text(json.dumps(results, indent=1) + "\n")
     plot(results, out_dir / "bench_decode.png")
+
+
+def lucidrains_comparison(out_dir: Path, new_tokens: int = 128, rounds: int = 2, threads: int = 1,
+                          segment_len: int = 128, log=print) -> dict:
+    """infini-transformer-pytorch's own ``generate`` (eager, its K/V cache inside the segment) against our decode
+    program on the same weights (exported through the adapter), at the ``small`` preset's shape, side by side."""
+    import os
+
+    import torch
+    from infini_transformer_pytorch import InfiniTransformer, InfiniTransformerWrapper
+
+    from exporters.pipeline import export_artifact
+    from runtime.session import InfiniSession
+
+    from .adapters.lucidrains import LucidrainsStep
+
+    os.environ.setdefault("TQDM_DISABLE", "1")  # their generate draws a progress bar per token
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    theirs = InfiniTransformer(num_tokens=256, dim=128, depth=3, dim_head=32, heads=4, ff_mult=4).eval()
+    wrapper = InfiniTransformerWrapper(theirs, segment_length=segment_len).eval()
+    art = out_dir / "lucidrains-small"
+    if not (art / "manifest.json").is_file():
+        export_artifact(LucidrainsStep(theirs, segment_len).eval(), art, "onnx", parity_segments=4, progress=False,
+                        log=None)
+    ours = InfiniSession.open(art, threads=threads)
+    prompt = torch.randint(0, 256, (1, 1))
+    t_theirs, t_ours = [], []
+    for r in range(rounds):
+        t = time.perf_counter()
+        with torch.no_grad():
+            wrapper.generate(seq_len=1 + new_tokens, prompt=prompt)
+        t_theirs.append((time.perf_counter() - t) / new_tokens)
+        ours.reset()
+        t = time.perf_counter()
+        ours.generate(prompt.numpy(), new_tokens)
+        t_ours.append((time.perf_counter() - t) / new_tokens)
+        log(f"round {r + 1}/{rounds}: infini-transformer-pytorch generate {1000 * t_theirs[-1]:.2f} ms/token, "
+            f"our decode program {1000 * t_ours[-1]:.2f} ms/token")
+    return {"their_ms_per_token": 1000 * float(np.median(t_theirs)), "our_ms_per_token": 1000 * float(np.median(t_ours)),
+            "speedup": float(np.median(t_theirs) / np.median(t_ours)), "new_tokens": new_tokens, "threads": threads}

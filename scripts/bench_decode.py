@@ -26,6 +26,8 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--contexts", default="", help="e.g. 1K,32K,1M: latency after that much context")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--lucidrains", action="store_true",
+                   help="also time infini-transformer-pytorch's own generate against our decode on the same weights")
     args = p.parse_args()
     arts = [Path(a) for a in args.artifacts]
     for i, preset in enumerate(args.export):
@@ -34,6 +36,9 @@ def main() -> int:
     contexts = [parse_length(c) for c in args.contexts.split(",") if c]
     results = [measure(a, new_tokens=args.new_tokens, rerun_tokens=args.rerun_tokens, rounds=args.rounds,
                        contexts=contexts, threads=args.threads) for a in arts]
+    if args.lucidrains:
+        from infini_export.bench_decode import lucidrains_comparison
+        results.append({"lucidrains": lucidrains_comparison(Path(args.out), threads=args.threads or 1)})
     write(results, Path(args.out))
     for r in results:
         print(json.dumps({k: v for k, v in r.items() if k != "model"}))

@@ -236,3 +236,25 @@ def test_adapter_decode_exports_with_parity(tmp_path):
     s = InfiniSession.open(tmp_path)
     ids = np.random.default_rng(6).integers(0, adapter.vocab_size, 3 * SEG + 3)
     np.testing.assert_allclose(s.feed(ids), InfiniSession.open(tmp_path, use_decode=False).feed(ids), atol=1e-5)
+
+
+def test_shared_weights_table_is_checked(onnx_artifacts, tmp_path):
+    import json
+    import shutil
+
+    from runtime import ArtifactError
+    model, art = onnx_artifacts["linear"]
+    s = InfiniSession.open(art)
+    assert s.backend.shared_weights  # both graphs take their weights from one mapping of weights.bin
+    graphs = s.manifest.data["shared_weights"]["graphs"]
+    assert set(graphs) == {"program", "decode_program"}
+    shared = {e[0] for e in graphs["program"]} & {e[0] for e in graphs["decode_program"]}
+    assert any("lm_head" in n or "embed" in n for n in shared)  # the same buffers serve both graphs
+    bad = tmp_path / "art"
+    shutil.copytree(art, bad)
+    man = json.loads((bad / "manifest.json").read_text())
+    entry = man["shared_weights"]["graphs"]["decode_program"][0]
+    entry[1] = (bad / "weights.bin").stat().st_size  # an offset past the end of the file
+    (bad / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(ArtifactError, match="does not fit"):
+        InfiniSession.open(bad)
