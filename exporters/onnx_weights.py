@@ -19,6 +19,10 @@ from runtime.atomic import atomic_write
 WEIGHTS_FILE = "weights.bin"
 ALIGN = 4096  # page-aligned offsets: onnxruntime can map them instead of copying
 MIN_EXTERNAL_BYTES = 1024
+# where a runtime may hand a graph the shared buffer itself: the weight operand of a matrix product or the table
+# of a gather. onnxruntime's graph optimizations mishandle caller-provided initializers feeding elementwise ops
+# (a RoPE table into Mul fails to broadcast), so every other initializer is read from the file per graph.
+SHAREABLE_USES = {("MatMul", 1), ("Gemm", 1), ("Gather", 0), ("MatMulInteger", 1), ("MatMulNBits", 1)}
 
 
 def _tensor_bytes(t: onnx.TensorProto) -> bytes:
@@ -38,6 +42,10 @@ def write_shared(models: dict[str, onnx.ModelProto], out_dir: Path) -> dict:
     size = 0
     refs = 0
     for gname, model in models.items():
+        uses: dict[str, set] = {}
+        for node in model.graph.node:
+            for i, name in enumerate(node.input):
+                uses.setdefault(name, set()).add((node.op_type, i))
         for t in model.graph.initializer:
             data = _tensor_bytes(t)
             if len(data) < MIN_EXTERNAL_BYTES:
@@ -52,8 +60,9 @@ def write_shared(models: dict[str, onnx.ModelProto], out_dir: Path) -> dict:
                 size += len(data)
             offset, length = blobs[key]
             _make_external(t, offset, length)
-            graphs[gname].append([t.name, offset, length, np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).name,
-                                  list(t.dims)])
+            if uses.get(t.name) and uses[t.name] <= SHAREABLE_USES:
+                graphs[gname].append([t.name, offset, length,
+                                      np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).name, list(t.dims)])
             refs += 1
     atomic_write(out_dir / WEIGHTS_FILE, lambda f: [f.write(c) for c in chunks])
     for name, model in models.items():

@@ -25,6 +25,7 @@ class OrtBackend:
         self.manifest = manifest
         self.denormal_as_zero = denormal_as_zero
         shared, self._weights_map = shared_initializers(manifest, ort) if share_weights else ({}, None)
+        self._shared = shared  # the OrtValues must outlive the sessions that use them
         self.shared_weights = bool(shared)
 
         def options(initializers):
