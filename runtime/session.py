@@ -9,11 +9,13 @@ import numpy as np
 
 from .atomic import atomic_write
 from .backends import open_backend
-from .errors import InfiniRuntimeError, InputError, StateError
+from .errors import ArtifactError, InfiniRuntimeError, InputError, StateError
 from .manifest import Manifest
+from .statefile import read_npz
 
 STATE_FILE_FORMAT = "infini-export-state"
 STATE_FILE_VERSION = 1
+DEFAULT_MAX_STATE_BYTES = 2 << 30  # a sanity bound on the state a manifest may ask for (override at open)
 
 
 class InfiniSession:
@@ -26,32 +28,39 @@ class InfiniSession:
     logits and the same final state. Failed calls leave the session exactly as it was.
     """
 
-    def __init__(self, manifest: Manifest, backend, batch_size: int = 1):
+    def __init__(self, manifest: Manifest, backend, batch_size: int = 1, max_state_bytes: int | None = None):
         self.manifest = manifest
         self.backend = backend
         self._entries = manifest.state
         self.segment_len = manifest.segment_len
         self.vocab_size = manifest.vocab_size
+        self.max_state_bytes = _check_state_budget(manifest, batch_size, max_state_bytes)
         self._initial = self._load_initial_state()
         self._reset(batch_size)
 
     # ---- construction --------------------------------------------------------------------------
     @classmethod
     def open(cls, artifact_dir: str | os.PathLike, backend: str | None = None, batch_size: int = 1,
-             verify: bool = True, **backend_options) -> "InfiniSession":
-        """Open an artifact folder: read and check ``manifest.json``, verify file hashes, load the program."""
+             verify: bool = True, max_state_bytes: int | None = None, **backend_options) -> "InfiniSession":
+        """Open an artifact folder: read and check ``manifest.json`` (every path it names must stay inside the
+        folder), bound the state it asks for (``max_state_bytes``, default 2 GiB, at ``batch_size``), verify file
+        sizes and hashes, load the program and check its I/O against the manifest. Nothing is allocated for the
+        state before all of that passed."""
         manifest = Manifest.load(artifact_dir)
+        _check_state_budget(manifest, batch_size, max_state_bytes)
         if verify:
             manifest.verify_files()
         name = backend or manifest.backend
-        return cls(manifest, open_backend(name, manifest, **backend_options), batch_size)
+        return cls(manifest, open_backend(name, manifest, **backend_options), batch_size, max_state_bytes)
 
     def _load_initial_state(self) -> list[np.ndarray]:
         init = self.manifest.data.get("initial_state", "zeros")
         if init == "zeros":
             return [np.zeros(e.concrete_shape(1), dtype=e.dtype) for e in self._entries]
-        with np.load(self.manifest.file_path(init["file"]), allow_pickle=False) as data:
-            return [np.array(data[e.name], dtype=e.dtype) for e in self._entries]
+        arrays, _ = read_npz(self.manifest.file_path(init["file"]),
+                             {e.name: (e.concrete_shape(1), e.dtype) for e in self._entries}, meta=None,
+                             error=ArtifactError)
+        return [arrays[e.name] for e in self._entries]
 
     def _reset(self, batch_size: int) -> None:
         self._check_batch(batch_size)
@@ -61,9 +70,7 @@ class InfiniSession:
         self.tokens_consumed = 0
 
     def _check_batch(self, batch_size) -> None:
-        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or \
-                not 1 <= batch_size <= self.manifest.max_batch:
-            raise InputError(f"batch size must be an integer in [1, {self.manifest.max_batch}], got {batch_size!r}")
+        _check_batch(self.manifest, batch_size, self.max_state_bytes)
 
     def reset(self, batch_size: int | None = None) -> None:
         """Back to the initial state (zeros), optionally with another batch size."""
@@ -138,22 +145,30 @@ class InfiniSession:
     def load_state(self, path: str | os.PathLike) -> None:
         """Load a file written by ``save_state`` of the *same model*; anything else raises ``StateError``."""
         path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-            meta = json.loads(arrays.pop("meta").tobytes().decode())
-        except FileNotFoundError:
-            raise StateError(f"state file {path} does not exist") from None
-        except Exception as exc:
-            raise StateError(f"{path} is not a readable state file: {exc}") from exc
+        expected = {f"state/{e.name}": (e.shape, e.dtype) for e in self._entries}
+        expected["pending"] = (("batch", "pending"), "int64")
+        arrays, meta = read_npz(path, expected, check_dims=self._check_file_dims)
         if meta.get("format") != STATE_FILE_FORMAT or meta.get("version") != STATE_FILE_VERSION:
             raise StateError(f"{path} is not an infini-export state file of version {STATE_FILE_VERSION}")
         if meta.get("model_fingerprint") != self.manifest.fingerprint:
             raise StateError(f"{path} holds the state of another model (fingerprint "
                              f"{str(meta.get('model_fingerprint'))[:12]}...), this session's model is "
                              f"{self.manifest.fingerprint[:12]}...")
+        count = meta.get("tokens_consumed")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise StateError(f"{path}: tokens_consumed is {count!r}, expected an integer >= 0")
         state = {k[len("state/"):]: v for k, v in arrays.items() if k.startswith("state/")}
-        self.set_state(state, arrays.get("pending"), meta.get("tokens_consumed"))
+        self.set_state(state, arrays.get("pending"), count)
+
+    def _check_file_dims(self, dims: dict[str, int]) -> None:
+        """A state file's batch and pending sizes, checked from its headers before its data is read."""
+        try:
+            self._check_batch(dims["batch"])
+        except InputError as exc:
+            raise StateError(f"the state file's {exc}") from None
+        if dims["pending"] >= self.segment_len:
+            raise StateError(f"the state file holds {dims['pending']} pending tokens, expected fewer than "
+                             f"segment_len={self.segment_len}")
 
     # ---- streaming -----------------------------------------------------------------------------
     def _checked_ids(self, ids, batch: int | None) -> np.ndarray:
@@ -273,6 +288,30 @@ class InfiniSession:
         pend = twin._pending
         twin._pending = np.zeros((self.batch_size, 0), dtype=np.int64)
         return twin.stream(pend)
+
+
+def _check_batch(manifest: Manifest, batch_size, max_state_bytes: int) -> None:
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or \
+            not 1 <= batch_size <= manifest.max_batch:
+        raise InputError(f"batch size must be an integer in [1, {manifest.max_batch}], got {batch_size!r}")
+    need = manifest.state_bytes(int(batch_size))
+    if need > max_state_bytes:
+        raise InputError(f"batch size {batch_size} needs {need:,} bytes of state, more than max_state_bytes="
+                         f"{max_state_bytes:,}")
+
+
+def _check_state_budget(manifest: Manifest, batch_size, max_state_bytes) -> int:
+    """The bound on state bytes (default or given), checked against the manifest's state before any allocation."""
+    limit = DEFAULT_MAX_STATE_BYTES if max_state_bytes is None else max_state_bytes
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise InputError(f"max_state_bytes must be None or an integer >= 1, got {max_state_bytes!r}")
+    row = manifest.state_bytes(1)
+    if row > limit:
+        raise ArtifactError(f"the manifest's state needs {row:,} bytes per batch row ({len(manifest.state)} tensors, "
+                            f"the largest {max(manifest.state, key=lambda e: e.nbytes(1)).shape}), more than "
+                            f"max_state_bytes={limit:,}; pass a larger max_state_bytes to open it if it is genuine")
+    _check_batch(manifest, batch_size, limit)
+    return limit
 
 
 def _sample(logits: np.ndarray, temperature: float, top_k, top_p, rng) -> np.ndarray:

@@ -6,8 +6,33 @@ import numpy as np
 from .. import fpenv
 from ..ortenv import import_onnxruntime
 from ..errors import ArtifactError, ManifestError
+from ..manifest_schema import BATCH
 
-_ORT_TYPES = {"tensor(int64)": "int64", "tensor(float)": "float32", "tensor(float16)": "float16"}
+_ORT_TYPES = {"tensor(int64)": "int64", "tensor(float)": "float32", "tensor(float16)": "float16",
+              "tensor(double)": "float64", "tensor(int32)": "int32", "tensor(int16)": "int16", "tensor(int8)": "int8",
+              "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
+
+
+def _dims_match(graph_dim, listed, max_batch: int) -> bool:
+    symbolic = not isinstance(graph_dim, int)  # onnxruntime gives a str (or None) for a dim the graph leaves free
+    if listed == BATCH:
+        return symbolic or graph_dim == max_batch == 1
+    return symbolic or graph_dim == listed  # a free dim takes the manifest's size (bounded by max_state_bytes)
+
+
+def check_graph_io(manifest, graph_inputs, graph_outputs) -> None:
+    """The graph's own I/O (onnxruntime ``NodeArg``s: name, type, shape) against the manifest's, in order:
+    names, dtypes, ranks and every fixed dim; the manifest's batch axis must be free in the graph."""
+    for kind, graph_io, listed in (("input", graph_inputs, manifest.data["inputs"]),
+                                   ("output", graph_outputs, manifest.data["outputs"])):
+        got = [(io.name, _ORT_TYPES.get(io.type, io.type), len(io.shape)) for io in graph_io]
+        want = [(io["name"], io["dtype"], len(io["shape"])) for io in listed]
+        if got != want:
+            raise ArtifactError(f"the ONNX graph's {kind}s {got} do not match the manifest's {want}")
+        for io, entry in zip(graph_io, listed):
+            if not all(_dims_match(g, d, manifest.max_batch) for g, d in zip(io.shape, entry["shape"])):
+                raise ArtifactError(f"the ONNX graph's {kind} {io.name!r} has shape {list(io.shape)}, the "
+                                    f"manifest says {entry['shape']} (a manifest from another model?)")
 
 
 class OrtBackend:
@@ -45,13 +70,7 @@ class OrtBackend:
         self.output_names = manifest.output_names
 
     def _check_io(self) -> None:
-        man = self.manifest
-        for kind, graph_io, listed in (("input", self.session.get_inputs(), man.data["inputs"]),
-                                       ("output", self.session.get_outputs(), man.data["outputs"])):
-            got = [(io.name, _ORT_TYPES.get(io.type, io.type), len(io.shape)) for io in graph_io]
-            want = [(io["name"], io["dtype"], len(io["shape"])) for io in listed]
-            if got != want:
-                raise ArtifactError(f"the ONNX graph's {kind}s {got} do not match the manifest's {want}")
+        check_graph_io(self.manifest, self.session.get_inputs(), self.session.get_outputs())
 
     def run(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         feeds = dict(zip(self.input_names, [ids, *state]))
