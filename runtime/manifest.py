@@ -97,6 +97,10 @@ class Manifest:
             raise ManifestError(f"the manifest's files have no entry {key!r}; it lists {sorted(files)}")
         return confine(self.directory, f"files.{key}.path", files[key]["path"])
 
+    def program_path(self) -> Path:
+        """``file_path`` of the program file (``program.file``), as every backend loads it."""
+        return self.file_path(self.data["program"]["file"])
+
     def check_paths(self) -> dict[str, Path]:
         """``file_path`` of every entry in ``files``, without opening any of them."""
         return {key: self.file_path(key) for key in self.data["files"]}

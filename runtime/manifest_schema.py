@@ -114,12 +114,14 @@ def check_manifest(d) -> None:
     batch = _typed("batch", d.get("batch", {}), dict)
     if batch.get("symbol", BATCH) != BATCH:
         _fail("batch.symbol", batch["symbol"], repr(BATCH))
-    hi = _int("batch.max", batch.get("max", 1), 1)
+    hi = _int("batch.max", batch.get("max", 1 << 30), 1)
     _int("batch.min", batch.get("min", 1), 1, hi)
     files = _files(d["files"])
     program = _typed("program", d["program"], dict)
     _str("program.format", program.get("format"))
-    _file_key("program.file", program.get("file"), files, allow_none=True)
+    if "file" not in program:
+        _fail("program", program, "an object with 'file' (a key of files, or null for an in-memory model)")
+    _file_key("program.file", program["file"], files, allow_none=True)
     if "method" in program:
         _str("program.method", program["method"])
     init = d.get("initial_state", "zeros")

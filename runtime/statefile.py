@@ -140,8 +140,9 @@ def _header(zf, info, label, name, error):
             shape, fortran, dtype = npy.read_array_header_2_0(head, max_header_size=MAX_HEADER)
         else:
             raise ValueError(f"npy format version {version}, expected 1.0 or 2.0")
-    except (ValueError, TypeError, SyntaxError, struct.error, RecursionError, MemoryError) as exc:
-        raise error(f"{label}: member {name!r} has no valid .npy header: {str(exc)[:200]}") from None
+    except Exception as exc:  # numpy parses the header text with tokenize and ast: any of their errors
+        raise error(f"{label}: member {name!r} has no valid .npy header: {type(exc).__name__}: "
+                    f"{str(exc)[:200]}") from None
     if not isinstance(fortran, bool) or dtype.hasobject or any(not isinstance(d, int) or d < 0 for d in shape):
         raise error(f"{label}: member {name!r} has an unusable header ({dtype}, shape {shape}); expected plain "
                     "numbers, no objects")

@@ -45,7 +45,7 @@ class OrtBackend:
             raise ManifestError(f"manifest program format is {manifest.data['program']['format']!r}; "
                                 "the onnxruntime backend runs 'onnx'")
         self.manifest = manifest
-        path = manifest.file_path(manifest.data["program"]["file"])
+        path = manifest.program_path()
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
