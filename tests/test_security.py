@@ -202,6 +202,16 @@ def test_a_decompression_bomb_state_file_is_refused_before_inflating(tmp_path, m
     assert s.tokens_consumed == before[2]
 
 
+@needs_rss
+def test_large_manifests_are_refused_within_the_memory_bound(tmp_path):
+    """The size cap on manifest.json keeps even the costliest JSON (many tiny objects) small once parsed."""
+    for n in (87_000, 88_000):  # just under and over the 256 KB cap, at 3 bytes per object
+        (tmp_path / "manifest.json").write_text("[" + "{}," * (n - 1) + "{}]")
+        error, growth = peak_rss_growth(lambda: Manifest.load(tmp_path))
+        assert isinstance(error, ManifestError), error
+        assert growth <= RSS_BOUND, (n, growth)
+
+
 @pytest.mark.parametrize("edit", [
     ("segment_len", "16"), ("vocab_size", 256.0), ("format_version", True), ("state", {"memory.0": {}}),
     ("inputs", "input_ids"), ("batch", [1, 64]), ("batch", {"max": -3}), ("files", [{"path": "model.onnx"}]),
