@@ -9,6 +9,10 @@ class ArtifactError(InfiniRuntimeError):
     """An artifact file is missing, truncated, corrupt or does not match its manifest."""
 
 
+class UnsafePathError(ArtifactError):
+    """A manifest names a file outside its artifact folder: absolute, with '..', or through a symlink leading out."""
+
+
 class ManifestError(InfiniRuntimeError):
     """manifest.json is missing, unreadable, of an unsupported version, or inconsistent."""
 

@@ -3,19 +3,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError, ManifestError
+from .manifest_schema import BATCH, DTYPE_BYTES, FORMAT, FORMAT_VERSION, ROLES, check_manifest  # noqa: F401
+from .paths import confine
 
-FORMAT = "infini-export"
-FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
-ROLES = ("ids", "state-in", "logits", "state-out")
-DECODE_ROLES = ("ids", "position", "state-in", "cache-in", "logits", "state-out", "cache-rows")
-_REQUIRED = ("format", "format_version", "backend", "segment_len", "vocab_size", "inputs", "outputs", "state",
-             "files", "program", "model_fingerprint")
+MAX_MANIFEST_BYTES = 256 << 10  # real ones are 5-100 KB; parsed JSON can take ~25x its size
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -35,7 +35,11 @@ class StateEntry:
     dtype: str
 
     def concrete_shape(self, batch: int) -> tuple[int, ...]:
-        return tuple(batch if d == "batch" else int(d) for d in self.shape)
+        return tuple(batch if d == BATCH else int(d) for d in self.shape)
+
+    def nbytes(self, batch: int) -> int:
+        """Bytes of this tensor at batch size ``batch`` (exact, computed before anything is allocated)."""
+        return math.prod(self.concrete_shape(batch)) * DTYPE_BYTES[self.dtype]
 
 
 def _entry(s: dict) -> StateEntry:
@@ -112,94 +116,82 @@ class Manifest:
     def output_names(self) -> list[str]:
         return [io["name"] for io in self.data["outputs"]]
 
+    def state_bytes(self, batch: int) -> int:
+        """Bytes of the whole state at batch size ``batch``, from the (checked) shapes: with a decode program, its
+        state and K/V cache (what a session holds)."""
+        dec = self.decode
+        seg = {e.name for e in self.state}
+        extra = [] if dec is None else [e for e in dec.state if e.name not in seg] + dec.cache
+        return sum(e.nbytes(batch) for e in self.state + extra)
+
     def file_path(self, key: str) -> Path:
+        """The real path of ``files[key]``: every file the runtime opens is found here, and refused
+        (``UnsafePathError``) unless it is a relative path inside the artifact folder, symlinks resolved."""
         if self.directory is None:
             raise ManifestError("this manifest has no directory; it describes an in-memory model")
-        return self.directory / self.data["files"][key]["path"]
+        files = self.data["files"]
+        if not isinstance(key, str) or key not in files:
+            raise ManifestError(f"the manifest's files have no entry {key!r}; it lists {sorted(files)}")
+        return confine(self.directory, f"files.{key}.path", files[key]["path"])
+
+    def program_path(self) -> Path:
+        """``file_path`` of the program file (``program.file``), as every backend loads it."""
+        return self.file_path(self.data["program"]["file"])
+
+    def check_paths(self) -> dict[str, Path]:
+        """``file_path`` of every entry in ``files``, without opening any of them."""
+        return {key: self.file_path(key) for key in self.data["files"]}
 
     @classmethod
-    def from_dict(cls, data: Any, directory: Path | None = None) -> "Manifest":
-        if not isinstance(data, dict):
-            raise ManifestError(f"manifest must be a JSON object, got {type(data).__name__}")
-        missing = [k for k in _REQUIRED if k not in data]
-        if missing:
-            raise ManifestError(f"manifest lacks the keys {missing}; expected all of {list(_REQUIRED)}")
-        if data["format"] != FORMAT:
-            raise ManifestError(f"manifest format is {data['format']!r}, expected {FORMAT!r}")
-        version = data["format_version"]
-        if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
-            raise ManifestError(f"manifest format_version {version!r} is not supported: this runtime reads "
-                                f"versions 1..{FORMAT_VERSION}; upgrade infini-export to open it")
-        man = cls(data, directory)
-        man._check_consistency()
-        return man
+    def from_dict(cls, data: Any, directory: str | Path | None = None) -> "Manifest":
+        """Check every field the runtime uses (types, ranges, cross-references, path syntax)."""
+        check_manifest(data)
+        return cls(data, None if directory is None else Path(directory))
 
     @classmethod
     def load(cls, artifact_dir: str | Path) -> "Manifest":
+        """Read and check ``manifest.json``; every path it names is checked before any file is read."""
         directory = Path(artifact_dir)
-        path = directory / MANIFEST_FILE
         if not directory.is_dir():
             raise ArtifactError(f"artifact folder {directory} does not exist")
-        if not path.is_file():
-            raise ManifestError(f"{path} is missing; an artifact folder holds manifest.json beside its model files")
+        path = confine(directory, MANIFEST_FILE, MANIFEST_FILE)
         try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ManifestError(f"{path} is not readable JSON: {exc}") from exc
-        return cls.from_dict(data, directory)
-
-    def _check_consistency(self) -> None:
-        d = self.data
-        roles = [io.get("role") for io in d["inputs"]] + [io.get("role") for io in d["outputs"]]
-        if any(r not in ROLES for r in roles):
-            raise ManifestError(f"manifest I/O roles {roles} include one outside {ROLES}")
-        ins, outs = set(self.input_names), set(self.output_names)
-        for s in self.state:
-            if s.input not in ins or s.output not in outs:
-                raise ManifestError(f"state {s.name!r} maps {s.output!r} -> {s.input!r}, "
-                                    "but the manifest's graph I/O does not list both")
-        if [io["role"] for io in d["inputs"]].count("ids") != 1 or \
-                [io["role"] for io in d["outputs"]].count("logits") != 1:
-            raise ManifestError("manifest must list exactly one ids input and one logits output")
-        if self.segment_len < 1 or self.vocab_size < 1:
-            raise ManifestError(f"manifest segment_len={self.segment_len}, vocab_size={self.vocab_size}: expected >= 1")
-        if "decode" in d:
-            self._check_decode()
-
-    def _check_decode(self) -> None:
+            info = path.stat()
+        except OSError:
+            raise ManifestError(f"{path} is missing; an artifact folder holds manifest.json beside its model "
+                                "files") from None
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"{path} is not a regular file of at most {MAX_MANIFEST_BYTES} bytes "
+                                f"({info.st_size} bytes)")
         try:
-            dec = self.decode
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ManifestError(f"manifest decode section is malformed: {exc!r}") from None
-        roles = [io.get("role") for io in dec.inputs + dec.outputs]
-        if any(r not in DECODE_ROLES for r in roles):
-            raise ManifestError(f"manifest decode I/O roles {roles} include one outside {DECODE_ROLES}")
-        ins, outs = set(dec.input_names), set(dec.output_names)
-        for s in dec.state + dec.cache:
-            if s.input not in ins or s.output not in outs:
-                raise ManifestError(f"decode tensor {s.name!r} maps {s.output!r} -> {s.input!r}, but the decode "
-                                    "program's I/O does not list both")
-        seg = {s.name: s for s in self.state}
-        names = {s.name for s in dec.state}
-        missing = sorted(set(seg) - names)
-        if missing:
-            raise ManifestError(f"the decode state lacks the segment state tensors {missing}: a runtime could not "
-                                "hand the state over at segment boundaries")
-        if dec.position not in ins or dec.max_tokens != self.segment_len:
-            raise ManifestError(f"decode position input {dec.position!r} / max_tokens {dec.max_tokens}: expected an "
-                                f"input of the decode program and segment_len={self.segment_len}")
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
+            raise ManifestError(f"{path} is not readable JSON: {str(exc)[:200]}") from None
+        man = cls.from_dict(data, directory)
+        man.check_paths()
+        return man
 
     def verify_files(self) -> None:
-        """Every listed file exists with the recorded size and sha256."""
-        for key, entry in self.data["files"].items():
-            path = self.file_path(key)
-            if not path.is_file():
-                raise ArtifactError(f"artifact file {path} ({key}) is missing")
-            size = path.stat().st_size
-            if "bytes" in entry and size != entry["bytes"]:
-                raise ArtifactError(f"artifact file {path} has {size} bytes, the manifest says {entry['bytes']} "
+        """Every listed file is confined, exists with the recorded size and sha256 (all paths and sizes are
+        checked before any file is read)."""
+        paths = self.check_paths()
+        for key, path in paths.items():
+            try:
+                info = os.stat(path)
+            except OSError:
+                raise ArtifactError(f"artifact file {path} ({key}) is missing") from None
+            if not stat.S_ISREG(info.st_mode):
+                raise ArtifactError(f"artifact file {path} ({key}) is not a regular file")
+            expected = self.data["files"][key].get("bytes", info.st_size)
+            if info.st_size != expected:
+                raise ArtifactError(f"artifact file {path} has {info.st_size} bytes, the manifest says {expected} "
                                     "(truncated or replaced)")
-            digest = sha256_file(path)
+        for key, path in paths.items():
+            entry = self.data["files"][key]
+            try:
+                digest = sha256_file(path)
+            except OSError as exc:
+                raise ArtifactError(f"cannot read artifact file {path} ({key}): {exc}") from None
             if digest != entry["sha256"]:
                 raise ArtifactError(f"artifact file {path} has sha256 {digest[:16]}..., the manifest says "
                                     f"{entry['sha256'][:16]}... (corrupt or replaced)")

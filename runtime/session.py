@@ -9,11 +9,13 @@ import numpy as np
 
 from .atomic import atomic_write
 from .backends import open_backend
-from .errors import InfiniRuntimeError, InputError, StateError
+from .errors import ArtifactError, InfiniRuntimeError, InputError, StateError
 from .manifest import Manifest
+from .statefile import read_npz
 
 STATE_FILE_FORMAT = "infini-export-state"
 STATE_FILE_VERSION = 2  # 2: the decode state (pending write, cache rows); 1: segment state + pending tokens
+DEFAULT_MAX_STATE_BYTES = 2 << 30  # a sanity bound on the state a manifest may ask for (override at open)
 
 
 class InfiniSession:
@@ -26,7 +28,8 @@ class InfiniSession:
     logits and the same final state. Failed calls leave the session exactly as it was.
     """
 
-    def __init__(self, manifest: Manifest, backend, batch_size: int = 1, use_decode: bool = True):
+    def __init__(self, manifest: Manifest, backend, batch_size: int = 1, use_decode: bool = True,
+                 max_state_bytes: int | None = None):
         self.manifest = manifest
         self.backend = backend
         self._entries = manifest.state
@@ -37,28 +40,35 @@ class InfiniSession:
         if dec is not None:  # where each segment-state tensor sits in the decode state
             names = [e.name for e in dec.state]
             self._seg_idx = [names.index(e.name) for e in self._entries]
+        self.max_state_bytes = _check_state_budget(manifest, batch_size, max_state_bytes)
         self._initial = self._load_initial_state()
         self._reset(batch_size)
 
     # ---- construction --------------------------------------------------------------------------
     @classmethod
     def open(cls, artifact_dir: str | os.PathLike, backend: str | None = None, batch_size: int = 1,
-             verify: bool = True, use_decode: bool = True, **backend_options) -> "InfiniSession":
-        """Open an artifact folder: read and check ``manifest.json``, verify file hashes, load the program(s).
-
-        ``use_decode=False`` ignores the artifact's decode program (a partial segment is then re-run padded)."""
+             verify: bool = True, use_decode: bool = True, max_state_bytes: int | None = None,
+             **backend_options) -> "InfiniSession":
+        """Open an artifact folder: read and check ``manifest.json`` (every path it names must stay inside the
+        folder), bound the state it asks for (``max_state_bytes``, default 2 GiB, at ``batch_size``), verify file
+        sizes and hashes, load the program(s) and check their I/O against the manifest. Nothing is allocated for
+        the state before all of that passed. ``use_decode=False`` ignores the artifact's decode program (a partial
+        segment is then re-run padded)."""
         manifest = Manifest.load(artifact_dir)
+        _check_state_budget(manifest, batch_size, max_state_bytes)
         if verify:
             manifest.verify_files()
         name = backend or manifest.backend
-        return cls(manifest, open_backend(name, manifest, **backend_options), batch_size, use_decode)
+        return cls(manifest, open_backend(name, manifest, **backend_options), batch_size, use_decode, max_state_bytes)
 
     def _load_initial_state(self) -> list[np.ndarray]:
         init = self.manifest.data.get("initial_state", "zeros")
         if init == "zeros":
             return [np.zeros(e.concrete_shape(1), dtype=e.dtype) for e in self._entries]
-        with np.load(self.manifest.file_path(init["file"]), allow_pickle=False) as data:
-            return [np.array(data[e.name], dtype=e.dtype) for e in self._entries]
+        arrays, _ = read_npz(self.manifest.file_path(init["file"]),
+                             {e.name: (e.concrete_shape(1), e.dtype) for e in self._entries}, meta=None,
+                             error=ArtifactError)
+        return [arrays[e.name] for e in self._entries]
 
     @property
     def decoding(self) -> bool:
@@ -88,9 +98,7 @@ class InfiniSession:
         return state if self._decode is None else [state[k] for k in self._seg_idx]
 
     def _check_batch(self, batch_size) -> None:
-        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or \
-                not 1 <= batch_size <= self.manifest.max_batch:
-            raise InputError(f"batch size must be an integer in [1, {self.manifest.max_batch}], got {batch_size!r}")
+        _check_batch(self.manifest, batch_size, self.max_state_bytes)
 
     def reset(self, batch_size: int | None = None) -> None:
         """Back to the initial state (zeros), optionally with another batch size."""
@@ -185,8 +193,9 @@ class InfiniSession:
             meta["position"] = self.position
             arrays = {f"state/{e.name}": s for e, s in zip(self._decode.state, self._state)}
             arrays.update({f"cache/{e.name}": c[:, :, :self.position] for e, c in zip(self._decode.cache, self._cache)})
-            if self._last is not None:
-                arrays["last_logits"] = self._last
+            meta["has_last_logits"] = self._last is not None
+            arrays["last_logits"] = np.zeros((self.batch_size, self.vocab_size), np.float32) if self._last is None \
+                else np.asarray(self._last, dtype=np.float32)
         arrays["pending"] = self._pending
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         return atomic_write(path, lambda f: np.savez(f, **arrays))
@@ -197,31 +206,60 @@ class InfiniSession:
         A version-1 file (segment state + pending tokens) opened with a decode program is continued by running
         its pending tokens through the decode program."""
         path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-            meta = json.loads(arrays.pop("meta").tobytes().decode())
-        except FileNotFoundError:
-            raise StateError(f"state file {path} does not exist") from None
-        except Exception as exc:
-            raise StateError(f"{path} is not a readable state file: {exc}") from exc
-        version = meta.get("version") if isinstance(meta, dict) else None
-        if not isinstance(meta, dict) or meta.get("format") != STATE_FILE_FORMAT or version not in (1, 2):
+        arrays, meta = self._read_state_file(path)
+        if meta.get("format") != STATE_FILE_FORMAT or meta.get("version") not in (1, STATE_FILE_VERSION):
             raise StateError(f"{path} is not an infini-export state file of version 1 or {STATE_FILE_VERSION}")
         if meta.get("model_fingerprint") != self.manifest.fingerprint:
             raise StateError(f"{path} holds the state of another model (fingerprint "
                              f"{str(meta.get('model_fingerprint'))[:12]}...), this session's model is "
                              f"{self.manifest.fingerprint[:12]}...")
+        count = meta.get("tokens_consumed")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise StateError(f"{path}: tokens_consumed is {count!r}, expected an integer >= 0")
         state = {k[len("state/"):]: v for k, v in arrays.items() if k.startswith("state/")}
-        if version == 1:
-            self.set_state(state, arrays.get("pending"), meta.get("tokens_consumed"))
+        count = meta.get("tokens_consumed")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise StateError(f"{path}: tokens_consumed is {count!r}, expected an integer >= 0")
+        state = {k[len("state/"):]: v for k, v in arrays.items() if k.startswith("state/")}
+        if meta["version"] == 1:
+            self.set_state(state, arrays["pending"], count)
             return
-        if self._decode is None:
-            raise StateError(f"{path} holds a decode state (version 2); this session runs without a decode "
-                             "program: open the artifact with its decode program")
         cache = {k[len("cache/"):]: v for k, v in arrays.items() if k.startswith("cache/")}
-        self._set_decode_state(state, cache, arrays.get("pending"), arrays.get("last_logits"),
-                               meta.get("tokens_consumed"))
+        last = arrays["last_logits"] if meta.get("has_last_logits") else None
+        self._set_decode_state(state, cache, arrays["pending"], last, count)
+
+    def _read_state_file(self, path: Path) -> tuple[dict, dict]:
+        """Members checked from the headers before any data is read: a decode state (version 2) where this
+        session decodes, else (or failing that) a segment state with pending tokens (version 1)."""
+        v1 = {f"state/{e.name}": (e.shape, e.dtype) for e in self._entries}
+        v1["pending"] = (("batch", "pending"), "int64")
+        if self._decode is None:
+            try:
+                return read_npz(path, v1, check_dims=self._check_file_dims)
+            except StateError as exc:
+                raise StateError(f"{exc} (a version-2 file holds a decode state: open the artifact with its decode "
+                                 "program)") from None
+        v2 = {f"state/{e.name}": (e.shape, e.dtype) for e in self._decode.state}
+        v2.update({f"cache/{e.name}": (e.shape[:2] + ("pending",) + e.shape[3:], e.dtype) for e in self._decode.cache})
+        v2["pending"] = (("batch", "pending"), "int64")
+        v2["last_logits"] = (("batch", self.vocab_size), "float32")
+        try:
+            return read_npz(path, v2, check_dims=self._check_file_dims)
+        except StateError as exc2:
+            try:
+                return read_npz(path, v1, check_dims=self._check_file_dims)
+            except StateError:
+                raise exc2 from None
+
+    def _check_file_dims(self, dims: dict[str, int]) -> None:
+        """A state file's batch and pending sizes, checked from its headers before its data is read."""
+        try:
+            self._check_batch(dims["batch"])
+        except InputError as exc:
+            raise StateError(f"the state file's {exc}") from None
+        if dims["pending"] >= self.segment_len:
+            raise StateError(f"the state file holds {dims['pending']} pending tokens, expected fewer than "
+                             f"segment_len={self.segment_len}")
 
     def _set_decode_state(self, state: dict, cache: dict, pending, last, tokens_consumed) -> None:
         """Restore a saved decode state exactly (checked; nothing changes if it fails)."""
@@ -445,6 +483,30 @@ class InfiniSession:
         pend = twin._pending
         twin._pending = np.zeros((self.batch_size, 0), dtype=np.int64)
         return twin.stream(pend)
+
+
+def _check_batch(manifest: Manifest, batch_size, max_state_bytes: int) -> None:
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or \
+            not 1 <= batch_size <= manifest.max_batch:
+        raise InputError(f"batch size must be an integer in [1, {manifest.max_batch}], got {batch_size!r}")
+    need = manifest.state_bytes(int(batch_size))
+    if need > max_state_bytes:
+        raise InputError(f"batch size {batch_size} needs {need:,} bytes of state, more than max_state_bytes="
+                         f"{max_state_bytes:,}")
+
+
+def _check_state_budget(manifest: Manifest, batch_size, max_state_bytes) -> int:
+    """The bound on state bytes (default or given), checked against the manifest's state before any allocation."""
+    limit = DEFAULT_MAX_STATE_BYTES if max_state_bytes is None else max_state_bytes
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise InputError(f"max_state_bytes must be None or an integer >= 1, got {max_state_bytes!r}")
+    row = manifest.state_bytes(1)
+    if row > limit:
+        raise ArtifactError(f"the manifest's state needs {row:,} bytes per batch row ({len(manifest.state)} tensors, "
+                            f"the largest {max(manifest.state, key=lambda e: e.nbytes(1)).shape}), more than "
+                            f"max_state_bytes={limit:,}; pass a larger max_state_bytes to open it if it is genuine")
+    _check_batch(manifest, batch_size, limit)
+    return limit
 
 
 def _sample(logits: np.ndarray, temperature: float, top_k, top_p, rng) -> np.ndarray:

@@ -61,3 +61,19 @@ def check_session_matches_forward(model, art, segments: int = 50):
         np.testing.assert_allclose(state[f"norm.{i}"], mem.norm.numpy(), rtol=1e-5, atol=1e-5)
     assert session.pending_tokens.shape == (2, 5)
     assert session.tokens_consumed == segments * N + 5
+
+
+FUZZ_COUNTS = pytest.StashKey[dict]()
+
+
+@pytest.fixture
+def fuzz_counts(request):
+    """{kind: cases run}, shared by the fuzz tests and printed in the terminal summary of every run."""
+    return request.config.stash.setdefault(FUZZ_COUNTS, {})
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    counts = config.stash.get(FUZZ_COUNTS, None)
+    if counts:
+        terminalreporter.write_line("fuzzed cases: " + ", ".join(f"{k} {v:,}" for k, v in counts.items())
+                                    + f" (total {sum(counts.values()):,})")

@@ -166,7 +166,7 @@ def test_bad_decode_inputs_are_typed_and_leave_session_unchanged(onnx_artifacts,
         arrays = dict(f)
     arrays["cache/key.0"] = arrays["cache/key.0"][:, :, :2]
     np.savez(tmp_path / "bad.npz", **arrays)
-    with pytest.raises(StateError, match="key.0"):
+    with pytest.raises(StateError, match=r"cache/(key|value)\.0"):
         s.load_state(tmp_path / "bad.npz")
     other = InfiniSession.open(onnx_artifacts["linear"][1])
     other.save_state(tmp_path / "other.npz")

@@ -192,20 +192,18 @@ def tiny_ckpt(onnx_artifacts, tmp_path):
 
 
 def test_validate_cli_passes_then_fails_on_altered_weights(onnx_artifacts, tmp_path, tiny_ckpt):
-    import onnx
-    from onnx import numpy_helper
     _, art = onnx_artifacts["delta"]
     ok = _cli("validate", str(art), "--checkpoint", str(tiny_ckpt), "--segments", "12",
               "--report", str(tmp_path / "r.json"))
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert json.loads((tmp_path / "r.json").read_text())["passed"] is True
-    bad = _copy(art, tmp_path)
-    m = onnx.load(str(bad / "model.onnx"))
-    init = max(m.graph.initializer, key=lambda t: np.prod(t.dims))
-    arr = numpy_helper.to_array(init).copy()
-    arr.flat[0] += 0.5
-    init.CopyFrom(numpy_helper.from_array(arr, init.name))
-    onnx.save(m, str(bad / "model.onnx"))
+    bad = _copy(art, tmp_path)  # the weights live in weights.bin, shared by both graphs: alter the largest there
+    name, offset, length, dtype, dims = max(json.loads((bad / "manifest.json").read_text())["shared_weights"]
+                                            ["graphs"]["program"], key=lambda e: e[2])
+    weights = np.fromfile(bad / "weights.bin", dtype=np.uint8)
+    arr = weights[offset:offset + length].view(dtype)
+    arr[0] += 0.5
+    weights.tofile(bad / "weights.bin")
     _rehash(bad)
     res = _cli("validate", str(bad), "--checkpoint", str(tiny_ckpt), "--segments", "12")
     assert res.returncode == 1

@@ -176,7 +176,7 @@ class ExecuTorchBackend:
         self.method_name = program.get("method", "forward")
         self.delegate = program.get("delegate")
         self.engine = _make_engine(engine, threads)
-        path = manifest.file_path(program["file"])
+        path = manifest.program_path()
         try:
             data = path.read_bytes()  # a private copy: the file may change or vanish after loading
         except OSError as exc:

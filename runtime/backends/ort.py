@@ -6,10 +6,37 @@ import numpy as np
 from .. import fpenv
 from ..ortenv import import_onnxruntime
 from ..errors import ArtifactError, ManifestError
+from ..manifest_schema import BATCH
 from .decode_check import check_decode_call
 from .ort_weights import shared_initializers
 
-_ORT_TYPES = {"tensor(int64)": "int64", "tensor(float)": "float32", "tensor(float16)": "float16"}
+_ORT_TYPES = {"tensor(int64)": "int64", "tensor(float)": "float32", "tensor(float16)": "float16",
+              "tensor(double)": "float64", "tensor(int32)": "int32", "tensor(int16)": "int16", "tensor(int8)": "int8",
+              "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
+
+
+def _dims_match(graph_dim, listed, max_batch: int) -> bool:
+    symbolic = not isinstance(graph_dim, int)  # onnxruntime gives a str (or None) for a dim the graph leaves free
+    if listed == BATCH:
+        return symbolic or graph_dim == max_batch == 1
+    return symbolic or graph_dim == listed  # a free dim takes the manifest's size (bounded by max_state_bytes)
+
+
+def check_graph_io(manifest, graph_inputs, graph_outputs, inputs: list | None = None,
+                   outputs: list | None = None) -> None:
+    """The graph's own I/O (onnxruntime ``NodeArg``s: name, type, shape) against the manifest's (the segment step's,
+    or ``inputs``/``outputs`` of another program), in order: names, dtypes, ranks and every fixed dim; the manifest's
+    batch axis must be free in the graph."""
+    for kind, graph_io, listed in (("input", graph_inputs, manifest.data["inputs"] if inputs is None else inputs),
+                                   ("output", graph_outputs, manifest.data["outputs"] if outputs is None else outputs)):
+        got = [(io.name, _ORT_TYPES.get(io.type, io.type), len(io.shape)) for io in graph_io]
+        want = [(io["name"], io["dtype"], len(io["shape"])) for io in listed]
+        if got != want:
+            raise ArtifactError(f"the ONNX graph's {kind}s {got} do not match the manifest's {want}")
+        for io, entry in zip(graph_io, listed):
+            if not all(_dims_match(g, d, manifest.max_batch) for g, d in zip(io.shape, entry["shape"])):
+                raise ArtifactError(f"the ONNX graph's {kind} {io.name!r} has shape {list(io.shape)}, the "
+                                    f"manifest says {entry['shape']} (a manifest from another model?)")
 
 
 class OrtBackend:
@@ -48,9 +75,8 @@ class OrtBackend:
                     opts.add_initializer(name, value)
             return opts
 
-        self.session = self._load(ort, manifest.file_path(manifest.data["program"]["file"]),
-                                  options(shared.get(manifest.data["program"]["file"])))
-        self._check_io(self.session, man_inputs=manifest.data["inputs"], man_outputs=manifest.data["outputs"])
+        self.session = self._load(ort, manifest.program_path(), options(shared.get(manifest.data["program"]["file"])))
+        check_graph_io(manifest, self.session.get_inputs(), self.session.get_outputs())
         self.input_names = manifest.input_names
         self.output_names = manifest.output_names
         dec = manifest.decode
@@ -58,7 +84,8 @@ class OrtBackend:
         if dec is not None and dec.program.get("format") == "onnx":
             self.decode_session = self._load(ort, manifest.file_path(dec.program["file"]),
                                              options(shared.get(dec.program["file"])))
-            self._check_io(self.decode_session, man_inputs=dec.inputs, man_outputs=dec.outputs)
+            check_graph_io(manifest, self.decode_session.get_inputs(), self.decode_session.get_outputs(),
+                           dec.inputs, dec.outputs)
             self._decode_in, self._decode_out = dec.input_names, dec.output_names
 
     @staticmethod
@@ -68,15 +95,6 @@ class OrtBackend:
                 return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise ArtifactError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0][:300]}") from exc
-
-    @staticmethod
-    def _check_io(session, man_inputs: list, man_outputs: list) -> None:
-        for kind, graph_io, listed in (("input", session.get_inputs(), man_inputs),
-                                       ("output", session.get_outputs(), man_outputs)):
-            got = [(io.name, _ORT_TYPES.get(io.type, io.type), len(io.shape)) for io in graph_io]
-            want = [(io["name"], io["dtype"], len(io["shape"])) for io in listed]
-            if got != want:
-                raise ArtifactError(f"the ONNX graph's {kind}s {got} do not match the manifest's {want}")
 
     def run(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         feeds = dict(zip(self.input_names, [ids, *state]))
