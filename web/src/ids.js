@@ -3,7 +3,8 @@ import { InputError } from './errors.js';
 
 /**
  * Token ids accepted by the session: one row (an Array of integers or an integer typed array) or a batch
- * (an Array of such rows, all of one length), or ``{data, dims: [B, T]}``.
+ * (an Array of such rows, all of one length), or ``{data, dims: [B, T]}``. An empty Array is no tokens
+ * for every row of the session's batch.
  * @typedef {ArrayLike<number | bigint> | ArrayLike<ArrayLike<number | bigint>> | {data: ArrayLike<number | bigint>, dims: number[]}} TokenIds
  */
 
@@ -23,7 +24,9 @@ const FLOAT_ARRAYS = ['Float32Array', 'Float64Array', 'Float16Array'];
  */
 export function checkIds(ids, vocab, batch) {
   let rows; let oneRow = false;
-  if (ids && typeof ids === 'object' && !ArrayBuffer.isView(ids) && !Array.isArray(ids) && 'dims' in ids && 'data' in ids) {
+  if (Array.isArray(ids) && ids.length === 0 && batch !== null) {
+    rows = Array.from({ length: batch }, () => []); oneRow = batch === 1;  // no tokens, for every row
+  } else if (ids && typeof ids === 'object' && !ArrayBuffer.isView(ids) && !Array.isArray(ids) && 'dims' in ids && 'data' in ids) {
     const t = /** @type {{data: ArrayLike<number|bigint>, dims: number[]}} */ (ids);
     if (!Array.isArray(t.dims) || t.dims.length !== 2) throw new InputError(`ids must have shape (T,) or (batch, T), got dims ${JSON.stringify(t.dims)}`);
     const [B, T] = t.dims;

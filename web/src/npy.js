@@ -1,8 +1,9 @@
-// The .npy format (version 1.0 written; 1.0-3.0 read), for little-endian float32, int64 and uint8 arrays.
+// The .npy format (version 1.0 written; 1.0-3.0 read), for little-endian float32/64, int64 and uint8 arrays.
 
 const MAGIC = [0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59];  // \x93NUMPY
 /** @type {Record<string, {dtype: string, size: number}>} */
-const DESCR = { '<f4': { dtype: 'float32', size: 4 }, '<i8': { dtype: 'int64', size: 8 }, '|u1': { dtype: 'uint8', size: 1 } };
+const DESCR = { '<f4': { dtype: 'float32', size: 4 }, '<i8': { dtype: 'int64', size: 8 }, '|u1': { dtype: 'uint8', size: 1 },
+  '<f8': { dtype: 'float64', size: 8 } };
 /** @type {Record<string, string>} */
 const TO_DESCR = { float32: '<f4', int64: '<i8', uint8: '|u1' };
 
@@ -37,7 +38,7 @@ export function readNpyHeader(bytes) {
   const m = /^\{\s*'descr':\s*'([^']*)',\s*'fortran_order':\s*(True|False),\s*'shape':\s*\(([^)]*)\),?\s*\}\s*$/.exec(text);
   if (!m) throw new NpyFormatError(`unreadable .npy header ${JSON.stringify(text.slice(0, 120))}`);
   const kind = DESCR[m[1]];
-  if (!kind) throw new NpyFormatError(`.npy dtype ${m[1]} is not supported (float32, int64 or uint8, little-endian)`);
+  if (!kind) throw new NpyFormatError(`.npy dtype ${m[1]} is not supported (float32, float64, int64 or uint8, little-endian)`);
   if (m[2] === 'True') throw new NpyFormatError('Fortran-ordered .npy arrays are not supported');
   const parts = m[3].split(',').map((s) => s.trim()).filter((s) => s !== '');
   if (parts.some((s) => !/^\d+$/.test(s))) throw new NpyFormatError(`.npy shape (${m[3]}) is not a tuple of integers`);
@@ -53,12 +54,13 @@ export function readNpyHeader(bytes) {
 /**
  * The data of a .npy whose header was read, copied into a fresh typed array.
  * @param {Uint8Array} bytes @param {NpyHeader} header
- * @returns {Float32Array | BigInt64Array | Uint8Array}
+ * @returns {Float32Array | Float64Array | BigInt64Array | Uint8Array}
  */
 export function readNpyData(bytes, header) {
   const copy = bytes.slice(header.dataOffset, header.dataOffset + header.dataBytes);
   if (header.dtype === 'float32') return new Float32Array(copy.buffer);
   if (header.dtype === 'int64') return new BigInt64Array(copy.buffer);
+  if (header.dtype === 'float64') return new Float64Array(copy.buffer);
   return copy;
 }
 

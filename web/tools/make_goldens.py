@@ -1,0 +1,134 @@
+"""Reference outputs of the Python runtime for the JavaScript tests (written to a folder, not committed).
+
+For the bundled model's artifact and a tiny random-weight model exported here, on the same token ids:
+every token's logits over >= 64 segments (ending in a partial segment), the state file the Python
+runtime saves after them, a greedy continuation, a top-k/top-p sampling distribution as the Python
+sampler computes it, a compressed copy of the state file (which a runtime must refuse) and passkey
+prompts of tasks/passkey.py.
+
+    python web/tools/make_goldens.py --small out/web-onnx --out out/web-goldens
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+VERSION = 3  # bump when what is written changes
+
+
+def export_tiny(out: Path) -> Path:
+    """The tiny preset with random weights (seeded), exported to ONNX."""
+    import torch
+
+    from exporters.pipeline import export_artifact
+    from infini_export import InfiniConfig, InfiniTransformer
+
+    art = out / "tiny"
+    if (art / "manifest.json").is_file():
+        return art
+    torch.manual_seed(0)
+    model = InfiniTransformer(InfiniConfig.from_name("tiny")).eval()
+    with torch.no_grad():  # gates off their initial 0 so each head mixes differently
+        for block in model.blocks:
+            block.attn.beta.copy_(torch.linspace(-1.0, 1.0, block.attn.beta.numel()))
+    export_artifact(model, art, "onnx", parity_segments=8, progress=False, log=None)
+    return art
+
+
+def export_small(art: Path) -> Path:
+    if (art / "manifest.json").is_file():
+        return art
+    from exporters.pipeline import export_artifact
+    from infini_export.checkpoint import load_checkpoint
+
+    export_artifact(load_checkpoint(ROOT / "models" / "passkey-small"), art, "onnx", parity_segments=8,
+                    progress=False, log=None)
+    return art
+
+
+class _RecordingRng:
+    """Stands in for numpy's Generator in runtime.session._sample: keeps the distribution it is given."""
+
+    def __init__(self):
+        self.p = []
+
+    def choice(self, n, p):
+        self.p.append(np.asarray(p, dtype=np.float64))
+        return int(np.argmax(p))
+
+
+def reference(art: Path, out: Path, segments: int, partial: int, batch: int, seed: int) -> dict:
+    from runtime import InfiniSession
+    from runtime.session import _sample
+
+    out.mkdir(parents=True, exist_ok=True)
+    session = InfiniSession.open(art, batch_size=batch)
+    N = session.segment_len
+    ids = np.random.default_rng(seed).integers(0, session.vocab_size, size=(batch, segments * N + partial))
+    logits = session.feed(ids)  # (B, T, V)
+    session.save_state(out / "state.npz")
+    with np.load(out / "state.npz") as z:  # the same members, deflated: a runtime must refuse it
+        np.savez_compressed(out / "state_compressed.npz", **{k: z[k] for k in z.files})
+    np.save(out / "ids.npy", ids.astype(np.int64))
+    np.save(out / "logits.npy", logits.astype(np.float32))
+    twin = session.fork()
+    greedy = twin.generate(np.zeros((batch, 0), dtype=np.int64), 24)
+    np.save(out / "greedy.npy", greedy.astype(np.int64))
+    rec = _RecordingRng()
+    last = logits[:, -1]
+    _sample(last, 0.8, 40, 0.9, rec)
+    np.save(out / "sample_probs.npy", np.stack(rec.p))
+    return {"artifact": str(art.resolve()), "segments": segments, "partial": partial, "batch": batch,
+            "segment_len": N, "tokens_consumed": session.tokens_consumed, "fingerprint": session.manifest.fingerprint,
+            "sample": {"temperature": 0.8, "top_k": 40, "top_p": 0.9}}
+
+
+def passkey_prompts(out: Path) -> list[dict]:
+    from infini_export.tasks import passkey as pk
+
+    out.mkdir(parents=True, exist_ok=True)
+    cases = []
+    for i, (length, depth, key) in enumerate([(4096, 0.0, "71432"), (4096, 0.5, "10000"), (4096, 1.0, "99999"),
+                                               (5000, 0.5, "31415"), (pk.min_length(), 0.5, "27182"),
+                                               (32768, 0.25, "55555"), (1234, 0.3, "12345")]):
+        sample = pk.make_sample(length, depth, key=key)
+        np.save(out / f"passkey_{i}.npy", sample.ids.astype(np.int64))
+        cases.append({"file": f"passkey_{i}.npy", "length": length, "depth": depth, "key": key,
+                      "needle_start": sample.needle_start})
+    return cases
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--small", default=str(ROOT / "out" / "web-onnx"), help="the bundled model's ONNX artifact "
+                    "(exported here if missing)")
+    ap.add_argument("--out", default=str(ROOT / "out" / "web-goldens"))
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    index_path = out / "index.json"
+    small = export_small(Path(args.small))
+    if index_path.is_file():
+        old = json.loads(index_path.read_text())
+        fp = json.loads((small / "manifest.json").read_text())["model_fingerprint"]
+        if old.get("version") == VERSION and old["models"]["small"]["fingerprint"] == fp:
+            print(f"goldens up to date in {out}")
+            return 0
+    tiny = export_tiny(out)
+    index = {"version": VERSION, "models": {
+        "small": reference(small, out / "small-ref", segments=64, partial=37, batch=1, seed=1),
+        "tiny": reference(tiny, out / "tiny-ref", segments=80, partial=5, batch=2, seed=2),
+    }, "passkey": passkey_prompts(out / "passkey")}
+    index_path.write_text(json.dumps(index, indent=2) + "\n")
+    print(f"goldens written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
