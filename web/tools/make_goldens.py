@@ -3,8 +3,8 @@
 For the bundled model's artifact and a tiny random-weight model exported here, on the same token ids:
 every token's logits over >= 64 segments (ending in a partial segment), the state file the Python
 runtime saves after them, a greedy continuation, a top-k/top-p sampling distribution as the Python
-sampler computes it, a compressed copy of the state file (which a runtime must refuse) and passkey
-prompts of tasks/passkey.py.
+sampler computes it, a compressed copy of the state file (which a runtime must refuse), passkey
+prompts of tasks/passkey.py, and a greedy continuation of a short text by the bundled model.
 
     python web/tools/make_goldens.py --small out/web-onnx --out out/web-goldens
 """
@@ -20,7 +20,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-VERSION = 3  # bump when what is written changes
+VERSION = 4  # bump when what is written changes
+TEXT_PROMPT = "There is an important info hidden inside a lot of irrelevant text. The grass is green. The sky is"
 
 
 def export_tiny(out: Path) -> Path:
@@ -90,6 +91,16 @@ def reference(art: Path, out: Path, segments: int, partial: int, batch: int, see
             "sample": {"temperature": 0.8, "top_k": 40, "top_p": 0.9}}
 
 
+def text_continuation(art: Path, n: int = 40) -> dict:
+    """Greedy continuation of a short text (the demo page's free-text box)."""
+    from runtime import InfiniSession
+
+    session = InfiniSession.open(art)
+    ids = np.frombuffer(TEXT_PROMPT.encode(), dtype=np.uint8).astype(np.int64)
+    out = session.generate(ids[None], n)[0]
+    return {"prompt": TEXT_PROMPT, "tokens": [int(t) for t in out]}
+
+
 def passkey_prompts(out: Path) -> list[dict]:
     from infini_export.tasks import passkey as pk
 
@@ -124,7 +135,7 @@ def main(argv=None) -> int:
     index = {"version": VERSION, "models": {
         "small": reference(small, out / "small-ref", segments=64, partial=37, batch=1, seed=1),
         "tiny": reference(tiny, out / "tiny-ref", segments=80, partial=5, batch=2, seed=2),
-    }, "passkey": passkey_prompts(out / "passkey")}
+    }, "passkey": passkey_prompts(out / "passkey"), "text": text_continuation(small)}
     index_path.write_text(json.dumps(index, indent=2) + "\n")
     print(f"goldens written to {out}")
     return 0
