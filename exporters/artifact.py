@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from infini_export.state import INPUT_IDS, LOGITS, StepSpec, flatten_state
+from infini_export.protocol import has_decode
+from infini_export.state import INPUT_IDS, LOGITS, DecodeSpec, StepSpec, flatten_state
 from runtime.atomic import atomic_write
 from runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, Manifest, sha256_file
 
@@ -63,10 +64,40 @@ def io_entries(spec: StepSpec, batch_symbol: str = "batch", logits_dtype: str = 
     return inputs, outputs, state
 
 
+def decode_entries(dspec: DecodeSpec, program: dict, vocab_size: int, batch_symbol: str = "batch",
+                   logits_dtype: str = "float32") -> dict:
+    """The manifest's ``decode`` section: the decode program's I/O in graph order and how to drive it."""
+    def shape(s):
+        return [batch_symbol if d == "batch" else int(d) for d in s.shape]
+
+    ins, outs = dspec.input_names(), dspec.output_names()
+    n = len(dspec.state)
+    inputs = [{"name": ins[0], "role": "ids", "dtype": "int64", "shape": [batch_symbol, "tokens"]},
+              {"name": ins[1], "role": "position", "dtype": "int64", "shape": [1]}]
+    outputs = [{"name": outs[0], "role": "logits", "dtype": logits_dtype,
+                "shape": [batch_symbol, "tokens", vocab_size]}]
+    state, cache = [], []
+    for j, s in enumerate(dspec.state + dspec.cache):
+        is_state = j < n
+        i_name, o_name = ins[2 + j], outs[1 + j]
+        row_shape = shape(s) if is_state else shape(s)[:2] + ["tokens"] + shape(s)[3:]
+        inputs.append({"name": i_name, "role": "state-in" if is_state else "cache-in", "dtype": s.dtype,
+                       "shape": shape(s)})
+        outputs.append({"name": o_name, "role": "state-out" if is_state else "cache-rows", "dtype": s.dtype,
+                        "shape": row_shape})
+        entry = {"name": s.name, "input": i_name, "output": o_name, "dtype": s.dtype, "shape": shape(s)}
+        (state if is_state else cache).append(entry if is_state else {**entry, "axis": 2})
+    return {"program": program, "max_tokens": dspec.max_tokens,
+            "position": ins[1], "inputs": inputs, "outputs": outputs, "state": state, "cache": cache}
+
+
 def build_manifest(module: torch.nn.Module, spec: StepSpec, *, backend: str, program: dict, files: dict,
                    directory: Path | None, max_batch: int, exporter: dict | None = None,
-                   quantization: str | None = None) -> dict:
-    """The manifest document (see ``runtime.manifest``); ``files`` maps key -> path inside ``directory``."""
+                   quantization: str | None = None, decode_program: dict | None = None) -> dict:
+    """The manifest document (see ``runtime.manifest``); ``files`` maps key -> path inside ``directory``.
+
+    ``decode_program`` (where the module has the decode protocol and it was exported) adds the ``decode``
+    section."""
     inputs, outputs, state = io_entries(spec, logits_dtype=logits_dtype(module))
     init = module.init_state(1)
     zeros = all(not t.any() for t in flatten_state(init))
@@ -103,7 +134,14 @@ def build_manifest(module: torch.nn.Module, spec: StepSpec, *, backend: str, pro
         "exporter": {"name": "infini-export", **(exporter or {}), "versions": library_versions(),
                      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
         "parity": None,
+        **_decode_section(module, spec, decode_program, logits_dtype(module)),
     }
+
+
+def _decode_section(module, spec: StepSpec, decode_program: dict | None, dtype: str) -> dict:
+    if decode_program is None:
+        return {}
+    return {"decode": decode_entries(module.decode_spec(), decode_program, spec.vocab_size, logits_dtype=dtype)}
 
 
 def write_manifest(directory: Path, data: dict) -> Path:
@@ -121,5 +159,7 @@ def in_memory_manifest(module: torch.nn.Module, spec: StepSpec, backend: str = "
             "model_fingerprint": model_fingerprint(module, spec), "segment_len": spec.segment_len,
             "vocab_size": spec.vocab_size, "batch": {"symbol": "batch", "min": 1, "max": 1 << 16},
             "inputs": inputs, "outputs": outputs, "state": state, "state_map": spec.state_map(),
-            "initial_state": "zeros", "files": {}}
+            "initial_state": "zeros", "files": {},
+            **_decode_section(module, spec, {"format": "torch", "file": None} if has_decode(module) else None,
+                              "float32")}
     return Manifest.from_dict(data, None)

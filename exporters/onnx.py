@@ -1,7 +1,6 @@
 """ONNX export of the segment step (torch.onnx dynamo path + onnxscript optimizer)."""
 from __future__ import annotations
 
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -9,12 +8,14 @@ from pathlib import Path
 import onnx
 import torch
 
-from infini_export.protocol import FlatStep, check_protocol
+from infini_export.protocol import FlatDecode, FlatStep, check_protocol, has_decode
 
 from .artifact import build_manifest
 from .onnx_fusions import FUSED_OPSET, fuse
+from .onnx_weights import write_shared
 
 MODEL_FILE = "model.onnx"
+DECODE_FILE = "decode.onnx"
 
 
 def _quantize_int8(src: Path, dst: Path) -> list[str]:
@@ -37,43 +38,63 @@ def _quantize_int8(src: Path, dst: Path) -> list[str]:
     return weight_matmuls
 
 
+def _trace(flat: torch.nn.Module, example: tuple, input_names: list, output_names: list, dynamic: dict,
+           verbose: bool) -> tuple[onnx.ModelProto, list]:
+    """torch.onnx (dynamo) + the onnxscript optimizer + our fusions -> a checked ModelProto."""
+    with torch.no_grad():
+        program = torch.onnx.export(flat, example, dynamo=True, input_names=input_names, output_names=output_names,
+                                    dynamic_shapes=dynamic, opset_version=FUSED_OPSET, optimize=True, verbose=verbose)
+    fusions = fuse(program.model)  # the model's XNNPACK-friendly RMSNorm back to one ONNX op per norm
+    return program.model_proto, fusions
+
+
+def _quantized(model: onnx.ModelProto, quantize: str | None, tmp: Path, name: str) -> tuple[onnx.ModelProto, int]:
+    if quantize is None:
+        return model, 0
+    src, dst = tmp / f"{name}.fp32.onnx", tmp / f"{name}.{quantize}.onnx"
+    onnx.save(model, str(src))
+    nodes = _quantize_int8(src, dst)
+    onnx.checker.check_model(str(dst), full_check=True)
+    return onnx.load(str(dst)), len(nodes)
+
+
 def export_onnx(module: torch.nn.Module, out_dir: str | Path, *, quantize: str | None = None,
                 max_batch: int = 64, verbose: bool = False) -> dict:
-    """Trace ``module.step`` to ``out_dir/model.onnx`` and return the manifest (not yet written)."""
+    """Trace ``module.step`` (and ``module.decode`` where the module has it) into ``out_dir``: ``model.onnx``,
+    ``decode.onnx`` and their shared ``weights.bin``; return the manifest (not yet written)."""
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
     spec = check_protocol(module)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    flat = FlatStep(module).eval()
     t0 = time.perf_counter()
-    with torch.no_grad():
-        program = torch.onnx.export(flat, flat.example_inputs(2), dynamo=True, input_names=spec.input_names(),
-                                    output_names=spec.output_names(), dynamic_shapes=flat.dynamic_shapes(max_batch),
-                                    opset_version=FUSED_OPSET, optimize=True, verbose=verbose)
-    fusions = fuse(program.model)  # the model's XNNPACK-friendly RMSNorm back to one ONNX op per norm
+    flat = FlatStep(module).eval()
+    models, fusions = {}, {}
+    models[MODEL_FILE], fusions["step"] = _trace(flat, flat.example_inputs(2), spec.input_names(), spec.output_names(),
+                                                 flat.dynamic_shapes(max_batch), verbose)
+    if has_decode(module):
+        dec = FlatDecode(module).eval()
+        models[DECODE_FILE], fusions["decode"] = _trace(dec, dec.example_inputs(2), dec.spec.input_names(),
+                                                        dec.spec.output_names(), dec.dynamic_shapes(max(max_batch, 2)),
+                                                        verbose)
+    quantized = 0
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(tmp) / MODEL_FILE
-        program.save(str(fp32))  # the onnxscript optimizer ran (optimize=True): constant folding, fusions
-        onnx.checker.check_model(str(fp32), full_check=True)
-        quantized = None
-        if quantize == "int8":
-            q = Path(tmp) / "model.int8.onnx"
-            quantized = _quantize_int8(fp32, q)
-            onnx.checker.check_model(str(q), full_check=True)
-            fp32 = q
-        for old in out_dir.glob("*.onnx*"):
-            old.unlink()
-        shutil.copyfile(fp32, out_dir / MODEL_FILE)
-    files = {"program": MODEL_FILE}
-    data = out_dir / (MODEL_FILE + ".data")
-    if data.exists():
-        files["program_data"] = data.name
+        for name in list(models):
+            models[name], n = _quantized(models[name], quantize, Path(tmp), name)
+            quantized += n
+    for old in out_dir.glob("*.onnx*"):
+        old.unlink()
+    weights = write_shared(models, out_dir)
+    files = {"program": MODEL_FILE, "weights": weights["file"]}
+    program = {"format": "onnx", "file": "program"}
+    decode = None
+    if DECODE_FILE in models:
+        files["decode_program"] = DECODE_FILE
+        decode = {"format": "onnx", "file": "decode_program"}
     manifest = build_manifest(
-        module, spec, backend="onnxruntime", program={"format": "onnx", "file": "program"}, files=files,
+        module, spec, backend="onnxruntime", program=program, files=files, decode_program=decode,
         directory=out_dir, max_batch=max_batch, quantization=quantize,
         exporter={"path": "torch.onnx.export(dynamo=True) + onnxscript optimizer + exporters.onnx_fusions",
-                  "opset": program.model_proto.opset_import[0].version, "fusions": fusions,
-                  "export_seconds": round(time.perf_counter() - t0, 2),
-                  "quantized_nodes": len(quantized) if quantized else 0})
+                  "opset": FUSED_OPSET, "fusions": fusions, "shared_weights": weights,
+                  "export_seconds": round(time.perf_counter() - t0, 2), "quantized_nodes": quantized})
     return manifest

@@ -38,13 +38,32 @@ def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "on
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
     write_manifest(out_dir, manifest)
     session = InfiniSession.open(out_dir)
+    # the decode program token by token at N <= 128; longer segments in chunks of N / 128 tokens (same boundaries)
     report = validate(session.backend, module, precision=quantize or manifest["weights_dtype"], segments=parity_segments,
-                      manifest=session.manifest, progress=progress)
+                      manifest=session.manifest, progress=progress,
+                      decode_chunk=max(1, manifest["segment_len"] // 128))
     manifest["parity"] = {"tolerance": report.tolerance, "segments": parity_segments, "passed": report.passed,
-                          "measured": report.summary, "failures": report.failures[:50]}
+                          "measured": report.summary, "failures": report.failures[:50],
+                          "decode": {k: v for k, v in report.decode.items() if k != "failures"} or None}
     write_manifest(out_dir, manifest)
     if log:
         log(report.table(rows=6))
     if not report.passed:
         raise ExportParityError(report)
     return manifest, report
+
+
+def export_unchecked(preset: str, out_dir: str | Path, fmt: str = "onnx", seed: int = 0) -> Path:
+    """Export a preset with random weights and no parity check (for speed and memory measurements only)."""
+    from infini_export import InfiniConfig, InfiniTransformer
+
+    out_dir = Path(out_dir)
+    if (out_dir / "manifest.json").is_file():
+        return out_dir
+    torch.manual_seed(seed)
+    module = InfiniTransformer(InfiniConfig.from_name(preset)).eval()
+    if fmt != "onnx":
+        raise ValueError("export_unchecked writes ONNX artifacts")
+    from .onnx import export_onnx
+    write_manifest(out_dir, export_onnx(module, out_dir))
+    return out_dir

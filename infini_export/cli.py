@@ -75,7 +75,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         tokens = np.frombuffer(Path(args.tokens).read_bytes(), dtype=np.uint8).astype(np.int64)
     precision = session.manifest.data.get("quantization") or session.manifest.data.get("weights_dtype", "float32")
     report = validate(session.backend, module, precision=precision, segments=args.segments, batch=args.batch,
-                      seed=args.seed, tokens=tokens, manifest=session.manifest)
+                      seed=args.seed, tokens=tokens, manifest=session.manifest,
+                      decode_segments=args.decode_segments, decode_chunk=args.decode_chunk)
     print(report.table(rows=args.rows))
     if args.report:
         report.write(args.report)
@@ -104,6 +105,11 @@ def _cmd_average(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .streaming import run_stream
     return run_stream(args)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .generate_cli import main as generate_main
+    return generate_main(args)
 
 
 def _cmd_passkey(args: argparse.Namespace) -> int:
@@ -163,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["onnxruntime", "executorch"], default=None)
     p.add_argument("--report", help="write the JSON report here")
     p.add_argument("--rows", type=int, default=10, help="segments shown in the table")
+    p.add_argument("--decode-segments", type=int, default=3,
+                   help="segment boundaries the decode program is driven across (0: skip)")
+    p.add_argument("--decode-chunk", type=int, default=1, help="tokens per decode call in that check")
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("run", help="stream a text or random tokens through an artifact in constant memory")
@@ -180,6 +189,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-final", help="save the final state here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("generate", help="generate tokens after a prompt (decode program: one call per token)")
+    p.add_argument("artifact")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="the prompt text (bytes, for byte-level vocabularies)")
+    src.add_argument("--prompt-file", help="a file whose bytes are the prompt")
+    src.add_argument("--random-prompt", type=int, metavar="N", help="N random token ids (any vocabulary)")
+    p.add_argument("-n", "--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", choices=["onnxruntime", "executorch"], default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--quiet", action="store_true", help="print only the speed line")
+    p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("passkey", help="passkey retrieval accuracy at long lengths, with the memory-off control")
     p.add_argument("model", help="an artifact folder (manifest.json) or a checkpoint folder (eager torch)")

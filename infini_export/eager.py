@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .protocol import FlatStep, check_protocol
+from .protocol import FlatDecode, FlatStep, check_protocol, has_decode
 
 
 class EagerBackend:
@@ -14,6 +14,18 @@ class EagerBackend:
 
     def __init__(self, module: torch.nn.Module):
         self.flat = FlatStep(module).eval()
+        self.flat_decode = FlatDecode(module).eval() if has_decode(module) else None
+
+    @property
+    def has_decode(self) -> bool:
+        return self.flat_decode is not None
+
+    @torch.no_grad()
+    def run_decode(self, ids: np.ndarray, position: int, state: list[np.ndarray], cache: list[np.ndarray]):
+        outs = self.flat_decode(torch.from_numpy(ids), torch.tensor([position], dtype=torch.int64),
+                                *(torch.from_numpy(a) for a in (*state, *cache)))
+        n = len(state)
+        return outs[0].float().numpy(), [t.numpy() for t in outs[1:1 + n]], [t.numpy() for t in outs[1 + n:]]
 
     @torch.no_grad()
     def run(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:

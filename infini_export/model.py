@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import InfiniConfig
-from .state import LayerMemory, StepSpec, layer_state_specs
+from .state import (DecodeSpec, LayerCache, LayerDecodeState, LayerMemory, StepSpec, layer_decode_specs,
+                    layer_state_specs)
 
 STATE_DTYPE = torch.float32
 
@@ -74,41 +75,78 @@ class InfiniAttention(nn.Module):
         # beta: one gate per head; 0 gives sigmoid(beta) = 0.5, far from saturation
         self.beta = nn.Parameter(torch.zeros(cfg.n_heads))
 
-    def forward(self, x: torch.Tensor, mem: LayerMemory, cos: torch.Tensor, sin: torch.Tensor,
-                rot_t: torch.Tensor, mask: torch.Tensor, ones: torch.Tensor) -> tuple[torch.Tensor, LayerMemory]:
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, T, _ = x.shape
         H, dh = self.n_heads, self.d_head
         q = self.wq(x).view(B, T, H, dh).transpose(1, 2)  # (B, H, T, dk)
         k = self.wk(x).view(B, T, H, dh).transpose(1, 2)  # (B, H, T, dk)
         v = self.wv(x).view(B, T, H, dh).transpose(1, 2)  # (B, H, T, dv)
+        return q, k, v
 
-        # memory path: un-rotated q/k, in the state dtype (float32) whatever the weights are
-        M, z = mem.memory, mem.norm  # (B, H, dk, dv), (B, H, dk)
+    def _memory(self, q, k, v, M, z, ones):
+        """Read of the memory left by earlier segments, and this chunk's write to it (not yet added).
+
+        Un-rotated q/k, in the state dtype (float32) whatever the weights are. ``ones`` (1, N) sums over t
+        as a linear layer (XNNPACK takes it; a sum over an axis it does not); ``None`` sums directly.
+        """
+        B, H, T, dh = q.shape
         sd = M.dtype  # the state dtype (float32)
         sq, sk, vf = sigma(q.to(sd)), sigma(k.to(sd)), v.to(sd)
         z_col = z.unsqueeze(-1)  # (B, H, dk, 1)
         a_mem = (sq @ M) / (sq @ z_col + self.eps)  # eq 7: (B, H, T, dv)
         if self.delta:
             v_old = (sk @ M) / (sk @ z_col + self.eps)  # (B, H, T, dv): what memory already holds
-            new_M = M + sk.transpose(-1, -2) @ (vf - v_old)  # eq 9: (B, H, dk, dv)
+            dM = sk.transpose(-1, -2) @ (vf - v_old)  # eq 9: (B, H, dk, dv)
         else:
-            new_M = M + sk.transpose(-1, -2) @ vf  # eq 8: (B, H, dk, dv)
-        # sum over t as a linear layer with a constant ones row (XNNPACK takes it; a sum over an axis it
-        # does not). The full buffer, not a slice, when T == N: a sliced weight is not a constant to it
-        ones_t = (ones if ones.shape[1] == T else ones[:, :T]).to(sd)  # (1, T)
-        sk_rows = sk.transpose(-1, -2).reshape(B * H * dh, T)  # (B*H*dk, T)
-        z_inc = F.linear(sk_rows, ones_t)  # (B*H*dk, T) x (1, T)^T -> (B*H*dk, 1)
-        new_z = z + z_inc.view(B, H, dh)  # eq 8: (B, H, dk)
+            dM = sk.transpose(-1, -2) @ vf  # eq 8: (B, H, dk, dv)
+        if ones is None:
+            dz = sk.sum(dim=2)  # eq 8: (B, H, dk)
+        else:  # the full buffer, not a slice, when T == N: a sliced weight is not a constant to XNNPACK
+            ones_t = (ones if ones.shape[1] == T else ones[:, :T]).to(sd)  # (1, T)
+            dz = F.linear(sk.transpose(-1, -2).reshape(B * H * dh, T), ones_t).view(B, H, dh)  # eq 8
+        return a_mem, dM, dz
 
+    def _mix(self, a_mem: torch.Tensor, a_dot: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        B, H, T, dh = a_dot.shape
+        g = torch.sigmoid(self.beta).view(1, H, 1, 1).to(dtype)  # (1, H, 1, 1)
+        a = g * a_mem.to(dtype) + (1.0 - g) * a_dot  # eq 10: (B, H, T, dv)
+        return self.wo(a.transpose(1, 2).reshape(B, T, H * dh))  # eq 11: (B, T, D)
+
+    def forward(self, x: torch.Tensor, mem: LayerMemory, cos: torch.Tensor, sin: torch.Tensor,
+                rot_t: torch.Tensor, mask: torch.Tensor, ones: torch.Tensor) -> tuple[torch.Tensor, LayerMemory]:
+        """One segment (or its first T tokens) from the memory of the segments before it."""
+        T = x.shape[1]
+        q, k, v = self._project(x)
+        a_mem, dM, dz = self._memory(q, k, v, mem.memory, mem.norm, ones)
         # local path: causal softmax attention inside the segment, RoPE here only
         qr, kr = rope(q, cos[:T], sin[:T], rot_t), rope(k, cos[:T], sin[:T], rot_t)  # (B, H, T, dk)
-        scores = (qr @ kr.transpose(-1, -2)) * (1.0 / math.sqrt(dh)) + mask[:T, :T].to(q.dtype)  # (B, H, T, T)
+        scores = (qr @ kr.transpose(-1, -2)) * (1.0 / math.sqrt(self.d_head)) + mask[:T, :T].to(q.dtype)  # (B, H, T, T)
         a_dot = torch.softmax(scores, dim=-1) @ v  # eq 6: (B, H, T, dv)
+        return self._mix(a_mem, a_dot, x.dtype), LayerMemory(mem.memory + dM, mem.norm + dz)  # eq 8 / eq 9
 
-        g = torch.sigmoid(self.beta).view(1, H, 1, 1).to(x.dtype)  # (1, H, 1, 1)
-        a = g * a_mem.to(x.dtype) + (1.0 - g) * a_dot  # eq 10: (B, H, T, dv)
-        out = self.wo(a.transpose(1, 2).reshape(B, T, H * dh))  # eq 11: (B, T, D)
-        return out, LayerMemory(new_M, new_z)
+    def decode(self, x: torch.Tensor, position: torch.Tensor, st: LayerDecodeState, cache: LayerCache,
+               cos: torch.Tensor, sin: torch.Tensor, rot_t: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor):
+        """T tokens at positions p..p+T-1 of the current segment, p = ``position`` (1,): the same numbers as
+        those positions of ``forward`` on the whole segment. Returns (out, new state, the T new cache rows)."""
+        T, N = x.shape[1], cos.shape[0]
+        q, k, v = self._project(x)
+        a_mem, dM, dz = self._memory(q, k, v, st.memory, st.norm, None)  # every token reads M_{s-1}
+        pend_M, pend_z = st.pending_memory + dM, st.pending_norm + dz  # the segment's write so far
+        # at the segment's end fold the write in (eq 8 / eq 9) and start the next one empty: arithmetic, no branch
+        fold = (position + T == N).to(pend_M.dtype)  # (1,): 1.0 on the segment's last chunk
+        new = LayerDecodeState(st.memory + fold * pend_M, st.norm + fold * pend_z,
+                               pend_M - fold * pend_M, pend_z - fold * pend_z)
+        # local path: the cached rows 0..p-1 of this segment, then the chunk itself, causally
+        pos = position + torch.arange(T, device=x.device)  # (T,)
+        cos_p, sin_p = cos.index_select(0, pos), sin.index_select(0, pos)  # (T, dh)
+        qr, kr = rope(q, cos_p, sin_p, rot_t), rope(k, cos_p, sin_p, rot_t)  # (B, H, T, dk)
+        scale = 1.0 / math.sqrt(self.d_head)
+        visible = torch.where(slots < position, 0.0, float("-inf")).to(q.dtype)  # (N,): slots before p
+        s_cache = (qr @ cache.key.transpose(-1, -2)) * scale + visible  # (B, H, T, N)
+        s_self = (qr @ kr.transpose(-1, -2)) * scale + mask[:T, :T].to(q.dtype)  # (B, H, T, T)
+        p = torch.softmax(torch.cat([s_cache, s_self], dim=-1), dim=-1)  # (B, H, T, N + T)
+        a_dot = p[..., :N] @ cache.value + p[..., N:] @ v  # eq 6: (B, H, T, dv)
+        return self._mix(a_mem, a_dot, x.dtype), new, LayerCache(kr, v)
 
 
 class SwiGLU(nn.Module):
@@ -132,9 +170,14 @@ class Block(nn.Module):
 
     def forward(self, x, mem, cos, sin, rot_t, mask, ones):
         h, new_mem = self.attn(self.attn_norm(x), mem, cos, sin, rot_t, mask, ones)
-        x = x + h
-        x = x + self.ffn(self.ffn_norm(x))
-        return x, new_mem
+        return self._ffn(x + h), new_mem
+
+    def decode(self, x, position, st, cache, cos, sin, rot_t, mask, slots):
+        h, new_st, rows = self.attn.decode(self.attn_norm(x), position, st, cache, cos, sin, rot_t, mask, slots)
+        return self._ffn(x + h), new_st, rows
+
+    def _ffn(self, x):
+        return x + self.ffn(self.ffn_norm(x))
 
 
 class InfiniTransformer(nn.Module):
@@ -159,6 +202,7 @@ class InfiniTransformer(nn.Module):
         # constant additive causal mask: delegates well (no arange/where in the graph)
         causal = torch.full((N, N), float("-inf")).triu(1)  # (N, N)
         self.register_buffer("causal_mask", causal, persistent=False)
+        self.register_buffer("cache_slots", torch.arange(N), persistent=False)  # (N,): decode's visible slots
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -210,6 +254,48 @@ class InfiniTransformer(nn.Module):
         logits = self.lm_head(self.norm(x))  # (B, T, V)
         return logits, tuple(new_state)
 
+    # ---- the decode protocol: token-level generation inside a segment ---------------------------
+    def decode_spec(self) -> DecodeSpec:
+        cfg = self.cfg
+        cache_dtype = str(self.embed.weight.dtype).replace("torch.", "")
+        state, cache = layer_decode_specs(cfg.n_layers, cfg.n_heads, cfg.d_head, cfg.segment_len, cache_dtype)
+        return DecodeSpec(cfg.segment_len, state, cache)
+
+    def init_decode_state(self, batch_size: int, device=None) -> tuple[tuple[LayerDecodeState, ...], tuple[LayerCache, ...]]:
+        """The decode state at the start of a segment (zero pending write) and an empty cache."""
+        return self.decode_state_from(self.init_state(batch_size, device))
+
+    def decode_state_from(self, state: tuple[LayerMemory, ...]):
+        """The decode state at position 0 that continues from a segment state: (state, cache)."""
+        cfg, dtype = self.cfg, self.embed.weight.dtype
+        dec, cache = [], []
+        for mem in state:
+            B = mem.memory.shape[0]
+            dec.append(LayerDecodeState(mem.memory, mem.norm, torch.zeros_like(mem.memory), torch.zeros_like(mem.norm)))
+            kv = torch.zeros(B, cfg.n_heads, cfg.segment_len, cfg.d_head, dtype=dtype, device=mem.memory.device)
+            cache.append(LayerCache(kv, kv.clone()))
+        return tuple(dec), tuple(cache)
+
+    def decode(self, input_ids: torch.Tensor, position: torch.Tensor, state: tuple[LayerDecodeState, ...],
+               cache: tuple[LayerCache, ...]):
+        """Tokens p..p+T-1 of the current segment: ``(input_ids (B, T), position (1,) int64, state, cache) ->
+        (logits (B, T, V), new_state, cache_rows)`` with ``T <= segment_len - p``.
+
+        Pure. The caller writes ``cache_rows[i]`` (B, H, T, dh) into ``cache[i]`` at ``[:, :, p:p+T]`` and
+        moves to ``p + T``, or to 0 when that is ``segment_len``: the returned state has then folded the
+        segment's write into memory, equal (to rounding) to what ``step`` returns for the whole segment.
+        """
+        if not torch.compiler.is_compiling():
+            self.check_decode_inputs(input_ids, position, state, cache)
+        x = self.embed(input_ids)  # (B, T, D)
+        new_state, rows = [], []
+        consts = (self.rope_cos, self.rope_sin, self.rope_rot_t, self.causal_mask, self.cache_slots)
+        for block, st, c in zip(self.blocks, state, cache):
+            x, st, r = block.decode(x, position, st, c, *consts)
+            new_state.append(st)
+            rows.append(r)
+        return self.lm_head(self.norm(x)), tuple(new_state), tuple(rows)
+
     def forward(self, input_ids: torch.Tensor, state: tuple[LayerMemory, ...] | None = None):
         """Any length: cuts ``input_ids`` (B, T) into segments and chains ``step`` (differentiable)."""
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
@@ -258,6 +344,28 @@ class InfiniTransformer(nn.Module):
                 if tensor.dtype != STATE_DTYPE:
                     raise ValueError(f"state[{i}].{field_name} has dtype {tensor.dtype}, expected torch.float32 "
                                      "(the state stays float32: z grows with every token)")
+
+    def check_decode_inputs(self, input_ids, position, state, cache) -> None:
+        cfg = self.cfg
+        if not isinstance(position, torch.Tensor) or position.dtype != torch.int64 or tuple(position.shape) != (1,):
+            raise ValueError(f"position must be an int64 tensor of shape (1,), got {_describe(position)}")
+        p = int(position[0])
+        T = input_ids.shape[-1] if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 else 0
+        if not 0 <= p < cfg.segment_len or not 1 <= T <= cfg.segment_len - p:
+            raise ValueError(f"decode at position {p} with {T} tokens: expected 0 <= position < "
+                             f"segment_len={cfg.segment_len} and 1 <= tokens <= segment_len - position")
+        self.check_step_inputs(input_ids, [LayerMemory(st.memory, st.norm) for st in state])
+        B = input_ids.shape[0]
+        for i, (st, c) in enumerate(zip(state, cache)):
+            want = {"pending_memory": ((B, cfg.n_heads, cfg.d_head, cfg.d_head), STATE_DTYPE),
+                    "pending_norm": ((B, cfg.n_heads, cfg.d_head), STATE_DTYPE),
+                    "key": ((B, cfg.n_heads, cfg.segment_len, cfg.d_head), self.embed.weight.dtype),
+                    "value": ((B, cfg.n_heads, cfg.segment_len, cfg.d_head), self.embed.weight.dtype)}
+            for name, tensor in (("pending_memory", st.pending_memory), ("pending_norm", st.pending_norm),
+                                 ("key", c.key), ("value", c.value)):
+                shape, dtype = want[name]
+                if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != shape or tensor.dtype != dtype:
+                    raise ValueError(f"decode state[{i}].{name} is {_describe(tensor)}, expected {shape} {dtype}")
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

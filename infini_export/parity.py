@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .compare import errors, within
 from .eager import EagerBackend
+from .parity_decode import validate_decode
 from .protocol import check_protocol
 
 
@@ -57,6 +59,7 @@ class ParityReport:
     tolerance: dict
     per_segment: list = field(default_factory=list)
     wiring: dict = field(default_factory=dict)
+    decode: dict = field(default_factory=dict)  # the decode program's token-by-token parity, where it has one
     failures: list = field(default_factory=list)
     summary: dict = field(default_factory=dict)
 
@@ -89,24 +92,18 @@ class ParityReport:
                      f"{s.get('state_max_rel', float('nan')):.3e}, top-1 agreement {s.get('top1', float('nan')):.4f}, "
                      f"error trend (last/first quarter) {s.get('logits_trend', float('nan')):.2f}")
         lines.append(f"state wiring: {'ok' if self.wiring.get('passed') else 'FAILED'}")
+        d = self.decode
+        if d:
+            lines.append(f"decode program, {d['tokens']} tokens in {d['calls']} calls across {d['boundaries']} segment "
+                         f"boundaries: worst logits abs {d['logits_max_abs']:.3e}, worst state rel "
+                         f"{d['state_max_rel']:.3e}, top-1 {d['top1']:.4f}, wiring "
+                         f"{'ok' if d['wiring']['passed'] else 'FAILED'}")
         verdict = "PASSED" if self.passed else f"FAILED ({len(self.failures)} failures)"
         lines.append(f"parity {self.backend}/{self.precision} over {self.segments} segments: {verdict}")
         lines.extend(f"  - {f}" for f in self.failures[:20])
         if len(self.failures) > 20:
             lines.append(f"  ... and {len(self.failures) - 20} more (see the JSON report)")
         return "\n".join(lines)
-
-
-def _errors(got: np.ndarray, ref: np.ndarray) -> dict:
-    diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
-    scale = float(np.abs(ref).max()) if ref.size else 0.0
-    max_abs = float(diff.max()) if diff.size else 0.0
-    return {"max_abs": max_abs, "max_rel": max_abs / scale if scale > 0 else max_abs, "ref_max": scale,
-            "finite": bool(np.isfinite(got).all())}
-
-
-def _within(err: dict, atol: float, rtol: float) -> bool:
-    return err["finite"] and err["max_abs"] <= atol + rtol * err["ref_max"]
 
 
 def compare_step(backend, eager: EagerBackend, spec, ids, state_art, state_ref, tol: Tolerance, seg: int,
@@ -119,10 +116,10 @@ def compare_step(backend, eager: EagerBackend, spec, ids, state_art, state_ref, 
         failures.append(f"segment {seg}: logits shape {logits.shape}, eager {ref_logits.shape}")
         row.update(logits={"max_abs": float("inf"), "max_rel": float("inf"), "ref_max": 0.0, "finite": False}, top1=0.0)
     else:
-        err = _errors(logits, ref_logits)
+        err = errors(logits, ref_logits)
         row["logits"] = err
         row["top1"] = float((logits.argmax(-1) == ref_logits.argmax(-1)).mean())
-        if not _within(err, tol.logits_atol, tol.logits_rtol):
+        if not within(err, tol.logits_atol, tol.logits_rtol):
             failures.append(f"segment {seg}: logits max abs error {err['max_abs']:.3e} exceeds "
                             f"{tol.logits_atol:g} + {tol.logits_rtol:g} * {err['ref_max']:.3g}"
                             + ("" if err["finite"] else " (NaN/inf in output)"))
@@ -135,9 +132,9 @@ def compare_step(backend, eager: EagerBackend, spec, ids, state_art, state_ref, 
             failures.append(f"segment {seg}: state {s.name} is {a.shape} {a.dtype}, eager {r.shape} {r.dtype}")
             row["state"][s.name] = {"max_abs": float("inf"), "max_rel": float("inf"), "ref_max": 0.0, "finite": False}
             continue
-        err = _errors(a, r)
+        err = errors(a, r)
         row["state"][s.name] = err
-        if not _within(err, tol.state_atol, tol.state_rtol):
+        if not within(err, tol.state_atol, tol.state_rtol):
             failures.append(f"segment {seg}: state {s.name} max abs error {err['max_abs']:.3e} exceeds "
                             f"{tol.state_atol:g} + {tol.state_rtol:g} * {err['ref_max']:.3g}")
     return row, new_art, new_ref
@@ -165,8 +162,10 @@ def check_wiring(backend, spec, ids_a: np.ndarray, ids_b: np.ndarray, init_state
 
 def validate(backend, module: torch.nn.Module, *, precision: str = "float32", segments: int = 64,
              batch: int = 1, seed: int = 0, tokens: np.ndarray | None = None, manifest=None,
-             progress: bool = True) -> ParityReport:
-    """Run ``backend`` (an opened runtime backend) and the eager ``module`` side by side over ``segments``."""
+             progress: bool = True, decode_segments: int = 3, decode_chunk: int = 1) -> ParityReport:
+    """Run ``backend`` (an opened runtime backend) and the eager ``module`` side by side over ``segments``;
+    then its decode program, where it has one, token by token (``decode_chunk`` tokens a call) over
+    ``decode_segments`` segment boundaries (0: skip)."""
     spec = check_protocol(module)
     tol = tolerance_for(getattr(backend, "name", "?"), precision)
     report = ParityReport(backend.name, precision, segments, batch, asdict(tol))
@@ -206,6 +205,10 @@ def validate(backend, module: torch.nn.Module, *, precision: str = "float32", se
     if segments >= 2:
         report.wiring = check_wiring(backend, spec, tokens[:, :N], tokens[:, N:2 * N], [t.copy() for t in init])
         failures.extend(report.wiring["failures"])
+    if decode_segments > 0 and getattr(backend, "has_decode", False):
+        report.decode = validate_decode(backend, module, tol, segments=decode_segments, batch=batch, seed=seed,
+                                        chunk=decode_chunk, progress=progress)
+        failures.extend(report.decode["failures"])
     rows = report.per_segment
     if rows:
         la = [r["logits"]["max_abs"] for r in rows]

@@ -7,13 +7,26 @@ A step module is a ``torch.nn.Module`` with
 
 Exporters, the manifest writer and the parity validator see only ``FlatStep``: ``forward(input_ids,
 *state_tensors) -> (logits, *new_state_tensors)`` in ``StepSpec`` order.
+
+Optionally, for token-level generation (``has_decode``), a module also provides
+- ``decode_spec() -> DecodeSpec`` and ``init_decode_state(batch_size) -> (state, cache)``;
+- ``decode_state_from(step_state) -> (state, cache)``: the decode state at position 0 after a segment;
+- ``decode(input_ids, position, state, cache) -> (logits, new_state, cache_rows)`` (see ``DecodeSpec``),
+seen by exporters as ``FlatDecode``. A module without them exports the segment step alone.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .state import StepSpec, flatten_state, unflatten_like
+from .state import DecodeSpec, StepSpec, flatten_state, unflatten_like
+
+DECODE_METHODS = ("decode_spec", "init_decode_state", "decode_state_from", "decode")
+
+
+def has_decode(module: nn.Module) -> bool:
+    """Whether ``module`` provides the optional decode protocol."""
+    return all(callable(getattr(module, attr, None)) for attr in DECODE_METHODS)
 
 
 class ProtocolError(ValueError):
@@ -96,3 +109,39 @@ class FlatStep(nn.Module):
         """Batch is the one dynamic axis (an upper bound, as ExecuTorch needs one)."""
         batch = torch.export.Dim("batch", min=1, max=max_batch)
         return {"input_ids": {0: batch}, "state": tuple({0: batch} for _ in self.spec.state)}
+
+
+class FlatDecode(nn.Module):
+    """``forward(input_ids, position, *state, *cache) -> (logits, *new_state, *cache_rows)``: the decode graph."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+        self.spec: DecodeSpec = module.decode_spec()
+        self._template = module.init_decode_state(1)
+        self._n_state = len(self.spec.state)
+
+    def forward(self, input_ids: torch.Tensor, position: torch.Tensor, *tensors: torch.Tensor):
+        state = unflatten_like(self._template[0], tensors[:self._n_state])
+        cache = unflatten_like(self._template[1], tensors[self._n_state:])
+        logits, new_state, rows = self.module.decode(input_ids, position, state, cache)
+        return (logits, *flatten_state(new_state), *flatten_state(rows))
+
+    def example_inputs(self, batch_size: int = 2, tokens: int = 3, position: int = 2, seed: int = 0):
+        """Random ids, a small non-zero state and cache, a position inside the segment."""
+        g = torch.Generator().manual_seed(seed)
+        spec = self.spec
+        ids = torch.randint(0, self.module.step_spec().vocab_size, (batch_size, tokens), generator=g)
+        state, cache = self.module.init_decode_state(batch_size)
+        flat = [t + 0.1 * torch.rand(t.shape, generator=g).to(t.dtype) for t in flatten_state((state, cache))]
+        assert len(flat) == len(spec.state) + len(spec.cache)
+        return (ids, torch.tensor([position], dtype=torch.int64), *flat)
+
+    def dynamic_shapes(self, max_batch: int = 64) -> dict:
+        """Batch (``max_batch == 1``: static) and the chunk length, 1..segment_len - 1 (a whole segment goes
+        through the segment step)."""
+        tokens = torch.export.Dim("tokens", min=1, max=max(self.spec.max_tokens - 1, 2))
+        batch = None if max_batch == 1 else torch.export.Dim("batch", min=1, max=max_batch)
+        ids = {1: tokens} if batch is None else {0: batch, 1: tokens}
+        rest = tuple(None if batch is None else {0: batch} for _ in self.spec.state + self.spec.cache)
+        return {"input_ids": ids, "position": None, "tensors": rest}

@@ -12,6 +12,7 @@ import torch
 
 INPUT_IDS = "input_ids"
 LOGITS = "logits"
+POSITION = "position"  # decode program: tokens of the current segment already in the cache, int64 (1,)
 
 
 class LayerMemory(NamedTuple):
@@ -19,6 +20,23 @@ class LayerMemory(NamedTuple):
 
     memory: torch.Tensor  # (B, H, dk, dv): M, the associative matrix
     norm: torch.Tensor  # (B, H, dk): z, the running sum of sigma(K)
+
+
+class LayerDecodeState(NamedTuple):
+    """One layer's state inside a segment: the memory left by earlier segments and this segment's pending
+    write (both float32)."""
+
+    memory: torch.Tensor  # (B, H, dk, dv): M after the last complete segment
+    norm: torch.Tensor  # (B, H, dk): z after the last complete segment
+    pending_memory: torch.Tensor  # (B, H, dk, dv): the write of this segment's tokens so far (eq 8 / eq 9)
+    pending_norm: torch.Tensor  # (B, H, dk): sum of sigma(K) over this segment's tokens so far
+
+
+class LayerCache(NamedTuple):
+    """One layer's local keys (rotated) and values of the current segment."""
+
+    key: torch.Tensor  # (B, H, N, dh), or (B, H, T, dh) rows
+    value: torch.Tensor  # (B, H, N, dh), or (B, H, T, dh) rows
 
 
 def past_name(name: str) -> str:
@@ -63,6 +81,44 @@ class StepSpec:
     def state_map(self) -> dict[str, str]:
         """Which output feeds which input at the next step."""
         return {present_name(s.name): past_name(s.name) for s in self.state}
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """The decode program's I/O, in graph order: a chunk of 1..N-p tokens at position p of a segment.
+
+    ``decode(input_ids (B, T), position (1,), state, cache) -> (logits (B, T, V), new_state, cache_rows)``.
+    ``state`` holds the segment state's tensors under the same names (``memory.i``, ``norm.i``) plus the
+    pending write of the segment so far; ``cache`` the local keys/values (B, H, N, dh) of the segment's
+    first p tokens (slots >= p are ignored). ``cache_rows`` are the T new rows, written by the caller at
+    ``[:, :, p:p+T]``. When ``p + T == segment_len`` the program folds the pending write into memory and
+    returns it zeroed: the state is then the segment step's state and the next call starts at position 0.
+    """
+
+    max_tokens: int
+    state: tuple[StateTensorSpec, ...]
+    cache: tuple[StateTensorSpec, ...]
+
+    def input_names(self) -> list[str]:
+        return [INPUT_IDS, POSITION] + [past_name(s.name) for s in self.state + self.cache]
+
+    def output_names(self) -> list[str]:
+        return [LOGITS] + [present_name(s.name) for s in self.state + self.cache]
+
+
+def layer_decode_specs(n_layers: int, n_heads: int, d_head: int, segment_len: int,
+                       cache_dtype: str = "float32") -> tuple[tuple[StateTensorSpec, ...], tuple[StateTensorSpec, ...]]:
+    """Per layer state ``memory.i``, ``norm.i``, ``pending_memory.i``, ``pending_norm.i`` (float32) and
+    cache ``key.i``, ``value.i`` (B, H, N, dh)."""
+    state, cache = [], []
+    for i in range(n_layers):
+        state += [StateTensorSpec(f"memory.{i}", ("batch", n_heads, d_head, d_head)),
+                  StateTensorSpec(f"norm.{i}", ("batch", n_heads, d_head)),
+                  StateTensorSpec(f"pending_memory.{i}", ("batch", n_heads, d_head, d_head)),
+                  StateTensorSpec(f"pending_norm.{i}", ("batch", n_heads, d_head))]
+        cache += [StateTensorSpec(f"key.{i}", ("batch", n_heads, segment_len, d_head), cache_dtype),
+                  StateTensorSpec(f"value.{i}", ("batch", n_heads, segment_len, d_head), cache_dtype)]
+    return tuple(state), tuple(cache)
 
 
 def layer_state_specs(n_layers: int, n_heads: int, d_head: int) -> tuple[StateTensorSpec, ...]:

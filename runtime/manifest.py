@@ -13,6 +13,7 @@ FORMAT = "infini-export"
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 ROLES = ("ids", "state-in", "logits", "state-out")
+DECODE_ROLES = ("ids", "position", "state-in", "cache-in", "logits", "state-out", "cache-rows")
 _REQUIRED = ("format", "format_version", "backend", "segment_len", "vocab_size", "inputs", "outputs", "state",
              "files", "program", "model_fingerprint")
 
@@ -35,6 +36,31 @@ class StateEntry:
 
     def concrete_shape(self, batch: int) -> tuple[int, ...]:
         return tuple(batch if d == "batch" else int(d) for d in self.shape)
+
+
+def _entry(s: dict) -> StateEntry:
+    return StateEntry(s["name"], s["input"], s["output"], tuple(s["shape"]), s["dtype"])
+
+
+@dataclass(frozen=True)
+class DecodeInfo:
+    """The manifest's ``decode`` section: a chunk of 1..N-p tokens at position p of the current segment."""
+
+    program: dict  # {"format", "file"} (or "method" for a .pte)
+    max_tokens: int  # segment_len: position + tokens never exceeds it
+    position: str  # graph input carrying p, int64 (1,)
+    inputs: list  # graph inputs in positional order (name, role, dtype, shape)
+    outputs: list  # graph outputs in positional order
+    state: list  # StateEntry per state tensor (memory.i, norm.i as in the segment state, then the pending write)
+    cache: list  # StateEntry per cache tensor (B, H, N, dh); its output is the chunk's rows, axis 2
+
+    @property
+    def input_names(self) -> list[str]:
+        return [io["name"] for io in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [io["name"] for io in self.outputs]
 
 
 @dataclass(frozen=True)
@@ -67,8 +93,16 @@ class Manifest:
 
     @property
     def state(self) -> list[StateEntry]:
-        return [StateEntry(s["name"], s["input"], s["output"], tuple(s["shape"]), s["dtype"])
-                for s in self.data["state"]]
+        return [_entry(s) for s in self.data["state"]]
+
+    @property
+    def decode(self) -> DecodeInfo | None:
+        """The decode program, or None for an artifact of the segment step alone."""
+        d = self.data.get("decode")
+        if d is None:
+            return None
+        return DecodeInfo(d["program"], int(d["max_tokens"]), d["position"], d["inputs"], d["outputs"],
+                          [_entry(s) for s in d["state"]], [_entry(s) for s in d["cache"]])
 
     @property
     def input_names(self) -> list[str]:
@@ -129,6 +163,31 @@ class Manifest:
             raise ManifestError("manifest must list exactly one ids input and one logits output")
         if self.segment_len < 1 or self.vocab_size < 1:
             raise ManifestError(f"manifest segment_len={self.segment_len}, vocab_size={self.vocab_size}: expected >= 1")
+        if "decode" in d:
+            self._check_decode()
+
+    def _check_decode(self) -> None:
+        try:
+            dec = self.decode
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ManifestError(f"manifest decode section is malformed: {exc!r}") from None
+        roles = [io.get("role") for io in dec.inputs + dec.outputs]
+        if any(r not in DECODE_ROLES for r in roles):
+            raise ManifestError(f"manifest decode I/O roles {roles} include one outside {DECODE_ROLES}")
+        ins, outs = set(dec.input_names), set(dec.output_names)
+        for s in dec.state + dec.cache:
+            if s.input not in ins or s.output not in outs:
+                raise ManifestError(f"decode tensor {s.name!r} maps {s.output!r} -> {s.input!r}, but the decode "
+                                    "program's I/O does not list both")
+        seg = {s.name: s for s in self.state}
+        names = {s.name for s in dec.state}
+        missing = sorted(set(seg) - names)
+        if missing:
+            raise ManifestError(f"the decode state lacks the segment state tensors {missing}: a runtime could not "
+                                "hand the state over at segment boundaries")
+        if dec.position not in ins or dec.max_tokens != self.segment_len:
+            raise ManifestError(f"decode position input {dec.position!r} / max_tokens {dec.max_tokens}: expected an "
+                                f"input of the decode program and segment_len={self.segment_len}")
 
     def verify_files(self) -> None:
         """Every listed file exists with the recorded size and sha256."""

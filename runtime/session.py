@@ -13,7 +13,7 @@ from .errors import InfiniRuntimeError, InputError, StateError
 from .manifest import Manifest
 
 STATE_FILE_FORMAT = "infini-export-state"
-STATE_FILE_VERSION = 1
+STATE_FILE_VERSION = 2  # 2: the decode state (pending write, cache rows); 1: segment state + pending tokens
 
 
 class InfiniSession:
@@ -26,25 +26,32 @@ class InfiniSession:
     logits and the same final state. Failed calls leave the session exactly as it was.
     """
 
-    def __init__(self, manifest: Manifest, backend, batch_size: int = 1):
+    def __init__(self, manifest: Manifest, backend, batch_size: int = 1, use_decode: bool = True):
         self.manifest = manifest
         self.backend = backend
         self._entries = manifest.state
         self.segment_len = manifest.segment_len
         self.vocab_size = manifest.vocab_size
+        dec = manifest.decode if use_decode and getattr(backend, "has_decode", False) else None
+        self._decode = dec
+        if dec is not None:  # where each segment-state tensor sits in the decode state
+            names = [e.name for e in dec.state]
+            self._seg_idx = [names.index(e.name) for e in self._entries]
         self._initial = self._load_initial_state()
         self._reset(batch_size)
 
     # ---- construction --------------------------------------------------------------------------
     @classmethod
     def open(cls, artifact_dir: str | os.PathLike, backend: str | None = None, batch_size: int = 1,
-             verify: bool = True, **backend_options) -> "InfiniSession":
-        """Open an artifact folder: read and check ``manifest.json``, verify file hashes, load the program."""
+             verify: bool = True, use_decode: bool = True, **backend_options) -> "InfiniSession":
+        """Open an artifact folder: read and check ``manifest.json``, verify file hashes, load the program(s).
+
+        ``use_decode=False`` ignores the artifact's decode program (a partial segment is then re-run padded)."""
         manifest = Manifest.load(artifact_dir)
         if verify:
             manifest.verify_files()
         name = backend or manifest.backend
-        return cls(manifest, open_backend(name, manifest, **backend_options), batch_size)
+        return cls(manifest, open_backend(name, manifest, **backend_options), batch_size, use_decode)
 
     def _load_initial_state(self) -> list[np.ndarray]:
         init = self.manifest.data.get("initial_state", "zeros")
@@ -53,12 +60,32 @@ class InfiniSession:
         with np.load(self.manifest.file_path(init["file"]), allow_pickle=False) as data:
             return [np.array(data[e.name], dtype=e.dtype) for e in self._entries]
 
+    @property
+    def decoding(self) -> bool:
+        """Whether tokens inside a segment go through the artifact's decode program (one call per chunk)."""
+        return self._decode is not None
+
     def _reset(self, batch_size: int) -> None:
         self._check_batch(batch_size)
         self.batch_size = batch_size
         self._state = [np.ascontiguousarray(np.repeat(s, batch_size, axis=0)) for s in self._initial]
         self._pending = np.zeros((batch_size, 0), dtype=np.int64)
+        self._last = None  # (B, V) logits of the last token consumed
         self.tokens_consumed = 0
+        if self._decode is not None:
+            self._state = self._decode_state_from(self._state)
+            self._cache = [np.zeros(e.concrete_shape(batch_size), dtype=e.dtype) for e in self._decode.cache]
+
+    def _decode_state_from(self, seg_state: list[np.ndarray]) -> list[np.ndarray]:
+        """The decode state at position 0 continuing from a segment state: the pending write is zero."""
+        B = seg_state[0].shape[0]
+        out = [np.zeros(e.concrete_shape(B), dtype=e.dtype) for e in self._decode.state]
+        for k, a in zip(self._seg_idx, seg_state):
+            out[k] = a
+        return out
+
+    def _segment_state(self, state: list[np.ndarray]) -> list[np.ndarray]:
+        return state if self._decode is None else [state[k] for k in self._seg_idx]
 
     def _check_batch(self, batch_size) -> None:
         if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or \
@@ -75,13 +102,20 @@ class InfiniSession:
         twin.__dict__.update(self.__dict__)
         twin._state = [s.copy() for s in self._state]
         twin._pending = self._pending.copy()
+        if self._decode is not None:
+            twin._cache = [c.copy() for c in self._cache]
         return twin
 
     # ---- state ---------------------------------------------------------------------------------
     @property
     def state(self) -> dict[str, np.ndarray]:
-        """Copies of the committed state tensors, by base name (``memory.0``, ``norm.0``, ...)."""
-        return {e.name: s.copy() for e, s in zip(self._entries, self._state)}
+        """Copies of the state after the last complete segment, by base name (``memory.0``, ``norm.0``, ...)."""
+        return {e.name: s.copy() for e, s in zip(self._entries, self._segment_state(self._state))}
+
+    @property
+    def position(self) -> int:
+        """Tokens of the current segment consumed so far (0 at a segment boundary)."""
+        return self._pending.shape[1]
 
     @property
     def pending_tokens(self) -> np.ndarray:
@@ -95,8 +129,19 @@ class InfiniSession:
         pend = np.zeros((batch, 0), dtype=np.int64) if pending is None else self._checked_ids(pending, batch)
         if pend.shape[1] >= self.segment_len:
             raise StateError(f"pending tokens must be fewer than segment_len={self.segment_len}, got {pend.shape[1]}")
-        self._state, self._pending, self.batch_size = new, pend, batch
-        self.tokens_consumed = int(tokens_consumed) if tokens_consumed is not None else pend.shape[1]
+        consumed = int(tokens_consumed) if tokens_consumed is not None else pend.shape[1]
+        if self._decode is None:
+            self._state, self._pending, self.batch_size, self._last = new, pend, batch, None
+            self.tokens_consumed = consumed
+            return
+        # decode: continue from the segment state by running the pending tokens (nothing changes if that fails)
+        twin = self.fork()
+        twin.batch_size, twin._state, twin._pending, twin._last = batch, self._decode_state_from(new), pend[:, :0], None
+        twin._cache = [np.zeros(e.concrete_shape(batch), dtype=e.dtype) for e in self._decode.cache]
+        if pend.shape[1]:
+            twin._advance(pend, "last")
+        self.__dict__.update(twin.__dict__)
+        self.tokens_consumed = consumed
 
     def _checked_state(self, state) -> tuple[list[np.ndarray], int]:
         if not isinstance(state, dict):
@@ -124,19 +169,33 @@ class InfiniSession:
         return out, batch
 
     def save_state(self, path: str | os.PathLike) -> Path:
-        """Write state, pending tokens and provenance atomically (temp file, fsync, rename)."""
+        """Write state, pending tokens and provenance atomically (temp file, fsync, rename).
+
+        With a decode program the file holds the decode state too (version 2: the pending write, the cache
+        rows of the current segment and the last logits), so a resumed session continues bit for bit."""
         path = Path(path)
-        meta = {"format": STATE_FILE_FORMAT, "version": STATE_FILE_VERSION,
+        meta = {"format": STATE_FILE_FORMAT, "version": 1 if self._decode is None else STATE_FILE_VERSION,
                 "model_fingerprint": self.manifest.fingerprint, "tokens_consumed": self.tokens_consumed,
-                "batch_size": self.batch_size, "segment_len": self.segment_len,
-                "names": [e.name for e in self._entries]}
-        arrays = {f"state/{e.name}": s for e, s in zip(self._entries, self._state)}
+                "batch_size": self.batch_size, "segment_len": self.segment_len}
+        if self._decode is None:
+            meta["names"] = [e.name for e in self._entries]
+            arrays = {f"state/{e.name}": s for e, s in zip(self._entries, self._state)}
+        else:
+            meta["names"] = [e.name for e in self._decode.state]
+            meta["position"] = self.position
+            arrays = {f"state/{e.name}": s for e, s in zip(self._decode.state, self._state)}
+            arrays.update({f"cache/{e.name}": c[:, :, :self.position] for e, c in zip(self._decode.cache, self._cache)})
+            if self._last is not None:
+                arrays["last_logits"] = self._last
         arrays["pending"] = self._pending
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         return atomic_write(path, lambda f: np.savez(f, **arrays))
 
     def load_state(self, path: str | os.PathLike) -> None:
-        """Load a file written by ``save_state`` of the *same model*; anything else raises ``StateError``."""
+        """Load a file written by ``save_state`` of the *same model*; anything else raises ``StateError``.
+
+        A version-1 file (segment state + pending tokens) opened with a decode program is continued by running
+        its pending tokens through the decode program."""
         path = Path(path)
         try:
             with np.load(path, allow_pickle=False) as data:
@@ -146,14 +205,59 @@ class InfiniSession:
             raise StateError(f"state file {path} does not exist") from None
         except Exception as exc:
             raise StateError(f"{path} is not a readable state file: {exc}") from exc
-        if meta.get("format") != STATE_FILE_FORMAT or meta.get("version") != STATE_FILE_VERSION:
-            raise StateError(f"{path} is not an infini-export state file of version {STATE_FILE_VERSION}")
+        version = meta.get("version") if isinstance(meta, dict) else None
+        if not isinstance(meta, dict) or meta.get("format") != STATE_FILE_FORMAT or version not in (1, 2):
+            raise StateError(f"{path} is not an infini-export state file of version 1 or {STATE_FILE_VERSION}")
         if meta.get("model_fingerprint") != self.manifest.fingerprint:
             raise StateError(f"{path} holds the state of another model (fingerprint "
                              f"{str(meta.get('model_fingerprint'))[:12]}...), this session's model is "
                              f"{self.manifest.fingerprint[:12]}...")
         state = {k[len("state/"):]: v for k, v in arrays.items() if k.startswith("state/")}
-        self.set_state(state, arrays.get("pending"), meta.get("tokens_consumed"))
+        if version == 1:
+            self.set_state(state, arrays.get("pending"), meta.get("tokens_consumed"))
+            return
+        if self._decode is None:
+            raise StateError(f"{path} holds a decode state (version 2); this session runs without a decode "
+                             "program: open the artifact with its decode program")
+        cache = {k[len("cache/"):]: v for k, v in arrays.items() if k.startswith("cache/")}
+        self._set_decode_state(state, cache, arrays.get("pending"), arrays.get("last_logits"),
+                               meta.get("tokens_consumed"))
+
+    def _set_decode_state(self, state: dict, cache: dict, pending, last, tokens_consumed) -> None:
+        """Restore a saved decode state exactly (checked; nothing changes if it fails)."""
+        dec = self._decode
+        names = [e.name for e in dec.state]
+        if sorted(state) != sorted(names) or sorted(cache) != sorted(e.name for e in dec.cache):
+            raise StateError(f"decode state has tensors {sorted(state)} and cache {sorted(cache)}, this model "
+                             f"expects {sorted(names)} and {sorted(e.name for e in dec.cache)}")
+        seg, batch = self._checked_state({e.name: state[e.name] for e in self._entries})
+        pend = self._checked_ids(pending if pending is not None else np.zeros((batch, 0), np.int64), batch)
+        p = pend.shape[1]
+        if p >= self.segment_len:
+            raise StateError(f"pending tokens must be fewer than segment_len={self.segment_len}, got {p}")
+        new_state = []
+        for e in dec.state:
+            arr = state[e.name]
+            if not isinstance(arr, np.ndarray) or arr.shape != e.concrete_shape(batch) or arr.dtype != np.dtype(e.dtype) \
+                    or not np.isfinite(arr).all():
+                raise StateError(f"decode state tensor {e.name!r} must be finite {e.dtype} {e.concrete_shape(batch)}")
+            new_state.append(np.ascontiguousarray(arr).copy())
+        new_cache = []
+        for e in dec.cache:
+            full = e.concrete_shape(batch)
+            want = full[:2] + (p,) + full[3:]
+            arr = cache[e.name]
+            if not isinstance(arr, np.ndarray) or arr.shape != want or arr.dtype != np.dtype(e.dtype):
+                raise StateError(f"cache tensor {e.name!r} must be {e.dtype} {want} (the rows of the {p} pending "
+                                 f"tokens), got {getattr(arr, 'dtype', None)} {getattr(arr, 'shape', None)}")
+            c = np.zeros(full, dtype=e.dtype)
+            c[:, :, :p] = arr
+            new_cache.append(c)
+        if last is not None and (not isinstance(last, np.ndarray) or last.shape != (batch, self.vocab_size)):
+            raise StateError(f"last_logits must be ({batch}, {self.vocab_size}), got {getattr(last, 'shape', None)}")
+        self._state, self._cache, self._pending, self.batch_size = new_state, new_cache, pend, batch
+        self._last = None if last is None else last.astype(np.float32)
+        self.tokens_consumed = int(tokens_consumed) if tokens_consumed is not None else p
 
     # ---- streaming -----------------------------------------------------------------------------
     def _checked_ids(self, ids, batch: int | None) -> np.ndarray:
@@ -189,9 +293,57 @@ class InfiniSession:
                                      f"{ids.shape}: {str(exc).splitlines()[0][:300]}") from exc
         return logits, new_state
 
+    def _run_decode(self, ids: np.ndarray, position: int, state: list[np.ndarray]):
+        try:
+            return self.backend.run_decode(ids, position, state, self._cache)
+        except InfiniRuntimeError:
+            raise
+        except Exception as exc:
+            raise InfiniRuntimeError(f"the {self.backend.name} backend's decode program failed on {ids.shape[1]} "
+                                     f"tokens at position {position}: {str(exc).splitlines()[0][:300]}") from exc
+
+    def _advance_decode(self, ids: np.ndarray, keep: str):
+        """Whole segments at a boundary through the segment step, everything else through the decode program.
+
+        At most one decode call reads the cache (the first, finishing the current segment); only the last
+        call's rows are kept, written in place after every call has succeeded."""
+        B, T, N = ids.shape[0], ids.shape[1], self.segment_len
+        state, p, i = self._state, self.position, 0
+        kept, last, rows = [], self._last, None
+        while i < T:
+            if p == 0 and T - i >= N:
+                logits, seg = self._run(ids[:, i:i + N], self._segment_state(state))  # (B, N, V)
+                state = list(state)
+                for k, a in zip(self._seg_idx, seg):
+                    state[k] = a
+                n, rows = N, None
+            else:
+                n = min(N - p, T - i)
+                logits, state, new_rows = self._run_decode(ids[:, i:i + n], p, state)  # (B, n, V)
+                rows = (p, new_rows) if p + n < N else None
+            if keep == "all":
+                kept.append(logits)
+            last = logits[:, -1]
+            p, i = (p + n) % N, i + n
+        # commit: nothing above touched the session
+        if rows is not None:
+            start, new_rows = rows
+            for cache, r in zip(self._cache, new_rows):
+                cache[:, :, start:start + r.shape[2]] = r
+        pend = ids[:, T - p:] if p <= T else np.concatenate([self._pending, ids], axis=1)[:, -p:]  # (B, p)
+        self._state, self._pending, self._last = state, np.ascontiguousarray(pend[:, pend.shape[1] - p:]), last
+        self.tokens_consumed += T
+        return kept, last
+
     def _advance(self, ids, keep: str):
         one_d = isinstance(ids, np.ndarray) and ids.ndim == 1
         ids = self._checked_ids(ids, self.batch_size)
+        if self._decode is not None:
+            kept, last = self._advance_decode(ids, keep)
+            if keep != "all":
+                return last
+            out = np.concatenate(kept, axis=1) if kept else np.zeros((ids.shape[0], 0, self.vocab_size), np.float32)
+            return out[0] if one_d else out
         B, T, N = ids.shape[0], ids.shape[1], self.segment_len
         p = self._pending.shape[1]
         buf = np.concatenate([self._pending, ids], axis=1) if p else ids  # (B, p + T)
@@ -215,6 +367,7 @@ class InfiniSession:
             last = logits[:, r - 1]
         # commit: nothing above touched the session
         self._state, self._pending = state, np.ascontiguousarray(rest)
+        self._last = last if last is not None else self._last
         self.tokens_consumed += T
         if keep == "all":
             V = self.vocab_size
@@ -235,8 +388,20 @@ class InfiniSession:
                  top_p: float | None = None, seed: int | None = None) -> np.ndarray:
         """Feed ``prompt_ids`` then sample ``max_new_tokens`` tokens (B, n); greedy when temperature is 0.
 
-        The session continues from where it was: the prompt and the generated tokens are consumed.
+        The session continues from where it was: the prompt and the generated tokens are consumed. With a
+        decode program each new token costs one decode call. If it fails, the session is as it was.
         """
+        saved = self._snapshot()
+        try:
+            toks = list(self.generate_iter(prompt_ids, max_new_tokens, temperature, top_k, top_p, seed))
+        except BaseException:
+            self._restore(saved)
+            raise
+        return np.stack(toks, axis=1) if toks else np.zeros((self.batch_size, 0), dtype=np.int64)
+
+    def generate_iter(self, prompt_ids, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
+                      top_p: float | None = None, seed: int | None = None):
+        """Like ``generate``, yielding each new token (B,) as soon as it is sampled (and consumed)."""
         if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
             raise InputError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
         if not isinstance(temperature, (int, float, np.floating)) or not np.isfinite(temperature) or temperature < 0:
@@ -249,23 +414,30 @@ class InfiniSession:
         if ids.shape[1] == 0 and self.tokens_consumed == 0:
             raise InputError("generate needs at least one prompt token on a fresh session")
         rng = np.random.default_rng(seed)
-        saved = (self._state, self._pending, self.tokens_consumed)
-        try:
-            last = self.stream(ids) if ids.shape[1] else self._last_logits()
-            out = np.zeros((self.batch_size, max_new_tokens), dtype=np.int64)
-            for i in range(max_new_tokens):
-                tok = _sample(last, temperature, top_k, top_p, rng)  # (B,)
-                out[:, i] = tok
-                if i + 1 < max_new_tokens:
-                    last = self.stream(tok[:, None])
-            if max_new_tokens:
-                self.stream(out[:, -1:])
-        except BaseException:
-            self._state, self._pending, self.tokens_consumed = saved
-            raise
-        return out
+        last = self.stream(ids) if ids.shape[1] else self._last_logits()
+        for _ in range(max_new_tokens):
+            tok = _sample(last, temperature, top_k, top_p, rng)  # (B,)
+            last = self.stream(tok[:, None])
+            yield tok
+
+    def _snapshot(self) -> dict:
+        """What ``_restore`` needs to undo any number of calls: the cache rows in use are copied (the calls
+        write rows in place, and past a segment boundary over the rows in use)."""
+        snap = {k: self.__dict__[k] for k in ("_state", "_pending", "_last", "tokens_consumed", "batch_size")}
+        if self._decode is not None:
+            snap["_rows"] = [c[:, :, :self.position].copy() for c in self._cache]
+        return snap
+
+    def _restore(self, snap: dict) -> None:
+        rows = snap.pop("_rows", None)
+        self.__dict__.update(snap)
+        if rows is not None:
+            for c, r in zip(self._cache, rows):
+                c[:, :, :r.shape[2]] = r
 
     def _last_logits(self) -> np.ndarray:
+        if self._last is not None:
+            return self._last
         if self._pending.shape[1] == 0:
             raise InputError("generate with an empty prompt needs a pending token to continue from; "
                              "feed at least one token")

@@ -80,8 +80,8 @@ def test_chunking_invariance(onnx_artifacts):
             parts.append(s.feed(ids[pos:pos + n]))
             pos, k = pos + n, k + 1
         np.testing.assert_allclose(np.concatenate(parts), ref, rtol=0, atol=1e-6)
-        for name, value in whole.state.items():
-            np.testing.assert_array_equal(s.state[name], value)
+        for name, value in whole.state.items():  # chunks of a segment sum the memory write in another order
+            np.testing.assert_allclose(s.state[name], value, rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(s.pending_tokens, whole.pending_tokens)
 
 

@@ -1,0 +1,126 @@
+"""Token-level generation speed: the decode program against the segment re-run it replaces, side by side.
+
+Measured in one process, alternating, so both paths see the same machine load:
+- decode tok/s and ms/token with the decode program (one call per token) and with ``use_decode=False``
+  (a partial segment re-run padded for every token);
+- the memory-bandwidth bound: bytes of weights read per token / a measured large-array copy rate;
+- per-token latency after 1K, 32K, 1M tokens of context (flat: the state does not grow).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def copy_bandwidth(nbytes: int = 256 << 20, reps: int = 5) -> float:
+    """Bytes/s of a large numpy copy (read + write counted once each: 2 * nbytes per copy)."""
+    src = np.ones(nbytes // 4, dtype=np.float32)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t)
+    return 2 * nbytes / best
+
+
+def _decode_ms(session, n: int, seed: int) -> list[float]:
+    """Per-token wall times (ms) of ``n`` greedy tokens generated from where the session is."""
+    times, t = [], time.perf_counter()
+    for _ in session.generate_iter(np.zeros((session.batch_size, 0), np.int64), n, seed=seed):
+        now = time.perf_counter()
+        times.append(1000 * (now - t))
+        t = now
+    return times
+
+
+def measure(artifact: Path, *, new_tokens: int = 64, rerun_tokens: int = 8, prompt: int = 300, rounds: int = 2,
+            contexts: list[int] | None = None, threads: int | None = None, log=print) -> dict:
+    """Decode vs segment re-run on one artifact; optionally latency after each context length."""
+    from runtime.session import InfiniSession
+
+    opts = {"threads": threads} if threads else {}
+    fast = InfiniSession.open(artifact, **opts)
+    slow = InfiniSession.open(artifact, use_decode=False, **opts)
+    if not fast.decoding:
+        raise ValueError(f"{artifact} has no decode program; export it again with this version")
+    V, N = fast.vocab_size, fast.segment_len
+    ids = np.random.default_rng(0).integers(0, V, prompt, dtype=np.int64)
+    dec, rerun, prefill = [], [], []
+    for r in range(rounds):
+        for s in (fast, slow):
+            s.reset()
+            t = time.perf_counter()
+            s.stream(ids)
+            prefill.append(prompt / (time.perf_counter() - t))
+        dec += _decode_ms(fast, new_tokens, r)
+        rerun += _decode_ms(slow, rerun_tokens, r)
+        log(f"round {r + 1}/{rounds}: decode {np.median(dec):.2f} ms/token, segment re-run "
+            f"{np.median(rerun):.2f} ms/token")
+    man = fast.manifest.data
+    weight_bytes = sum(f["bytes"] for k, f in man["files"].items() if k == "weights")
+    bw = copy_bandwidth()
+    bound = bw / 2 / weight_bytes if weight_bytes else float("nan")  # tokens/s if each token reads every weight once
+    out = {"artifact": str(artifact), "segment_len": N, "vocab_size": V,
+           "model": man.get("model", {}).get("config"), "weights_bytes": weight_bytes,
+           "decode_ms_median": float(np.median(dec)), "rerun_ms_median": float(np.median(rerun)),
+           "decode_tok_s": 1000 / float(np.median(dec)), "rerun_tok_s": 1000 / float(np.median(rerun)),
+           "speedup": float(np.median(rerun) / np.median(dec)), "copy_bandwidth_gb_s": bw / 1e9,
+           "bandwidth_bound_tok_s": bound, "fraction_of_bound": (1000 / float(np.median(dec))) / bound,
+           "prefill_tok_s": float(np.median(prefill)), "contexts": []}
+    for ctx in contexts or []:
+        fast.reset()
+        t = time.perf_counter()
+        chunk = 16 * N
+        for start in range(0, ctx, chunk):
+            fast.stream(np.random.default_rng(start).integers(0, V, min(chunk, ctx - start), dtype=np.int64))
+        ms = _decode_ms(fast, new_tokens, 0)
+        out["contexts"].append({"context": ctx, "decode_ms_median": float(np.median(ms)),
+                                "prefill_seconds": time.perf_counter() - t, "state_bytes": _state_bytes(fast)})
+        log(f"context {ctx:,}: decode {np.median(ms):.2f} ms/token")
+    return out
+
+
+def _state_bytes(session) -> int:
+    return int(sum(a.nbytes for a in session._state) + sum(c.nbytes for c in session._cache))
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    names = [Path(r["artifact"]).name for r in results]
+    x = np.arange(len(results))
+    axes[0].bar(x - 0.2, [r["decode_tok_s"] for r in results], 0.4, label="decode program")
+    axes[0].bar(x + 0.2, [r["rerun_tok_s"] for r in results], 0.4, label="segment re-run")
+    axes[0].scatter(x, [r["bandwidth_bound_tok_s"] for r in results], color="k", marker="_", s=600,
+                    label="bandwidth bound")
+    axes[0].set_xticks(x, names)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("tokens/s (log)")
+    axes[0].legend()
+    axes[0].set_title("generation speed, batch 1")
+    for r, name in zip(results, names):
+        if r["contexts"]:
+            axes[1].plot([c["context"] for c in r["contexts"]], [c["decode_ms_median"] for c in r["contexts"]],
+                         "o-", label=name)
+    axes[1].set_xscale("log")
+    axes[1].set_ylim(bottom=0)
+    axes[1].set_xlabel("tokens of context")
+    axes[1].set_ylabel("ms per generated token")
+    axes[1].set_title("latency vs context (must be flat)")
+    if any(r["contexts"] for r in results):
+        axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def write(results: list[dict], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench_decode.json").write_text(json.dumps(results, indent=1) + "\n")
+    plot(results, out_dir / "bench_decode.png")

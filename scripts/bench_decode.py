@@ -1,0 +1,43 @@
+#!/usr/bin/env python
+"""Decode speed vs the segment re-run, the bandwidth bound, and latency vs context, for exported artifacts.
+
+    python scripts/bench_decode.py out/small-onnx --contexts 1K,32K,1M
+    python scripts/bench_decode.py --export base-32k -o out/bench-decode    # export a preset first (random weights)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from infini_export.bench_decode import measure, write
+from infini_export.passkey_eval import parse_length
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("artifacts", nargs="*", help="ONNX artifact folders with a decode program")
+    p.add_argument("--export", action="append", default=[], metavar="PRESET",
+                   help="export this preset (random weights, parity skipped) into -o first")
+    p.add_argument("-o", "--out", default="out/bench-decode")
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--rerun-tokens", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--contexts", default="", help="e.g. 1K,32K,1M: latency after that much context")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    arts = [Path(a) for a in args.artifacts]
+    for preset in args.export:
+        from exporters.pipeline import export_unchecked
+        arts.append(export_unchecked(preset, Path(args.out) / preset))
+    contexts = [parse_length(c) for c in args.contexts.split(",") if c]
+    results = [measure(a, new_tokens=args.new_tokens, rerun_tokens=args.rerun_tokens, rounds=args.rounds,
+                       contexts=contexts, threads=args.threads) for a in arts]
+    write(results, Path(args.out))
+    for r in results:
+        print(json.dumps({k: v for k, v in r.items() if k != "model"}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,187 @@
+"""The decode program: eager decode vs the model's forward, the exported program vs eager, the session's use."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_model
+from infini_export.eager import EagerBackend
+from infini_export.parity import tolerance_for
+from infini_export.parity_decode import validate_decode
+from infini_export.state import LayerCache
+from runtime import InfiniSession, InputError, StateError
+
+
+def _decode_all(model, ids, chunks):
+    """Drive the eager decode over ``ids`` in chunks that never cross a segment; return logits and state."""
+    N = model.cfg.segment_len
+    state, cache = model.init_decode_state(ids.shape[0])
+    out, t, k = [], 0, 0
+    with torch.no_grad():
+        while t < ids.shape[1]:
+            p = t % N
+            n = min(chunks[k % len(chunks)], N - p, ids.shape[1] - t)
+            logits, state, rows = model.decode(ids[:, t:t + n], torch.tensor([p]), state, cache)
+            where = torch.arange(p, p + n)
+            cache = tuple(LayerCache(c.key.index_copy(2, where, r.key), c.value.index_copy(2, where, r.value))
+                          for c, r in zip(cache, rows))
+            out.append(logits)
+            t, k = t + n, k + 1
+    return torch.cat(out, 1), state
+
+
+@pytest.mark.parametrize("update", ["linear", "delta"])
+@pytest.mark.parametrize("chunks", [[1], [3, 1, 7], [16]])
+def test_eager_decode_equals_forward(update, chunks):
+    model = make_model(update)
+    N = model.cfg.segment_len
+    ids = torch.randint(0, 256, (2, 3 * N + 5), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref_logits, _ = model(ids)
+        _, ref_state = model(ids[:, :3 * N])
+    logits, state = _decode_all(model, ids, chunks)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    # after 3 complete segments + 5 tokens: memory is that of the 3 segments, the 5 tokens' write is pending
+    for st, ref in zip(state, ref_state):
+        torch.testing.assert_close(st.memory, ref.memory, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(st.norm, ref.norm, atol=1e-5, rtol=1e-5)
+        assert st.pending_norm.abs().sum() > 0
+
+
+def test_decode_rejects_bad_position():
+    model = make_model()
+    state, cache = model.init_decode_state(1)
+    ids = torch.zeros(1, 2, dtype=torch.int64)
+    for p in (-1, 15, 16):
+        with pytest.raises(ValueError, match="position"):
+            model.decode(ids, torch.tensor([p]), state, cache)
+
+
+@pytest.mark.parametrize("update", ["linear", "delta"])
+def test_exported_decode_parity_and_manifest(onnx_artifacts, update):
+    model, art = onnx_artifacts[update]
+    s = InfiniSession.open(art)
+    dec = s.manifest.decode
+    assert s.decoding and dec.max_tokens == model.cfg.segment_len
+    assert [e.name for e in dec.state][:4] == ["memory.0", "norm.0", "pending_memory.0", "pending_norm.0"]
+    assert all(e.dtype == "float32" for e in dec.state)  # the state stays float32
+    parity = s.manifest.data["parity"]["measured"]
+    assert parity is not None
+    rep = validate_decode(s.backend, model, tolerance_for("onnxruntime", "float32"), segments=3, batch=2)
+    assert rep["failures"] == [] and rep["boundaries"] == 3 and rep["calls"] == 3 * model.cfg.segment_len
+    assert rep["logits_max_abs"] < 1e-4 and rep["top1"] == 1.0
+
+
+class _PassThroughPending:
+    """A decode program whose pending write output returns its input: the validator must name it."""
+
+    def __init__(self, backend, index):
+        self.inner, self.index, self.name = backend, index, backend.name
+
+    def run(self, ids, state):
+        return self.inner.run(ids, state)
+
+    def run_decode(self, ids, position, state, cache):
+        logits, new, rows = self.inner.run_decode(ids, position, state, cache)
+        new = list(new)
+        new[self.index] = state[self.index]
+        return logits, new, rows
+
+
+def test_decode_wiring_failure_is_named(onnx_artifacts):
+    model, art = onnx_artifacts["delta"]
+    s = InfiniSession.open(art)
+    names = [e.name for e in s.manifest.decode.state]
+    broken = _PassThroughPending(s.backend, names.index("pending_memory.1"))
+    rep = validate_decode(broken, model, tolerance_for("onnxruntime", "float32"), segments=1)
+    assert any("pending_memory.1" in f and "passes its input through" in f for f in rep["wiring"]["failures"])
+
+
+def test_generate_one_call_per_token_and_equals_eager_rerun(onnx_artifacts):
+    model, art = onnx_artifacts["delta"]
+    N = model.cfg.segment_len
+    prompt = np.random.default_rng(2).integers(0, 256, 21)
+    s = InfiniSession.open(art)
+    calls = {"step": 0, "decode": 0}
+    run, run_decode = s.backend.run, s.backend.run_decode
+
+    def count(kind, fn):
+        def wrapped(*a):
+            calls[kind] += 1
+            return fn(*a)
+        return wrapped
+
+    s.backend.run, s.backend.run_decode = count("step", run), count("decode", run_decode)
+    n_new = 3 * N  # crosses three segment boundaries
+    out = s.generate(prompt, n_new)[0]
+    # prompt: one step (16 tokens) + one decode call (5 tokens); then one decode call per generated token
+    assert calls == {"step": 1, "decode": 1 + n_new}
+    ids = torch.tensor(prompt)[None]
+    with torch.no_grad():  # the eager model re-run on the whole prefix, token after token
+        for tok in out:
+            logits, _ = model(ids)
+            assert int(logits[0, -1].argmax()) == int(tok)
+            ids = torch.cat([ids, torch.tensor([[int(tok)]])], 1)
+
+
+def test_state_file_round_trip_is_exact_and_old_files_migrate(onnx_artifacts, tmp_path):
+    model, art = onnx_artifacts["linear"]
+    ids = np.random.default_rng(3).integers(0, 256, 16 * 2 + 9)
+    a = InfiniSession.open(art)
+    a.feed(ids)
+    a.save_state(tmp_path / "v2.npz")
+    b = InfiniSession.open(art)
+    b.load_state(tmp_path / "v2.npz")
+    nxt = np.array([5, 6, 7])
+    np.testing.assert_array_equal(a.fork().feed(nxt), b.feed(nxt))
+    # a segment-state file (version 1, pending tokens) continues by running its pending tokens
+    old = InfiniSession.open(art, use_decode=False)
+    old.feed(ids)
+    old.save_state(tmp_path / "v1.npz")
+    c = InfiniSession.open(art)
+    c.load_state(tmp_path / "v1.npz")
+    assert c.position == 9 and c.tokens_consumed == len(ids)
+    np.testing.assert_allclose(c.feed(nxt), a.feed(nxt), atol=1e-5, rtol=1e-5)
+    with pytest.raises(StateError, match="decode state"):
+        old.load_state(tmp_path / "v2.npz")
+
+
+def test_bad_decode_inputs_are_typed_and_leave_session_unchanged(onnx_artifacts, tmp_path):
+    model, art = onnx_artifacts["delta"]
+    s = InfiniSession.open(art)
+    s.feed(np.arange(20))
+    before, pos = s.state, s.position
+    backend, dec = s.backend, s.manifest.decode
+    state = [np.zeros(e.concrete_shape(1), np.float32) for e in dec.state]
+    cache = [np.zeros(e.concrete_shape(1), np.float32) for e in dec.cache]
+    ids = np.zeros((1, 1), np.int64)
+    with pytest.raises(InputError, match="position"):
+        backend.run_decode(ids, 16, state, cache)
+    with pytest.raises(InputError, match="position"):
+        backend.run_decode(np.zeros((1, 4), np.int64), 14, state, cache)
+    with pytest.raises(InputError, match="key.0"):
+        backend.run_decode(ids, 0, state, [cache[0][:, :, :8], *cache[1:]])
+    # a saved decode state with a wrong-shaped cache, or of another model
+    s.save_state(tmp_path / "st.npz")
+    with np.load(tmp_path / "st.npz") as f:
+        arrays = dict(f)
+    arrays["cache/key.0"] = arrays["cache/key.0"][:, :, :2]
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(StateError, match="key.0"):
+        s.load_state(tmp_path / "bad.npz")
+    other = InfiniSession.open(onnx_artifacts["linear"][1])
+    other.save_state(tmp_path / "other.npz")
+    with pytest.raises(StateError, match="another model"):
+        s.load_state(tmp_path / "other.npz")
+    assert s.position == pos
+    for k, v in before.items():
+        np.testing.assert_array_equal(s.state[k], v)
+
+
+def test_eager_session_decodes_like_the_artifact(onnx_artifacts):
+    from infini_export.eager import eager_session
+    model, art = onnx_artifacts["delta"]
+    assert EagerBackend(model).has_decode
+    ids = np.random.default_rng(4).integers(0, 256, 40)
+    e, s = eager_session(model), InfiniSession.open(art)
+    assert e.decoding
+    np.testing.assert_array_equal(e.generate(ids, 20), s.generate(ids, 20))
