@@ -11,14 +11,16 @@ import { memberData, readZipDirectory } from './zip.js';
  * @property {import('./backend_ort.js').OrtModule} ort  onnxruntime-web or onnxruntime-node
  * @property {boolean} [verify]          check every listed file's size and sha256 (default true)
  * @property {object} [sessionOptions]   passed to ort.InferenceSession.create
+ * @property {boolean} [useDecode]       load the artifact's decode program where it has one (default true)
  */
 
 /**
  * @typedef {object} LoadedArtifact
  * @property {Manifest} manifest
  * @property {OrtProgram} program         the segment step
+ * @property {OrtProgram | null} decode    the decode program (manifest.decode), when loaded
  * @property {Float32Array[]} initial      initial state for batch 1, per manifest state entry
- * @property {Map<string, Uint8Array>} files  loaded file bytes by files key (program, decode program, ...)
+ * @property {Map<string, Uint8Array>} files  file bytes by files key (programs, weights, ...)
  * @property {boolean} verified           whether sha256 was checked (false where the platform cannot hash)
  */
 
@@ -29,7 +31,7 @@ import { memberData, readZipDirectory } from './zip.js';
  * @returns {Promise<LoadedArtifact>}
  */
 export async function loadArtifact(source, options) {
-  const { ort, verify = true, sessionOptions = {} } = options;
+  const { ort, verify = true, sessionOptions = {}, useDecode = true } = options;
   if (!ort || typeof ort.InferenceSession?.create !== 'function' || typeof ort.Tensor !== 'function') {
     throw new TypeError('options.ort must be the onnxruntime-web or onnxruntime-node module');
   }
@@ -42,9 +44,7 @@ export async function loadArtifact(source, options) {
   const hashing = verify && canHash();
   /** @type {Map<string, Uint8Array>} */
   const files = new Map();
-  const wanted = new Set([program.file, manifest.data.initial_state?.file, manifest.data.decode?.program?.file].filter(Boolean));
-  for (const [key, entry] of Object.entries(manifest.data.files)) {
-    if (!verify && !wanted.has(key)) continue;
+  for (const [key, entry] of Object.entries(manifest.data.files)) {  // every file: programs, their weights, ...
     const bytes = await source.read(entry.path);
     const where = `${source.where}${entry.path}`;
     if (verify && entry.bytes !== undefined && bytes.length !== entry.bytes) {
@@ -57,13 +57,20 @@ export async function loadArtifact(source, options) {
           `${entry.sha256.slice(0, 16)}... (corrupt or replaced)`);
       }
     }
-    if (wanted.has(key)) files.set(key, bytes);
+    files.set(key, bytes);
   }
   const initial = initialState(manifest, files);
-  const io = { inputs: manifest.data.inputs, outputs: manifest.data.outputs };
-  const step = await OrtProgram.load(ort, /** @type {Uint8Array} */ (files.get(program.file)), io,
-    manifest.file(program.file).path, sessionOptions);
-  return { manifest, program: step, initial, files, verified: hashing };
+  const load = (/** @type {string} */ key, /** @type {{inputs: any[], outputs: any[]}} */ io) => {
+    // the other files (e.g. weights.bin) are the graph's external data, by their path in the folder
+    const externalData = Object.entries(manifest.data.files).filter(([k]) => k !== key)
+      .map(([k, e]) => ({ path: e.path, data: /** @type {Uint8Array} */ (files.get(k)) }));
+    return OrtProgram.load(ort, /** @type {Uint8Array} */ (files.get(key)), io, manifest.file(key).path,
+      { ...sessionOptions, externalData });
+  };
+  const step = await load(program.file, { inputs: manifest.data.inputs, outputs: manifest.data.outputs });
+  const spec = manifest.decode;
+  const decode = spec && useDecode ? await load(spec.file, { inputs: spec.inputs, outputs: spec.outputs }) : null;
+  return { manifest, program: step, decode, initial, files, verified: hashing };
 }
 
 /**

@@ -20,7 +20,7 @@ export const DECODE_OUTPUT_ROLES = ['logits', 'state-out', 'cache-rows'];
 /**
  * Check a ``decode`` block (additive: a manifest without one is read as before).
  * @param {any} d
- * @param {{file(key: string): unknown, segmentLen: number}} manifest
+ * @param {{file(key: string): unknown, segmentLen: number, state?: {name: string}[]}} manifest
  * @returns {DecodeSpec}
  */
 export function parseDecodeSpec(d, manifest) {
@@ -30,8 +30,8 @@ export function parseDecodeSpec(d, manifest) {
     throw bad('program must be {format: "onnx", file: <files key>}');
   }
   manifest.file(d.program.file);
-  if (!Number.isInteger(d.max_tokens) || d.max_tokens < 1 || d.max_tokens > manifest.segmentLen) {
-    throw bad(`max_tokens must be an integer in [1, segment_len=${manifest.segmentLen}], got ${JSON.stringify(d.max_tokens)}`);
+  if (d.max_tokens !== manifest.segmentLen) {
+    throw bad(`max_tokens must equal segment_len=${manifest.segmentLen}, got ${JSON.stringify(d.max_tokens)}`);
   }
   for (const key of ['inputs', 'outputs', 'state', 'cache']) {
     if (!Array.isArray(d[key]) || d[key].some((/** @type {any} */ e) => typeof e !== 'object' || e === null || typeof e.name !== 'string')) {
@@ -68,6 +68,9 @@ export function parseDecodeSpec(d, manifest) {
       throw bad(`cache ${JSON.stringify(c.name)} must have shape ["batch", H, max_tokens, dh] and axis 2`);
     }
   }
+  const names = new Set(d.state.map((/** @type {any} */ s) => s.name));
+  const missing = /** @type {any[]} */ (manifest.state ?? []).map((s) => s.name).filter((n) => !names.has(n));
+  if (missing.length) throw bad(`its state lacks the segment state tensors ${JSON.stringify(missing)}`);
   const counts = (/** @type {string[]} */ roles, /** @type {string} */ r) => roles.filter((x) => x === r).length;
   if (counts(inRoles, 'state-in') !== d.state.length || counts(outRoles, 'state-out') !== d.state.length ||
       counts(inRoles, 'cache-in') !== d.cache.length || counts(outRoles, 'cache-rows') !== d.cache.length) {

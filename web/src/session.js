@@ -13,16 +13,6 @@ import { decodeStateFile, encodeStateFile } from './state_file.js';
  */
 
 /**
- * How generation advances by one token. The default runs the padded segment step; a decode program
- * (``manifest.decode``) plugs in here with a cache of the current segment's keys and values.
- * @typedef {object} TokenStepper
- * @property {(session: InfiniSession, tokens: number[]) => Promise<Float32Array>} step
- *   consume one token per batch row (committing the session's state and pending tokens exactly as
- *   ``stream`` would) and return the next-token logits (B, V)
- * @property {(session: InfiniSession) => void} [invalidate]  the session's state changed another way
- */
-
-/**
  * Streams token ids through an exported Infini-Transformer in constant memory.
  *
  * The state is the per-layer compressive memory after the last *complete* segment, plus the tokens of
@@ -41,11 +31,21 @@ export class InfiniSession {
     this.manifest = artifact.manifest;
     this.segmentLen = artifact.manifest.segmentLen;
     this.vocabSize = artifact.manifest.vocabSize;
-    /** @type {TokenStepper | null} */
-    this.stepper = null;
+    /** The decode program's spec when tokens inside a segment go through it (else null). */
+    this.decodeSpec = artifact.decode ? artifact.manifest.decode : null;
+    if (this.decodeSpec) {  // where each segment-state tensor sits in the decode state
+      const names = this.decodeSpec.state.map((e) => e.name);
+      this._segIdx = artifact.manifest.state.map((e) => names.indexOf(e.name));
+    }
     this._lock = { tail: Promise.resolve() };
     this._resetNow(batchSize);
   }
+
+  /** Whether tokens inside a segment go through the artifact's decode program (one call per chunk). */
+  get decoding() { return this.decodeSpec !== null; }
+
+  /** Tokens of the current segment consumed so far (0 at a segment boundary). */
+  get position() { return this._pending[0].length; }
 
   /**
    * Open an artifact: a URL (string or URL, the folder or its manifest.json) or an ArtifactSource;
@@ -83,7 +83,29 @@ export class InfiniSession {
     /** @type {number[][]} */
     this._pending = Array.from({ length: batchSize }, () => []);
     this.tokensConsumed = 0;
-    this.stepper?.invalidate?.(this);
+    /** @type {Float32Array | null} logits (B, V) of the last token consumed */
+    this._last = null;
+    if (this.decodeSpec) {
+      this._state = this._decodeStateFrom(this._state, batchSize);
+      /** @type {Float32Array[]} the current segment's keys and values (B, H, N, dh); never written in place */
+      this._cache = this.decodeSpec.cache.map((e) => new Float32Array(sizeOf(concreteShape(e.shape, batchSize))));
+    }
+  }
+
+  /**
+   * The decode state at position 0 continuing from a segment state: the pending write is zero.
+   * @param {Float32Array[]} seg @param {number} batch
+   */
+  _decodeStateFrom(seg, batch) {
+    const dec = /** @type {import('./decode_spec.js').DecodeSpec} */ (this.decodeSpec);
+    const out = dec.state.map((e) => new Float32Array(sizeOf(concreteShape(e.shape, batch))));
+    /** @type {number[]} */ (this._segIdx).forEach((k, j) => { out[k] = seg[j]; });
+    return out;
+  }
+
+  /** @param {Float32Array[]} state the session's state list -> the segment state */
+  _segmentState(state) {
+    return this.decodeSpec ? /** @type {number[]} */ (this._segIdx).map((k) => state[k]) : state;
   }
 
   /**
@@ -114,21 +136,21 @@ export class InfiniSession {
     Object.assign(twin, this);
     twin._state = this._state.map((s) => s.slice());
     twin._pending = this._pending.map((r) => r.slice());
-    twin.stepper = null;
-    return twin;
+    return twin;  // the cache and last logits are never written in place: shared safely
   }
 
-  /** Bytes of the state (constant: independent of how many tokens were streamed). */
-  get stateBytes() { return this._state.reduce((n, s) => n + s.byteLength, 0); }
+  /** Bytes of the state after the last complete segment (constant: independent of how many tokens were streamed). */
+  get stateBytes() { return this._segmentState(this._state).reduce((n, s) => n + s.byteLength, 0); }
 
   /**
-   * Copies of the committed state tensors, by base name (``memory.0``, ``norm.0``, ...).
+   * Copies of the state after the last complete segment, by base name (``memory.0``, ``norm.0``, ...).
    * @returns {Record<string, FloatTensor>}
    */
   get state() {
     /** @type {Record<string, FloatTensor>} */
     const out = {};
-    this.manifest.state.forEach((e, i) => { out[e.name] = { data: this._state[i].slice(), dims: concreteShape(e.shape, this.batchSize) }; });
+    const seg = this._segmentState(this._state);
+    this.manifest.state.forEach((e, i) => { out[e.name] = { data: seg[i].slice(), dims: concreteShape(e.shape, this.batchSize) }; });
     return out;
   }
 
@@ -165,8 +187,27 @@ export class InfiniSession {
       let rows = Array.from({ length: /** @type {number} */ (batch) }, () => /** @type {number[]} */ ([]));
       if (pending !== null) rows = checkIds(pending, this.vocabSize, /** @type {number} */ (batch)).rows;
       if (rows[0].length >= this.segmentLen) throw new StateError(`pending tokens must be fewer than segmentLen=${this.segmentLen}, got ${rows[0].length}`);
-      this._commit(arrays, rows, tokensConsumed ?? rows[0].length, /** @type {number} */ (batch));
+      await this._setSegmentState(arrays, rows, tokensConsumed ?? rows[0].length, /** @type {number} */ (batch));
     });
+  }
+
+  /**
+   * Continue from a segment state and pending tokens; with a decode program the pending tokens are run
+   * through it (on a copy: nothing changes if that fails).
+   * @param {Float32Array[]} seg @param {number[][]} pending @param {number} consumed @param {number} batch
+   */
+  async _setSegmentState(seg, pending, consumed, batch) {
+    if (!this.decodeSpec) {
+      this._commit(seg, pending, consumed, batch);
+      this._last = null;
+      return;
+    }
+    const twin = this.fork();
+    twin._resetNow(batch);
+    twin._state = twin._decodeStateFrom(seg, batch);
+    if (pending[0].length) await twin._advance(pending, 'last');
+    Object.assign(this, { batchSize: batch, _state: twin._state, _pending: twin._pending, _cache: twin._cache, _last: twin._last });
+    this.tokensConsumed = consumed;
   }
 
   /**
@@ -177,17 +218,32 @@ export class InfiniSession {
   }
 
   /**
-   * The state as the bytes of a state file (the Python runtime's ``save_state`` format, an uncompressed .npz).
+   * The state as the bytes of a state file (the Python runtime's ``save_state`` format, an uncompressed .npz):
+   * version 2 (with the decode state: pending write, cache rows, last logits) when decoding, else version 1.
    * @returns {Promise<Uint8Array>}
    */
   exportState() {
-    return this._exclusive(async () => encodeStateFile(this.manifest, {
-      state: this._state, pending: this._pending, batchSize: this.batchSize, tokensConsumed: this.tokensConsumed }));
+    return this._exclusive(async () => {
+      if (!this.decodeSpec) {
+        return encodeStateFile(this.manifest, { state: this._state, pending: this._pending, batchSize: this.batchSize,
+          tokensConsumed: this.tokensConsumed, version: 1 });
+      }
+      const p = this.position;
+      const cacheRows = this.decodeSpec.cache.map((e, i) => {
+        const [B, H, N, dh] = concreteShape(e.shape, this.batchSize);
+        const out = new Float32Array(B * H * p * dh);
+        for (let bh = 0; bh < B * H; bh++) out.set(this._cache[i].subarray(bh * N * dh, (bh * N + p) * dh), bh * p * dh);
+        return out;
+      });
+      return encodeStateFile(this.manifest, { state: this._state, pending: this._pending, batchSize: this.batchSize,
+        tokensConsumed: this.tokensConsumed, version: 2, cacheRows, last: this._last });
+    });
   }
 
   /**
    * Load state-file bytes written by this runtime or the Python one for the *same model*; anything else
-   * throws StateError and changes nothing.
+   * throws StateError and changes nothing. A version-1 file opened with a decode program is continued by
+   * running its pending tokens through it.
    * @param {Uint8Array} bytes
    * @param {string} [where]  for messages
    * @returns {Promise<void>}
@@ -196,8 +252,25 @@ export class InfiniSession {
     return this._exclusive(async () => {
       if (!(bytes instanceof Uint8Array)) throw new StateError('a state file is read from a Uint8Array');
       const snap = decodeStateFile(this.manifest, bytes, where);
+      if (snap.version !== 2) {
+        await this._setSegmentState(snap.state, snap.pending, snap.tokensConsumed, snap.batchSize);
+        return;
+      }
+      if (!this.decodeSpec) {
+        throw new StateError(`${where ?? 'the state file'} holds a decode state (version 2); this session runs without ` +
+          'a decode program: open the artifact with its decode program');
+      }
+      const p = snap.pending[0].length;
+      const cache = this.decodeSpec.cache.map((e, i) => {
+        const [B, H, N, dh] = concreteShape(e.shape, snap.batchSize);
+        const full = new Float32Array(B * H * N * dh);
+        const rows = /** @type {Float32Array[]} */ (snap.cacheRows)[i];
+        for (let bh = 0; bh < B * H; bh++) full.set(rows.subarray(bh * p * dh, (bh + 1) * p * dh), bh * N * dh);
+        return full;
+      });
       this._commit(snap.state, snap.pending, snap.tokensConsumed, snap.batchSize);
-      this.stepper?.invalidate?.(this);
+      this._cache = cache;
+      this._last = snap.last ?? null;
     });
   }
 
@@ -228,12 +301,90 @@ export class InfiniSession {
   }
 
   /**
+   * One decode call: ``rows`` (B rows of n tokens) at position ``p`` of the current segment.
+   * @param {number[][]} rows @param {number} p @param {Float32Array[]} state
+   * @returns {Promise<{logits: Float32Array, state: Float32Array[], rows: Float32Array[]}>}
+   */
+  async _runDecode(rows, p, state) {
+    const dec = /** @type {import('./decode_spec.js').DecodeSpec} */ (this.decodeSpec);
+    const B = rows.length; const n = rows[0].length;
+    const ids = new BigInt64Array(B * n);
+    rows.forEach((r, b) => { for (let j = 0; j < n; j++) ids[b * n + j] = BigInt(r[j]); });
+    /** @type {Record<string, {type: string, data: any, dims: number[]}>} */
+    const feeds = { [dec.ids]: { type: 'int64', data: ids, dims: [B, n] },
+      [dec.position]: { type: 'int64', data: BigInt64Array.of(BigInt(p)), dims: [1] } };
+    dec.state.forEach((e, i) => { feeds[e.input] = { type: 'float32', data: state[i], dims: concreteShape(e.shape, B) }; });
+    dec.cache.forEach((e, i) => { feeds[e.input] = { type: 'float32', data: this._cache[i], dims: concreteShape(e.shape, B) }; });
+    let out;
+    try {
+      out = await /** @type {import('./backend_ort.js').OrtProgram} */ (this.artifact.decode).run(feeds);
+    } catch (err) {
+      if (err instanceof InfiniRuntimeError) throw err;
+      throw new InfiniRuntimeError(`the onnxruntime backend's decode program failed on ${n} tokens at position ${p}: ` +
+        `${String(/** @type {Error} */ (err)?.message ?? err).split('\n')[0].slice(0, 300)}`, { cause: err });
+    }
+    return { logits: out[dec.logits], state: dec.state.map((e) => out[e.output]), rows: dec.cache.map((e) => out[e.output]) };
+  }
+
+  /**
+   * Whole segments at a boundary through the segment step, everything else through the decode program;
+   * the cache rows of the last call are written (into fresh arrays) only after every call succeeded.
+   * @param {number[][]} rows @param {Float32Array | null} all  where to put every token's logits, if wanted
+   */
+  async _advanceDecode(rows, all) {
+    const B = rows.length; const T = rows[0].length; const N = this.segmentLen; const V = this.vocabSize;
+    const segIdx = /** @type {number[]} */ (this._segIdx);
+    let state = this._state; let p = this.position; let i = 0; let last = this._last;
+    /** @type {{start: number, n: number, rows: Float32Array[]} | null} */
+    let newRows = null;
+    while (i < T) {
+      let n; let logits;
+      if (p === 0 && T - i >= N) {
+        const res = await this._run(rows.map((r) => r.slice(i, i + N)), this._segmentState(state));
+        state = state.slice();
+        segIdx.forEach((k, j) => { state[k] = res.state[j]; });
+        n = N; logits = res.logits; newRows = null;
+      } else {
+        n = Math.min(N - p, T - i);
+        const res = await this._runDecode(rows.map((r) => r.slice(i, i + n)), p, state);
+        state = res.state; logits = res.logits;
+        newRows = p + n < N ? { start: p, n, rows: res.rows } : null;
+      }
+      if (all) for (let b = 0; b < B; b++) all.set(logits.subarray(b * n * V, (b + 1) * n * V), (b * T + i) * V);
+      last = new Float32Array(B * V);
+      for (let b = 0; b < B; b++) last.set(logits.subarray((b * n + n - 1) * V, (b * n + n) * V), b * V);
+      p = (p + n) % N; i += n;
+    }
+    // commit: nothing above touched the session
+    let cache = this._cache;
+    if (newRows) {
+      const { start, n, rows: r } = newRows;
+      cache = /** @type {import('./decode_spec.js').DecodeSpec} */ (this.decodeSpec).cache.map((e, j) => {
+        const [b, H, , dh] = concreteShape(e.shape, B);
+        const c = this._cache[j].slice();
+        for (let bh = 0; bh < b * H; bh++) c.set(r[j].subarray(bh * n * dh, (bh + 1) * n * dh), (bh * N + start) * dh);
+        return c;
+      });
+    }
+    const pending = rows.map((r, b) => (p <= T ? r.slice(T - p) : this._pending[b].concat(r).slice(-p)));
+    this._commit(state, p === 0 ? rows.map(() => []) : pending, this.tokensConsumed + T);
+    this._cache = cache; this._last = last;
+    return last;
+  }
+
+  /**
    * @param {import('./ids.js').TokenIds} ids
    * @param {'all' | 'last'} keep
    */
   async _advance(ids, keep) {
     const { rows, oneRow } = checkIds(ids, this.vocabSize, this.batchSize);
     const B = rows.length; const T = rows[0].length; const N = this.segmentLen; const V = this.vocabSize;
+    if (this.decodeSpec) {
+      const out = keep === 'all' ? new Float32Array(B * T * V) : null;
+      const last = await this._advanceDecode(rows, out);
+      if (out) return { data: out, dims: oneRow ? [T, V] : [B, T, V] };
+      return last === null ? null : { data: last, dims: [B, V] };
+    }
     const p = this._pending[0].length;
     const buf = rows.map((r, b) => (p ? this._pending[b].concat(r) : r));
     const nFull = Math.floor((p + T) / N);
@@ -264,6 +415,7 @@ export class InfiniSession {
     }
     // commit: nothing above touched the session
     this._commit(state, rest, this.tokensConsumed + T);
+    if (last !== null) this._last = last;
     if (all) return { data: all, dims: oneRow ? [T, V] : [B, T, V] };
     return last === null ? null : { data: /** @type {Float32Array} */ (last), dims: [B, V] };
   }
@@ -291,8 +443,8 @@ export class InfiniSession {
 
   /**
    * Feed ``prompt`` then choose ``maxNewTokens`` tokens per row; greedy when temperature is 0.
-   * The session continues from where it was: the prompt and the generated tokens are consumed.
-   * On failure the session is left as it was.
+   * The session continues from where it was: the prompt and the generated tokens are consumed. With a
+   * decode program each new token costs one decode call. On failure the session is left as it was.
    * @param {import('./ids.js').TokenIds} prompt
    * @param {{maxNewTokens: number} & import('./sampling.js').SamplingOptions} options
    * @returns {Promise<number[][]>}  B rows of generated token ids
@@ -304,12 +456,12 @@ export class InfiniSession {
       const opts = checkSampling(options);
       const { rows } = checkIds(prompt, this.vocabSize, this.batchSize);
       if (rows[0].length === 0 && this.tokensConsumed === 0) throw new InputError('generate needs at least one prompt token on a fresh session');
-      if (rows[0].length === 0 && this._pending[0].length === 0) {
+      if (rows[0].length === 0 && this._pending[0].length === 0 && !this._last) {
         throw new InputError('generate with an empty prompt needs a pending token to continue from; feed at least one token');
       }
       const rng = new Rng(opts.seed);
-      const saved = [this._state, this._pending, this.tokensConsumed];
-      const step = this.stepper ?? defaultStepper;
+      const saved = { batchSize: this.batchSize, _state: this._state, _pending: this._pending, _cache: this._cache,
+        _last: this._last, tokensConsumed: this.tokensConsumed };
       const V = this.vocabSize;
       try {
         let last = rows[0].length ? /** @type {FloatTensor} */ (await this._advance(rows, 'last')).data : await this._lastLogits();
@@ -321,29 +473,22 @@ export class InfiniSession {
             o.push(t);
             return t;
           });
-          last = await step.step(this, toks);
+          last = /** @type {FloatTensor} */ (await this._advance(toks.map((t) => [t]), 'last')).data;  // one decode call each
         }
         return out;
       } catch (err) {
-        [this._state, this._pending, this.tokensConsumed] = /** @type {[Float32Array[], number[][], number]} */ (saved);
-        this.stepper?.invalidate?.(this);
+        Object.assign(this, saved);  // nothing is written in place: the saved arrays are as they were
         throw err;
       }
     });
   }
 
-  /** Logits of the last pending token, from a copy (the session is not changed). */
+  /** Logits of the last token consumed (re-run from a copy of the pending tokens if not kept). */
   async _lastLogits() {
+    if (this._last) return this._last;
     const twin = this.fork();
     const pend = twin._pending;
     twin._pending = pend.map(() => []);
     return /** @type {FloatTensor} */ (await twin._advance(pend, 'last')).data;
   }
 }
-
-/** @type {TokenStepper} */
-const defaultStepper = {
-  async step(session, tokens) {
-    return /** @type {FloatTensor} */ (await session._advance(tokens.map((t) => [t]), 'last')).data;
-  },
-};

@@ -32,6 +32,10 @@ describe('manifest and artifact checks', () => {
     'a state entry naming no graph input': [(/** @type {any} */ m) => { m.state[0].input = 'nope'; }, ManifestError],
     'a program key the files do not list': [(/** @type {any} */ m) => { m.program.file = 'nope'; }, ManifestError],
     'a malformed decode block': [(/** @type {any} */ m) => { m.decode = { program: { format: 'onnx', file: 'program' } }; }, ManifestError],
+    'a decode state without the segment state': [(/** @type {any} */ m) => {
+      m.decode.state = m.decode.state.filter((/** @type {any} */ e) => e.name !== 'memory.0');
+    }, ManifestError],
+    'a decode cache of another length': [(/** @type {any} */ m) => { m.decode.cache[0].shape[2] += 1; }, ManifestError],
     'a path with ..': [(/** @type {any} */ m) => { m.files.program.path = '../tiny/model.onnx'; }, ArtifactError],
     'a percent-encoded ..': [(/** @type {any} */ m) => { m.files.program.path = 'x/%2e%2E/../model.onnx'; }, ArtifactError],
     'an absolute path': [(/** @type {any} */ m) => { m.files.program.path = '/etc/passwd'; }, ArtifactError],

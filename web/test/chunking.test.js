@@ -1,7 +1,7 @@
 // Feeding a text in one call or in chunks of any sizes gives the same logits and the same state.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { maxAbsDiff, open, orts, reference, rowsOf } from './helpers.js';
+import { maxAbsDiff, open, orts, reference, relDiff, rowsOf } from './helpers.js';
 
 const ref = reference('tiny');  // batch 2, segment_len 16
 const rows = rowsOf(ref.ids);
@@ -38,7 +38,8 @@ for (const { name, ort } of await orts()) {
       assert.equal(s.tokensConsumed, whole.tokensConsumed);
       assert.deepEqual(s.pendingTokens, whole.pendingTokens);
       const a = s.state; const b = whole.state;
-      for (const k of Object.keys(b)) assert.ok(maxAbsDiff(a[k].data, b[k].data) <= 1e-6, k);
+      // a segment finished by decode calls folds its memory write in the decode program: the same to rounding
+      for (const k of Object.keys(b)) assert.ok(relDiff(a[k].data, b[k].data) <= 1e-5, `${k}: ${relDiff(a[k].data, b[k].data)}`);
     });
 
     it('stream returns the last logits of feed and the same state', async () => {

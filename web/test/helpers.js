@@ -23,8 +23,10 @@ export function reference(model) {
   const info = index.models[model];
   const dir = join(GOLDENS, `${model}-ref`);
   return { ...info, dir, artifact: info.artifact, ids: npy(join(dir, 'ids.npy')), logits: npy(join(dir, 'logits.npy')),
+    logitsSegment: npy(join(dir, 'logits_segment.npy')),
     greedy: npy(join(dir, 'greedy.npy')), sampleProbs: npy(join(dir, 'sample_probs.npy')),
-    stateFile: new Uint8Array(readFileSync(join(dir, 'state.npz'))) };
+    stateFile: new Uint8Array(readFileSync(join(dir, 'state.npz'))),
+    stateFileV1: new Uint8Array(readFileSync(join(dir, 'state_v1.npz'))) };
 }
 
 /** @param {string} path */
@@ -66,7 +68,7 @@ export async function orts() {
   return [{ name: 'onnxruntime-node', ort: ortNode }, { name: 'onnxruntime-web (wasm)', ort: ortWeb }];
 }
 
-/** @param {string} artifact @param {any} ort @param {number} [batchSize] */
-export function open(artifact, ort, batchSize = 1) {
-  return openArtifact(artifact, { ort, batchSize });
+/** @param {string} artifact @param {any} ort @param {number} [batchSize] @param {boolean} [useDecode] */
+export function open(artifact, ort, batchSize = 1, useDecode = true) {
+  return openArtifact(artifact, { ort, batchSize, useDecode });
 }

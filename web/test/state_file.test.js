@@ -85,6 +85,16 @@ describe('state files', () => {
     });
   }
 
+  it('refuses a version-2 (decode) state file in a session without the decode program, and changes nothing', async () => {
+    const s = await open(tiny.artifact, ort, 2, false);
+    await s.stream(rowsOf(tiny.ids).map((r) => r.slice(0, 21)));
+    const before = snapshot(s);
+    await assert.rejects(s.importState(tiny.stateFile), StateError);
+    assert.equal(snapshot(s), before);
+    await s.importState(tiny.stateFileV1);  // version 1 is read by both
+    assert.equal(s.tokensConsumed, tiny.tokens_consumed);
+  });
+
   it('refuses a state file path that does not exist', async () => {
     const s = await open(tiny.artifact, ort, 2);
     await assert.rejects(loadState(s, join(tmp, 'nope.npz')), StateError);

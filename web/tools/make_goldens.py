@@ -1,8 +1,9 @@
 """Reference outputs of the Python runtime for the JavaScript tests (written to a folder, not committed).
 
 For the bundled model's artifact and a tiny random-weight model exported here, on the same token ids:
-every token's logits over >= 64 segments (ending in a partial segment), the state file the Python
-runtime saves after them, a greedy continuation, a top-k/top-p sampling distribution as the Python
+every token's logits over >= 64 segments (ending in a partial segment), with the decode program and
+without it (partial segments re-run padded), the state files the Python runtime saves after them
+(version 2 with the decode state, version 1 without), a greedy continuation, a top-k/top-p sampling distribution as the Python
 sampler computes it, a compressed copy of the state file (which a runtime must refuse), passkey
 prompts of tasks/passkey.py, and a greedy continuation of a short text by the bundled model.
 
@@ -20,7 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-VERSION = 4  # bump when what is written changes
+VERSION = 5  # bump when what is written changes
 TEXT_PROMPT = "There is an important info hidden inside a lot of irrelevant text. The grass is green. The sky is"
 
 
@@ -79,6 +80,9 @@ def reference(art: Path, out: Path, segments: int, partial: int, batch: int, see
         np.savez_compressed(out / "state_compressed.npz", **{k: z[k] for k in z.files})
     np.save(out / "ids.npy", ids.astype(np.int64))
     np.save(out / "logits.npy", logits.astype(np.float32))
+    plain = InfiniSession.open(art, batch_size=batch, use_decode=False)  # partial segments re-run padded
+    np.save(out / "logits_segment.npy", plain.feed(ids).astype(np.float32))
+    plain.save_state(out / "state_v1.npz")
     twin = session.fork()
     greedy = twin.generate(np.zeros((batch, 0), dtype=np.int64), 24)
     np.save(out / "greedy.npy", greedy.astype(np.int64))
@@ -88,6 +92,7 @@ def reference(art: Path, out: Path, segments: int, partial: int, batch: int, see
     np.save(out / "sample_probs.npy", np.stack(rec.p))
     return {"artifact": str(art.resolve()), "segments": segments, "partial": partial, "batch": batch,
             "segment_len": N, "tokens_consumed": session.tokens_consumed, "fingerprint": session.manifest.fingerprint,
+            "decoding": session.decoding,
             "sample": {"temperature": 0.8, "top_k": 40, "top_p": 0.9}}
 
 
