@@ -48,8 +48,7 @@ test-web: $(STAMP) $(WEB_DEPS) $(WEB_ARTIFACT)/manifest.json browser
 
 # the demo page on http://127.0.0.1:8000/web/demo/ (serves the repository root, this machine only)
 web: $(WEB_DEPS) $(WEB_ARTIFACT)/manifest.json
-	@echo "demo: http://127.0.0.1:8000/web/demo/"
-	$(PY) -m http.server 8000 --bind 127.0.0.1
+	$(PY) web/tools/serve.py --port 8000 --directory .
 
 clean:
 	rm -rf $(VENV) build *.egg-info

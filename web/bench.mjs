@@ -78,16 +78,17 @@ print(json.dumps({"tokPerS": ids.shape[1] / seconds, "answer": bytes(out).decode
   return JSON.parse(execFileSync(args.python, ['-c', script], { cwd: ROOT, encoding: 'utf8' }).trim().split('\n').pop());
 }
 
-async function viaChromium() {
+async function viaChromium(isolated = false) {
   const chromium = findChromium();
   if (!chromium) return null;
-  const server = await serve(ROOT);
+  const server = await serve(ROOT, { isolated });
   try {
     const rel = relative(ROOT, artifact);
-    const url = `${server.url}web/demo/?length=${args.length}&depth=0.5&key=${key}&run=1&artifact=${encodeURIComponent(`../../${rel}/`)}`;
+    const url = `${server.url}web/demo/?length=${args.length}&depth=0.5&key=${key}&run=1&threads=${isolated ? 2 : 1}` +
+      `&artifact=${encodeURIComponent(`../../${rel}/`)}`;
     const { demo, rss } = await runDemo(chromium, url);
     if (demo.error) throw new Error(demo.error);
-    return { tokPerS: demo.result.tokensPerSecond, answer: demo.result.answer, memory: demo.result.memory, rss };
+    return { tokPerS: demo.result.tokensPerSecond, answer: demo.result.answer, memory: demo.result.memory, rss, threads: demo.threads };
   } finally {
     await server.close();
   }
@@ -113,13 +114,15 @@ if (args['browser-only']) {
     rows.push(['JS, Node, onnxruntime-web (wasm)', await viaJs(web)]);
     const c = await viaChromium();
     rows.push(['JS, headless Chromium (wasm)', c ?? { tokPerS: NaN, answer: 'no Chromium' }]);
+    const ci = await viaChromium(true);
+    rows.push(['JS, headless Chromium (wasm, 2 threads)', ci ?? { tokPerS: NaN, answer: 'no Chromium' }]);
   }
   const py = rows.filter(([n]) => n.startsWith('Python')).map(([, r]) => r.tokPerS);
   const pyMean = py.reduce((a, b) => a + b, 0) / py.length;
   console.log(`${length.toLocaleString()}-token passkey prompt (key ${key}), ${artifact}`);
-  console.log(`${'runtime'.padEnd(36)} ${'tok/s'.padStart(8)}  vs Python  answer`);
+  console.log(`${'runtime'.padEnd(40)} ${'tok/s'.padStart(8)}  vs Python  answer`);
   for (const [name, r] of rows) {
-    console.log(`${name.padEnd(36)} ${Math.round(r.tokPerS).toString().padStart(8)}  ${(r.tokPerS / pyMean).toFixed(2).padStart(8)}x  ` +
+    console.log(`${name.padEnd(40)} ${Math.round(r.tokPerS).toString().padStart(8)}  ${(r.tokPerS / pyMean).toFixed(2).padStart(8)}x  ` +
       `${JSON.stringify(r.answer)} ${isCorrect(r.answer, key) ? 'correct' : 'wrong'}`);
   }
 }

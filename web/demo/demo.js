@@ -13,7 +13,10 @@ const LENGTHS = { '4K': 4096, '32K': 32768, '128K': 131072, '256K': 262144, '1M'
 const demo = /** @type {any} */ ({ ready: false, running: false, result: null, error: null, generated: null });
 /** @type {any} */ (window).demo = demo;
 
-ort.env.wasm.numThreads = globalThis.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+// one WebAssembly thread unless ?threads=N on a cross-origin-isolated page (make web serves it so): on a
+// small shared machine extra threads were slower
+ort.env.wasm.numThreads = globalThis.crossOriginIsolated ? Math.max(1, Math.min(8, Number(params.get('threads')) || 1)) : 1;
+demo.threads = ort.env.wasm.numThreads;
 /** @type {InfiniSession} */
 let session;
 
@@ -28,7 +31,8 @@ async function init() {
   session = await InfiniSession.open(new URL(ARTIFACT, location.href), { ort });
   const cfg = session.manifest.data.model?.config ?? {};
   $('model').textContent = `model ${session.manifest.fingerprint.slice(0, 12)}: ${cfg.n_layers} layers, ${cfg.n_heads} heads, ` +
-    `segment ${session.segmentLen} tokens; sha256 ${session.artifact.verified ? 'verified' : 'not checked (no WebCrypto)'}`;
+    `segment ${session.segmentLen} tokens; sha256 ${session.artifact.verified ? 'verified' : 'not checked (no WebCrypto)'}; ` +
+    `${session.decoding ? 'decode program' : 'segment step only'}; WebAssembly threads: ${demo.threads}`;
   $('state').textContent = `${formatBytes(session.stateBytes)} (constant)`;
   $('status').textContent = 'ready';
   $('run').disabled = false; $('generate').disabled = false;

@@ -8,11 +8,14 @@ const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/ja
   '.wasm': 'application/wasm', '.onnx': 'application/octet-stream', '.css': 'text/css' };
 
 /**
- * Serve ``root`` until ``close()``; returns its base URL.
+ * Serve ``root`` until ``close()``; returns its base URL. ``isolated`` sends the COOP/COEP headers that make
+ * a page cross-origin isolated (WebAssembly threads).
  * @param {string} root
+ * @param {{isolated?: boolean}} [options]
  * @returns {Promise<{url: string, close: () => Promise<void>}>}
  */
-export async function serve(root) {
+export async function serve(root, options = {}) {
+  const extra = options.isolated ? { 'cross-origin-opener-policy': 'same-origin', 'cross-origin-embedder-policy': 'require-corp' } : {};
   const server = createServer(async (req, res) => {
     const path = normalize(join(root, decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname)));
     let file = path;
@@ -21,7 +24,7 @@ export async function serve(root) {
       if ((await stat(file)).isDirectory()) file = join(file, 'index.html');
       const info = await stat(file);
       res.writeHead(200, { 'content-type': TYPES[/** @type {keyof TYPES} */ (extname(file))] ?? 'application/octet-stream',
-        'content-length': info.size });
+        'content-length': info.size, ...extra });
       createReadStream(file).pipe(res);
     } catch {
       res.writeHead(404); res.end();
