@@ -34,7 +34,7 @@ $(WEB_DEPS): web/package.json web/package-lock.json
 web-deps: $(WEB_DEPS)
 
 $(WEB_ARTIFACT)/manifest.json: $(STAMP)
-	$(PY) -m infini_export.cli export models/passkey-small --format onnx -o $(WEB_ARTIFACT) --parity-segments 8
+	$(PY) web/tools/export_artifact.py --checkpoint models/passkey-small -o $(WEB_ARTIFACT)
 
 # the system Chromium for the browser test (CI runs as root); without it that test is skipped, saying why
 browser:

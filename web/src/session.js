@@ -6,6 +6,7 @@ import { concreteShape, sizeOf } from './manifest.js';
 import { Rng, argmax, checkSampling, sampleToken } from './sampling.js';
 import { urlSource } from './source.js';
 import { decodeStateFile, encodeStateFile } from './state_file.js';
+import { advanceDecode, cacheFromRows, cacheRowsOf } from './decode.js';
 
 /**
  * A float32 result: ``data`` in row-major order with shape ``dims``.
@@ -228,13 +229,7 @@ export class InfiniSession {
         return encodeStateFile(this.manifest, { state: this._state, pending: this._pending, batchSize: this.batchSize,
           tokensConsumed: this.tokensConsumed, version: 1 });
       }
-      const p = this.position;
-      const cacheRows = this.decodeSpec.cache.map((e, i) => {
-        const [B, H, N, dh] = concreteShape(e.shape, this.batchSize);
-        const out = new Float32Array(B * H * p * dh);
-        for (let bh = 0; bh < B * H; bh++) out.set(this._cache[i].subarray(bh * N * dh, (bh * N + p) * dh), bh * p * dh);
-        return out;
-      });
+      const cacheRows = cacheRowsOf(this.decodeSpec, this._cache, this.batchSize, this.position);
       return encodeStateFile(this.manifest, { state: this._state, pending: this._pending, batchSize: this.batchSize,
         tokensConsumed: this.tokensConsumed, version: 2, cacheRows, last: this._last });
     });
@@ -260,14 +255,8 @@ export class InfiniSession {
         throw new StateError(`${where ?? 'the state file'} holds a decode state (version 2); this session runs without ` +
           'a decode program: open the artifact with its decode program');
       }
-      const p = snap.pending[0].length;
-      const cache = this.decodeSpec.cache.map((e, i) => {
-        const [B, H, N, dh] = concreteShape(e.shape, snap.batchSize);
-        const full = new Float32Array(B * H * N * dh);
-        const rows = /** @type {Float32Array[]} */ (snap.cacheRows)[i];
-        for (let bh = 0; bh < B * H; bh++) full.set(rows.subarray(bh * p * dh, (bh + 1) * p * dh), bh * N * dh);
-        return full;
-      });
+      const cache = cacheFromRows(this.decodeSpec, /** @type {Float32Array[]} */ (snap.cacheRows), snap.batchSize,
+        snap.pending[0].length);
       this._commit(snap.state, snap.pending, snap.tokensConsumed, snap.batchSize);
       this._cache = cache;
       this._last = snap.last ?? null;
@@ -301,78 +290,6 @@ export class InfiniSession {
   }
 
   /**
-   * One decode call: ``rows`` (B rows of n tokens) at position ``p`` of the current segment.
-   * @param {number[][]} rows @param {number} p @param {Float32Array[]} state
-   * @returns {Promise<{logits: Float32Array, state: Float32Array[], rows: Float32Array[]}>}
-   */
-  async _runDecode(rows, p, state) {
-    const dec = /** @type {import('./decode_spec.js').DecodeSpec} */ (this.decodeSpec);
-    const B = rows.length; const n = rows[0].length;
-    const ids = new BigInt64Array(B * n);
-    rows.forEach((r, b) => { for (let j = 0; j < n; j++) ids[b * n + j] = BigInt(r[j]); });
-    /** @type {Record<string, {type: string, data: any, dims: number[]}>} */
-    const feeds = { [dec.ids]: { type: 'int64', data: ids, dims: [B, n] },
-      [dec.position]: { type: 'int64', data: BigInt64Array.of(BigInt(p)), dims: [1] } };
-    dec.state.forEach((e, i) => { feeds[e.input] = { type: 'float32', data: state[i], dims: concreteShape(e.shape, B) }; });
-    dec.cache.forEach((e, i) => { feeds[e.input] = { type: 'float32', data: this._cache[i], dims: concreteShape(e.shape, B) }; });
-    let out;
-    try {
-      out = await /** @type {import('./backend_ort.js').OrtProgram} */ (this.artifact.decode).run(feeds);
-    } catch (err) {
-      if (err instanceof InfiniRuntimeError) throw err;
-      throw new InfiniRuntimeError(`the onnxruntime backend's decode program failed on ${n} tokens at position ${p}: ` +
-        `${String(/** @type {Error} */ (err)?.message ?? err).split('\n')[0].slice(0, 300)}`, { cause: err });
-    }
-    return { logits: out[dec.logits], state: dec.state.map((e) => out[e.output]), rows: dec.cache.map((e) => out[e.output]) };
-  }
-
-  /**
-   * Whole segments at a boundary through the segment step, everything else through the decode program;
-   * the cache rows of the last call are written (into fresh arrays) only after every call succeeded.
-   * @param {number[][]} rows @param {Float32Array | null} all  where to put every token's logits, if wanted
-   */
-  async _advanceDecode(rows, all) {
-    const B = rows.length; const T = rows[0].length; const N = this.segmentLen; const V = this.vocabSize;
-    const segIdx = /** @type {number[]} */ (this._segIdx);
-    let state = this._state; let p = this.position; let i = 0; let last = this._last;
-    /** @type {{start: number, n: number, rows: Float32Array[]} | null} */
-    let newRows = null;
-    while (i < T) {
-      let n; let logits;
-      if (p === 0 && T - i >= N) {
-        const res = await this._run(rows.map((r) => r.slice(i, i + N)), this._segmentState(state));
-        state = state.slice();
-        segIdx.forEach((k, j) => { state[k] = res.state[j]; });
-        n = N; logits = res.logits; newRows = null;
-      } else {
-        n = Math.min(N - p, T - i);
-        const res = await this._runDecode(rows.map((r) => r.slice(i, i + n)), p, state);
-        state = res.state; logits = res.logits;
-        newRows = p + n < N ? { start: p, n, rows: res.rows } : null;
-      }
-      if (all) for (let b = 0; b < B; b++) all.set(logits.subarray(b * n * V, (b + 1) * n * V), (b * T + i) * V);
-      last = new Float32Array(B * V);
-      for (let b = 0; b < B; b++) last.set(logits.subarray((b * n + n - 1) * V, (b * n + n) * V), b * V);
-      p = (p + n) % N; i += n;
-    }
-    // commit: nothing above touched the session
-    let cache = this._cache;
-    if (newRows) {
-      const { start, n, rows: r } = newRows;
-      cache = /** @type {import('./decode_spec.js').DecodeSpec} */ (this.decodeSpec).cache.map((e, j) => {
-        const [b, H, , dh] = concreteShape(e.shape, B);
-        const c = this._cache[j].slice();
-        for (let bh = 0; bh < b * H; bh++) c.set(r[j].subarray(bh * n * dh, (bh + 1) * n * dh), (bh * N + start) * dh);
-        return c;
-      });
-    }
-    const pending = rows.map((r, b) => (p <= T ? r.slice(T - p) : this._pending[b].concat(r).slice(-p)));
-    this._commit(state, p === 0 ? rows.map(() => []) : pending, this.tokensConsumed + T);
-    this._cache = cache; this._last = last;
-    return last;
-  }
-
-  /**
    * @param {import('./ids.js').TokenIds} ids
    * @param {'all' | 'last'} keep
    */
@@ -381,7 +298,7 @@ export class InfiniSession {
     const B = rows.length; const T = rows[0].length; const N = this.segmentLen; const V = this.vocabSize;
     if (this.decodeSpec) {
       const out = keep === 'all' ? new Float32Array(B * T * V) : null;
-      const last = await this._advanceDecode(rows, out);
+      const last = await advanceDecode(this, rows, out);
       if (out) return { data: out, dims: oneRow ? [T, V] : [B, T, V] };
       return last === null ? null : { data: last, dims: [B, V] };
     }

@@ -20,6 +20,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 VERSION = 5  # bump when what is written changes
 TEXT_PROMPT = "There is an important info hidden inside a lot of irrelevant text. The grass is green. The sky is"
@@ -29,8 +30,8 @@ def export_tiny(out: Path) -> Path:
     """The tiny preset with random weights (seeded), exported to ONNX."""
     import torch
 
-    from exporters.pipeline import export_artifact
     from infini_export import InfiniConfig, InfiniTransformer
+    from export_artifact import export  # beside this file
 
     art = out / "tiny"
     if (art / "manifest.json").is_file():
@@ -40,19 +41,16 @@ def export_tiny(out: Path) -> Path:
     with torch.no_grad():  # gates off their initial 0 so each head mixes differently
         for block in model.blocks:
             block.attn.beta.copy_(torch.linspace(-1.0, 1.0, block.attn.beta.numel()))
-    export_artifact(model, art, "onnx", parity_segments=8, progress=False, log=None)
-    return art
+    return export(model, art)
 
 
 def export_small(art: Path) -> Path:
     if (art / "manifest.json").is_file():
         return art
-    from exporters.pipeline import export_artifact
     from infini_export.checkpoint import load_checkpoint
+    from export_artifact import export  # beside this file
 
-    export_artifact(load_checkpoint(ROOT / "models" / "passkey-small"), art, "onnx", parity_segments=8,
-                    progress=False, log=None)
-    return art
+    return export(load_checkpoint(ROOT / "models" / "passkey-small"), art)
 
 
 class _RecordingRng:
