@@ -33,7 +33,7 @@ $(WEB_DEPS): web/package.json web/package-lock.json
 
 web-deps: $(WEB_DEPS)
 
-$(WEB_ARTIFACT)/manifest.json: $(STAMP)
+$(WEB_ARTIFACT)/manifest.json: $(STAMP) $(wildcard exporters/*.py infini_export/*.py) models/passkey-small/model.safetensors
 	$(PY) web/tools/export_artifact.py --checkpoint models/passkey-small -o $(WEB_ARTIFACT)
 
 # the system Chromium for the browser test (CI runs as root); without it that test is skipped, saying why
