@@ -43,7 +43,7 @@ export async function advanceDecode(session, rows, all) {
   /** @type {{start: number, n: number, rows: Float32Array[]} | null} */
   let newRows = null;
   while (i < T) {
-    let n; let logits;
+    /** @type {number} */ let n; /** @type {Float32Array} */ let logits;
     if (p === 0 && T - i >= N) {
       const res = await session._run(rows.map((r) => r.slice(i, i + N)), session._segmentState(state));
       state = state.slice();

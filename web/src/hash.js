@@ -11,6 +11,6 @@ export function canHash() {
  * @returns {Promise<string>}
  */
 export async function sha256Hex(bytes) {
-  const digest = new Uint8Array(await globalThis.crypto.subtle.digest('SHA-256', bytes));
+  const digest = new Uint8Array(await globalThis.crypto.subtle.digest('SHA-256', /** @type {BufferSource} */ (bytes)));
   return Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('');
 }

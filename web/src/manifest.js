@@ -103,13 +103,14 @@ export class Manifest {
   }
 
   _check() {
+    /** @type {any} */
     const d = this.data;
     for (const key of ['inputs', 'outputs', 'state']) {
       if (!Array.isArray(d[key]) || d[key].some((/** @type {any} */ e) => typeof e !== 'object' || e === null || typeof e.name !== 'string')) {
         throw new ManifestError(`manifest ${key} must be a list of objects with a name`);
       }
     }
-    const roles = [...d.inputs, ...d.outputs].map((io) => io.role);
+    const roles = [...d.inputs, ...d.outputs].map((/** @type {any} */ io) => io.role);
     if (roles.some((r) => !ROLES.includes(r))) {
       throw new ManifestError(`manifest I/O roles ${JSON.stringify(roles)} include one outside ${JSON.stringify(ROLES)}`);
     }
@@ -122,15 +123,15 @@ export class Manifest {
       checkShape(s.shape, `state ${s.name}`);
       if (s.dtype !== 'float32') throw new ManifestError(`state ${JSON.stringify(s.name)} has dtype ${s.dtype}; this runtime carries float32 state`);
     }
-    if (d.inputs.filter((io) => io.role === 'ids').length !== 1 || d.outputs.filter((io) => io.role === 'logits').length !== 1) {
+    if (d.inputs.filter((/** @type {any} */ io) => io.role === 'ids').length !== 1 || d.outputs.filter((/** @type {any} */ io) => io.role === 'logits').length !== 1) {
       throw new ManifestError('manifest must list exactly one ids input and one logits output');
     }
-    const stateIn = d.inputs.filter((io) => io.role === 'state-in').length;
-    const stateOut = d.outputs.filter((io) => io.role === 'state-out').length;
+    const stateIn = d.inputs.filter((/** @type {any} */ io) => io.role === 'state-in').length;
+    const stateOut = d.outputs.filter((/** @type {any} */ io) => io.role === 'state-out').length;
     if (stateIn !== d.state.length || stateOut !== d.state.length) {
       throw new ManifestError(`manifest lists ${stateIn} state inputs and ${stateOut} state outputs for ${d.state.length} state entries`);
     }
-    const logits = d.outputs.find((io) => io.role === 'logits');
+    const logits = d.outputs.find((/** @type {any} */ io) => io.role === 'logits');
     if (logits.dtype !== undefined && logits.dtype !== 'float32') {
       throw new ManifestError(`manifest logits dtype is ${logits.dtype}; this runtime reads float32 logits`);
     }

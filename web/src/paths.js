@@ -11,7 +11,7 @@ const SCHEME = /^[a-zA-Z][a-zA-Z0-9+.-]*:/;
  * @returns {string[]}
  */
 export function checkRelativePath(rel, what = 'file') {
-  const bad = (why) => new ArtifactError(`the manifest's ${what} path ${JSON.stringify(rel)} is refused: ${why}; ` +
+  const bad = (/** @type {string} */ why) => new ArtifactError(`the manifest's ${what} path ${JSON.stringify(rel)} is refused: ${why}; ` +
     'every path must be relative and stay inside the artifact');
   if (typeof rel !== 'string' || rel.length === 0) throw bad('not a non-empty string');
   if (rel.includes('\0') || rel.includes('\\')) throw bad('it holds a NUL or a backslash');

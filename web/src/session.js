@@ -34,10 +34,19 @@ export class InfiniSession {
     this.vocabSize = artifact.manifest.vocabSize;
     /** The decode program's spec when tokens inside a segment go through it (else null). */
     this.decodeSpec = artifact.decode ? artifact.manifest.decode : null;
-    if (this.decodeSpec) {  // where each segment-state tensor sits in the decode state
+    /** @type {number[]} where each segment-state tensor sits in the decode state */
+    this._segIdx = [];
+    if (this.decodeSpec) {
       const names = this.decodeSpec.state.map((e) => e.name);
       this._segIdx = artifact.manifest.state.map((e) => names.indexOf(e.name));
     }
+    /** @type {number} */ this.batchSize = batchSize;
+    /** @type {Float32Array[]} the state (with a decode program: the decode state) */ this._state = [];
+    /** @type {number[][]} per batch row, the tokens of the incomplete segment */ this._pending = [];
+    /** @type {Float32Array[]} the current segment's keys and values (B, H, N, dh); never written in place */
+    this._cache = [];
+    /** @type {Float32Array | null} logits (B, V) of the last token consumed */ this._last = null;
+    /** @type {number} */ this.tokensConsumed = 0;
     this._lock = { tail: Promise.resolve() };
     this._resetNow(batchSize);
   }
@@ -75,20 +84,16 @@ export class InfiniSession {
   _resetNow(batchSize) {
     this._checkBatch(batchSize);
     this.batchSize = batchSize;
-    /** @type {Float32Array[]} */
     this._state = this.artifact.initial.map((s) => {
       const out = new Float32Array(s.length * batchSize);
       for (let b = 0; b < batchSize; b++) out.set(s, b * s.length);
       return out;
     });
-    /** @type {number[][]} */
     this._pending = Array.from({ length: batchSize }, () => []);
     this.tokensConsumed = 0;
-    /** @type {Float32Array | null} logits (B, V) of the last token consumed */
     this._last = null;
     if (this.decodeSpec) {
       this._state = this._decodeStateFrom(this._state, batchSize);
-      /** @type {Float32Array[]} the current segment's keys and values (B, H, N, dh); never written in place */
       this._cache = this.decodeSpec.cache.map((e) => new Float32Array(sizeOf(concreteShape(e.shape, batchSize))));
     }
   }
@@ -99,6 +104,7 @@ export class InfiniSession {
    */
   _decodeStateFrom(seg, batch) {
     const dec = /** @type {import('./decode_spec.js').DecodeSpec} */ (this.decodeSpec);
+    /** @type {Float32Array[]} */
     const out = dec.state.map((e) => new Float32Array(sizeOf(concreteShape(e.shape, batch))));
     /** @type {number[]} */ (this._segIdx).forEach((k, j) => { out[k] = seg[j]; });
     return out;

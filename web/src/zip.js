@@ -129,6 +129,7 @@ function checkLocalHeader(bytes, view, decoder, at, want, limit) {
  * @returns {number[]}
  */
 function zip64Fields(view, at, len, present) {
+  /** @type {number[]} */
   const out = [];
   for (let p = at; p + 4 <= at + len;) {
     const id = view.getUint16(p, true); const size = view.getUint16(p + 2, true);

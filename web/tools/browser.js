@@ -19,6 +19,7 @@ export async function launch(executablePath) {
   return puppeteer.launch({
     executablePath,
     headless: true,
+    protocolTimeout: 2 * 60 * 60 * 1000,  // waiting for a long prompt is one protocol call
     args: ['--no-sandbox', '--enable-precise-memory-info', '--disable-gpu', '--disable-dev-shm-usage',
       '--disable-background-timer-throttling', '--disable-renderer-backgrounding'],
   });
