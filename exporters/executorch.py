@@ -26,13 +26,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from infini_export.protocol import FlatStep, check_protocol
+from infini_export.protocol import FlatDecode, FlatStep, check_protocol, has_decode
 from runtime.atomic import atomic_write
 
 from .artifact import build_manifest
 
 MODEL_FILE = "model.pte"
 METHOD = "forward"
+DECODE_METHOD = "decode"
 DELEGATES = ("xnnpack", "none")
 QUANTIZE = (None, "int8")
 
@@ -160,7 +161,14 @@ def untie_linear_from_embedding(module: nn.Module) -> tuple[nn.Module, list[str]
 
 
 # ---- quantization ----------------------------------------------------------------------------
-def _quantize_int8(flat: FlatStep, example: tuple, dynamic_shapes: dict | None):
+def _flat_shapes(dynamic_shapes: dict | None):
+    """The per-argument dynamic shapes of a module's ``forward`` keyword dict, as the flat tuple of its graph."""
+    if dynamic_shapes is None:
+        return None
+    return tuple(x for v in dynamic_shapes.values() for x in (v if isinstance(v, tuple) else (v,)))
+
+
+def _quantize_int8(flat: nn.Module, example: tuple, dynamic_shapes: dict | None):
     """PT2E dynamic int8 (per-channel weights) of the nn.Linear layers.
 
     Returns the re-exported program and ``{op: count}`` of the operators that now consume dequantized
@@ -185,8 +193,7 @@ def _quantize_int8(flat: FlatStep, example: tuple, dynamic_shapes: dict | None):
         if any(isinstance(a, torch.fx.Node) and "dequantize" in str(a.target) for a in node.all_input_nodes):
             consumers[getattr(node.target, "__name__", str(node.target))] += 1
     # the graph module takes flat args
-    flat_shapes = None if dynamic_shapes is None else (dynamic_shapes["input_ids"], *dynamic_shapes["state"])
-    ep = torch.export.export(converted, example, dynamic_shapes=flat_shapes, strict=False)
+    ep = torch.export.export(converted, example, dynamic_shapes=_flat_shapes(dynamic_shapes), strict=False)
     return ep, dict(consumers)
 
 
@@ -235,25 +242,40 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
     # largest batch allowed, so a small bound is less memory at load time); else batch dynamic in [1, max]
     example = flat.example_inputs(1 if max_batch == 1 else 2)
     dynamic = None if max_batch == 1 else flat.dynamic_shapes(max_batch)
+    methods = {METHOD: (flat, example, dynamic, spec)}
+    # a second method in the same program (the weights are stored once). XNNPACK takes it at batch 1 only; under
+    # a dynamic batch it runs on the portable kernels, which have no int8 kernels: then it is left out
+    if has_decode(module) and (max_batch == 1 or quantize is None):
+        dec = FlatDecode(exported_module).eval()
+        methods[DECODE_METHOD] = (dec, dec.example_inputs(1 if max_batch == 1 else 2), dec.dynamic_shapes(max_batch),
+                                  dec.spec)
     t0 = time.perf_counter()
     quantized: dict = {}
+    programs = {}
     with torch.no_grad():
-        if quantize == "int8":
-            program, quantized = _quantize_int8(flat, example, dynamic)
-        else:
-            program = torch.export.export(flat, example, dynamic_shapes=dynamic, strict=False)
-        partitioner = [xnnpack_partitioner()] if delegate == "xnnpack" else []
-        edge = to_edge_transform_and_lower(program, transform_passes=[canonicalize_dynamic_shapes],
+        for name, (mod, ex, dyn, _) in methods.items():
+            if quantize == "int8":
+                programs[name], counts = _quantize_int8(mod, ex, dyn)
+                quantized = quantized or counts
+            else:
+                programs[name] = torch.export.export(mod, ex, dynamic_shapes=dyn, strict=False)
+        # XNNPACK takes the decode method at a static batch only (with a dynamic one it refuses a partition whose
+        # output is also its input); with --max-batch > 1 the decode method runs on the portable kernels
+        partitioner = {name: [xnnpack_partitioner()] if delegate == "xnnpack" and (name == METHOD or max_batch == 1)
+                       else [] for name in programs}
+        edge = to_edge_transform_and_lower(programs, transform_passes=[canonicalize_dynamic_shapes],
                                            partitioner=partitioner,
                                            compile_config=EdgeCompileConfig(_check_ir_validity=False))
-        report = delegation_report(edge.exported_program())
+        reports = {name: delegation_report(edge.exported_program(name)) for name in programs}
+        report = reports[METHOD]
         et_program = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True))
-    n_in = len(et_program.exported_program().graph_signature.user_inputs)
-    n_out = len(et_program.exported_program().graph_signature.user_outputs)
-    if (n_in, n_out) != (len(spec.input_names()), len(spec.output_names())):
-        raise RuntimeError(f"the ExecuTorch program has {n_in} inputs and {n_out} outputs, the step has "
-                           f"{len(spec.input_names())} and {len(spec.output_names())} (an in-place state update "
-                           "adds outputs: updates must be out of place)")
+    for name, (_, _, _, mspec) in methods.items():
+        n_in = len(et_program.exported_program(name).graph_signature.user_inputs)
+        n_out = len(et_program.exported_program(name).graph_signature.user_outputs)
+        if (n_in, n_out) != (len(mspec.input_names()), len(mspec.output_names())):
+            raise RuntimeError(f"the ExecuTorch method {name!r} has {n_in} inputs and {n_out} outputs, the module "
+                               f"has {len(mspec.input_names())} and {len(mspec.output_names())} (an in-place state "
+                               "update adds outputs: updates must be out of place)")
     atomic_write(out_dir / MODEL_FILE, lambda f: f.write(et_program.buffer))
     seconds = round(time.perf_counter() - t0, 2)
     summary = (f"executorch export ({delegate}{', int8' if quantize else ''}): {report['delegate_partitions']} "
@@ -263,10 +285,13 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
     if verbose:
         print(summary)
     from executorch import version as et_version
+    decode = {"format": "pte", "file": "program", "method": DECODE_METHOD, "delegate": delegate} \
+        if DECODE_METHOD in methods else None
     manifest = build_manifest(
         module, spec, backend="executorch",
         program={"format": "pte", "file": "program", "method": METHOD, "delegate": delegate},
         files={"program": MODEL_FILE}, directory=out_dir, max_batch=max_batch, quantization=quantize,
+        decode_program=decode,
         exporter={"path": "torch.export -> to_edge_transform_and_lower"
                           + ("(XnnpackPartitioner, merged to a fixed point)" if delegate == "xnnpack"
                              else "(portable kernels)")
@@ -275,6 +300,7 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
                   "transform_passes": ["canonicalize_dynamic_shapes"],
                   "untied_weights": untied,
                   **report,
+                  "decode_delegation": reports.get(DECODE_METHOD),
                   "quantized_linears": quantized.get("linear.default", 0),
                   "quantized_op_types": quantized,
                   "quantization_scheme": ("XNNPACKQuantizer PT2E: int8 dynamic per-tensor activations, int8 "

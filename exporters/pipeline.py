@@ -53,15 +53,17 @@ def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "on
     return manifest, report
 
 
-def export_unchecked(preset: str, out_dir: str | Path, fmt: str = "onnx", seed: int = 0) -> Path:
-    """Export a preset with random weights and no parity check (for speed and memory measurements only)."""
+def export_unchecked(config: str, out_dir: str | Path, fmt: str = "onnx", seed: int = 0) -> Path:
+    """Export a preset (or a config as JSON text) with random weights and no parity check (for speed and memory
+    measurements only); an existing artifact in ``out_dir`` is reused."""
     from infini_export import InfiniConfig, InfiniTransformer
 
     out_dir = Path(out_dir)
     if (out_dir / "manifest.json").is_file():
         return out_dir
     torch.manual_seed(seed)
-    module = InfiniTransformer(InfiniConfig.from_name(preset)).eval()
+    cfg = InfiniConfig.from_json(config) if config.lstrip().startswith("{") else InfiniConfig.from_name(config)
+    module = InfiniTransformer(cfg).eval()
     if fmt != "onnx":
         raise ValueError("export_unchecked writes ONNX artifacts")
     from .onnx import export_onnx

@@ -18,7 +18,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("artifacts", nargs="*", help="ONNX artifact folders with a decode program")
     p.add_argument("--export", action="append", default=[], metavar="PRESET",
-                   help="export this preset (random weights, parity skipped) into -o first")
+                   help="export this preset or config JSON (random weights, parity skipped) into -o/NAME first")
+    p.add_argument("--name", action="append", default=[], help="folder name for each --export (default: the preset)")
     p.add_argument("-o", "--out", default="out/bench-decode")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--rerun-tokens", type=int, default=8)
@@ -27,9 +28,9 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
     arts = [Path(a) for a in args.artifacts]
-    for preset in args.export:
+    for i, preset in enumerate(args.export):
         from exporters.pipeline import export_unchecked
-        arts.append(export_unchecked(preset, Path(args.out) / preset))
+        arts.append(export_unchecked(preset, Path(args.out) / (args.name[i] if i < len(args.name) else preset)))
     contexts = [parse_length(c) for c in args.contexts.split(",") if c]
     results = [measure(a, new_tokens=args.new_tokens, rerun_tokens=args.rerun_tokens, rounds=args.rounds,
                        contexts=contexts, threads=args.threads) for a in arts]

@@ -13,7 +13,7 @@ from runtime import InfiniSession, InputError, StateError
 
 def _decode_all(model, ids, chunks):
     """Drive the eager decode over ``ids`` in chunks that never cross a segment; return logits and state."""
-    N = model.cfg.segment_len
+    N = model.step_spec().segment_len
     state, cache = model.init_decode_state(ids.shape[0])
     out, t, k = [], 0, 0
     with torch.no_grad():
@@ -185,3 +185,54 @@ def test_eager_session_decodes_like_the_artifact(onnx_artifacts):
     e, s = eager_session(model), InfiniSession.open(art)
     assert e.decoding
     np.testing.assert_array_equal(e.generate(ids, 20), s.generate(ids, 20))
+
+
+@pytest.fixture(scope="module")
+def et_artifact(tmp_path_factory):
+    """The tiny preset as a batch-1 ExecuTorch program with its decode method (XNNPACK)."""
+    from exporters.pipeline import export_artifact
+    model = make_model("delta")
+    d = tmp_path_factory.mktemp("et_decode")
+    export_artifact(model, d, "executorch", parity_segments=4, max_batch=1, progress=False, log=None)
+    return model, d
+
+
+def test_executorch_decode_method(et_artifact, onnx_artifacts):
+    model, art = et_artifact
+    s = InfiniSession.open(art)
+    assert s.decoding and s.manifest.decode.program["method"] == "decode"
+    assert s.manifest.data["parity"]["passed"] and s.manifest.data["parity"]["decode"]["calls"] == 48
+    rep = validate_decode(s.backend, model, tolerance_for("executorch", "float32"), segments=3)
+    assert rep["failures"] == [] and rep["top1"] == 1.0
+    prompt = np.random.default_rng(5).integers(0, 256, 23)
+    onnx = InfiniSession.open(onnx_artifacts["delta"][1])
+    np.testing.assert_array_equal(s.generate(prompt, 40), onnx.generate(prompt, 40))
+
+
+@pytest.mark.parametrize("name", ["linear", "delta", "delta_learned"])
+def test_adapter_decode_equals_its_step(name):
+    from test_adapter_lucidrains import SEG, make_theirs
+    from infini_export.adapters.lucidrains import LucidrainsStep
+    adapter = LucidrainsStep(make_theirs(name), SEG).eval()
+    ids = torch.randint(0, adapter.vocab_size, (2, 3 * SEG + 5), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        state, ref = adapter.init_state(2), []
+        for t in range(0, ids.shape[1], SEG):
+            logits, state = adapter.step(ids[:, t:t + SEG], state)
+            ref.append(logits)
+    logits, dec_state = _decode_all(adapter, ids, [1, 3, 5])
+    torch.testing.assert_close(logits, torch.cat(ref, 1), atol=1e-5, rtol=1e-5)
+    assert float(dec_state[-1].min()) == 1.0  # has_memory after the first boundary
+
+
+def test_adapter_decode_exports_with_parity(tmp_path):
+    from test_adapter_lucidrains import SEG, make_theirs
+    from exporters.pipeline import export_artifact
+    from infini_export.adapters.lucidrains import LucidrainsStep
+    adapter = LucidrainsStep(make_theirs("delta"), SEG).eval()
+    manifest, report = export_artifact(adapter, tmp_path, "onnx", parity_segments=4, progress=False, log=None)
+    assert report.decode["failures"] == [] and report.decode["boundaries"] == 3
+    assert "has_memory" in [e["name"] for e in manifest["decode"]["state"]]
+    s = InfiniSession.open(tmp_path)
+    ids = np.random.default_rng(6).integers(0, adapter.vocab_size, 3 * SEG + 3)
+    np.testing.assert_allclose(s.feed(ids), InfiniSession.open(tmp_path, use_decode=False).feed(ids), atol=1e-5)

@@ -55,7 +55,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..state import LayerMemory, StateTensorSpec, StepSpec, layer_state_specs
+from ..state import (DecodeSpec, LayerCache, LayerDecodeState, LayerMemory, StateTensorSpec, StepSpec,
+                     layer_decode_specs, layer_state_specs)
 
 STATE_DTYPE = torch.float32
 HAS_MEMORY = "has_memory"
@@ -175,11 +176,12 @@ class LucidrainsStep(nn.Module):
 
     # ---- their layers, re-expressed ------------------------------------------------------------
     @staticmethod
-    def _rotary_tables(attn, T: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin (T, dim_head) of ``rotary_emb`` at positions 0..T-1, computed as their ``forward``
-        does but without its cache side effect; shared by q and k (one table per layer, not two)."""
+    def _rotary_tables(attn, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (T, dim_head) of ``rotary_emb`` at ``positions`` (T,), computed as their ``forward`` does
+        but without its cache side effect; shared by q and k (one table per layer, not two)."""
         rot = attn.rotary_emb
-        seq = torch.arange(T, device=device, dtype=dtype) / rot.interpolate_factor  # get_seq_pos
+        T = positions.shape[0]
+        seq = positions.to(dtype) / rot.interpolate_factor  # get_seq_pos
         freqs = _cast(seq, rot.freqs.dtype)[:, None] * rot.freqs[None, :]  # einsum('n,f->nf'): one product each
         freqs = freqs[:, :, None].expand(T, freqs.shape[-1], 2).reshape(T, 2 * freqs.shape[-1])  # (T, 2F): (f r)
         return freqs.cos(), freqs.sin()
@@ -192,25 +194,32 @@ class LucidrainsStep(nn.Module):
         out = (t * cos) + (halved * sin)  # rotates all dim_head features (checked in __init__)
         return _cast(out, t.dtype)
 
-    def _attention(self, attn, x: torch.Tensor, mem, use_mem: torch.Tensor):
+    def _qkv(self, attn, x: torch.Tensor, positions: torch.Tensor):
+        """Normed input, q, k, v (B, H, T, d) and the rotated, scaled q and rotated k (rotary after scaling)."""
         B, T, _ = x.shape
-        H, d = self.heads, self.dim_head
         x = attn.norm(x)  # (B, T, D)
-        qkv = attn.to_qkv(x).reshape(B, T, 3, H, d).permute(2, 0, 3, 1, 4)  # (3, B, H, T, d)
+        qkv = attn.to_qkv(x).reshape(B, T, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)  # (3, B, H, T, d)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, T, d) each
+        cos, sin = self._rotary_tables(attn, positions, q.dtype)
+        return x, q, k, v, self._rotate(q * attn.scale, cos, sin), self._rotate(k, cos, sin)
 
-        # local causal attention (rotary after scaling, as theirs)
-        cos, sin = self._rotary_tables(attn, T, q.dtype, q.device)
-        q_rot = self._rotate(q * attn.scale, cos, sin)
-        k_rot = self._rotate(k, cos, sin)
+    def _attention(self, attn, x: torch.Tensor, mem, use_mem: torch.Tensor):
+        T = x.shape[1]
+        x, q, k, v, q_rot, k_rot = self._qkv(attn, x, torch.arange(T, device=x.device))
+        # local causal attention
         sim = q_rot @ k_rot.transpose(-1, -2)  # (B, H, T, T): einsum("... i d, ... j d -> ... i j")
         sim = sim.masked_fill(self.causal_mask[:T, :T], -torch.finfo(sim.dtype).max)
-        a = attn.dropout(sim.softmax(dim=-1))
-        out = a @ v  # (B, H, T, d): A_dot
+        out = attn.dropout(sim.softmax(dim=-1)) @ v  # (B, H, T, d): A_dot
+        out, dkv, dnorm, past_kv, past_norm = self._memory(attn, x, q, k, v, out, mem.memory, mem.norm, use_mem)
+        new_kv = dkv + past_kv  # eq (4): einsum("... n dk, ... n dv -> ... dk dv") + past
+        return out, LayerMemory(new_kv, dnorm + past_norm)
 
+    def _memory(self, attn, x, q, k, v, out, memory, norm, use_mem):
+        """Memory read and gate on the local output, the heads merged; this chunk's write (not yet added)."""
+        B, _, T, _ = q.shape
         # compressive memory: with no memory, behave as past_memories=None
-        past_kv = torch.where(use_mem, mem.memory, torch.zeros_like(mem.memory))  # (B, H, d, d)
-        past_norm = torch.where(use_mem[..., 0], mem.norm, torch.zeros_like(mem.norm))  # (B, H, d)
+        past_kv = torch.where(use_mem, memory, torch.zeros_like(memory))  # (B, H, d, d)
+        past_norm = torch.where(use_mem[..., 0], norm, torch.zeros_like(norm))  # (B, H, d)
         kf, vf = _cast(k, STATE_DTYPE), _cast(v, STATE_DTYPE)
 
         mem_out = _cast(_retrieve(F.elu(_cast(q, STATE_DTYPE)) + 1.0, past_kv, past_norm), out.dtype)  # A_mem
@@ -218,7 +227,7 @@ class LucidrainsStep(nn.Module):
         gated = out * gates + mem_out * (1.0 - gates)
         out = torch.where(use_mem, gated, out)  # first segment: no read, no gate
 
-        out = out.permute(0, 2, 1, 3).reshape(B, T, H * d)  # merge heads
+        out = out.permute(0, 2, 1, 3).reshape(B, T, self.heads * self.dim_head)  # merge heads
         out = attn.to_out(out)  # (B, T, D)
 
         # write (create_new_memories)
@@ -236,9 +245,64 @@ class LucidrainsStep(nn.Module):
             diff_values = values - delta_v
         else:
             diff_values = vf * (1.0 - weights) if weights is not None else vf
-        new_kv = keys.transpose(-1, -2) @ diff_values + past_kv  # eq (4): einsum("... n dk, ... n dv -> ... dk dv")
-        new_norm = keys.sum(dim=2) + past_norm
-        return out, LayerMemory(new_kv, new_norm)
+        return out, keys.transpose(-1, -2) @ diff_values, keys.sum(dim=2), past_kv, past_norm
+
+    # ---- the decode protocol -------------------------------------------------------------------
+    def decode_spec(self) -> DecodeSpec:
+        dtype = str(self.model.token_emb.weight.dtype).replace("torch.", "")
+        state, cache = layer_decode_specs(self.depth, self.heads, self.dim_head, self.segment_len, dtype)
+        return DecodeSpec(self.segment_len, state + (StateTensorSpec(HAS_MEMORY, ("batch", 1)),), cache)
+
+    def init_decode_state(self, batch_size: int, device=None):
+        return self.decode_state_from(self.init_state(batch_size, device))
+
+    def decode_state_from(self, state):
+        """Position 0 after a segment: the memories, zero pending writes, ``has_memory``; an empty cache."""
+        *layers, has_memory = state
+        B, N = has_memory.shape[0], self.segment_len
+        kv = torch.zeros(B, self.heads, N, self.dim_head, dtype=self.model.token_emb.weight.dtype,
+                         device=has_memory.device)
+        dec = tuple(LayerDecodeState(m.memory, m.norm, torch.zeros_like(m.memory), torch.zeros_like(m.norm))
+                    for m in layers)
+        return (*dec, has_memory), tuple(LayerCache(kv, kv.clone()) for _ in layers)
+
+    def decode(self, input_ids: torch.Tensor, position: torch.Tensor, state, cache):
+        """Tokens p..p+T-1 of the current segment (see ``infini_export.state.DecodeSpec``); pure."""
+        if not torch.compiler.is_compiling():
+            p, T = int(position[0]), input_ids.shape[-1]
+            if not 0 <= p < self.segment_len or not 1 <= T <= self.segment_len - p:
+                raise ValueError(f"decode at position {p} with {T} tokens: expected 0 <= position < "
+                                 f"segment_len={self.segment_len} and 1 <= tokens <= segment_len - position")
+            *layers, has = state
+            self.check_step_inputs(input_ids, (*[LayerMemory(st.memory, st.norm) for st in layers], has))
+        *layers, has_memory = state
+        use_mem = (has_memory > 0.5)[:, :, None, None]  # (B, 1, 1, 1) bool
+        T, N = input_ids.shape[1], self.segment_len
+        fold = (position + T == N).to(STATE_DTYPE)  # (1,): 1.0 on the segment's last chunk
+        positions = position + torch.arange(T, device=input_ids.device)  # (T,)
+        visible = (torch.arange(N, device=input_ids.device) >= position)  # (N,) True = masked (slot not yet written)
+        x = self.model.token_emb(input_ids)  # (B, T, D)
+        new_layers, rows = [], []
+        for (attn, ff), st, c in zip(self.model.layers, layers, cache):
+            xn, q, k, v, q_rot, k_rot = self._qkv(attn, x, positions)
+            neg = -torch.finfo(q_rot.dtype).max
+            s_cache = (q_rot @ c.key.transpose(-1, -2)).masked_fill(visible, neg)  # (B, H, T, N)
+            s_self = (q_rot @ k_rot.transpose(-1, -2)).masked_fill(self.causal_mask[:T, :T], neg)  # (B, H, T, T)
+            a = attn.dropout(torch.cat([s_cache, s_self], dim=-1).softmax(dim=-1))
+            local = a[..., :N] @ c.value + a[..., N:] @ v  # (B, H, T, d)
+            out, dkv, dnorm, _, _ = self._memory(attn, xn, q, k, v, local, st.memory, st.norm, use_mem)
+            x = out + x
+            x = self._feed_forward(ff, x) + x
+            pend_kv, pend_norm = st.pending_memory + dkv, st.pending_norm + dnorm
+            # their first segment has no memory: the memory after it is the write alone (as use_mem zeroes past)
+            past_kv = torch.where(use_mem, st.memory, torch.zeros_like(st.memory))
+            past_norm = torch.where(use_mem[..., 0], st.norm, torch.zeros_like(st.norm))
+            new_layers.append(LayerDecodeState(st.memory + fold * (pend_kv + past_kv - st.memory),
+                                               st.norm + fold * (pend_norm + past_norm - st.norm),
+                                               pend_kv - fold * pend_kv, pend_norm - fold * pend_norm))
+            rows.append(LayerCache(k_rot, v))
+        logits = self.model.to_logits(self.model.norm(x))  # (B, T, V)
+        return logits, (*new_layers, torch.maximum(has_memory, fold)), tuple(rows)
 
     @staticmethod
     def _feed_forward(ff, x: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ import warnings
 import numpy as np
 
 from ..errors import ArtifactError, InfiniRuntimeError, InputError, ManifestError
+from .decode_check import check_decode_call
 
 ENGINES = ("auto", "pybindings", "numpy")
 # ExecuTorch ScalarType codes (runtime/core/portable_type/scalar_type.h) -> numpy dtype names
@@ -73,24 +74,33 @@ class _PybindingsEngine:
         if threads is not None:
             portable_lib._unsafe_reset_threadpool(threads)  # process-wide: ExecuTorch has one CPU thread pool
 
-    def load(self, data: bytes, method: str):
+    def load(self, data: bytes) -> list[str]:
         pl = self._pl
         self._program = pl._load_program_from_buffer(data, program_verification=pl.Verification.InternalConsistency)
-        names = [self._program.get_method_name(i) for i in range(self._program.num_methods())]
-        if method not in names:
-            return names
-        meta = self._program.method_meta(method)
-        self.inputs = [(t.dtype(), tuple(t.sizes())) for t in map(meta.input_tensor_meta, range(meta.num_inputs()))]
-        self.outputs = [(t.dtype(), tuple(t.sizes())) for t in map(meta.output_tensor_meta, range(meta.num_outputs()))]
-        self._method = self._program.load_method(method)
-        return names
+        return [self._program.get_method_name(i) for i in range(self._program.num_methods())]
 
-    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        # from_numpy shares the memory; the method copies its inputs into its planned memory
-        inputs = [self._torch.from_numpy(a if a.flags.writeable else a.copy()) for a in arrays]
-        outs = self._method.call(inputs, clone_outputs=False)
-        # the outputs alias the method's planned buffers, overwritten by the next call: copy (under the lock)
-        return [np.array(t.numpy(), copy=True) for t in outs]
+    def method(self, name: str) -> "_Method":
+        meta = self._program.method_meta(name)
+        method = self._program.load_method(name)
+        torch = self._torch
+
+        def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
+            # from_numpy shares the memory; the method copies its inputs into its planned memory
+            inputs = [torch.from_numpy(a if a.flags.writeable else a.copy()) for a in arrays]
+            outs = method.call(inputs, clone_outputs=False)
+            # the outputs alias the method's planned buffers, overwritten by the next call: copy (under the lock)
+            return [np.array(t.numpy(), copy=True) for t in outs]
+
+        return _Method([(t.dtype(), tuple(t.sizes())) for t in map(meta.input_tensor_meta, range(meta.num_inputs()))],
+                       [(t.dtype(), tuple(t.sizes())) for t in map(meta.output_tensor_meta, range(meta.num_outputs()))],
+                       run)
+
+
+class _Method:
+    """One loaded method: its planned input/output (dtype code, sizes) and ``run(arrays) -> arrays``."""
+
+    def __init__(self, inputs: list, outputs: list, run):
+        self.inputs, self.outputs, self.run = inputs, outputs, run
 
 
 class _NumpyEngine:
@@ -103,19 +113,38 @@ class _NumpyEngine:
         if threads is not None:
             warnings.warn("executorch-numpy-runtime has no thread-count setting; threads is ignored", stacklevel=3)
 
-    def load(self, data: bytes, method: str):
+    def load(self, data: bytes) -> list[str]:
         self._program = self._en.Runtime.get().load_program(data)
-        names = list(self._program.method_names)
-        if method not in names:
-            return names
-        self._method = self._program.load_method(method)
-        meta = self._method.metadata
-        self.inputs = [(t["scalar_type"], tuple(t["shape"])) for t in meta["inputs"]]
-        self.outputs = [(t["scalar_type"], tuple(t["shape"])) for t in meta["outputs"]]
-        return names
+        return list(self._program.method_names)
 
-    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        return [np.asarray(o) for o in self._method(arrays)]  # fresh arrays already: it copies out of its arena
+    def method(self, name: str) -> _Method:
+        method = self._program.load_method(name)
+        meta = method.metadata
+        # fresh arrays already: it copies out of its arena
+        return _Method([(t["scalar_type"], tuple(t["shape"])) for t in meta["inputs"]],
+                       [(t["scalar_type"], tuple(t["shape"])) for t in meta["outputs"]],
+                       lambda arrays: [np.asarray(o) for o in method(arrays)])
+
+
+def _check_method_io(method: _Method, name: str, inputs: list, outputs: list) -> dict:
+    """The method's planned I/O against the manifest's: count, dtypes, fixed dims; ``{symbol: planned sizes}``."""
+    if (len(method.inputs), len(method.outputs)) != (len(inputs), len(outputs)):
+        raise ArtifactError(f"the ExecuTorch method {name!r} has {len(method.inputs)} inputs and "
+                            f"{len(method.outputs)} outputs, the manifest lists {len(inputs)} and {len(outputs)} "
+                            "(a manifest from another model?)")
+    bounds: dict = {}
+    for kind, infos, listed in (("input", method.inputs, inputs), ("output", method.outputs, outputs)):
+        for i, ((code, sizes), io) in enumerate(zip(infos, listed)):
+            dtype, shape = _SCALAR_TYPES.get(code, f"scalar type {code}"), io["shape"]
+            fixed_ok = len(sizes) == len(shape) and all(
+                isinstance(d, str) or int(d) == s for d, s in zip(shape, sizes))
+            if dtype != io["dtype"] or not fixed_ok:
+                raise ArtifactError(f"the {name!r} method's {kind} {i} is {dtype} {list(sizes)}, the manifest's "
+                                    f"{io['name']!r} is {io['dtype']} {shape} (a manifest from another model?)")
+            for d, s in zip(shape, sizes):
+                if isinstance(d, str):
+                    bounds.setdefault(d, set()).add(s)
+    return bounds
 
 
 def _make_engine(engine: str, threads: int | None):
@@ -153,44 +182,39 @@ class ExecuTorchBackend:
         except OSError as exc:
             raise ArtifactError(f"cannot read the ExecuTorch program {path}: {exc}") from exc
         _check_header(path, data)
+        dec = manifest.decode if manifest.decode is not None and manifest.decode.program.get("format") == "pte" else None
+        self._decode = None
         try:
-            names = self.engine.load(data, self.method_name)
+            names = self.engine.load(data)
+            if self.method_name in names:
+                self._main = self.engine.method(self.method_name)
+            if dec is not None and dec.program.get("method") in names:
+                self._decode = self.engine.method(dec.program["method"])
         except Exception as exc:  # an ExecuTorch error code: truncated, corrupt, or an incompatible version
             raise ArtifactError(f"ExecuTorch ({self.engine.name} {self.engine.version}) cannot load {path} "
                                 f"({len(data)} bytes): {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}"
                                 " (truncated, corrupt, or written by an incompatible ExecuTorch)") from exc
-        if self.method_name not in names:
-            raise ArtifactError(f"{path} has the methods {names}, the manifest names {self.method_name!r}")
+        wanted = [self.method_name] + ([dec.program.get("method")] if dec is not None else [])
+        if any(m not in names for m in wanted):
+            raise ArtifactError(f"{path} has the methods {names}, the manifest names {wanted}")
         self._data = data  # the program may point into this buffer
         self._lock = threading.Lock()
         self._check_io()
 
     # ---- load-time checks ----------------------------------------------------------------------
     def _check_io(self) -> None:
-        man, eng = self.manifest, self.engine
-        want_in, want_out = len(man.data["inputs"]), len(man.data["outputs"])
-        if (len(eng.inputs), len(eng.outputs)) != (want_in, want_out):
-            raise ArtifactError(f"the ExecuTorch method {self.method_name!r} has {len(eng.inputs)} inputs and "
-                                f"{len(eng.outputs)} outputs, the manifest lists {want_in} and {want_out} "
-                                "(a manifest from another model?)")
-        batch_bounds = set()
-        for kind, infos, listed in (("input", eng.inputs, man.data["inputs"]),
-                                    ("output", eng.outputs, man.data["outputs"])):
-            for i, ((code, sizes), io) in enumerate(zip(infos, listed)):
-                dtype, shape = _SCALAR_TYPES.get(code, f"scalar type {code}"), io["shape"]
-                fixed_ok = len(sizes) == len(shape) and all(
-                    d == "batch" or int(d) == s for d, s in zip(shape, sizes))
-                if dtype != io["dtype"] or not fixed_ok:
-                    raise ArtifactError(f"the program's {kind} {i} is {dtype} {list(sizes)}, the manifest's "
-                                        f"{io['name']!r} is {io['dtype']} {shape} (a manifest from another model?)")
-                batch_bounds.update(s for d, s in zip(shape, sizes) if d == "batch")
+        man = self.manifest
+        bounds = _check_method_io(self._main, self.method_name, man.data["inputs"], man.data["outputs"])
         # the planned size of a dynamic axis is its upper bound
-        self.max_batch = min(batch_bounds) if batch_bounds else 1
+        self.max_batch = min(bounds["batch"]) if bounds.get("batch") else 1
         if self.max_batch < man.max_batch:
             raise ArtifactError(f"the program accepts batches up to {self.max_batch}, the manifest promises "
                                 f"{man.max_batch}")
         self._shapes = [tuple(io["shape"]) for io in man.data["inputs"]]
         self._dtypes = [np.dtype(io["dtype"]) for io in man.data["inputs"]]
+        if self._decode is not None:
+            dec = man.decode
+            _check_method_io(self._decode, dec.program["method"], dec.inputs, dec.outputs)
 
     # ---- one segment ---------------------------------------------------------------------------
     def _check_inputs(self, arrays: list) -> None:
@@ -210,8 +234,25 @@ class ExecuTorchBackend:
         self._check_inputs(arrays)
         arrays = [np.ascontiguousarray(a) for a in arrays]
         with self._lock:
-            outs = self.engine.run(arrays)
+            outs = self._main.run(arrays)
         if len(outs) != len(self.manifest.data["outputs"]):
             raise ArtifactError(f"the program returned {len(outs)} outputs, the manifest lists "
                                 f"{len(self.manifest.data['outputs'])}")
         return outs[0], outs[1:]
+
+    # ---- the decode method -----------------------------------------------------------------------
+    @property
+    def has_decode(self) -> bool:
+        return self._decode is not None
+
+    def run_decode(self, ids: np.ndarray, position: int, state: list[np.ndarray], cache: list[np.ndarray]):
+        """One decode call: ``(logits (B, T, V), new state list, cache rows list (B, H, T, dh))``."""
+        check_decode_call(self.manifest.decode, ids, position, state, cache)
+        if not 1 <= ids.shape[0] <= self.max_batch:
+            raise InputError(f"batch size {ids.shape[0]} is outside what this ExecuTorch program accepts: 1 to "
+                             f"{self.max_batch} (the bound it was exported with)")
+        arrays = [np.ascontiguousarray(a) for a in (ids, np.array([position], dtype=np.int64), *state, *cache)]
+        with self._lock:
+            outs = self._decode.run(arrays)
+        n = len(state)
+        return outs[0], outs[1:1 + n], outs[1 + n:]
