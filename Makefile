@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test test-web web web-deps browser venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,35 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+	$(MAKE) test-web
+
+# JavaScript runtime (web/): Node tests against the Python runtime's goldens, and the demo page in headless Chromium
+WEB_ARTIFACT := out/web-onnx
+WEB_GOLDENS := out/web-goldens
+WEB_DEPS := web/node_modules/.installed
+
+$(WEB_DEPS): web/package.json web/package-lock.json
+	cd web && npm ci --ignore-scripts --no-audit --no-fund
+	touch $@
+
+web-deps: $(WEB_DEPS)
+
+$(WEB_ARTIFACT)/manifest.json: $(STAMP) $(wildcard exporters/*.py infini_export/*.py) models/passkey-small/model.safetensors
+	$(PY) web/tools/export_artifact.py --checkpoint models/passkey-small -o $(WEB_ARTIFACT)
+
+# the system Chromium for the browser test (CI runs as root); without it that test is skipped, saying why
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "chromium could not be installed: the browser test will be skipped"
+
+test-web: $(STAMP) $(WEB_DEPS) $(WEB_ARTIFACT)/manifest.json browser
+	$(PY) web/tools/make_goldens.py --small $(WEB_ARTIFACT) --out $(WEB_GOLDENS)
+	cd web && PYTHON=$(abspath $(PY)) INFINI_GOLDENS=$(abspath $(WEB_GOLDENS)) node --test test/*.test.js
+
+# the demo page on http://127.0.0.1:8000/web/demo/ (serves the repository root, this machine only)
+web: $(WEB_DEPS) $(WEB_ARTIFACT)/manifest.json
+	$(PY) web/tools/serve.py --port 8000 --directory .
 
 clean:
 	rm -rf $(VENV) build *.egg-info

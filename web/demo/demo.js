@@ -1,0 +1,123 @@
+// The demo page: a passkey prompt of a chosen length streamed through the bundled model, and free text.
+import * as ort from '../node_modules/onnxruntime-web/dist/ort.wasm.min.mjs';
+import { InfiniSession } from '../src/index.js';
+import { ANSWER_LEN, PasskeyPrompt, isCorrect } from '../src/passkey.js';
+import { memorySample, formatBytes } from './memory.js';
+
+const $ = (/** @type {string} */ id) => /** @type {any} */ (document.getElementById(id));
+const params = new URLSearchParams(location.search);
+const ARTIFACT = params.get('artifact') ?? '../../out/web-onnx/';
+const LENGTHS = { '4K': 4096, '32K': 32768, '128K': 131072, '256K': 262144, '1M': 1048576 };
+
+/** What the page did, for people and for the browser test. */
+const demo = /** @type {any} */ ({ ready: false, running: false, result: null, error: null, generated: null });
+/** @type {any} */ (window).demo = demo;
+
+// one WebAssembly thread unless ?threads=N on a cross-origin-isolated page (make web serves it so): on a
+// small shared machine extra threads were slower
+ort.env.wasm.numThreads = globalThis.crossOriginIsolated ? Math.max(1, Math.min(8, Number(params.get('threads')) || 1)) : 1;
+demo.threads = ort.env.wasm.numThreads;
+/** @type {InfiniSession} */
+let session;
+
+function randomKey() { return String(10000 + Math.floor(Math.random() * 90000)); }
+const yieldToPage = () => new Promise((ok) => setTimeout(ok, 0));
+
+async function init() {
+  for (const [name, value] of [['length', params.get('length')], ['depth', params.get('depth')]]) {
+    if (value !== null) $(name).value = value;
+  }
+  $('key').value = params.get('key') ?? randomKey();
+  session = await InfiniSession.open(new URL(ARTIFACT, location.href), { ort });
+  const cfg = session.manifest.data.model?.config ?? {};
+  $('model').textContent = `model ${session.manifest.fingerprint.slice(0, 12)}: ${cfg.n_layers} layers, ${cfg.n_heads} heads, ` +
+    `segment ${session.segmentLen} tokens; sha256 ${session.artifact.verified ? 'verified' : 'not checked (no WebCrypto)'}; ` +
+    `${session.decoding ? 'decode program' : 'segment step only'}; WebAssembly threads: ${demo.threads}`;
+  $('state').textContent = `${formatBytes(session.stateBytes)} (constant)`;
+  $('status').textContent = 'ready';
+  $('run').disabled = false; $('generate').disabled = false;
+  demo.ready = true;
+  if (params.get('run') === '1') await runPasskey();
+}
+
+async function runPasskey() {
+  if (demo.running) return;
+  demo.running = true; demo.result = null;
+  $('run').disabled = true; $('answer').textContent = '-'; $('answer').className = '';
+  try {
+    const length = LENGTHS[/** @type {keyof LENGTHS} */ ($('length').value)];
+    const depth = Number($('depth').value);
+    const key = /^[0-9]{5}$/.test($('key').value) ? $('key').value : ($('key').value = randomKey());
+    const prompt = new PasskeyPrompt(length, depth, key);
+    const chunk = 64 * session.segmentLen;
+    await session.reset(1);
+    const memory = [await memorySample(true)];
+    $('status').textContent = `streaming a ${length.toLocaleString()}-token passkey prompt`;
+    const t0 = performance.now();
+    let done = 0;
+    let last = null;
+    while (done < length) {
+      const hi = Math.min(length, done + chunk);
+      last = await session.stream(prompt.chunk(done, hi));
+      done = hi;
+      const seconds = (performance.now() - t0) / 1000;
+      $('progress').value = done / length;
+      $('tokens').textContent = `${done.toLocaleString()} / ${length.toLocaleString()}`;
+      $('speed').textContent = `${Math.round(done / seconds).toLocaleString()}`;
+      memory.push(await memorySample());
+      $('memory').textContent = describeMemory(memory);
+      await yieldToPage();
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    memory.push(await memorySample(true));
+    const answerIds = [];
+    let logits = /** @type {Float32Array} */ (last?.data);
+    for (let i = 0; i < ANSWER_LEN; i++) {
+      let best = 0;
+      for (let v = 1; v < logits.length; v++) if (logits[v] > logits[best]) best = v;
+      answerIds.push(best);
+      if (i + 1 < ANSWER_LEN) logits = /** @type {any} */ (await session.stream([best])).data;
+    }
+    const answer = new TextDecoder().decode(Uint8Array.from(answerIds));
+    const correct = isCorrect(answer, key);
+    $('answer').textContent = `${JSON.stringify(answer)}: ${correct ? 'correct' : `wrong (key ${key})`}`;
+    $('answer').className = correct ? 'ok' : 'bad';
+    $('status').textContent = `done: ${length.toLocaleString()} tokens in ${seconds.toFixed(1)} s`;
+    demo.result = { length, depth, key, answer, correct, seconds, tokensPerSecond: length / seconds,
+      stateBytes: session.stateBytes, memory };
+  } catch (err) {
+    demo.error = String(err); $('status').textContent = `error: ${err}`;
+  } finally {
+    demo.running = false; $('run').disabled = false;
+  }
+}
+
+/** @param {{usedJSHeapSize?: number}[]} samples */
+function describeMemory(samples) {
+  const used = samples.map((s) => s.usedJSHeapSize).filter((v) => v !== undefined);
+  if (!used.length) return 'not reported by this browser';
+  return `JS heap ${formatBytes(used[used.length - 1])} (first ${formatBytes(used[0])}, peak ${formatBytes(Math.max(...used))})`;
+}
+
+async function generateText() {
+  $('generate').disabled = true;
+  try {
+    const text = new TextEncoder().encode($('text').value);
+    const twin = session.fork();
+    await twin.reset(1);
+    const temperature = Number($('temperature').value) || 0;
+    const out = await twin.generate(text, { maxNewTokens: Math.max(1, Number($('count').value) | 0), temperature,
+      topK: temperature ? 40 : null, seed: temperature ? Date.now() : null });
+    const generated = new TextDecoder().decode(Uint8Array.from(out[0]));
+    $('generated').textContent = generated;
+    demo.generated = generated;
+  } catch (err) {
+    $('generated').textContent = `error: ${err}`;
+  } finally {
+    $('generate').disabled = false;
+  }
+}
+
+$('run').addEventListener('click', runPasskey);
+$('generate').addEventListener('click', generateText);
+init().catch((err) => { demo.error = String(err); $('status').textContent = `error: ${err}`; });

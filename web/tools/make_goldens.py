@@ -1,0 +1,162 @@
+"""Reference outputs of the Python runtime for the JavaScript tests (written to a folder, not committed).
+
+For the bundled model's artifact and a tiny random-weight model exported here, on the same token ids:
+every token's logits over >= 64 segments (ending in a partial segment), with the decode program and
+without it (partial segments re-run padded), the state files the Python runtime saves after them
+(version 2 with the decode state, version 1 without), a greedy continuation, a top-k/top-p sampling distribution as the Python
+sampler computes it, a compressed copy of the state file (which a runtime must refuse), passkey
+prompts of tasks/passkey.py, and a greedy continuation of a short text by the bundled model.
+
+    python web/tools/make_goldens.py --small out/web-onnx --out out/web-goldens
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+VERSION = 5  # bump when what is written changes
+TEXT_PROMPT = "There is an important info hidden inside a lot of irrelevant text. The grass is green. The sky is"
+
+
+def export_tiny(out: Path) -> Path:
+    """The tiny preset with random weights (seeded), exported to ONNX."""
+    import torch
+
+    from infini_export import InfiniConfig, InfiniTransformer
+    from export_artifact import export  # beside this file
+
+    art = out / "tiny"
+    if (art / "manifest.json").is_file():
+        return art
+    torch.manual_seed(0)
+    model = InfiniTransformer(InfiniConfig.from_name("tiny")).eval()
+    with torch.no_grad():  # gates off their initial 0 so each head mixes differently
+        for block in model.blocks:
+            block.attn.beta.copy_(torch.linspace(-1.0, 1.0, block.attn.beta.numel()))
+    return export(model, art)
+
+
+def export_small(art: Path) -> Path:
+    if (art / "manifest.json").is_file():
+        return art
+    from infini_export.checkpoint import load_checkpoint
+    from export_artifact import export  # beside this file
+
+    return export(load_checkpoint(ROOT / "models" / "passkey-small"), art)
+
+
+class _RecordingRng:
+    """Stands in for numpy's Generator in runtime.session._sample: keeps the distribution it is given."""
+
+    def __init__(self):
+        self.p = []
+
+    def choice(self, n, p):
+        self.p.append(np.asarray(p, dtype=np.float64))
+        return int(np.argmax(p))
+
+
+def reference(art: Path, out: Path, segments: int, partial: int, batch: int, seed: int) -> dict:
+    from runtime import InfiniSession
+    from runtime.session import _sample
+
+    out.mkdir(parents=True, exist_ok=True)
+    session = InfiniSession.open(art, batch_size=batch)
+    N = session.segment_len
+    ids = np.random.default_rng(seed).integers(0, session.vocab_size, size=(batch, segments * N + partial))
+    logits = session.feed(ids)  # (B, T, V)
+    session.save_state(out / "state.npz")
+    with np.load(out / "state.npz") as z:  # the same members, deflated: a runtime must refuse it
+        np.savez_compressed(out / "state_compressed.npz", **{k: z[k] for k in z.files})
+    np.save(out / "ids.npy", ids.astype(np.int64))
+    np.save(out / "logits.npy", logits.astype(np.float32))
+    plain = InfiniSession.open(art, batch_size=batch, use_decode=False)  # partial segments re-run padded
+    np.save(out / "logits_segment.npy", plain.feed(ids).astype(np.float32))
+    plain.save_state(out / "state_v1.npz")
+    twin = session.fork()
+    greedy = twin.generate(np.zeros((batch, 0), dtype=np.int64), 24)
+    np.save(out / "greedy.npy", greedy.astype(np.int64))
+    rec = _RecordingRng()
+    last = logits[:, -1]
+    _sample(last, 0.8, 40, 0.9, rec)
+    np.save(out / "sample_probs.npy", np.stack(rec.p))
+    return {"artifact": str(art.resolve()), "segments": segments, "partial": partial, "batch": batch,
+            "segment_len": N, "tokens_consumed": session.tokens_consumed, "fingerprint": session.manifest.fingerprint,
+            "decoding": session.decoding,
+            "sample": {"temperature": 0.8, "top_k": 40, "top_p": 0.9}}
+
+
+def text_continuation(art: Path, n: int = 40) -> dict:
+    """Greedy continuation of a short text (the demo page's free-text box)."""
+    from runtime import InfiniSession
+
+    session = InfiniSession.open(art)
+    ids = np.frombuffer(TEXT_PROMPT.encode(), dtype=np.uint8).astype(np.int64)
+    out = session.generate(ids[None], n)[0]
+    return {"prompt": TEXT_PROMPT, "tokens": [int(t) for t in out]}
+
+
+def passkey_prompts(out: Path) -> list[dict]:
+    from infini_export.tasks import passkey as pk
+
+    out.mkdir(parents=True, exist_ok=True)
+    cases = []
+    for i, (length, depth, key) in enumerate([(4096, 0.0, "71432"), (4096, 0.5, "10000"), (4096, 1.0, "99999"),
+                                               (5000, 0.5, "31415"), (pk.min_length(), 0.5, "27182"),
+                                               (32768, 0.25, "55555"), (1234, 0.3, "12345")]):
+        sample = pk.make_sample(length, depth, key=key)
+        np.save(out / f"passkey_{i}.npy", sample.ids.astype(np.int64))
+        cases.append({"file": f"passkey_{i}.npy", "length": length, "depth": depth, "key": key,
+                      "needle_start": sample.needle_start})
+    return cases
+
+
+def code_hash(small: Path) -> str:
+    """What the goldens depend on: the Python code that exports and runs, this file, the small artifact."""
+    h = hashlib.sha256((small / "manifest.json").read_bytes())
+    for folder in ("runtime", "exporters", "infini_export"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            h.update(str(path.relative_to(ROOT)).encode() + path.read_bytes())
+    h.update(Path(__file__).read_bytes())
+    return h.hexdigest()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--small", default=str(ROOT / "out" / "web-onnx"), help="the bundled model's ONNX artifact "
+                    "(exported here if missing)")
+    ap.add_argument("--out", default=str(ROOT / "out" / "web-goldens"))
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    index_path = out / "index.json"
+    small = export_small(Path(args.small))
+    made_by = code_hash(small)
+    if index_path.is_file():
+        old = json.loads(index_path.read_text())
+        if old.get("version") == VERSION and old.get("made_by") == made_by:
+            print(f"goldens up to date in {out}")
+            return 0
+    if (out / "tiny").is_dir():  # exported by other code: again
+        shutil.rmtree(out / "tiny")
+    tiny = export_tiny(out)
+    index = {"version": VERSION, "made_by": made_by, "models": {
+        "small": reference(small, out / "small-ref", segments=64, partial=37, batch=1, seed=1),
+        "tiny": reference(tiny, out / "tiny-ref", segments=80, partial=5, batch=2, seed=2),
+    }, "passkey": passkey_prompts(out / "passkey"), "text": text_continuation(small)}
+    index_path.write_text(json.dumps(index, indent=2) + "\n")
+    print(f"goldens written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
