@@ -225,7 +225,7 @@ class InfiniSession:
             self.set_state(state, arrays["pending"], count)
             return
         cache = {k[len("cache/"):]: v for k, v in arrays.items() if k.startswith("cache/")}
-        last = arrays["last_logits"] if meta.get("has_last_logits") else None
+        last = arrays["last_logits"] if meta.get("has_last_logits", True) else None
         self._set_decode_state(state, cache, arrays["pending"], last, count)
 
     def _read_state_file(self, path: Path) -> tuple[dict, dict]:

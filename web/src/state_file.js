@@ -42,7 +42,10 @@ export function encodeStateFile(manifest, snap) {
       const [B, H, , dh] = concreteShape(e.shape, snap.batchSize);
       entries.push([`cache/${e.name}.npy`, writeNpy('float32', [B, H, p, dh], /** @type {Float32Array[]} */ (snap.cacheRows)[i])]);
     });
-    if (snap.last) entries.push(['last_logits.npy', writeNpy('float32', [snap.batchSize, manifest.vocabSize], snap.last)]);
+    // always present (zeros when there is none yet), as the Python runtime writes it; has_last_logits says which
+    meta.has_last_logits = Boolean(snap.last);
+    entries.push(['last_logits.npy', writeNpy('float32', [snap.batchSize, manifest.vocabSize],
+      snap.last ?? new Float32Array(snap.batchSize * manifest.vocabSize))]);
   }
   const pending = new BigInt64Array(snap.batchSize * p);
   snap.pending.forEach((row, b) => row.forEach((t, j) => { pending[b * p + j] = BigInt(t); }));
@@ -149,7 +152,8 @@ function decode(manifest, bytes, where) {
   };
   const state = entries.map((e) => floats(`state/${e.name}.npy`, `state tensor ${JSON.stringify(e.name)}`));
   const cacheRows = dec ? dec.cache.map((e) => floats(`cache/${e.name}.npy`, `cache tensor ${JSON.stringify(e.name)}`)) : undefined;
-  const last = dec && members.has('last_logits.npy') ? floats('last_logits.npy', 'last_logits') : null;
+  const last = dec && members.has('last_logits.npy') && meta.has_last_logits !== false
+    ? floats('last_logits.npy', 'last_logits') : null;
   const pnpy = memberData(bytes, zipped('pending.npy'));
   const pdata = /** @type {BigInt64Array} */ (readNpyData(pnpy, ph));
   const p = ph.shape[1]; const V = BigInt(manifest.vocabSize);
