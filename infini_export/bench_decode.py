@@ -174,3 +174,28 @@ def lucidrains_comparison(out_dir: Path, new_tokens: int = 128, rounds: int = 2,
             f"our decode program {1000 * t_ours[-1]:.2f} ms/token")
     return {"their_ms_per_token": 1000 * float(np.median(t_theirs)), "our_ms_per_token": 1000 * float(np.median(t_ours)),
             "speedup": float(np.median(t_theirs) / np.median(t_ours)), "new_tokens": new_tokens, "threads": threads}
+
+
+def sharing_child(artifact: Path, share: bool) -> dict:
+    """In a fresh process: resident memory after open and at peak, a segment step and a decode token, with the
+    graphs' weights shared (one mapping) or loaded by each graph."""
+    from runtime.session import InfiniSession
+
+    from .streaming import peak_rss_mb
+
+    def rss_mb() -> float:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS"))
+
+    s = InfiniSession.open(artifact, share_weights=share)
+    opened = rss_mb()
+    N, V = s.segment_len, s.vocab_size
+    ids = np.random.default_rng(0).integers(0, V, 2 * N + 5, dtype=np.int64)
+    s.stream(ids[:N])
+    t = time.perf_counter()
+    s.stream(ids[N:2 * N])
+    seg = time.perf_counter() - t
+    s.stream(ids[2 * N:])
+    ms = _decode_ms(s, 16, 0)
+    return {"share_weights": share, "rss_after_open_mb": opened, "peak_rss_mb": peak_rss_mb(),
+            "segment_seconds": seg, "decode_ms_median": float(np.median(ms))}
