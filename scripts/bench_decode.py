@@ -2,7 +2,7 @@
 """Decode speed vs the segment re-run, the bandwidth bound, and latency vs context, for exported artifacts.
 
     python scripts/bench_decode.py out/small-onnx --contexts 1K,32K,1M
-    python scripts/bench_decode.py --export base-32k -o out/bench-decode    # export a preset first (random weights)
+    python scripts/bench_decode.py --export base-32k          # export a preset first (random weights) into --cache
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ def main() -> int:
     p.add_argument("--export", action="append", default=[], metavar="PRESET",
                    help="export this preset or config JSON (random weights, parity skipped) into -o/NAME first")
     p.add_argument("--name", action="append", default=[], help="folder name for each --export (default: the preset)")
-    p.add_argument("-o", "--out", default="out/bench-decode")
+    p.add_argument("-o", "--out", default="out/bench-decode", help="folder for bench_decode.json and .png")
+    p.add_argument("--cache", default="out/bench-decode", help="folder for the artifacts this script exports")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--rerun-tokens", type=int, default=8)
     p.add_argument("--rounds", type=int, default=2)
@@ -32,13 +33,13 @@ def main() -> int:
     arts = [Path(a) for a in args.artifacts]
     for i, preset in enumerate(args.export):
         from exporters.pipeline import export_unchecked
-        arts.append(export_unchecked(preset, Path(args.out) / (args.name[i] if i < len(args.name) else preset)))
+        arts.append(export_unchecked(preset, Path(args.cache) / (args.name[i] if i < len(args.name) else preset)))
     contexts = [parse_length(c) for c in args.contexts.split(",") if c]
     results = [measure(a, new_tokens=args.new_tokens, rerun_tokens=args.rerun_tokens, rounds=args.rounds,
                        contexts=contexts, threads=args.threads) for a in arts]
     if args.lucidrains:
         from infini_export.bench_decode import lucidrains_comparison
-        results.append({"lucidrains": lucidrains_comparison(Path(args.out), threads=args.threads or 1)})
+        results.append({"lucidrains": lucidrains_comparison(Path(args.cache), threads=args.threads or 1)})
     write(results, Path(args.out))
     for r in results:
         print(json.dumps({k: v for k, v in r.items() if k != "model"}))
