@@ -119,7 +119,8 @@ def plot(results: list[dict], path: Path) -> None:
             axes[1].plot([c["context"] for c in r["contexts"]], [c["decode_ms_median"] for c in r["contexts"]],
                          "o-", label=name)
     axes[1].set_xscale("log")
-    axes[1].set_ylim(bottom=0)
+    ctx_ms = [c["decode_ms_median"] for r in results for c in r["contexts"]]
+    axes[1].set_ylim(0, 1.2 * max(ctx_ms) if ctx_ms else 1)
     axes[1].set_xlabel("tokens of context")
     axes[1].set_ylabel("ms per generated token")
     axes[1].set_title("latency vs context (must be flat)")
