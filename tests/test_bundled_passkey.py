@@ -47,3 +47,30 @@ def test_memory_off_control_fails_when_key_is_in_an_earlier_segment(session, pro
     assert len(earlier) >= 8
     answers = [answer(session, p, [key], memory=False)[0] for p, key in earlier]
     assert not any(pk.is_correct(a, key) for a, (_, key) in zip(answers, earlier)), answers
+
+
+def test_greedy_generation_equals_eager_reruns_for_512_tokens(session):
+    """The runtime's greedy tokens (one decode call each) are the eager model's, re-run on the whole prefix for
+    every token, and the logits agree within the manifest's tolerance at every token."""
+    import torch
+
+    from infini_export import load_checkpoint
+    model = load_checkpoint(BUNDLED).eval()
+    tol = session.manifest.data["parity"]["tolerance"]
+    s = session.fork()
+    s.reset()
+    prompt = np.frombuffer(b"The grass is green. The sky is blue. The sun is yellow. Here we go. " * 2, np.uint8)
+    ids = prompt.astype(np.int64)
+    twin = s.fork()
+    last = s.stream(ids)[0]
+    tokens = []
+    with torch.no_grad():
+        for _ in range(512):
+            ref = model(torch.from_numpy(ids)[None])[0][0, -1].numpy()
+            assert np.abs(last - ref).max() <= tol["logits_atol"] + tol["logits_rtol"] * np.abs(ref).max()
+            tok = int(last.argmax())
+            assert tok == int(ref.argmax())
+            tokens.append(tok)
+            ids = np.append(ids, tok)
+            last = s.stream(np.array([tok]))[0]
+    assert list(twin.generate(prompt.astype(np.int64), 512)[0]) == tokens
