@@ -30,7 +30,7 @@ def main(args) -> int:
         raise ValueError("the prompt is empty; give --prompt, --prompt-file or --random-prompt N")
     byte_level = session.vocab_size == 256 and args.random_prompt is None
     t1 = time.perf_counter()
-    last = session.stream(prompt)
+    session.stream(prompt)
     prefill = time.perf_counter() - t1
     t2 = time.perf_counter()
     out = []

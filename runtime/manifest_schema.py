@@ -236,7 +236,7 @@ def _check_shared_weights(sw, files: dict) -> None:
     _file_key("shared_weights.file", sw.get("file"), files)
     graphs = _typed("shared_weights.graphs", sw.get("graphs"), dict)
     for key, entries in graphs.items():
-        _file_key(f"shared_weights.graphs key", key, files)
+        _file_key("shared_weights.graphs key", key, files)
         for i, e in enumerate(_typed(f"shared_weights.graphs.{key}", entries, list)):
             at = f"shared_weights.graphs.{key}[{i}]"
             if not (isinstance(e, list) and len(e) == 5 and isinstance(e[3], str) and e[3] in DTYPE_BYTES

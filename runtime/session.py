@@ -1,20 +1,18 @@
 """InfiniSession: the stateful loop over an exported segment step, for inputs of any length."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write
 from .backends import open_backend
 from .errors import ArtifactError, InfiniRuntimeError, InputError, StateError
 from .manifest import Manifest
+from . import state_files
+from .sampling import sample
 from .statefile import read_npz
 
-STATE_FILE_FORMAT = "infini-export-state"
-STATE_FILE_VERSION = 2  # 2: the decode state (pending write, cache rows); 1: segment state + pending tokens
 DEFAULT_MAX_STATE_BYTES = 2 << 30  # a sanity bound on the state a manifest may ask for (override at open)
 
 
@@ -181,121 +179,14 @@ class InfiniSession:
 
         With a decode program the file holds the decode state too (version 2: the pending write, the cache
         rows of the current segment and the last logits), so a resumed session continues bit for bit."""
-        path = Path(path)
-        meta = {"format": STATE_FILE_FORMAT, "version": 1 if self._decode is None else STATE_FILE_VERSION,
-                "model_fingerprint": self.manifest.fingerprint, "tokens_consumed": self.tokens_consumed,
-                "batch_size": self.batch_size, "segment_len": self.segment_len}
-        if self._decode is None:
-            meta["names"] = [e.name for e in self._entries]
-            arrays = {f"state/{e.name}": s for e, s in zip(self._entries, self._state)}
-        else:
-            meta["names"] = [e.name for e in self._decode.state]
-            meta["position"] = self.position
-            arrays = {f"state/{e.name}": s for e, s in zip(self._decode.state, self._state)}
-            arrays.update({f"cache/{e.name}": c[:, :, :self.position] for e, c in zip(self._decode.cache, self._cache)})
-            meta["has_last_logits"] = self._last is not None
-            arrays["last_logits"] = np.zeros((self.batch_size, self.vocab_size), np.float32) if self._last is None \
-                else np.asarray(self._last, dtype=np.float32)
-        arrays["pending"] = self._pending
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        return atomic_write(path, lambda f: np.savez(f, **arrays))
+        return state_files.save(self, Path(path))
 
     def load_state(self, path: str | os.PathLike) -> None:
-        """Load a file written by ``save_state`` of the *same model*; anything else raises ``StateError``.
-
-        A version-1 file (segment state + pending tokens) opened with a decode program is continued by running
-        its pending tokens through the decode program."""
-        path = Path(path)
-        arrays, meta = self._read_state_file(path)
-        if meta.get("format") != STATE_FILE_FORMAT or meta.get("version") not in (1, STATE_FILE_VERSION):
-            raise StateError(f"{path} is not an infini-export state file of version 1 or {STATE_FILE_VERSION}")
-        if meta.get("model_fingerprint") != self.manifest.fingerprint:
-            raise StateError(f"{path} holds the state of another model (fingerprint "
-                             f"{str(meta.get('model_fingerprint'))[:12]}...), this session's model is "
-                             f"{self.manifest.fingerprint[:12]}...")
-        count = meta.get("tokens_consumed")
-        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-            raise StateError(f"{path}: tokens_consumed is {count!r}, expected an integer >= 0")
-        state = {k[len("state/"):]: v for k, v in arrays.items() if k.startswith("state/")}
-        count = meta.get("tokens_consumed")
-        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-            raise StateError(f"{path}: tokens_consumed is {count!r}, expected an integer >= 0")
-        state = {k[len("state/"):]: v for k, v in arrays.items() if k.startswith("state/")}
-        if meta["version"] == 1:
-            self.set_state(state, arrays["pending"], count)
-            return
-        cache = {k[len("cache/"):]: v for k, v in arrays.items() if k.startswith("cache/")}
-        last = arrays["last_logits"] if meta.get("has_last_logits", True) else None
-        self._set_decode_state(state, cache, arrays["pending"], last, count)
-
-    def _read_state_file(self, path: Path) -> tuple[dict, dict]:
-        """Members checked from the headers before any data is read: a decode state (version 2) where this
-        session decodes, else (or failing that) a segment state with pending tokens (version 1)."""
-        v1 = {f"state/{e.name}": (e.shape, e.dtype) for e in self._entries}
-        v1["pending"] = (("batch", "pending"), "int64")
-        if self._decode is None:
-            try:
-                return read_npz(path, v1, check_dims=self._check_file_dims)
-            except StateError as exc:
-                raise StateError(f"{exc} (a version-2 file holds a decode state: open the artifact with its decode "
-                                 "program)") from None
-        v2 = {f"state/{e.name}": (e.shape, e.dtype) for e in self._decode.state}
-        v2.update({f"cache/{e.name}": (e.shape[:2] + ("pending",) + e.shape[3:], e.dtype) for e in self._decode.cache})
-        v2["pending"] = (("batch", "pending"), "int64")
-        v2["last_logits"] = (("batch", self.vocab_size), "float32")
-        try:
-            return read_npz(path, v2, check_dims=self._check_file_dims)
-        except StateError as exc2:
-            try:
-                return read_npz(path, v1, check_dims=self._check_file_dims)
-            except StateError:
-                raise exc2 from None
-
-    def _check_file_dims(self, dims: dict[str, int]) -> None:
-        """A state file's batch and pending sizes, checked from its headers before its data is read."""
-        try:
-            self._check_batch(dims["batch"])
-        except InputError as exc:
-            raise StateError(f"the state file's {exc}") from None
-        if dims["pending"] >= self.segment_len:
-            raise StateError(f"the state file holds {dims['pending']} pending tokens, expected fewer than "
-                             f"segment_len={self.segment_len}")
-
-    def _set_decode_state(self, state: dict, cache: dict, pending, last, tokens_consumed) -> None:
-        """Restore a saved decode state exactly (checked; nothing changes if it fails)."""
-        dec = self._decode
-        names = [e.name for e in dec.state]
-        if sorted(state) != sorted(names) or sorted(cache) != sorted(e.name for e in dec.cache):
-            raise StateError(f"decode state has tensors {sorted(state)} and cache {sorted(cache)}, this model "
-                             f"expects {sorted(names)} and {sorted(e.name for e in dec.cache)}")
-        seg, batch = self._checked_state({e.name: state[e.name] for e in self._entries})
-        pend = self._checked_ids(pending if pending is not None else np.zeros((batch, 0), np.int64), batch)
-        p = pend.shape[1]
-        if p >= self.segment_len:
-            raise StateError(f"pending tokens must be fewer than segment_len={self.segment_len}, got {p}")
-        new_state = []
-        for e in dec.state:
-            arr = state[e.name]
-            if not isinstance(arr, np.ndarray) or arr.shape != e.concrete_shape(batch) or arr.dtype != np.dtype(e.dtype) \
-                    or not np.isfinite(arr).all():
-                raise StateError(f"decode state tensor {e.name!r} must be finite {e.dtype} {e.concrete_shape(batch)}")
-            new_state.append(np.ascontiguousarray(arr).copy())
-        new_cache = []
-        for e in dec.cache:
-            full = e.concrete_shape(batch)
-            want = full[:2] + (p,) + full[3:]
-            arr = cache[e.name]
-            if not isinstance(arr, np.ndarray) or arr.shape != want or arr.dtype != np.dtype(e.dtype):
-                raise StateError(f"cache tensor {e.name!r} must be {e.dtype} {want} (the rows of the {p} pending "
-                                 f"tokens), got {getattr(arr, 'dtype', None)} {getattr(arr, 'shape', None)}")
-            c = np.zeros(full, dtype=e.dtype)
-            c[:, :, :p] = arr
-            new_cache.append(c)
-        if last is not None and (not isinstance(last, np.ndarray) or last.shape != (batch, self.vocab_size)):
-            raise StateError(f"last_logits must be ({batch}, {self.vocab_size}), got {getattr(last, 'shape', None)}")
-        self._state, self._cache, self._pending, self.batch_size = new_state, new_cache, pend, batch
-        self._last = None if last is None else last.astype(np.float32)
-        self.tokens_consumed = int(tokens_consumed) if tokens_consumed is not None else p
+        """Load a file written by ``save_state`` of the *same model*; anything else raises ``StateError``, and the
+        session is unchanged. Every member is checked from its header before any data is read. A version-1 file
+        (segment state + pending tokens) opened with a decode program is continued by running its pending tokens
+        through the decode program."""
+        state_files.load(self, Path(path))
 
     # ---- streaming -----------------------------------------------------------------------------
     def _checked_ids(self, ids, batch: int | None) -> np.ndarray:
@@ -345,7 +236,7 @@ class InfiniSession:
 
         At most one decode call reads the cache (the first, finishing the current segment); only the last
         call's rows are kept, written in place after every call has succeeded."""
-        B, T, N = ids.shape[0], ids.shape[1], self.segment_len
+        T, N = ids.shape[1], self.segment_len
         state, p, i = self._state, self.position, 0
         kept, last, rows = [], self._last, None
         while i < T:
@@ -454,7 +345,7 @@ class InfiniSession:
         rng = np.random.default_rng(seed)
         last = self.stream(ids) if ids.shape[1] else self._last_logits()
         for _ in range(max_new_tokens):
-            tok = _sample(last, temperature, top_k, top_p, rng)  # (B,)
+            tok = sample(last, temperature, top_k, top_p, rng)  # (B,)
             last = self.stream(tok[:, None])
             yield tok
 
@@ -507,24 +398,3 @@ def _check_state_budget(manifest: Manifest, batch_size, max_state_bytes) -> int:
                             f"max_state_bytes={limit:,}; pass a larger max_state_bytes to open it if it is genuine")
     _check_batch(manifest, batch_size, limit)
     return limit
-
-
-def _sample(logits: np.ndarray, temperature: float, top_k, top_p, rng) -> np.ndarray:
-    logits = logits.astype(np.float64)  # (B, V)
-    if temperature == 0:
-        return logits.argmax(-1)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = np.sort(logits, axis=-1)[:, -top_k][:, None]  # (B, 1)
-        logits = np.where(logits < kth, -np.inf, logits)
-    probs = np.exp(logits - logits.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    if top_p is not None and top_p < 1.0:
-        order = np.argsort(-probs, axis=-1)  # (B, V)
-        sorted_p = np.take_along_axis(probs, order, -1)
-        drop = np.cumsum(sorted_p, -1) - sorted_p > top_p  # keep the smallest prefix reaching top_p
-        sorted_p[drop] = 0.0
-        probs = np.zeros_like(probs)
-        np.put_along_axis(probs, order, sorted_p, -1)
-        probs /= probs.sum(-1, keepdims=True)
-    return np.array([rng.choice(probs.shape[-1], p=p) for p in probs], dtype=np.int64)

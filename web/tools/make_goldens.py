@@ -56,7 +56,7 @@ def export_small(art: Path) -> Path:
 
 
 class _RecordingRng:
-    """Stands in for numpy's Generator in runtime.session._sample: keeps the distribution it is given."""
+    """Stands in for numpy's Generator in runtime.sampling.sample: keeps the distribution it is given."""
 
     def __init__(self):
         self.p = []
@@ -68,7 +68,7 @@ class _RecordingRng:
 
 def reference(art: Path, out: Path, segments: int, partial: int, batch: int, seed: int) -> dict:
     from runtime import InfiniSession
-    from runtime.session import _sample
+    from runtime.sampling import sample as _sample
 
     out.mkdir(parents=True, exist_ok=True)
     session = InfiniSession.open(art, batch_size=batch)
