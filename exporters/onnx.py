@@ -13,6 +13,7 @@ from infini_export.protocol import FlatStep, check_protocol
 
 from .artifact import build_manifest
 from .onnx_fusions import FUSED_OPSET, fuse
+from .quantize import DEFAULT_BLOCK_SIZE, check_int4_shapes, check_quantize, quantize_onnx_int4
 
 MODEL_FILE = "model.onnx"
 
@@ -38,10 +39,15 @@ def _quantize_int8(src: Path, dst: Path) -> list[str]:
 
 
 def export_onnx(module: torch.nn.Module, out_dir: str | Path, *, quantize: str | None = None,
-                max_batch: int = 64, verbose: bool = False) -> dict:
-    """Trace ``module.step`` to ``out_dir/model.onnx`` and return the manifest (not yet written)."""
-    if quantize not in (None, "int8"):
-        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+                max_batch: int = 64, verbose: bool = False, block_size: int = DEFAULT_BLOCK_SIZE) -> dict:
+    """Trace ``module.step`` to ``out_dir/model.onnx`` and return the manifest (not yet written).
+
+    ``quantize``: None, ``"int8"`` (dynamic int8 MatMuls) or ``"int4"`` (4-bit ``MatMulNBits`` weights in
+    blocks of ``block_size`` along in_features; shapes are checked before anything is written).
+    """
+    check_quantize(quantize, block_size)
+    if quantize == "int4":
+        check_int4_shapes(module, block_size)
     spec = check_protocol(module)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -62,6 +68,11 @@ def export_onnx(module: torch.nn.Module, out_dir: str | Path, *, quantize: str |
             quantized = _quantize_int8(fp32, q)
             onnx.checker.check_model(str(q), full_check=True)
             fp32 = q
+        elif quantize == "int4":
+            q = Path(tmp) / "model.int4.onnx"
+            quantized = list(quantize_onnx_int4(fp32, q, module, block_size))
+            onnx.checker.check_model(str(q), full_check=True)
+            fp32 = q
         for old in out_dir.glob("*.onnx*"):
             old.unlink()
         shutil.copyfile(fp32, out_dir / MODEL_FILE)
@@ -75,5 +86,9 @@ def export_onnx(module: torch.nn.Module, out_dir: str | Path, *, quantize: str |
         exporter={"path": "torch.onnx.export(dynamo=True) + onnxscript optimizer + exporters.onnx_fusions",
                   "opset": program.model_proto.opset_import[0].version, "fusions": fusions,
                   "export_seconds": round(time.perf_counter() - t0, 2),
-                  "quantized_nodes": len(quantized) if quantized else 0})
+                  "quantized_nodes": len(quantized) if quantized else 0,
+                  **({"int4_block_size": block_size,
+                      "quantization_scheme": "onnxruntime MatMulNBitsQuantizer: 4-bit asymmetric block-wise "
+                                             "weights (MatMulNBits), float32 activations, nn.Linear MatMuls only"}
+                     if quantize == "int4" else {})})
     return manifest

@@ -37,6 +37,9 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("executorch", "float16"): Tolerance(5e-2, 2e-2, 1e-3, 2e-2, 0.95),
     ("onnxruntime", "int8"): Tolerance(float("inf"), float("inf"), 1e-2, 0.25, 0.90),
     ("executorch", "int8"): Tolerance(float("inf"), float("inf"), 1e-2, 0.25, 0.90),
+    # int4 weights of the linear layers (state still float32): PROVISIONAL, replaced by measured values
+    ("onnxruntime", "int4"): Tolerance(float("inf"), float("inf"), 1.0, 1.0, 0.0),
+    ("executorch", "int4"): Tolerance(float("inf"), float("inf"), 1.0, 1.0, 0.0),
 }
 
 
