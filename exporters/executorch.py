@@ -33,6 +33,7 @@ from infini_export.protocol import FlatStep, check_protocol
 from runtime.atomic import atomic_write
 
 from .artifact import build_manifest
+from .memory_plan import measure_memory
 from .quantize import DEFAULT_BLOCK_SIZE, check_int4_shapes, check_quantize, quantize_linears_8da4w
 
 MODEL_FILE = "model.pte"
@@ -297,4 +298,5 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
                   "quantization_scheme": _SCHEMES.get(quantize),
                   **({"int4_block_size": block_size} if quantize == "int4" else {}),
                   "export_seconds": seconds})
+    manifest["memory"] = measure_memory(out_dir / MODEL_FILE)  # every method's planned memory, the weights
     return manifest

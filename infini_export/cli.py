@@ -23,7 +23,13 @@ def _load_module(args: argparse.Namespace):
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from .artifact_info import describe_artifact, is_artifact, print_artifact
     from .checkpoint import load_checkpoint
+
+    if is_artifact(args.checkpoint):
+        info = describe_artifact(args.checkpoint)
+        print(json.dumps(info, indent=2)) if args.json else print_artifact(info)
+        return 0
 
     model = load_checkpoint(args.checkpoint)
     cfg = model.cfg
@@ -137,8 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="infini-export", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("info", help="print a checkpoint's config, parameter count and state size")
-    p.add_argument("checkpoint", help="checkpoint folder (config.json + model.safetensors)")
+    p = sub.add_parser("info", help="a checkpoint's config, parameters and state size; or an artifact's files, "
+                                    "weights, state and (ExecuTorch) planned memory per method")
+    p.add_argument("checkpoint", metavar="PATH", help="checkpoint folder (config.json + model.safetensors) or "
+                                                      "artifact folder (manifest.json)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_info)
 
