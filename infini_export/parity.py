@@ -37,9 +37,11 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("executorch", "float16"): Tolerance(5e-2, 2e-2, 1e-3, 2e-2, 0.95),
     ("onnxruntime", "int8"): Tolerance(float("inf"), float("inf"), 1e-2, 0.25, 0.90),
     ("executorch", "int8"): Tolerance(float("inf"), float("inf"), 1e-2, 0.25, 0.90),
-    # int4 weights of the linear layers (state still float32): PROVISIONAL, replaced by measured values
-    ("onnxruntime", "int4"): Tolerance(float("inf"), float("inf"), 1.0, 1.0, 0.0),
-    ("executorch", "int4"): Tolerance(float("inf"), float("inf"), 1.0, 1.0, 0.0),
+    # int4 weights of the linear layers (state still float32). Measured over 1000 segments of the bundled
+    # model (docs/quantization.md): top-1 0.93 (int8: 0.97), worst state rel 0.13 (blocks of 32) to 0.23 (16);
+    # tiny preset: top-1 1.00, state rel 0.18. Headroom: state rel 0.5, top-1 0.85
+    ("onnxruntime", "int4"): Tolerance(float("inf"), float("inf"), 5e-2, 0.5, 0.85),
+    ("executorch", "int4"): Tolerance(float("inf"), float("inf"), 5e-2, 0.5, 0.85),
 }
 
 
