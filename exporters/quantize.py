@@ -92,6 +92,40 @@ def weight_matmuls(model, module: nn.Module) -> dict[str, str]:
     return found
 
 
+def fold_weight_transposes(model) -> list[str]:
+    """Give each ``MatMul(x, Transpose(W))`` of a 2-D initializer ``W`` its own transposed initializer.
+
+    The exporter's constant folding leaves large constants alone, so a tied LM head over a large vocabulary
+    reaches the graph as a runtime transpose of the embedding table; the quantizer takes constant weights
+    only. The embedding lookup keeps ``W``; a Transpose left without consumers is removed. Exact.
+    """
+    from onnx import numpy_helper
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    folded = []
+    for node in graph.node:
+        if node.op_type != "MatMul" or len(node.input) < 2 or node.input[1] not in producers:
+            continue
+        tr = producers[node.input[1]]
+        perm = [list(a.ints) for a in tr.attribute if a.name == "perm"]
+        if tr.op_type != "Transpose" or tr.input[0] not in inits or perm not in ([], [[1, 0]]):
+            continue
+        w = numpy_helper.to_array(inits[tr.input[0]])
+        if w.ndim != 2:
+            continue
+        name = tr.input[0] + "_transposed"
+        if name not in inits:
+            inits[name] = numpy_helper.from_array(np.ascontiguousarray(w.T), name)
+            graph.initializer.append(inits[name])
+        node.input[1] = name
+        folded.append(node.name)
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    for node in [n for n in graph.node if n.op_type == "Transpose" and not any(o in used for o in n.output)]:
+        graph.node.remove(node)
+    return folded
+
+
 def quantize_onnx_int4(src: Path, dst: Path, module: nn.Module, block_size: int) -> dict[str, str]:
     """Write ``dst``: ``src`` with the linear layers' MatMuls as 4-bit ``MatMulNBits``; returns
     {node: linear} of the quantized nodes."""
@@ -104,6 +138,7 @@ def quantize_onnx_int4(src: Path, dst: Path, module: nn.Module, block_size: int)
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # a line per node
     model = onnx.load(str(src))
+    fold_weight_transposes(model)
     targets = weight_matmuls(model, module)
     others = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gather") and n.name not in targets]
     quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=False,
