@@ -259,6 +259,16 @@ def test_manifest_memory_is_what_the_program_reports(et_artifacts):
     assert planned[("linear", "xnnpack", None, 1)] < planned[("linear", "xnnpack", None)] / 8
 
 
+def test_info_prints_the_planned_memory_of_every_method(et_artifacts):
+    _, art, manifest, _ = _get(et_artifacts, ("linear", "xnnpack", None, 1))
+    r = subprocess.run([sys.executable, "-m", "infini_export.cli", "info", str(art)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    for name, m in manifest["memory"]["methods"].items():
+        assert f"method {name!r}: planned {m['planned_bytes']:,} bytes" in r.stdout
+    assert f"{manifest['memory']['weights_bytes']:,}" in r.stdout and "batch <= 1" in r.stdout
+
+
 # ---- the backend --------------------------------------------------------------------------------
 def test_floating_point_state_of_the_process_is_left_alone(et_artifacts):
     """Like the onnxruntime backend: no FTZ/DAZ (or other MXCSR change) leaks out of open or run."""
@@ -459,3 +469,19 @@ def test_export_arguments_are_checked(tmp_path):
         export_executorch(model, tmp_path, max_batch=0)
     assert not list(tmp_path.iterdir())
     assert isinstance(InfiniRuntimeError("x"), ValueError)
+
+
+def test_cli_plans_executorch_for_batch_one_unless_told(monkeypatch, tmp_path):
+    """``export --format executorch`` passes max_batch=1 (ONNX: 64) unless --max-batch is given."""
+    import exporters.pipeline as pipeline
+    from infini_export import cli
+    seen = []
+
+    def fake_export(module, out, fmt, **kw):
+        seen.append((fmt, kw["max_batch"]))
+        raise ValueError("stop here")
+    monkeypatch.setattr(pipeline, "export_artifact", fake_export)
+    monkeypatch.setattr(cli, "_load_module", lambda args: make_model("delta"))
+    for argv in (["--format", "executorch"], ["--format", "onnx"], ["--format", "executorch", "--max-batch", "4"]):
+        assert cli.main(["export", "ckpt", "-o", str(tmp_path / "x"), *argv]) == 2
+    assert seen == [("executorch", 1), ("onnx", 64), ("executorch", 4)]
