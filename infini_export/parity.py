@@ -40,10 +40,11 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     # int4 weights of the linear layers (state still float32). Measured over 1000 segments of the bundled
     # model (docs/quantization.md): ONNX (float32 activations) top-1 0.93, worst state rel 0.13 (blocks of
     # 32) to 0.23 (16); ExecuTorch 8da4w (int8 activations too) top-1 0.88, state rel 0.24; tiny preset:
-    # top-1 1.00, state rel 0.18; base-32k (one layer, random weights) top-1 0.94, state rel 0.10.
-    # Headroom: state rel 0.5, top-1 0.85 (ONNX) / 0.80 (ExecuTorch)
-    ("onnxruntime", "int4"): Tolerance(float("inf"), float("inf"), 5e-2, 0.5, 0.85),
-    ("executorch", "int4"): Tolerance(float("inf"), float("inf"), 5e-2, 0.5, 0.80),
+    # top-1 1.00, state rel 0.18; base-32k with random weights (near-tied logits: top-1 is the weak spot)
+    # top-1 0.94 / state rel 0.10 at one layer, 0.80 / 0.30 at twelve (ONNX).
+    # Headroom: state rel 0.5; top-1 0.70 (ONNX) / 0.65 (ExecuTorch) -- a broken export scores ~0
+    ("onnxruntime", "int4"): Tolerance(float("inf"), float("inf"), 5e-2, 0.5, 0.70),
+    ("executorch", "int4"): Tolerance(float("inf"), float("inf"), 5e-2, 0.5, 0.65),
 }
 
 
