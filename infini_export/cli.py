@@ -67,8 +67,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     files = ", ".join(f"{v['path']} ({v['bytes']:,} B)" for v in manifest["files"].values())
-    print(f"exported {args.format}{' ' + args.quantize if args.quantize else ''} to {args.output}: {files}; parity passed "
-          f"over {args.parity_segments} segments")
+    precision = f" {args.quantize}" if args.quantize else ""
+    print(f"exported {args.format}{precision} to {args.output}: {files}; parity passed over {args.parity_segments} "
+          "segments")
     return 0
 
 

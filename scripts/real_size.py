@@ -67,7 +67,8 @@ def main() -> int:
     key = args.preset + (f" (n_layers={args.n_layers})" if args.n_layers else "")
     for variant in args.variants.split(","):
         limit = int(args.limit_gb * 1e9)
-        cmd = ["/usr/bin/time", "-f", "PEAK_RSS_KB %M", sys.executable, __file__, "--preset", args.preset, "--parity-segments", str(args.parity_segments),
+        cmd = ["/usr/bin/time", "-f", "PEAK_RSS_KB %M", sys.executable, __file__, "--preset", args.preset,
+               "--parity-segments", str(args.parity_segments),
                "--child", variant, str(Path(args.work) / f"{args.preset}-{variant}")]
         if args.n_layers:
             cmd += ["--n-layers", str(args.n_layers)]

@@ -30,7 +30,8 @@ SEGMENTS = 50
 # set to a folder to keep the exports between runs (development only: nothing checks they are current)
 CACHE_ENV = "INFINI_TEST_EXECUTORCH_CACHE"
 # every (update, delegate, quantize) exported; longest first, so the two workers finish together
-JOBS = [("delta", "xnnpack", "int8"), ("delta", "xnnpack", "int4"), ("delta", "xnnpack", None), ("linear", "xnnpack", None),
+JOBS = [("delta", "xnnpack", "int8"), ("delta", "xnnpack", "int4"), ("delta", "xnnpack", None),
+        ("linear", "xnnpack", None),
         ("delta", "none", None), ("linear", "none", None), ("linear", "xnnpack", None, 1)]  # last: max_batch=1
 # what may stay outside XNNPACK and the partition count on tiny: a regression guard. The model writes
 # RMSNorm's mean, RoPE's rotate-half and the z sum as linear layers with constant weights, so the whole step
@@ -219,7 +220,7 @@ def test_int4_linears_only_state_float32(et_artifacts):
     # the program's own signature: every state output float32 (as the manifest says)
     assert all(o["dtype"] == "float32" for o in manifest["outputs"])
     session = InfiniSession.open(art)
-    assert [session.backend.engine.outputs[i][0] for i in range(len(manifest["outputs"]))] == [6] * len(manifest["outputs"])
+    assert [code for code, _ in session.backend.engine.outputs] == [6] * len(manifest["outputs"])  # 6: float32
     report = validate(session.backend, model, precision="int4", segments=20, batch=2, seed=6,
                       manifest=session.manifest, progress=False)
     assert report.summary["top1"] >= INT4_MIN_TOP1, report.summary
