@@ -28,7 +28,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     if is_artifact(args.checkpoint):
         info = describe_artifact(args.checkpoint)
-        print(json.dumps(info, indent=2)) if args.json else print_artifact(info)
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            print_artifact(info)
         return 0
 
     model = load_checkpoint(args.checkpoint)
