@@ -5,7 +5,6 @@ The full 12-layer model is measured by scripts/real_size.py (docs/real_size.md),
 """
 from collections import Counter
 
-import numpy as np
 import onnx
 import pytest
 import torch
