@@ -14,6 +14,9 @@ entry (``delegate_partitions``, ``non_delegated_ops``).
 ``quantize="int8"``: XNNPACK's 8-bit scheme through the PT2E flow (``XNNPACKQuantizer``, dynamic per-tensor
 int8 activations, symmetric per-channel int8 weights) on the ``nn.Linear`` modules only. The activation x
 activation matmuls (attention scores, memory read and write) and the state stay float32.
+
+``quantize="int4"``: 8da4w (int8 dynamic activations, int4 group-wise weights, groups of ``block_size``)
+through torchao's ``quantize_`` on the ``nn.Linear`` modules (``exporters.quantize``), lowered to XNNPACK.
 """
 from __future__ import annotations
 
@@ -30,14 +33,20 @@ from infini_export.protocol import FlatDecode, FlatStep, check_protocol, has_dec
 from runtime.atomic import atomic_write
 
 from .artifact import build_manifest
+from .memory_plan import measure_memory
+from .quantize import DEFAULT_BLOCK_SIZE, check_int4_shapes, check_quantize, quantize_linears_8da4w
 
 MODEL_FILE = "model.pte"
 METHOD = "forward"
 DECODE_METHOD = "decode"
 DELEGATES = ("xnnpack", "none")
-QUANTIZE = (None, "int8")
+QUANTIZE = (None, "int8", "int4")
 
 log = logging.getLogger(__name__)
+_SCHEMES = {"int8": "XNNPACKQuantizer PT2E: int8 dynamic per-tensor activations, int8 symmetric per-channel "
+                    "weights, nn.Linear only",
+            "int4": "torchao quantize_(Int8DynamicActivationIntxWeightConfig(int4, PerGroup)): 8da4w, int8 dynamic "
+                    "per-token activations, int4 symmetric group-wise weights, nn.Linear only"}
 
 # bookkeeping ops that are not computation: never counted as "outside the delegate"
 _NOT_OPS = {"getitem", "sym_size.int", "sym_size", "_assert_scalar", "sym_constrain_range_for_size",
@@ -221,14 +230,20 @@ def delegation_report(edge_program) -> dict:
 
 # ---- export ----------------------------------------------------------------------------------
 def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate: str = "xnnpack",
-                      quantize: str | None = None, max_batch: int = 64, verbose: bool = False) -> dict:
-    """Export ``module.step`` to ``out_dir/model.pte``; return the manifest (not yet written)."""
+                      quantize: str | None = None, max_batch: int = 64, verbose: bool = False,
+                      block_size: int = DEFAULT_BLOCK_SIZE) -> dict:
+    """Export ``module.step`` to ``out_dir/model.pte``; return the manifest (not yet written).
+
+    ``quantize``: None, ``"int8"`` or ``"int4"`` (8da4w, weight groups of ``block_size``; the shapes are
+    checked before anything is written).
+    """
     if delegate not in DELEGATES:
         raise ValueError(f"delegate must be one of {DELEGATES}, got {delegate!r}")
-    if quantize not in QUANTIZE:
-        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
-    if quantize == "int8" and delegate != "xnnpack":
-        raise ValueError("quantize='int8' is XNNPACK's 8-bit scheme: it needs delegate='xnnpack'")
+    check_quantize(quantize, block_size)
+    if quantize and delegate != "xnnpack":
+        raise ValueError(f"quantize={quantize!r} is an XNNPACK scheme: it needs delegate='xnnpack'")
+    if quantize == "int4":
+        check_int4_shapes(module, block_size)
     if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
         raise ValueError(f"max_batch must be an integer >= 1, got {max_batch!r}")
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
@@ -237,6 +252,9 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     exported_module, untied = untie_linear_from_embedding(module)
+    int4_linears: list = []
+    if quantize == "int4":  # before export: torchao swaps each linear weight for a quantized tensor
+        exported_module, int4_linears = quantize_linears_8da4w(exported_module, block_size)
     flat = FlatStep(exported_module).eval()
     # batch 1 only: a static program (ExecuTorch plans every buffer, and XNNPACK sizes its tensors, for the
     # largest batch allowed, so a small bound is less memory at load time); else batch dynamic in [1, max]
@@ -278,7 +296,7 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
                                "update adds outputs: updates must be out of place)")
     atomic_write(out_dir / MODEL_FILE, lambda f: f.write(et_program.buffer))
     seconds = round(time.perf_counter() - t0, 2)
-    summary = (f"executorch export ({delegate}{', int8' if quantize else ''}): {report['delegate_partitions']} "
+    summary = (f"executorch export ({delegate}{', ' + quantize if quantize else ''}): {report['delegate_partitions']} "
                f"delegate partition(s); outside the delegate: {report['non_delegated_ops'] or 'nothing'}; "
                f"{seconds}s")
     log.info(summary)
@@ -301,9 +319,10 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
                   "untied_weights": untied,
                   **report,
                   "decode_delegation": reports.get(DECODE_METHOD),
-                  "quantized_linears": quantized.get("linear.default", 0),
+                  "quantized_linears": len(int4_linears) if quantize == "int4" else quantized.get("linear.default", 0),
                   "quantized_op_types": quantized,
-                  "quantization_scheme": ("XNNPACKQuantizer PT2E: int8 dynamic per-tensor activations, int8 "
-                                          "symmetric per-channel weights, nn.Linear only") if quantize else None,
+                  "quantization_scheme": _SCHEMES.get(quantize),
+                  **({"int4_block_size": block_size} if quantize == "int4" else {}),
                   "export_seconds": seconds})
+    manifest["memory"] = measure_memory(out_dir / MODEL_FILE)  # every method's planned memory, the weights
     return manifest

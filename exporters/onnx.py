@@ -13,6 +13,7 @@ from infini_export.protocol import FlatDecode, FlatStep, check_protocol, has_dec
 from .artifact import build_manifest
 from .onnx_fusions import FUSED_OPSET, fuse
 from .onnx_weights import write_shared
+from .quantize import DEFAULT_BLOCK_SIZE, check_int4_shapes, check_quantize, quantize_onnx_int4
 
 MODEL_FILE = "model.onnx"
 DECODE_FILE = "decode.onnx"
@@ -48,22 +49,28 @@ def _trace(flat: torch.nn.Module, example: tuple, input_names: list, output_name
     return program.model_proto, fusions
 
 
-def _quantized(model: onnx.ModelProto, quantize: str | None, tmp: Path, name: str) -> tuple[onnx.ModelProto, int]:
+def _quantized(model: onnx.ModelProto, quantize: str | None, tmp: Path, name: str, module: torch.nn.Module,
+               block_size: int) -> tuple[onnx.ModelProto, int]:
     if quantize is None:
         return model, 0
     src, dst = tmp / f"{name}.fp32.onnx", tmp / f"{name}.{quantize}.onnx"
     onnx.save(model, str(src))
-    nodes = _quantize_int8(src, dst)
+    nodes = _quantize_int8(src, dst) if quantize == "int8" else list(quantize_onnx_int4(src, dst, module, block_size))
     onnx.checker.check_model(str(dst), full_check=True)
     return onnx.load(str(dst)), len(nodes)
 
 
 def export_onnx(module: torch.nn.Module, out_dir: str | Path, *, quantize: str | None = None,
-                max_batch: int = 64, verbose: bool = False) -> dict:
+                max_batch: int = 64, verbose: bool = False, block_size: int = DEFAULT_BLOCK_SIZE) -> dict:
     """Trace ``module.step`` (and ``module.decode`` where the module has it) into ``out_dir``: ``model.onnx``,
-    ``decode.onnx`` and their shared ``weights.bin``; return the manifest (not yet written)."""
-    if quantize not in (None, "int8"):
-        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+    ``decode.onnx`` and their shared ``weights.bin``; return the manifest (not yet written).
+
+    ``quantize``: None, ``"int8"`` (dynamic int8 MatMuls) or ``"int4"`` (4-bit ``MatMulNBits`` weights in
+    blocks of ``block_size`` along in_features; shapes are checked before anything is written).
+    """
+    check_quantize(quantize, block_size)
+    if quantize == "int4":
+        check_int4_shapes(module, block_size)
     spec = check_protocol(module)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -80,7 +87,7 @@ def export_onnx(module: torch.nn.Module, out_dir: str | Path, *, quantize: str |
     quantized = 0
     with tempfile.TemporaryDirectory() as tmp:
         for name in list(models):
-            models[name], n = _quantized(models[name], quantize, Path(tmp), name)
+            models[name], n = _quantized(models[name], quantize, Path(tmp), name, module, block_size)
             quantized += n
     for old in out_dir.glob("*.onnx*"):
         old.unlink()
@@ -99,5 +106,9 @@ def export_onnx(module: torch.nn.Module, out_dir: str | Path, *, quantize: str |
         exporter={"path": "torch.onnx.export(dynamo=True) + onnxscript optimizer + exporters.onnx_fusions",
                   "opset": FUSED_OPSET, "fusions": fusions,
                   "shared_weights": {k: v for k, v in weights.items() if k != "graphs"},
-                  "export_seconds": round(time.perf_counter() - t0, 2), "quantized_nodes": quantized})
+                  "export_seconds": round(time.perf_counter() - t0, 2), "quantized_nodes": quantized,
+                  **({"int4_block_size": block_size,
+                      "quantization_scheme": "onnxruntime MatMulNBitsQuantizer: 4-bit asymmetric block-wise "
+                                             "weights (MatMulNBits), float32 activations, nn.Linear MatMuls only"}
+                     if quantize == "int4" else {})})
     return manifest

@@ -1,7 +1,6 @@
 """Export -> write artifact -> reopen with the runtime -> parity -> manifest with the measured parity."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
@@ -10,8 +9,13 @@ from infini_export.parity import ParityReport, validate
 from runtime.session import InfiniSession
 
 from .artifact import write_manifest
+from .quantize import DEFAULT_BLOCK_SIZE, check_int4_shapes, check_quantize
 
 FORMATS = ("onnx", "executorch")
+# the batch bound ``infini-export export`` gives unless told: ONNX keeps a dynamic axis; ExecuTorch plans
+# its memory for the bound, so a device program is planned for one sequence (``export_artifact`` itself
+# keeps 64 for both unless told, as its callers expect)
+DEFAULT_MAX_BATCH = {"onnx": 64, "executorch": 1}
 
 
 class ExportParityError(RuntimeError):
@@ -24,18 +28,27 @@ class ExportParityError(RuntimeError):
 
 def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "onnx", *,
                     quantize: str | None = None, delegate: str = "xnnpack", parity_segments: int = 64,
-                    max_batch: int = 64, progress: bool = True, log=print) -> tuple[dict, ParityReport]:
-    """Export ``module`` into ``out_dir`` and validate it; raises ``ExportParityError`` on a parity failure."""
+                    max_batch: int = 64, progress: bool = True, log=print,
+                    block_size: int = DEFAULT_BLOCK_SIZE) -> tuple[dict, ParityReport]:
+    """Export ``module`` into ``out_dir`` and validate it; raises ``ExportParityError`` on a parity failure.
+
+    ``block_size`` is the int4 block (group) size.
+    An ExecuTorch manifest also records the planned memory of every method (``exporters.memory_plan``).
+    """
     out_dir = Path(out_dir)
     module = module.eval()
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    check_quantize(quantize, block_size)
+    if quantize == "int4":  # before anything is written
+        check_int4_shapes(module, block_size)
     if fmt == "onnx":
         from .onnx import export_onnx
-        manifest = export_onnx(module, out_dir, quantize=quantize, max_batch=max_batch)
-    elif fmt == "executorch":
-        from .executorch import export_executorch
-        manifest = export_executorch(module, out_dir, delegate=delegate, quantize=quantize, max_batch=max_batch)
+        manifest = export_onnx(module, out_dir, quantize=quantize, max_batch=max_batch, block_size=block_size)
     else:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+        from .executorch import export_executorch
+        manifest = export_executorch(module, out_dir, delegate=delegate, quantize=quantize, max_batch=max_batch,
+                                     block_size=block_size)
     write_manifest(out_dir, manifest)
     session = InfiniSession.open(out_dir)
     # the decode program token by token at N <= 128; longer segments in chunks of N / 128 tokens (same boundaries)

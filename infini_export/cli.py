@@ -23,7 +23,16 @@ def _load_module(args: argparse.Namespace):
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from .artifact_info import describe_artifact, is_artifact, print_artifact
     from .checkpoint import load_checkpoint
+
+    if is_artifact(args.checkpoint):
+        info = describe_artifact(args.checkpoint)
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            print_artifact(info)
+        return 0
 
     model = load_checkpoint(args.checkpoint)
     cfg = model.cfg
@@ -44,20 +53,26 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from exporters.pipeline import ExportParityError, export_artifact
+    from exporters.pipeline import DEFAULT_MAX_BATCH, ExportParityError, export_artifact
+    from exporters.quantize import DEFAULT_BLOCK_SIZE
+
+    if args.block_size is not None and args.quantize != "int4":
+        raise ValueError("--block-size applies to --quantize int4 only")
 
     module = _load_module(args)
     try:
         manifest, report = export_artifact(module, args.output, args.format, quantize=args.quantize,
                                            delegate=args.delegate, parity_segments=args.parity_segments,
-                                           max_batch=args.max_batch)
+                                           max_batch=args.max_batch or DEFAULT_MAX_BATCH[args.format],
+                                           block_size=args.block_size or DEFAULT_BLOCK_SIZE)
     except ExportParityError as exc:
         print(f"export wrote {args.output} but its parity check FAILED; the manifest records the failure: {exc}",
               file=sys.stderr)
         return 1
     files = ", ".join(f"{v['path']} ({v['bytes']:,} B)" for v in manifest["files"].values())
-    print(f"exported {args.format}{' int8' if args.quantize else ''} to {args.output}: {files}; parity passed "
-          f"over {args.parity_segments} segments")
+    precision = f" {args.quantize}" if args.quantize else ""
+    print(f"exported {args.format}{precision} to {args.output}: {files}; parity passed over {args.parity_segments} "
+          "segments")
     return 0
 
 
@@ -138,8 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="infini-export", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("info", help="print a checkpoint's config, parameter count and state size")
-    p.add_argument("checkpoint", help="checkpoint folder (config.json + model.safetensors)")
+    p = sub.add_parser("info", help="a checkpoint's config, parameters and state size; or an artifact's files, "
+                                    "weights, state and (ExecuTorch) planned memory per method")
+    p.add_argument("checkpoint", metavar="PATH", help="checkpoint folder (config.json + model.safetensors) or "
+                                                      "artifact folder (manifest.json)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_info)
 
@@ -153,10 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source(p, positional=True)
     p.add_argument("--format", choices=["onnx", "executorch"], default="onnx")
     p.add_argument("-o", "--output", required=True, help="artifact folder to write")
-    p.add_argument("--quantize", choices=["int8"], default=None, help="int8 weights of the linear layers")
+    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                   help="int8 or int4 weights of the linear layers (state and memory stay float32)")
+    p.add_argument("--block-size", type=int, default=None,
+                   help="--quantize int4: weights per quantization block (group) along in_features; every "
+                        "linear's in_features must be a multiple of it (default 32)")
     p.add_argument("--delegate", choices=["xnnpack", "none"], default="xnnpack", help="ExecuTorch delegate")
     p.add_argument("--parity-segments", type=int, default=64, help="segments compared after export")
-    p.add_argument("--max-batch", type=int, default=64, help="upper bound of the dynamic batch axis")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="largest batch the artifact accepts (default: 64 for ONNX, a dynamic axis; 1 for "
+                        "ExecuTorch, whose memory is planned for this bound)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("validate", help="parity of an artifact against the eager model over K segments")

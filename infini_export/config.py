@@ -81,7 +81,7 @@ class InfiniConfig:
     # ---- presets -------------------------------------------------------------------------------
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> "InfiniConfig":
-        """A named preset (``tiny``, ``small``, ``medium``), optionally with fields overridden."""
+        """A named preset (``tiny``, ``small``, ``medium``; ``small-32k``, ``base-32k``), optionally with fields overridden."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
         return dataclasses.replace(PRESETS[name], **overrides)
@@ -106,4 +106,14 @@ PRESETS: dict[str, InfiniConfig] = {
     # ~20M parameters, for benchmarks
     "medium": InfiniConfig(vocab_size=256, d_model=512, n_layers=6, n_heads=8, d_head=64, d_ff=1536,
                            segment_len=512),
+    # ---- real (sub-word) vocabularies: the embedding and the LM head dominate small models ----
+    # for tests of real-size export paths: a 32000-token vocabulary, ~9M parameters (8.2M of them the
+    # tied embedding); every linear's in_features (128, 384) is a multiple of 32 and 128 (int4 blocks)
+    "small-32k": InfiniConfig(vocab_size=32000, d_model=256, n_layers=2, n_heads=4, d_head=64, d_ff=384,
+                              segment_len=256),
+    # the paper's 110M-class model (~110M parameters, 24.6M of them the tied 32000 x 768 embedding):
+    # 12 layers of d_model 768 (12 heads of 64), SwiGLU width 2048, segments of 2048 tokens;
+    # state 12 x 12 x 64 x 65 float32 = 2.4 MB whatever the input length
+    "base-32k": InfiniConfig(vocab_size=32000, d_model=768, n_layers=12, n_heads=12, d_head=64, d_ff=2048,
+                             segment_len=2048),
 }

@@ -39,6 +39,14 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("executorch", "float16"): Tolerance(5e-2, 2e-2, 1e-3, 2e-2, 0.95),
     ("onnxruntime", "int8"): Tolerance(float("inf"), float("inf"), 1e-2, 0.25, 0.90),
     ("executorch", "int8"): Tolerance(float("inf"), float("inf"), 1e-2, 0.25, 0.90),
+    # int4 weights of the linear layers (state still float32). Measured over 1000 segments of the bundled
+    # model (docs/quantization.md): ONNX (float32 activations) top-1 0.93, worst state rel 0.13 (blocks of
+    # 32) to 0.23 (16); ExecuTorch 8da4w (int8 activations too) top-1 0.88, state rel 0.24; tiny preset:
+    # top-1 1.00, state rel 0.18; base-32k with random weights (near-tied logits: top-1 is the weak spot)
+    # top-1 0.94 / state rel 0.10 at one layer, 0.80 / 0.30 at twelve (ONNX).
+    # Headroom: state rel 0.5; top-1 0.70 (ONNX) / 0.65 (ExecuTorch) -- a broken export scores ~0
+    ("onnxruntime", "int4"): Tolerance(float("inf"), float("inf"), 5e-2, 0.5, 0.70),
+    ("executorch", "int4"): Tolerance(float("inf"), float("inf"), 5e-2, 0.5, 0.65),
 }
 
 

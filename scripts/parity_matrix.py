@@ -3,6 +3,9 @@
 
     python scripts/parity_matrix.py --checkpoint models/passkey-small --segments 1000
     python scripts/parity_matrix.py --preset small --segments 1000      # random weights
+    python scripts/parity_matrix.py --checkpoint models/passkey-small --segments 1000 \
+        --variants onnx-fp32,onnx-int8,onnx-int4,onnx-int4-b64,executorch-xnnpack-int8,executorch-xnnpack-int4 \
+        --out docs/quantization                                         # what int8 / int4 cost
 
 Writes docs/parity/parity.json and docs/parity/parity.md (a table: worst logits / state error, top-1
 agreement, error trend, wiring check, verdict per variant).
@@ -25,13 +28,21 @@ from infini_export import InfiniConfig, InfiniTransformer, load_checkpoint  # no
 from infini_export.parity import validate  # noqa: E402
 from runtime.session import InfiniSession  # noqa: E402
 
-VARIANTS = {  # name: (format, quantize, delegate)
+VARIANTS = {  # name: (format, quantize, delegate[, int4 block size])
     "onnx-fp32": ("onnx", None, "xnnpack"),
     "onnx-int8": ("onnx", "int8", "xnnpack"),
+    "onnx-int4": ("onnx", "int4", "xnnpack", 32),
+    "onnx-int4-b16": ("onnx", "int4", "xnnpack", 16),
+    "onnx-int4-b64": ("onnx", "int4", "xnnpack", 64),
+    "onnx-int4-b128": ("onnx", "int4", "xnnpack", 128),
     "executorch-xnnpack-fp32": ("executorch", None, "xnnpack"),
     "executorch-xnnpack-int8": ("executorch", "int8", "xnnpack"),
+    "executorch-xnnpack-int4": ("executorch", "int4", "xnnpack", 32),
+    "executorch-xnnpack-int4-b128": ("executorch", "int4", "xnnpack", 128),
     "executorch-portable-fp32": ("executorch", None, "none"),
 }
+DEFAULT_VARIANTS = ("onnx-fp32", "onnx-int8", "executorch-xnnpack-fp32", "executorch-xnnpack-int8",
+                    "executorch-portable-fp32")
 
 
 def main() -> int:
@@ -39,7 +50,7 @@ def main() -> int:
     p.add_argument("--checkpoint")
     p.add_argument("--preset", default="small")
     p.add_argument("--segments", type=int, default=1000)
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma-separated, of {sorted(VARIANTS)}")
     p.add_argument("--out", default="docs/parity")
     args = p.parse_args()
     torch.set_num_threads(1)  # eager small models: one thread; two contend badly on a shared 2-core machine
@@ -53,12 +64,13 @@ def main() -> int:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.variants.split(","):
-            fmt, quant, delegate = VARIANTS[name]
+            fmt, quant, delegate, *block = VARIANTS[name]
             t0 = time.perf_counter()
             print(f"== {name}: export", flush=True)
             try:
-                export_artifact(model, Path(tmp) / name, fmt, quantize=quant, delegate=delegate,
-                                parity_segments=4, progress=False, log=None)
+                manifest, _ = export_artifact(model, Path(tmp) / name, fmt, quantize=quant, delegate=delegate,
+                                              parity_segments=4, progress=False, log=None,
+                                              **({"block_size": block[0]} if block else {}))
             except Exception as exc:
                 results[name] = {"error": f"{type(exc).__name__}: {exc}"}
                 print(f"   failed: {exc}")
@@ -69,21 +81,22 @@ def main() -> int:
             print(report.table(rows=5), flush=True)
             results[name] = {"passed": report.passed, "summary": report.summary, "wiring": report.wiring,
                              "failures": report.failures[:10], "tolerance": report.tolerance,
-                             "seconds": round(time.perf_counter() - t0, 1)}
+                             "seconds": round(time.perf_counter() - t0, 1),
+                             "file_bytes": sum(f["bytes"] for f in manifest["files"].values())}
     doc = {"model": source, "segments": args.segments, "segment_len": model.cfg.segment_len, "results": results}
     (out / "parity.json").write_text(json.dumps(doc, indent=2, default=float) + "\n")
     lines = [f"# Parity over {args.segments} consecutive segments ({args.segments * model.cfg.segment_len:,} tokens)",
              "", f"Model: `{source}`. Command: `python scripts/parity_matrix.py "
              f"{'--checkpoint ' + args.checkpoint if args.checkpoint else '--preset ' + args.preset} "
-             f"--segments {args.segments}`.", "",
-             "| variant | worst logits abs | worst state rel | final state rel (max) | top-1 vs eager | "
-             "error trend (last/first quarter) | wiring | verdict |", "|---|---|---|---|---|---|---|---|"]
+             f"--segments {args.segments} --variants {args.variants}`.", "",
+             "| variant | file bytes | worst logits abs | worst state rel | final state rel (max) | top-1 vs eager | "
+             "error trend (last/first quarter) | wiring | verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         if "error" in r:
-            lines.append(f"| {name} | | | | | | | export failed: {r['error'][:80]} |")
+            lines.append(f"| {name} | | | | | | | | export failed: {r['error'][:80]} |")
             continue
         s = r["summary"]
-        lines.append(f"| {name} | {s['logits_max_abs']:.2e} | {s['state_max_rel']:.2e} | "
+        lines.append(f"| {name} | {r['file_bytes']:,} | {s['logits_max_abs']:.2e} | {s['state_max_rel']:.2e} | "
                      f"{max(s['state_final_rel'].values()):.2e} | {s['top1']:.4f} | {s['logits_trend']:.2f} | "
                      f"{'ok' if r['wiring']['passed'] else 'FAILED'} | {'PASSED' if r['passed'] else 'FAILED'} |")
     (out / "parity.md").write_text("\n".join(lines) + "\n")

@@ -1,6 +1,6 @@
-"""ExecuTorch export (XNNPACK and portable, float32 and int8) + its runtime backend, against the eager model.
+"""ExecuTorch export (XNNPACK and portable, float32, int8 and int4) + its runtime backend, against the eager model.
 
-The six artifacts are exported once, two at a time in worker processes (an export is 20-80 s of mostly
+The seven artifacts are exported once, two at a time in worker processes (an export is 20-80 s of mostly
 single-threaded Python on the tiny preset; ~2 min for all on an idle 2-core machine), through
 ``exporters.pipeline.export_artifact``, whose own parity check (50 segments) is part of each test.
 """
@@ -30,7 +30,8 @@ SEGMENTS = 50
 # set to a folder to keep the exports between runs (development only: nothing checks they are current)
 CACHE_ENV = "INFINI_TEST_EXECUTORCH_CACHE"
 # every (update, delegate, quantize) exported; longest first, so the two workers finish together
-JOBS = [("delta", "xnnpack", "int8"), ("delta", "xnnpack", None), ("linear", "xnnpack", None),
+JOBS = [("delta", "xnnpack", "int8"), ("delta", "xnnpack", "int4"), ("delta", "xnnpack", None),
+        ("linear", "xnnpack", None),
         ("delta", "none", None), ("linear", "none", None), ("linear", "xnnpack", None, 1)]  # last: max_batch=1
 # what may stay outside XNNPACK and the partition count on tiny: a regression guard. The model writes
 # RMSNorm's mean, RoPE's rotate-half and the z sum as linear layers with constant weights, so the whole step
@@ -200,6 +201,73 @@ def test_int8_top1_agreement_and_state_drift(et_artifacts):
     assert report.passed, report.failures[:5]  # state drift within the (backend, int8) tolerance
     assert 0 < report.summary["logits_max_abs"] < 0.05  # quantized: not bit-exact, but close
     assert report.summary["logits_trend"] < 2.0  # the error does not grow along the stream
+
+
+# int4 (8da4w: int8 dynamic activations, int4 weights in groups of 32) on tiny: measured top-1 agreement
+# 1.000 over 50 segments, worst state rel 0.18 (int4 weights move q, k, v a little at every segment)
+INT4_MIN_TOP1 = 0.95
+
+
+def test_int4_linears_only_state_float32(et_artifacts):
+    model, art, manifest, pipeline_report = _get(et_artifacts, ("delta", "xnnpack", "int4"))
+    assert manifest["quantization"] == "int4"
+    ex = manifest["exporter"]
+    assert ex["quantized_linears"] == sum(isinstance(m, torch.nn.Linear) for m in model.modules()) == 15
+    assert ex["int4_block_size"] == 32 and "8da4w" in ex["quantization_scheme"]
+    assert ex["delegate_partitions"] == 1 and set(ex["non_delegated_ops"]) <= ALLOWED_OUTSIDE  # all in XNNPACK
+    assert pipeline_report["passed"], pipeline_report["failures"][:5]
+    assert pipeline_report["tolerance"]["min_top1"] > 0  # a measured int4 tolerance, not a placeholder
+    # the program's own signature: every state output float32 (as the manifest says)
+    assert all(o["dtype"] == "float32" for o in manifest["outputs"])
+    session = InfiniSession.open(art)
+    assert [code for code, _ in session.backend.engine.outputs] == [6] * len(manifest["outputs"])  # 6: float32
+    report = validate(session.backend, model, precision="int4", segments=20, batch=2, seed=6,
+                      manifest=session.manifest, progress=False)
+    assert report.summary["top1"] >= INT4_MIN_TOP1, report.summary
+    assert report.passed, report.failures[:5]
+    assert 0 < report.summary["logits_max_abs"]  # quantized: not bit-exact
+    # smaller than the float32 program of the same model
+    _, _, fp32, _ = _get(et_artifacts, ("delta", "xnnpack", None))
+    assert manifest["memory"]["weights_bytes"] < 0.5 * fp32["memory"]["weights_bytes"]
+
+
+# ---- planned memory -------------------------------------------------------------------------------
+def test_manifest_memory_is_what_the_program_reports(et_artifacts):
+    """The manifest's memory entry = a fresh measurement of the file; I/O bytes = ExecuTorch's method_meta."""
+    from executorch.extension.pybindings import _portable_lib as pl
+
+    from exporters.memory_plan import measure_memory
+    planned = {}
+    for job in (("linear", "xnnpack", None), ("linear", "xnnpack", None, 1)):
+        _, art, manifest, _ = _get(et_artifacts, job)
+        memory = manifest["memory"]
+        on_disk = json.loads((art / "manifest.json").read_text())["memory"]
+        assert memory == on_disk == measure_memory(art / "model.pte")
+        program = pl._load_program_from_buffer((art / "model.pte").read_bytes())
+        names = [program.get_method_name(i) for i in range(program.num_methods())]
+        assert sorted(memory["methods"]) == sorted(names)  # every method of the program
+        for name in names:
+            meta, m = program.method_meta(name), memory["methods"][name]
+            assert m["input_bytes"] == sum(meta.input_tensor_meta(i).nbytes() for i in range(meta.num_inputs()))
+            assert m["output_bytes"] == sum(meta.output_tensor_meta(i).nbytes() for i in range(meta.num_outputs()))
+            assert m["planned_buffers"] >= 1 and m["planned_bytes"] == sum(m["planned_buffer_bytes"]) > 0
+            planned_io = sum(t.nbytes() for t in map(meta.output_tensor_meta, range(meta.num_outputs()))
+                             if t.is_memory_planned())
+            assert m["planned_bytes"] >= planned_io  # the planned outputs live in the planned arena
+        assert 0 < memory["weights_bytes"] < memory["program_bytes"] == (art / "model.pte").stat().st_size
+        planned[job] = memory["methods"]["forward"]["planned_bytes"]
+    # planned for the batch bound: batch 1 needs less than batch 64
+    assert planned[("linear", "xnnpack", None, 1)] < planned[("linear", "xnnpack", None)] / 8
+
+
+def test_info_prints_the_planned_memory_of_every_method(et_artifacts):
+    _, art, manifest, _ = _get(et_artifacts, ("linear", "xnnpack", None, 1))
+    r = subprocess.run([sys.executable, "-m", "infini_export.cli", "info", str(art)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    for name, m in manifest["memory"]["methods"].items():
+        assert f"method {name!r}: planned {m['planned_bytes']:,} bytes" in r.stdout
+    assert f"{manifest['memory']['weights_bytes']:,}" in r.stdout and "batch <= 1" in r.stdout
 
 
 # ---- the backend --------------------------------------------------------------------------------
@@ -395,10 +463,26 @@ def test_export_arguments_are_checked(tmp_path):
     with pytest.raises(ValueError, match="delegate"):
         export_executorch(model, tmp_path, delegate="coreml")
     with pytest.raises(ValueError, match="quantize"):
-        export_executorch(model, tmp_path, quantize="int4")
+        export_executorch(model, tmp_path, quantize="int2")
     with pytest.raises(ValueError, match="needs delegate='xnnpack'"):
         export_executorch(model, tmp_path, delegate="none", quantize="int8")
     with pytest.raises(ValueError, match="max_batch"):
         export_executorch(model, tmp_path, max_batch=0)
     assert not list(tmp_path.iterdir())
     assert isinstance(InfiniRuntimeError("x"), ValueError)
+
+
+def test_cli_plans_executorch_for_batch_one_unless_told(monkeypatch, tmp_path):
+    """``export --format executorch`` passes max_batch=1 (ONNX: 64) unless --max-batch is given."""
+    import exporters.pipeline as pipeline
+    from infini_export import cli
+    seen = []
+
+    def fake_export(module, out, fmt, **kw):
+        seen.append((fmt, kw["max_batch"]))
+        raise ValueError("stop here")
+    monkeypatch.setattr(pipeline, "export_artifact", fake_export)
+    monkeypatch.setattr(cli, "_load_module", lambda args: make_model("delta"))
+    for argv in (["--format", "executorch"], ["--format", "onnx"], ["--format", "executorch", "--max-batch", "4"]):
+        assert cli.main(["export", "ckpt", "-o", str(tmp_path / "x"), *argv]) == 2
+    assert seen == [("executorch", 1), ("onnx", 64), ("executorch", 4)]
