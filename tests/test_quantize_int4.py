@@ -36,7 +36,9 @@ def test_int4_onnx_parity_and_graph(int4_onnx):
     graph = onnx.load(str(out / "model.onnx")).graph
     ops = Counter(n.op_type for n in graph.node)
     n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
-    assert ops["MatMulNBits"] == n_linear == manifest["exporter"]["quantized_nodes"] == 15
+    decode_ops = Counter(n.op_type for n in onnx.load(str(out / "decode.onnx")).graph.node)
+    assert ops["MatMulNBits"] == decode_ops["MatMulNBits"] == n_linear == 15  # both programs
+    assert manifest["exporter"]["quantized_nodes"] == 2 * n_linear
     # the MatMuls left are activation x activation (attention, memory read/write) or exact constants
     # (RoPE's rotate-half permutation): their constant operands are not linear weights
     inits = {i.name for i in graph.initializer}
@@ -56,7 +58,7 @@ def test_int4_smaller_than_int8_and_fp32(int4_onnx, onnx_artifacts, tmp_path):
     _, fp32_art = onnx_artifacts["delta"]
     int8, _ = export_artifact(make_model("delta"), tmp_path / "int8", "onnx", quantize="int8", parity_segments=2,
                               progress=False, log=None)
-    size = lambda art: (art / "model.onnx").stat().st_size  # noqa: E731
+    size = lambda art: sum(f.stat().st_size for f in art.iterdir() if f.suffix in (".onnx", ".bin"))  # noqa: E731
     assert size(out) < size(tmp_path / "int8") < size(fp32_art)
 
 
