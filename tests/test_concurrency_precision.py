@@ -34,8 +34,8 @@ def test_threads_share_weights_not_state(onnx_artifacts):
         t.join()
     for (ref_logits, ref_state), got, s in zip(sequential, results, sessions):
         np.testing.assert_allclose(got, ref_logits, rtol=0, atol=1e-6)
-        for k, v in ref_state.items():
-            np.testing.assert_array_equal(s.state[k], v)
+        for k, v in ref_state.items():  # 23-token calls sum a segment's memory write in another order
+            np.testing.assert_allclose(s.state[k], v, rtol=1e-5, atol=1e-5)
     assert all(s.backend is base.backend for s in sessions)  # one loaded program
 
 
