@@ -355,6 +355,8 @@ class InfiniTransformer(nn.Module):
             raise ValueError(f"decode at position {p} with {T} tokens: expected 0 <= position < "
                              f"segment_len={cfg.segment_len} and 1 <= tokens <= segment_len - position")
         self.check_step_inputs(input_ids, [LayerMemory(st.memory, st.norm) for st in state])
+        if not isinstance(cache, (tuple, list)) or len(cache) != cfg.n_layers:
+            raise ValueError(f"cache must be a tuple of {cfg.n_layers} LayerCache (one per layer), got {_describe(cache)}")
         B = input_ids.shape[0]
         for i, (st, c) in enumerate(zip(state, cache)):
             want = {"pending_memory": ((B, cfg.n_heads, cfg.d_head, cfg.d_head), STATE_DTYPE),

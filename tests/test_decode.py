@@ -54,6 +54,8 @@ def test_decode_rejects_bad_position():
     for p in (-1, 15, 16):
         with pytest.raises(ValueError, match="position"):
             model.decode(ids, torch.tensor([p]), state, cache)
+    with pytest.raises(ValueError, match="cache must be a tuple of 2"):  # a missing layer would be skipped silently
+        model.decode(ids, torch.tensor([0]), state, cache[:1])
 
 
 @pytest.mark.parametrize("update", ["linear", "delta"])
