@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .protocol import FlatDecode, FlatStep, check_protocol, has_decode
+from .protocol import FlatDecode, FlatStep, FlatStepLast, check_protocol, has_decode, has_step_last
 
 
 class EagerBackend:
@@ -15,6 +15,17 @@ class EagerBackend:
     def __init__(self, module: torch.nn.Module):
         self.flat = FlatStep(module).eval()
         self.flat_decode = FlatDecode(module).eval() if has_decode(module) else None
+        self.flat_last = FlatStepLast(module).eval() if has_step_last(module) else None
+
+    @property
+    def has_last(self) -> bool:
+        return self.flat_last is not None
+
+    @torch.no_grad()
+    def run_last(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The segment step with the last token's logits only: ``(logits (B, 1, V), new state list)``."""
+        outs = self.flat_last(torch.from_numpy(ids), *(torch.from_numpy(s) for s in state))
+        return outs[0].float().numpy(), [t.numpy() for t in outs[1:]]
 
     @property
     def has_decode(self) -> bool:

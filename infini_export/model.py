@@ -244,6 +244,19 @@ class InfiniTransformer(nn.Module):
         i.e. the state as if the segment ended there. A caller that will later complete the segment
         must keep the *input* state and re-run the whole segment (the runtime does).
         """
+        x, new_state = self._trunk(input_ids, state)
+        return self.lm_head(self.norm(x)), new_state  # (B, T, V)
+
+    def step_last(self, input_ids: torch.Tensor, state: tuple[LayerMemory, ...]):
+        """``step`` returning only the last token's logits ``(B, 1, V)``: the LM head is applied to one row.
+
+        Same new state as ``step``; what prefill needs (the next token after a prompt) at a fraction of the
+        head's cost and without the ``(B, T, V)`` buffer."""
+        x, new_state = self._trunk(input_ids, state)
+        return self.lm_head(self.norm(x[:, -1:])), new_state  # (B, 1, V)
+
+    def _trunk(self, input_ids: torch.Tensor, state: tuple[LayerMemory, ...]):
+        """Embedding and every block: the hidden states (B, T, D) before the final norm, and the new state."""
         if not torch.compiler.is_compiling():
             self.check_step_inputs(input_ids, state)
         x = self.embed(input_ids)  # (B, T, D)
@@ -251,8 +264,7 @@ class InfiniTransformer(nn.Module):
         for block, mem in zip(self.blocks, state):
             x, new_mem = block(x, mem, *self.layer_constants())
             new_state.append(new_mem)
-        logits = self.lm_head(self.norm(x))  # (B, T, V)
-        return logits, tuple(new_state)
+        return x, tuple(new_state)
 
     # ---- the decode protocol: token-level generation inside a segment ---------------------------
     def decode_spec(self) -> DecodeSpec:

@@ -13,6 +13,9 @@ Optionally, for token-level generation (``has_decode``), a module also provides
 - ``decode_state_from(step_state) -> (state, cache)``: the decode state at position 0 after a segment;
 - ``decode(input_ids, position, state, cache) -> (logits, new_state, cache_rows)`` (see ``DecodeSpec``),
 seen by exporters as ``FlatDecode``. A module without them exports the segment step alone.
+
+Optionally (``has_step_last``), ``step_last(input_ids, state) -> (logits (B, 1, V), new_state)``: ``step`` with
+the last token's logits only (prefill needs no more), seen by exporters as ``FlatStepLast``.
 """
 from __future__ import annotations
 
@@ -27,6 +30,11 @@ DECODE_METHODS = ("decode_spec", "init_decode_state", "decode_state_from", "deco
 def has_decode(module: nn.Module) -> bool:
     """Whether ``module`` provides the optional decode protocol."""
     return all(callable(getattr(module, attr, None)) for attr in DECODE_METHODS)
+
+
+def has_step_last(module: nn.Module) -> bool:
+    """Whether ``module`` provides ``step_last`` (the segment step with the last token's logits only)."""
+    return callable(getattr(module, "step_last", None))
 
 
 class ProtocolError(ValueError):
@@ -109,6 +117,14 @@ class FlatStep(nn.Module):
         """Batch is the one dynamic axis (an upper bound, as ExecuTorch needs one)."""
         batch = torch.export.Dim("batch", min=1, max=max_batch)
         return {"input_ids": {0: batch}, "state": tuple({0: batch} for _ in self.spec.state)}
+
+
+class FlatStepLast(FlatStep):
+    """``forward(input_ids, *state) -> (logits (B, 1, V), *new_state)``: ``step_last``, same I/O names as the step."""
+
+    def forward(self, input_ids: torch.Tensor, *state: torch.Tensor):
+        logits, new_state = self.module.step_last(input_ids, unflatten_like(self._template, state))
+        return (logits, *flatten_state(new_state))
 
 
 class FlatDecode(nn.Module):

@@ -59,12 +59,28 @@ class DecodeInfo:
     cache: list  # StateEntry per cache tensor (B, H, N, dh); its output is the chunk's rows, axis 2
 
     @property
+    def last_logits(self) -> LastLogitsInfo | None:
+        """The last-token program, or None for an artifact without it (every segment then gives all logits)."""
+        d = self.data.get("last_logits")
+        return None if d is None else LastLogitsInfo(d["program"], d["inputs"], d["outputs"])
+
+    @property
     def input_names(self) -> list[str]:
         return [io["name"] for io in self.inputs]
 
     @property
     def output_names(self) -> list[str]:
         return [io["name"] for io in self.outputs]
+
+
+@dataclass(frozen=True)
+class LastLogitsInfo:
+    """The manifest's ``last_logits`` section: the segment step with the last token's logits (B, 1, V) only,
+    for prefill; the same inputs and state outputs as the segment step."""
+
+    program: dict  # {"format", "file"} (or "method" for a .pte)
+    inputs: list  # the segment step's inputs
+    outputs: list  # logits (batch, 1, vocab), then the segment step's state outputs
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,8 @@ def check_manifest(d) -> None:
 
     if "decode" in d:
         _check_decode(d["decode"], files, seg, vocab, names)
+    if d.get("last_logits") is not None:
+        _check_last_logits(d["last_logits"], files, inputs, outputs, vocab)
     if "shared_weights" in d:
         _check_shared_weights(d["shared_weights"], files)
 
@@ -189,11 +191,7 @@ def _check_decode(dec, files: dict, seg: int, vocab: int, segment_names: list) -
     """The decode section: I/O in the order a runtime feeds it (ids, position, state, cache; logits, state, cache
     rows), entries that point at that I/O, the segment state's names among the decode state's."""
     _typed("decode", dec, dict)
-    program = _typed("decode.program", dec.get("program"), dict)
-    _str("decode.program.format", program.get("format"))
-    _file_key("decode.program.file", program.get("file"), files, allow_none=True)
-    if "method" in program:
-        _str("decode.program.method", program["method"])
+    _program_ref("decode.program", dec.get("program"), files)
     if dec.get("max_tokens") != seg:
         _fail("decode.max_tokens", dec.get("max_tokens"), f"segment_len ({seg})")
     inputs = _decode_ios("decode.inputs", dec.get("inputs"), ("ids", "position"))
@@ -229,6 +227,30 @@ def _check_decode(dec, files: dict, seg: int, vocab: int, segment_names: list) -
     if missing:
         _fail("decode.state names", names, f"the segment state's names {missing} among them (the hand-over at a "
                                             "segment boundary)")
+
+
+def _program_ref(where: str, program, files: dict) -> dict:
+    """A program reference: ``{"format", "file"}`` (a key of files, or null in memory), optionally ``"method"``."""
+    _typed(where, program, dict)
+    _str(f"{where}.format", program.get("format"))
+    _file_key(f"{where}.file", program.get("file"), files, allow_none=True)
+    if "method" in program:
+        _str(f"{where}.method", program["method"])
+    return program
+
+
+def _check_last_logits(last, files: dict, inputs: list, outputs: list, vocab: int) -> None:
+    """The last-token program: the segment step's inputs and state outputs, logits of shape (batch, 1, vocab)."""
+    _typed("last_logits", last, dict)
+    _program_ref("last_logits.program", last.get("program"), files)
+    if last.get("inputs") != inputs:
+        _fail("last_logits.inputs", last.get("inputs"), "the segment step's inputs (same names, order, shapes)")
+    outs = _typed("last_logits.outputs", last.get("outputs"), list)
+    if outs[1:] != outputs[1:]:
+        _fail("last_logits.outputs[1:]", outs[1:], "the segment step's state outputs (same names, order, shapes)")
+    want = {**outputs[0], "shape": [BATCH, 1, vocab]}
+    if not outs or outs[0] != want:
+        _fail("last_logits.outputs[0] (logits)", outs[0] if outs else outs, f"{want} (the last token's logits)")
 
 
 def _check_shared_weights(sw, files: dict) -> None:

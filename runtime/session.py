@@ -27,7 +27,7 @@ class InfiniSession:
     """
 
     def __init__(self, manifest: Manifest, backend, batch_size: int = 1, use_decode: bool = True,
-                 max_state_bytes: int | None = None):
+                 max_state_bytes: int | None = None, use_last: bool = True):
         self.manifest = manifest
         self.backend = backend
         self._entries = manifest.state
@@ -35,6 +35,8 @@ class InfiniSession:
         self.vocab_size = manifest.vocab_size
         dec = manifest.decode if use_decode and getattr(backend, "has_decode", False) else None
         self._decode = dec
+        # the last-token program: whole segments whose logits only the last token needs (stream, prefill)
+        self._use_last = bool(use_last and getattr(backend, "has_last", False))
         if dec is not None:  # where each segment-state tensor sits in the decode state
             names = [e.name for e in dec.state]
             self._seg_idx = [names.index(e.name) for e in self._entries]
@@ -46,18 +48,20 @@ class InfiniSession:
     @classmethod
     def open(cls, artifact_dir: str | os.PathLike, backend: str | None = None, batch_size: int = 1,
              verify: bool = True, use_decode: bool = True, max_state_bytes: int | None = None,
-             **backend_options) -> "InfiniSession":
+             use_last: bool = True, **backend_options) -> "InfiniSession":
         """Open an artifact folder: read and check ``manifest.json`` (every path it names must stay inside the
         folder), bound the state it asks for (``max_state_bytes``, default 2 GiB, at ``batch_size``), verify file
         sizes and hashes, load the program(s) and check their I/O against the manifest. Nothing is allocated for
         the state before all of that passed. ``use_decode=False`` ignores the artifact's decode program (a partial
-        segment is then re-run padded)."""
+        segment is then re-run padded); ``use_last=False`` ignores its last-token program (every segment then
+        computes all its logits)."""
         manifest = Manifest.load(artifact_dir)
         _check_state_budget(manifest, batch_size, max_state_bytes)
         if verify:
             manifest.verify_files()
         name = backend or manifest.backend
-        return cls(manifest, open_backend(name, manifest, **backend_options), batch_size, use_decode, max_state_bytes)
+        return cls(manifest, open_backend(name, manifest, **backend_options), batch_size, use_decode, max_state_bytes,
+                   use_last)
 
     def _load_initial_state(self) -> list[np.ndarray]:
         init = self.manifest.data.get("initial_state", "zeros")
@@ -67,6 +71,12 @@ class InfiniSession:
                              {e.name: (e.concrete_shape(1), e.dtype) for e in self._entries}, meta=None,
                              error=ArtifactError)
         return [arrays[e.name] for e in self._entries]
+
+    @property
+    def last_logits_program(self) -> bool:
+        """Whether whole segments whose logits are not all needed (``stream``, prompt prefill, ``feed(...,
+        last_only=True)``) go through the artifact's last-token program (the LM head on one row)."""
+        return self._use_last
 
     @property
     def decoding(self) -> bool:
@@ -212,9 +222,13 @@ class InfiniSession:
                 raise InputError(f"token ids must lie in [0, {self.vocab_size}), got values in [{lo}, {hi}]")
         return np.ascontiguousarray(ids, dtype=np.int64)
 
-    def _run(self, ids: np.ndarray, state: list[np.ndarray]):
+    def _run(self, ids: np.ndarray, state: list[np.ndarray], last: bool = False):
+        """One segment: all its logits (B, T, V), or with ``last`` (where the artifact has the program) (B, 1, V)."""
         try:
-            logits, new_state = self.backend.run(ids, state)
+            if last and self._use_last:
+                logits, new_state = self.backend.run_last(ids, state)
+            else:
+                logits, new_state = self.backend.run(ids, state)
         except InfiniRuntimeError:
             raise
         except Exception as exc:  # a backend failure on checked input: never a raw library exception
@@ -241,7 +255,7 @@ class InfiniSession:
         kept, last, rows = [], self._last, None
         while i < T:
             if p == 0 and T - i >= N:
-                logits, seg = self._run(ids[:, i:i + N], self._segment_state(state))  # (B, N, V)
+                logits, seg = self._run(ids[:, i:i + N], self._segment_state(state), keep != "all")  # (B, N|1, V)
                 state = list(state)
                 for k, a in zip(self._seg_idx, seg):
                     state[k] = a
@@ -279,7 +293,7 @@ class InfiniSession:
         state, kept, last = self._state, [], None
         n_full = buf.shape[1] // N
         for s in range(n_full):
-            logits, state = self._run(buf[:, s * N:(s + 1) * N], state)  # (B, N, V)
+            logits, state = self._run(buf[:, s * N:(s + 1) * N], state, keep != "all")  # (B, N|1, V)
             lo = max(p - s * N, 0)  # logits of tokens returned by an earlier call are dropped
             if keep == "all" and lo < N:
                 kept.append(logits[:, lo:])
@@ -304,9 +318,19 @@ class InfiniSession:
             return out[0] if one_d else out
         return last
 
-    def feed(self, ids) -> np.ndarray:
-        """Stream ``ids`` ((T,) or (B, T) integers); return their logits ((T, V) or (B, T, V), float32)."""
-        return self._advance(ids, "all")
+    def feed(self, ids, last_only: bool = False) -> np.ndarray:
+        """Stream ``ids`` ((T,) or (B, T) integers); return their logits ((T, V) or (B, T, V), float32).
+
+        ``last_only``: the last token's logits only, ((1, V) or (B, 1, V); no rows for no tokens), computed
+        with the artifact's last-token program where it has one."""
+        if not last_only:
+            return self._advance(ids, "all")
+        one_d = isinstance(ids, np.ndarray) and ids.ndim == 1
+        before = self.tokens_consumed
+        last = self._advance(ids, "last")
+        out = last[:, None] if self.tokens_consumed > before else np.zeros((self.batch_size, 0, self.vocab_size),
+                                                                           np.float32)
+        return out[0] if one_d else out
 
     def stream(self, ids) -> np.ndarray | None:
         """Like ``feed`` but keeps only the last token's logits (B, V): memory independent of len(ids)."""

@@ -155,6 +155,17 @@ class LucidrainsStep(nn.Module):
         Pure. Equals their ``forward(input_ids, past_memories=None if has_memory == 0 else memories,
         return_new_memories=True)``, with ``new_state`` = their new memories and ``has_memory`` = 1.
         """
+        x, new_state = self._trunk(input_ids, state)
+        return self.model.to_logits(self.model.norm(x)), new_state  # (B, T, V)
+
+    def step_last(self, input_ids: torch.Tensor, state):
+        """``step`` returning only the last token's logits ``(B, 1, V)`` (their norm and ``to_logits`` on one row);
+        the same new state."""
+        x, new_state = self._trunk(input_ids, state)
+        return self.model.to_logits(self.model.norm(x[:, -1:])), new_state  # (B, 1, V)
+
+    def _trunk(self, input_ids: torch.Tensor, state):
+        """Every layer: the hidden states (B, T, D) before their final norm, and the new state."""
         if not torch.compiler.is_compiling():
             self.check_step_inputs(input_ids, state)
         *layer_state, has_memory = state
@@ -167,12 +178,11 @@ class LucidrainsStep(nn.Module):
             x = attn_out + x
             x = self._feed_forward(ff, x) + x
             new_layers.append(new_mem)
-        logits = self.model.to_logits(self.model.norm(x))  # (B, T, V)
         # the flag's logical OR with "a segment was written": 1 for the valid inputs 0 and 1. Written as
         # max(has_memory, 1) rather than a constant 1 so the output depends on the input, which the
         # parity validator's state-wiring check (it scales every state input, 1 -> 1.75) needs to see
         # past_has_memory connected; a constant would make that check report it disconnected.
-        return logits, (*new_layers, torch.clamp(has_memory, min=1.0))
+        return x, (*new_layers, torch.clamp(has_memory, min=1.0))
 
     # ---- their layers, re-expressed ------------------------------------------------------------
     @staticmethod

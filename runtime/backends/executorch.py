@@ -183,18 +183,22 @@ class ExecuTorchBackend:
             raise ArtifactError(f"cannot read the ExecuTorch program {path}: {exc}") from exc
         _check_header(path, data)
         dec = manifest.decode if manifest.decode is not None and manifest.decode.program.get("format") == "pte" else None
-        self._decode = None
+        last = manifest.last_logits
+        last = last if last is not None and last.program.get("format") == "pte" else None
+        self._decode = self._last = None
         try:
             names = self.engine.load(data)
             if self.method_name in names:
                 self._main = self.engine.method(self.method_name)
             if dec is not None and dec.program.get("method") in names:
                 self._decode = self.engine.method(dec.program["method"])
+            if last is not None and last.program.get("method") in names:
+                self._last = self.engine.method(last.program["method"])
         except Exception as exc:  # an ExecuTorch error code: truncated, corrupt, or an incompatible version
             raise ArtifactError(f"ExecuTorch ({self.engine.name} {self.engine.version}) cannot load {path} "
                                 f"({len(data)} bytes): {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}"
                                 " (truncated, corrupt, or written by an incompatible ExecuTorch)") from exc
-        wanted = [self.method_name] + ([dec.program.get("method")] if dec is not None else [])
+        wanted = [self.method_name] + [x.program.get("method") for x in (dec, last) if x is not None]
         if any(m not in names for m in wanted):
             raise ArtifactError(f"{path} has the methods {names}, the manifest names {wanted}")
         self._data = data  # the program may point into this buffer
@@ -215,6 +219,9 @@ class ExecuTorchBackend:
         if self._decode is not None:
             dec = man.decode
             _check_method_io(self._decode, dec.program["method"], dec.inputs, dec.outputs)
+        if self._last is not None:
+            last = man.last_logits
+            _check_method_io(self._last, last.program["method"], last.inputs, last.outputs)
 
     # ---- one segment ---------------------------------------------------------------------------
     def _check_inputs(self, arrays: list) -> None:
@@ -230,11 +237,22 @@ class ExecuTorchBackend:
                 raise InputError(f"input {io['name']!r} is {arr.dtype} {arr.shape}, the program takes {dtype} {want}")
 
     def run(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        return self._run(self._main, ids, state)
+
+    @property
+    def has_last(self) -> bool:
+        return self._last is not None
+
+    def run_last(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The segment step with the last token's logits only: ``(logits (B, 1, V), new state list)``."""
+        return self._run(self._last, ids, state)
+
+    def _run(self, method, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         arrays = [np.asarray(ids), *(np.asarray(s) for s in state)]
         self._check_inputs(arrays)
         arrays = [np.ascontiguousarray(a) for a in arrays]
         with self._lock:
-            outs = self._main.run(arrays)
+            outs = method.run(arrays)
         if len(outs) != len(self.manifest.data["outputs"]):
             raise ArtifactError(f"the program returned {len(outs)} outputs, the manifest lists "
                                 f"{len(self.manifest.data['outputs'])}")

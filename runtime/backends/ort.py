@@ -87,6 +87,13 @@ class OrtBackend:
             check_graph_io(manifest, self.decode_session.get_inputs(), self.decode_session.get_outputs(),
                            dec.inputs, dec.outputs)
             self._decode_in, self._decode_out = dec.input_names, dec.output_names
+        last = manifest.last_logits
+        self.last_session = None
+        if last is not None and last.program.get("format") == "onnx":
+            self.last_session = self._load(ort, manifest.file_path(last.program["file"]),
+                                           options(shared.get(last.program["file"])))
+            check_graph_io(manifest, self.last_session.get_inputs(), self.last_session.get_outputs(),
+                           last.inputs, last.outputs)
 
     @staticmethod
     def _load(ort, path, opts):
@@ -97,9 +104,20 @@ class OrtBackend:
             raise ArtifactError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0][:300]}") from exc
 
     def run(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        return self._run(self.session, ids, state)
+
+    @property
+    def has_last(self) -> bool:
+        return self.last_session is not None
+
+    def run_last(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The segment step with the last token's logits only: ``(logits (B, 1, V), new state list)``."""
+        return self._run(self.last_session, ids, state)
+
+    def _run(self, session, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         feeds = dict(zip(self.input_names, [ids, *state]))
         with fpenv.flush_denormals(self.denormal_as_zero):
-            outputs = self.session.run(self.output_names, feeds)
+            outputs = session.run(self.output_names, feeds)
         return outputs[0], outputs[1:]
 
     @property
