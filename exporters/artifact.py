@@ -146,6 +146,14 @@ def _decode_section(module, spec: StepSpec, decode_program: dict | None, dtype: 
     return {"decode": decode_entries(module.decode_spec(), decode_program, spec.vocab_size, logits_dtype=dtype)}
 
 
+def last_logits_section(manifest: dict, program: dict) -> dict:
+    """The manifest's ``last_logits`` entry for ``program``: the segment step's inputs and state outputs, the last
+    token's logits (batch, 1, vocab)."""
+    logits = manifest["outputs"][0]
+    return {"program": program, "inputs": manifest["inputs"],
+            "outputs": [{**logits, "shape": [logits["shape"][0], 1, manifest["vocab_size"]]}, *manifest["outputs"][1:]]}
+
+
 def write_manifest(directory: Path, data: dict) -> Path:
     """Atomic write of manifest.json (checked by the runtime's own parser first)."""
     Manifest.from_dict(data, directory)

@@ -29,16 +29,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from infini_export.protocol import FlatDecode, FlatStep, check_protocol, has_decode
+from infini_export.protocol import FlatDecode, FlatStep, FlatStepLast, check_protocol, has_decode, has_step_last
 from runtime.atomic import atomic_write
 
-from .artifact import build_manifest
+from .artifact import build_manifest, last_logits_section
 from .memory_plan import measure_memory
 from .quantize import DEFAULT_BLOCK_SIZE, check_int4_shapes, check_quantize, quantize_linears_8da4w
 
 MODEL_FILE = "model.pte"
 METHOD = "forward"
 DECODE_METHOD = "decode"
+LAST_METHOD = "step_last"
 DELEGATES = ("xnnpack", "none")
 QUANTIZE = (None, "int8", "int4")
 
@@ -261,6 +262,8 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
     example = flat.example_inputs(1 if max_batch == 1 else 2)
     dynamic = None if max_batch == 1 else flat.dynamic_shapes(max_batch)
     methods = {METHOD: (flat, example, dynamic, spec)}
+    if has_step_last(module):  # the last token's logits only: its own memory plan, without the (B, N, V) buffer
+        methods[LAST_METHOD] = (FlatStepLast(exported_module).eval(), example, dynamic, spec)
     # a second method in the same program (the weights are stored once). XNNPACK takes it at batch 1 only; under
     # a dynamic batch it runs on the portable kernels, which have no int8 kernels: then it is left out
     if has_decode(module) and (max_batch == 1 or quantize is None):
@@ -279,8 +282,9 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
                 programs[name] = torch.export.export(mod, ex, dynamic_shapes=dyn, strict=False)
         # XNNPACK takes the decode method at a static batch only (with a dynamic one it refuses a partition whose
         # output is also its input); with --max-batch > 1 the decode method runs on the portable kernels
-        partitioner = {name: [xnnpack_partitioner()] if delegate == "xnnpack" and (name == METHOD or max_batch == 1)
-                       else [] for name in programs}
+        partitioner = {name: [xnnpack_partitioner()]
+                       if delegate == "xnnpack" and (name != DECODE_METHOD or max_batch == 1) else []
+                       for name in programs}
         edge = to_edge_transform_and_lower(programs, transform_passes=[canonicalize_dynamic_shapes],
                                            partitioner=partitioner,
                                            compile_config=EdgeCompileConfig(_check_ir_validity=False))
@@ -319,10 +323,14 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
                   "untied_weights": untied,
                   **report,
                   "decode_delegation": reports.get(DECODE_METHOD),
+                  "step_last_delegation": reports.get(LAST_METHOD),
                   "quantized_linears": len(int4_linears) if quantize == "int4" else quantized.get("linear.default", 0),
                   "quantized_op_types": quantized,
                   "quantization_scheme": _SCHEMES.get(quantize),
                   **({"int4_block_size": block_size} if quantize == "int4" else {}),
                   "export_seconds": seconds})
+    if LAST_METHOD in methods:
+        manifest["last_logits"] = last_logits_section(
+            manifest, {"format": "pte", "file": "program", "method": LAST_METHOD, "delegate": delegate})
     manifest["memory"] = measure_memory(out_dir / MODEL_FILE)  # every method's planned memory, the weights
     return manifest

@@ -8,15 +8,16 @@ from pathlib import Path
 import onnx
 import torch
 
-from infini_export.protocol import FlatDecode, FlatStep, check_protocol, has_decode
+from infini_export.protocol import FlatDecode, FlatStep, FlatStepLast, check_protocol, has_decode, has_step_last
 
-from .artifact import build_manifest
+from .artifact import build_manifest, last_logits_section
 from .onnx_fusions import FUSED_OPSET, fuse
 from .onnx_weights import write_shared
 from .quantize import DEFAULT_BLOCK_SIZE, check_int4_shapes, check_quantize, quantize_onnx_int4
 
 MODEL_FILE = "model.onnx"
 DECODE_FILE = "decode.onnx"
+LAST_FILE = "step_last.onnx"
 
 
 def _quantize_int8(src: Path, dst: Path) -> list[str]:
@@ -62,8 +63,9 @@ def _quantized(model: onnx.ModelProto, quantize: str | None, tmp: Path, name: st
 
 def export_onnx(module: torch.nn.Module, out_dir: str | Path, *, quantize: str | None = None,
                 max_batch: int = 64, verbose: bool = False, block_size: int = DEFAULT_BLOCK_SIZE) -> dict:
-    """Trace ``module.step`` (and ``module.decode`` where the module has it) into ``out_dir``: ``model.onnx``,
-    ``decode.onnx`` and their shared ``weights.bin``; return the manifest (not yet written).
+    """Trace ``module.step`` (and ``module.decode`` / ``module.step_last`` where the module has them) into
+    ``out_dir``: ``model.onnx``, ``decode.onnx``, ``step_last.onnx`` and their shared ``weights.bin``; return the
+    manifest (not yet written).
 
     ``quantize``: None, ``"int8"`` (dynamic int8 MatMuls) or ``"int4"`` (4-bit ``MatMulNBits`` weights in
     blocks of ``block_size`` along in_features; shapes are checked before anything is written).
@@ -79,6 +81,10 @@ def export_onnx(module: torch.nn.Module, out_dir: str | Path, *, quantize: str |
     models, fusions = {}, {}
     models[MODEL_FILE], fusions["step"] = _trace(flat, flat.example_inputs(2), spec.input_names(), spec.output_names(),
                                                  flat.dynamic_shapes(max_batch), verbose)
+    if has_step_last(module):
+        last = FlatStepLast(module).eval()
+        models[LAST_FILE], fusions["step_last"] = _trace(last, last.example_inputs(2), spec.input_names(),
+                                                         spec.output_names(), last.dynamic_shapes(max_batch), verbose)
     if has_decode(module):
         dec = FlatDecode(module).eval()
         models[DECODE_FILE], fusions["decode"] = _trace(dec, dec.example_inputs(2), dec.spec.input_names(),
@@ -93,12 +99,14 @@ def export_onnx(module: torch.nn.Module, out_dir: str | Path, *, quantize: str |
         old.unlink()
     weights = write_shared(models, out_dir)
     files = {"program": MODEL_FILE, "weights": weights["file"]}
-    file_keys = {MODEL_FILE: "program", DECODE_FILE: "decode_program"}
+    file_keys = {MODEL_FILE: "program", DECODE_FILE: "decode_program", LAST_FILE: "last_program"}
     program = {"format": "onnx", "file": "program"}
     decode = None
     if DECODE_FILE in models:
         files["decode_program"] = DECODE_FILE
         decode = {"format": "onnx", "file": "decode_program"}
+    if LAST_FILE in models:
+        files["last_program"] = LAST_FILE
     manifest = build_manifest(
         module, spec, backend="onnxruntime", program=program, files=files, decode_program=decode,
         directory=out_dir, max_batch=max_batch, quantization=quantize,
@@ -111,4 +119,6 @@ def export_onnx(module: torch.nn.Module, out_dir: str | Path, *, quantize: str |
                       "quantization_scheme": "onnxruntime MatMulNBitsQuantizer: 4-bit asymmetric block-wise "
                                              "weights (MatMulNBits), float32 activations, nn.Linear MatMuls only"}
                      if quantize == "int4" else {})})
+    if LAST_FILE in models:
+        manifest["last_logits"] = last_logits_section(manifest, {"format": "onnx", "file": "last_program"})
     return manifest

@@ -57,7 +57,8 @@ def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "on
                       decode_chunk=max(1, manifest["segment_len"] // 128))
     manifest["parity"] = {"tolerance": report.tolerance, "segments": parity_segments, "passed": report.passed,
                           "measured": report.summary, "failures": report.failures[:50],
-                          "decode": {k: v for k, v in report.decode.items() if k != "failures"} or None}
+                          "decode": {k: v for k, v in report.decode.items() if k != "failures"} or None,
+                          "last_logits": {k: v for k, v in report.last.items() if k != "failures"} or None}
     write_manifest(out_dir, manifest)
     if log:
         log(report.table(rows=6))

@@ -16,7 +16,7 @@ import torch
 from .compare import errors, within
 from .eager import EagerBackend
 from .parity_decode import validate_decode
-from .protocol import check_protocol
+from .protocol import check_protocol, has_step_last
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ class ParityReport:
     per_segment: list = field(default_factory=list)
     wiring: dict = field(default_factory=dict)
     decode: dict = field(default_factory=dict)  # the decode program's token-by-token parity, where it has one
+    last: dict = field(default_factory=dict)  # the last-token program against the full step, where it has one
     failures: list = field(default_factory=list)
     summary: dict = field(default_factory=dict)
 
@@ -106,6 +107,11 @@ class ParityReport:
                          f"boundaries: worst logits abs {d['logits_max_abs']:.3e}, worst state rel "
                          f"{d['state_max_rel']:.3e}, top-1 {d['top1']:.4f}, wiring "
                          f"{'ok' if d['wiring']['passed'] else 'FAILED'}")
+        la = self.last
+        if la:
+            lines.append(f"last-token program, {la['segments']} segments: worst logits abs {la['logits_max_abs']:.3e} "
+                         f"(vs the step's last row), worst state rel {la['state_max_rel']:.3e}, wiring "
+                         f"{'ok' if la['wiring'].get('passed', True) else 'FAILED'}")
         verdict = "PASSED" if self.passed else f"FAILED ({len(self.failures)} failures)"
         lines.append(f"parity {self.backend}/{self.precision} over {self.segments} segments: {verdict}")
         lines.extend(f"  - {f}" for f in self.failures[:20])
@@ -170,10 +176,12 @@ def check_wiring(backend, spec, ids_a: np.ndarray, ids_b: np.ndarray, init_state
 
 def validate(backend, module: torch.nn.Module, *, precision: str = "float32", segments: int = 64,
              batch: int = 1, seed: int = 0, tokens: np.ndarray | None = None, manifest=None,
-             progress: bool = True, decode_segments: int = 3, decode_chunk: int = 1) -> ParityReport:
+             progress: bool = True, decode_segments: int = 3, decode_chunk: int = 1,
+             last_segments: int = 8) -> ParityReport:
     """Run ``backend`` (an opened runtime backend) and the eager ``module`` side by side over ``segments``;
     then its decode program, where it has one, token by token (``decode_chunk`` tokens a call) over
-    ``decode_segments`` segment boundaries (0: skip)."""
+    ``decode_segments`` segment boundaries (0: skip); then its last-token program, where it has one, over the
+    first ``last_segments`` of those segments against the eager full step's last row and state (0: skip)."""
     spec = check_protocol(module)
     tol = tolerance_for(getattr(backend, "name", "?"), precision)
     report = ParityReport(backend.name, precision, segments, batch, asdict(tol))
@@ -213,6 +221,9 @@ def validate(backend, module: torch.nn.Module, *, precision: str = "float32", se
     if segments >= 2:
         report.wiring = check_wiring(backend, spec, tokens[:, :N], tokens[:, N:2 * N], [t.copy() for t in init])
         failures.extend(report.wiring["failures"])
+    if min(segments, last_segments) > 0 and getattr(backend, "has_last", False) and has_step_last(module):
+        report.last = validate_last(backend, eager, spec, tokens[:, :min(segments, last_segments) * N], init, tol)
+        failures.extend(report.last["failures"])
     if decode_segments > 0 and getattr(backend, "has_decode", False):
         report.decode = validate_decode(backend, module, tol, segments=decode_segments, batch=batch, seed=seed,
                                         chunk=decode_chunk, progress=progress)
@@ -235,6 +246,43 @@ def validate(backend, module: torch.nn.Module, *, precision: str = "float32", se
         if top1 < tol.min_top1:
             failures.append(f"top-1 agreement {top1:.4f} is below the tolerance {tol.min_top1}")
     return report
+
+
+class _LastProgram:
+    """A backend's last-token program seen as a backend (``run`` = its ``run_last``)."""
+
+    def __init__(self, backend):
+        self.backend, self.name = backend, backend.name
+
+    def run(self, ids, state):
+        return self.backend.run_last(ids, state)
+
+
+class _LastRow(_LastProgram):
+    """The eager full step (``step``, not ``step_last``) keeping only the last row of its logits."""
+
+    def run(self, ids, state):
+        logits, new_state = self.backend.run(ids, state)
+        return logits[:, -1:], new_state
+
+
+def validate_last(backend, eager: EagerBackend, spec, tokens: np.ndarray, init: list[np.ndarray],
+                  tol: Tolerance) -> dict:
+    """The last-token program chained over ``tokens`` (whole segments) against the eager full step: logits
+    (B, 1, V) against its last row, the state against its state, each segment; then the state-wiring check."""
+    N, segments = spec.segment_len, tokens.shape[1] // spec.segment_len
+    art, ref = _LastProgram(backend), _LastRow(eager)
+    state_art, state_ref, rows, failures = [t.copy() for t in init], [t.copy() for t in init], [], []
+    for seg in range(segments):
+        row, state_art, state_ref = compare_step(art, ref, spec, tokens[:, seg * N:(seg + 1) * N], state_art,
+                                                 state_ref, tol, seg, failures)
+        rows.append(row)
+    wiring = check_wiring(art, spec, tokens[:, :N], tokens[:, N:2 * N], [t.copy() for t in init]) \
+        if segments >= 2 else {}
+    failures = [f"last-token program, {f}" for f in failures + wiring.get("failures", [])]
+    return {"segments": segments, "logits_max_abs": max(r["logits"]["max_abs"] for r in rows),
+            "state_max_rel": max(e["max_rel"] for r in rows for e in r["state"].values()),
+            "top1": float(np.mean([r["top1"] for r in rows])), "wiring": wiring, "failures": failures}
 
 
 def _flat_init(module, batch):

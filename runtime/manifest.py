@@ -59,12 +59,6 @@ class DecodeInfo:
     cache: list  # StateEntry per cache tensor (B, H, N, dh); its output is the chunk's rows, axis 2
 
     @property
-    def last_logits(self) -> LastLogitsInfo | None:
-        """The last-token program, or None for an artifact without it (every segment then gives all logits)."""
-        d = self.data.get("last_logits")
-        return None if d is None else LastLogitsInfo(d["program"], d["inputs"], d["outputs"])
-
-    @property
     def input_names(self) -> list[str]:
         return [io["name"] for io in self.inputs]
 
@@ -123,6 +117,12 @@ class Manifest:
             return None
         return DecodeInfo(d["program"], int(d["max_tokens"]), d["position"], d["inputs"], d["outputs"],
                           [_entry(s) for s in d["state"]], [_entry(s) for s in d["cache"]])
+
+    @property
+    def last_logits(self) -> LastLogitsInfo | None:
+        """The last-token program, or None for an artifact without it (every segment then gives all logits)."""
+        d = self.data.get("last_logits")
+        return None if d is None else LastLogitsInfo(d["program"], d["inputs"], d["outputs"])
 
     @property
     def input_names(self) -> list[str]:
