@@ -1,0 +1,1 @@
+"""Benchmarks over exported artifacts (library code behind the scripts in ``scripts/``)."""

@@ -1,0 +1,138 @@
+"""Prefill with and without the last-token program: segment tokens/s side by side, peak RSS of streaming in
+fresh torch-free processes, and an ExecuTorch program's planned memory per method against its weights.
+
+``python -m infini_cli.bench.prefill --child ART TOKENS [--full] [--threads T]`` is the child process of
+``stream_rss``: it streams random tokens and prints one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from infini_export.streaming import peak_rss_mb, random_tokens
+from runtime.manifest import Manifest
+from runtime.session import InfiniSession
+
+
+def _open(artifact, threads: int | None, **options) -> InfiniSession:
+    return InfiniSession.open(artifact, **options, **({"threads": threads} if threads else {}))
+
+
+def segment_speed(artifact: str | Path, repeats: int = 5, threads: int | None = None, seed: int = 0) -> dict:
+    """One whole segment through the full step (all N logits) and through the last-token program, alternately
+    (the order swapped every repeat) on the same input: median seconds and tokens/s of each."""
+    session = _open(artifact, threads)
+    if not session.last_logits_program:
+        raise ValueError(f"{artifact} has no last-token program (manifest 'last_logits'); export it again")
+    backend, N = session.backend, session.segment_len
+    ids = np.random.default_rng(seed).integers(0, session.vocab_size, (1, N), dtype=np.int64)
+    state = [np.zeros(e.concrete_shape(1), np.dtype(e.dtype)) for e in session.manifest.state]
+    programs = {"full": backend.run, "last": backend.run_last}
+    for run in programs.values():  # warm-up: first-call allocations and packing
+        run(ids, state)
+    seconds: dict = {k: [] for k in programs}
+    for r in range(repeats):
+        for name in (("full", "last") if r % 2 == 0 else ("last", "full")):
+            t0 = time.perf_counter()
+            programs[name](ids, state)
+            seconds[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in seconds.items()}
+    return {"segment_len": N, "vocab_size": session.vocab_size, "repeats": repeats, "threads": threads,
+            "seconds": seconds, "full_tok_s": N / med["full"], "last_tok_s": N / med["last"],
+            "speedup": med["full"] / med["last"]}
+
+
+def weight_bytes(manifest: Manifest) -> int:
+    """The bytes of the weights an artifact loads: ExecuTorch's measured constants, else the ONNX weight file."""
+    if manifest.data.get("memory"):
+        return int(manifest.data["memory"]["weights_bytes"])
+    files = manifest.data["files"]
+    return int(files["weights"]["bytes"] if "weights" in files else files["program"]["bytes"])
+
+
+def stream_rss(artifact: str | Path, tokens: int, use_last: bool = True, threads: int | None = None) -> dict:
+    """Stream ``tokens`` random tokens through ``artifact`` in a fresh process (torch-free for ONNX): its peak RSS
+    (VmHWM), tokens/s and the weight bytes."""
+    root = Path(__file__).resolve().parents[2]  # the folder holding this package, for the child's imports
+    cmd = [sys.executable, "-m", "infini_cli.bench.prefill", "--child", str(artifact), str(tokens)]
+    cmd += ([] if use_last else ["--full"]) + (["--threads", str(threads)] if threads else [])
+    env = {**os.environ, "INFINI_EXPORT_NO_TORCH": "1",
+           "PYTHONPATH": os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode:
+        raise RuntimeError(f"streaming {tokens} tokens through {artifact} failed: {out.stderr.strip()[-500:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _child(artifact: str, tokens: int, use_last: bool, threads: int | None) -> None:
+    session = _open(artifact, threads, use_last=use_last)
+    t0 = time.perf_counter()
+    for ids in random_tokens(tokens, session.vocab_size, seed=0, chunk=16 * session.segment_len):
+        session.stream(ids)
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"tokens": tokens, "last_logits_program": session.last_logits_program,
+                      "seconds": round(seconds, 2), "tokens_per_second": round(tokens / seconds, 1),
+                      "peak_rss_mb": round(peak_rss_mb(), 1), "weights_bytes": weight_bytes(session.manifest),
+                      "torch_loaded": "torch" in sys.modules}))
+
+
+def planned_memory(artifact: str | Path) -> dict:
+    """An ExecuTorch artifact's planned memory per method (manifest ``memory``), each also as a share of the
+    weight bytes."""
+    memory = Manifest.load(artifact).data.get("memory")
+    if not memory:
+        raise ValueError(f"{artifact} has no planned-memory record (an ExecuTorch artifact has one)")
+    w = memory["weights_bytes"]
+    return {"weights_bytes": w, "methods": {name: {**m, "of_weights": m["planned_bytes"] / w}
+                                             for name, m in memory["methods"].items()}}
+
+
+def plot(results: dict, path: str | Path) -> None:
+    """Prefill tokens/s (full vs last) and peak RSS against the stream length, one PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    names = list(results.get("speed", {}))
+    for i, name in enumerate(names):
+        sp = results["speed"][name]
+        ax1.bar([i - 0.2, i + 0.2], [sp["full_tok_s"], sp["last_tok_s"]], width=0.4,
+                color=["tab:gray", "tab:blue"], label=["all N logits", "last token's logits"] if i == 0 else None)
+        ax1.text(i + 0.2, sp["last_tok_s"], f"{sp['speedup']:.2f}x", ha="center", va="bottom")
+    ax1.set_xticks(range(len(names)), names)
+    ax1.set_ylabel("prefill tokens/s (one segment)")
+    ax1.legend()
+    for name, rows in results.get("rss", {}).items():
+        ax2.plot([r["tokens"] for r in rows], [r["peak_rss_mb"] for r in rows], "o-", label=name)
+        w = rows[0]["weights_bytes"] / 1e6
+        ax2.axhline(1.5 * w, ls="--", color="gray", lw=0.8, label=f"1.5x weights of {name}")
+    ax2.set_xscale("log", base=2)
+    ax2.set_xlabel("tokens streamed")
+    ax2.set_ylabel("peak RSS (MB)")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--child", nargs=2, metavar=("ARTIFACT", "TOKENS"), required=True)
+    p.add_argument("--full", action="store_true", help="ignore the last-token program")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    _child(args.child[0], int(args.child[1]), not args.full, args.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
