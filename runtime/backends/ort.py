@@ -75,8 +75,13 @@ class OrtBackend:
                     opts.add_initializer(name, value)
             return opts
 
-        self.session = self._load(ort, manifest.program_path(), options(shared.get(manifest.data["program"]["file"])))
-        check_graph_io(manifest, self.session.get_inputs(), self.session.get_outputs())
+        def checked(key: str, inputs: list | None = None, outputs: list | None = None):
+            """The graph of ``files[key]``, its I/O checked against the manifest's (the segment step's unless given)."""
+            session = self._load(ort, manifest.file_path(key), options(shared.get(key)))
+            check_graph_io(manifest, session.get_inputs(), session.get_outputs(), inputs, outputs)
+            return session
+
+        self.session = checked(manifest.data["program"]["file"])
         self.input_names = manifest.input_names
         self.output_names = manifest.output_names
         dec = manifest.decode
@@ -90,10 +95,7 @@ class OrtBackend:
         last = manifest.last_logits
         self.last_session = None
         if last is not None and last.program.get("format") == "onnx":
-            self.last_session = self._load(ort, manifest.file_path(last.program["file"]),
-                                           options(shared.get(last.program["file"])))
-            check_graph_io(manifest, self.last_session.get_inputs(), self.last_session.get_outputs(),
-                           last.inputs, last.outputs)
+            self.last_session = checked(last.program["file"], last.inputs, last.outputs)
 
     @staticmethod
     def _load(ort, path, opts):
