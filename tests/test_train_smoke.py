@@ -3,6 +3,7 @@ report; the eager session streams; the state-extrapolation lever, the proxy and 
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -308,3 +309,24 @@ def test_weighted_answer_loss():
     # twice the weight on the last two: (1 + 1 + 1 + 1 + 2 + 2) = 8 -> weights 0.75 x4, 1.5 x2
     want = float((nll * torch.tensor([0.75, 0.75, 0.75, 0.75, 1.5, 1.5])).mean())
     assert float(mod.weighted_answer_loss(nll, [1, 1, 1, 1, 2, 2])) == pytest.approx(want)
+
+
+def test_every_setting_is_an_option_and_bad_settings_are_refused_by_name():
+    import argparse
+    from dataclasses import fields
+
+    from infini_export.training.config import TrainConfig, TrainingSetupError, add_arguments, from_arguments
+    ap = argparse.ArgumentParser()
+    add_arguments(ap)
+    assert from_arguments(ap.parse_args([])) == TrainConfig()
+    assert all(f.metadata["help"] for f in fields(TrainConfig))
+    tc = from_arguments(ap.parse_args(["--proxy-length", "64K", "--heldout-depths", "0,1", "--answer-weights",
+                                       "1,1,1,1,2,2", "--lr", "1e-4", "--resume", "--update", "linear"]))
+    assert (tc.proxy_length, tc.heldout_depths, tc.answer_weights) == (65536, [0.0, 1.0], [1, 1, 1, 1, 2, 2])
+    assert tc.lr == 1e-4 and tc.gate_lr is None and tc.resume and tc.update == "linear"
+    for argv, message in ((["--extrapolate-block", "0"], "--extrapolate-block must be >= 1"),
+                          (["--extrapolate-block", "7"], "applies to --extrapolate-mode doubling only"),
+                          (["--ema", "-0.1"], "--ema must be a decay in [0, 1)"),
+                          (["--answer-weights", "0,0,0,0,0,0"], "--answer-weights needs 6 weights")):
+        with pytest.raises(TrainingSetupError, match=re.escape(message)):
+            from_arguments(ap.parse_args(argv))
