@@ -41,7 +41,7 @@ from functools import lru_cache
 from typing import Iterable, Sequence
 
 import numpy as np
-from tqdm import tqdm
+from tqdm import tqdm  # imported up front: a first import mid-run would show as RSS growth with length
 
 VOCAB_SIZE = 256
 INSTRUCTION = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
@@ -100,6 +100,7 @@ def draw_keys(rng_or_seed, n: int) -> list[str]:
 
 
 def check_key(key) -> str:
+    """``key`` if it is a string of ``KEY_DIGITS`` ASCII digits, else a ValueError naming it."""
     if not (isinstance(key, str) and len(key) == KEY_DIGITS and key.isascii() and key.isdigit()):
         raise ValueError(f"key must be a string of {KEY_DIGITS} digits, got {key!r}")
     return key
