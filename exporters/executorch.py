@@ -32,7 +32,7 @@ from torch import nn
 from infini_export.protocol import FlatDecode, FlatStep, FlatStepLast, check_protocol, has_decode, has_step_last
 from runtime.atomic import atomic_write
 
-from .artifact import build_manifest, last_logits_section
+from .artifact import build_manifest
 from .memory_plan import measure_memory
 from .quantize import DEFAULT_BLOCK_SIZE, check_int4_shapes, check_quantize, quantize_linears_8da4w
 
@@ -314,6 +314,8 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
         program={"format": "pte", "file": "program", "method": METHOD, "delegate": delegate},
         files={"program": MODEL_FILE}, directory=out_dir, max_batch=max_batch, quantization=quantize,
         decode_program=decode,
+        last_program={"format": "pte", "file": "program", "method": LAST_METHOD, "delegate": delegate}
+        if LAST_METHOD in methods else None,
         exporter={"path": "torch.export -> to_edge_transform_and_lower"
                           + ("(XnnpackPartitioner, merged to a fixed point)" if delegate == "xnnpack"
                              else "(portable kernels)")
@@ -329,8 +331,5 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
                   "quantization_scheme": _SCHEMES.get(quantize),
                   **({"int4_block_size": block_size} if quantize == "int4" else {}),
                   "export_seconds": seconds})
-    if LAST_METHOD in methods:
-        manifest["last_logits"] = last_logits_section(
-            manifest, {"format": "pte", "file": "program", "method": LAST_METHOD, "delegate": delegate})
     manifest["memory"] = measure_memory(out_dir / MODEL_FILE)  # every method's planned memory, the weights
     return manifest

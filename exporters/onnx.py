@@ -10,7 +10,7 @@ import torch
 
 from infini_export.protocol import FlatDecode, FlatStep, FlatStepLast, check_protocol, has_decode, has_step_last
 
-from .artifact import build_manifest, last_logits_section
+from .artifact import build_manifest
 from .onnx_fusions import FUSED_OPSET, fuse
 from .onnx_weights import write_shared
 from .quantize import DEFAULT_BLOCK_SIZE, check_int4_shapes, check_quantize, quantize_onnx_int4
@@ -109,6 +109,7 @@ def export_onnx(module: torch.nn.Module, out_dir: str | Path, *, quantize: str |
         files["last_program"] = LAST_FILE
     manifest = build_manifest(
         module, spec, backend="onnxruntime", program=program, files=files, decode_program=decode,
+        last_program={"format": "onnx", "file": "last_program"} if LAST_FILE in models else None,
         directory=out_dir, max_batch=max_batch, quantization=quantize,
         shared_weights={"file": "weights", "graphs": {file_keys[g]: t for g, t in weights["graphs"].items()}},
         exporter={"path": "torch.onnx.export(dynamo=True) + onnxscript optimizer + exporters.onnx_fusions",
@@ -119,6 +120,4 @@ def export_onnx(module: torch.nn.Module, out_dir: str | Path, *, quantize: str |
                       "quantization_scheme": "onnxruntime MatMulNBitsQuantizer: 4-bit asymmetric block-wise "
                                              "weights (MatMulNBits), float32 activations, nn.Linear MatMuls only"}
                      if quantize == "int4" else {})})
-    if LAST_FILE in models:
-        manifest["last_logits"] = last_logits_section(manifest, {"format": "onnx", "file": "last_program"})
     return manifest
