@@ -111,10 +111,13 @@ def plot(results: dict, path: str | Path) -> None:
     ax1.set_xticks(range(len(names)), names)
     ax1.set_ylabel("prefill tokens/s (one segment)")
     ax1.legend()
+    drawn = set()
     for name, rows in results.get("rss", {}).items():
         ax2.plot([r["tokens"] for r in rows], [r["peak_rss_mb"] for r in rows], "o-", label=name)
         w = rows[0]["weights_bytes"] / 1e6
-        ax2.axhline(1.5 * w, ls="--", color="gray", lw=0.8, label=f"1.5x weights of {name}")
+        if w not in drawn:  # one line per weight size: the 1.5x-weights target
+            drawn.add(w)
+            ax2.axhline(1.5 * w, ls="--", color="gray", lw=0.8, label=f"1.5x weights ({w:,.0f} MB)")
     ax2.set_xscale("log", base=2)
     ax2.set_xlabel("tokens streamed")
     ax2.set_ylabel("peak RSS (MB)")
