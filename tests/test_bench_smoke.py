@@ -110,8 +110,8 @@ def test_format_length_round_trips(n):
 
 
 def _in_child(code: str) -> list[float]:
-    out = subprocess.run([sys.executable, "-c", "from runtime.measure import peak_rss_mb\n" + code],
-                         capture_output=True, text=True, check=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    out = subprocess.run([sys.executable, "-c", "from runtime.measure import peak_rss_mb\n" + code], capture_output=True,
+                         text=True, check=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     return [float(x) for x in out.stdout.split()]
 
 
