@@ -15,6 +15,7 @@ COLORS = {"eager": "#555555", "onnx-fp32": "#1f77b4", "onnx-int8": "#aec7e8",
 
 
 def plots(result: dict, out: Path) -> list[str]:
+    """throughput.png, memory.png and export.png (those with data) into ``out``; their file names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -116,6 +117,7 @@ def _f(x, nd=3):
 
 
 def tables_markdown(result: dict) -> str:
+    """The result as markdown: machine, GEMM rate, throughput, memory, export cost and targets tables."""
     m, v, st = result["machine"], result["versions"], result["settings"]
     lines = [f"Measured {result['created']} ({result['mode']} mode, {result['duration_seconds']:.0f} s): "
              f"{m.get('cpu_model')}, {m.get('logical_cpus')} logical CPUs, {m.get('mem_total_gb')} GB; "

@@ -17,6 +17,7 @@ from .machine import rnd
 
 BACKENDS = ("eager", *MAIN)  # the eager model itself, then the main export variants
 
+
 class Runner:
     """One backend's session for one config, plus its measurements."""
 
@@ -25,7 +26,8 @@ class Runner:
         self.load_seconds = self.first_call = None
 
 
-def open_runner(name: str, cfg_key, ckpt_dir: Path, art_dir: Path | None, batch: int, threads: int) -> Runner:
+def open_runner(name: str, ckpt_dir: Path, art_dir: Path | None, batch: int, threads: int) -> Runner:
+    """A session of backend ``name`` (eager: the checkpoint; else the artifact), or why there is none."""
     r = Runner(name)
     t0 = time.perf_counter()
     try:
@@ -35,7 +37,8 @@ def open_runner(name: str, cfg_key, ckpt_dir: Path, art_dir: Path | None, batch:
             r.session = eager_session(load_checkpoint(ckpt_dir).eval(), batch_size=batch)
         else:
             from runtime.session import InfiniSession
-            r.session = InfiniSession.open(art_dir, backend=get_variant(name).runtime, batch_size=batch, threads=threads)
+            r.session = InfiniSession.open(art_dir, backend=get_variant(name).runtime, batch_size=batch,
+                                           threads=threads)
         r.load_seconds = time.perf_counter() - t0
     except ImportError as exc:
         r.status, r.reason = "unavailable", f"{type(exc).__name__}: {exc}"
@@ -93,7 +96,7 @@ def measure_config(preset, seg, batch, backends, ctx, mode, threads, rates, seed
                         f"{mode['first_call_cap']:g} s)")
             runners.append(r)
             continue
-        r = open_runner(name, (preset, seg), ckpt_dir, ctx["dirs"].get((preset, seg, name)), batch, threads)
+        r = open_runner(name, ckpt_dir, ctx["dirs"].get((preset, seg, name)), batch, threads)
         runners.append(r)
     live = [r for r in runners if r.status == "ok"]
     # first call (cold), then a second warm call to size each backend's time slice

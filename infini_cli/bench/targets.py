@@ -4,14 +4,14 @@ from __future__ import annotations
 from runtime.measure import format_length
 
 
-def find(throughput, preset, seg, batch):
+def _find(throughput, preset, seg, batch):
     for c in throughput:
         if (c["preset"], c["segment_len"], c["batch"]) == (preset, seg, batch):
             return c
     return None
 
 
-def tps(conf, name):
+def _tps(conf, name):
     if conf is None:
         return None
     r = conf["results"].get(name, {})
@@ -19,27 +19,28 @@ def tps(conf, name):
 
 
 def evaluate_targets(throughput, memory, gemm_best) -> list[dict]:
+    """Each target: name, wanted, measured, met (True / False / None when its config was not measured)."""
     out = []
 
     def add(name, target, measured, met, note=""):
         out.append({"name": name, "target": target, "measured": measured, "met": met, "note": note})
 
-    c = find(throughput, "small", 128, 1)
-    e = tps(c, "eager")
+    c = _find(throughput, "small", 128, 1)
+    e = _tps(c, "eager")
     for b, need in (("onnx-fp32", 2.0), ("executorch-xnnpack-fp32", 1.5)):
-        v = tps(c, b)
+        v = _tps(c, b)
         ratio = round(v / e, 3) if v and e else None
         add(f"{b} vs eager, small/128/b1", f">= {need}x eager tokens/s", ratio,
             None if ratio is None else ratio >= need, "" if c else "config not measured")
     for q, f in (("onnx-int8", "onnx-fp32"), ("executorch-xnnpack-int8", "executorch-xnnpack-fp32")):
         for key in (("small", 128, 1), ("medium", 512, 1)):
-            cc = find(throughput, *key)
-            a, b = tps(cc, q), tps(cc, f)
+            cc = _find(throughput, *key)
+            a, b = _tps(cc, q), _tps(cc, f)
             ratio = round(a / b, 3) if a and b else None
             add(f"{q} vs {f}, {key[0]}/{key[1]}/b{key[2]}", "int8 faster than fp32 (> 1x)", ratio,
                 None if ratio is None else ratio > 1.0, "" if cc else "config not measured")
     for batch in (1, 8):
-        cc = find(throughput, "medium", 512, batch)
+        cc = _find(throughput, "medium", 512, batch)
         if cc is None:
             if batch == 1:
                 add("MFU of the fastest backend, medium/512/b1", ">= 50% of the measured GEMM rate", None, None,
