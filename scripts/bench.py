@@ -36,6 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--memory-lengths", default=None, help="comma list of stream lengths, e.g. 4K,32K,128K,1M")
     p.add_argument("--baseline-budget", type=float, default=None, help="seconds per baseline length")
     p.add_argument("--config-budget", type=float, default=None, help="seconds of round-robin per config")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds each measured process may take (default: 300 smoke, 1200 quick, 3600 full)")
     p.add_argument("--skip", default="", help="comma list of sections to skip: throughput,memory")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -56,7 +58,7 @@ def main(argv=None) -> int:
     except ValueError as exc:
         raise SystemExit(f"bench.py: {exc}") from None
     run(mode, out=args.out, threads=args.threads, backends=backends, configs=configs, memory_lengths=lengths,
-        baseline_budget=args.baseline_budget, config_budget=args.config_budget,
+        baseline_budget=args.baseline_budget, config_budget=args.config_budget, timeout=args.timeout,
         skip={s for s in args.skip.split(",") if s}, cache=default_cache(mode, args.fresh, args.artifacts),
         seed=args.seed, command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
     return 0

@@ -108,7 +108,8 @@ def _gemm_section(gemm: list[dict], throughput: list[dict], threads: int) -> dic
 
 def run(mode_name: str, *, out: str | Path | None = None, threads: int = 1, backends: list[str] | None = None,
         configs: list[tuple[str, int, int]] | None = None, memory_lengths: list[int] | None = None,
-        baseline_budget: float | None = None, config_budget: float | None = None, skip: set[str] = frozenset(),
+        baseline_budget: float | None = None, config_budget: float | None = None, timeout: float | None = None,
+        skip: set[str] = frozenset(),
         cache: str | None = None, seed: int = 0, command: str = "") -> dict:
     """Run the benchmark in ``mode_name`` ("smoke", "quick" or "full"); write ``bench.json``, ``tables.md`` and
     the PNGs into ``out`` (default per mode) and return the result. ``cache``: a folder of exports reused while
@@ -116,7 +117,7 @@ def run(mode_name: str, *, out: str | Path | None = None, threads: int = 1, back
     "memory"."""
     mode = dict(MODES[mode_name])
     for key, value in (("configs", configs), ("memory_lengths", memory_lengths),
-                       ("baseline_budget", baseline_budget), ("config_budget", config_budget)):
+                       ("baseline_budget", baseline_budget), ("config_budget", config_budget), ("timeout", timeout)):
         if value is not None:
             mode[key] = value
     out = Path(out or DEFAULT_OUT[mode_name]).absolute()
