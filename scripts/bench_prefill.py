@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from infini_cli.bench.prefill import planned_memory, plot, segment_speed, stream_rss
-from infini_export.passkey_eval import parse_length
+from runtime.measure import parse_length
 
 
 def main() -> int:
