@@ -120,7 +120,7 @@ def _cmd_average(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from infini_export.streaming import run_stream
+    from .run import run_stream
     return run_stream(args)
 
 

@@ -13,17 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .streaming import peak_rss_mb
+from runtime.measure import parse_length, peak_rss_mb
+
 from .tasks import passkey as pk
 
 DEFAULT_LENGTHS = "4K,32K,128K,1M"
 DEFAULT_DEPTHS = "0,0.5,1"
-
-
-def parse_length(text: str) -> int:
-    text = text.strip().upper()
-    mult = {"K": 1024, "M": 1024 * 1024}.get(text[-1:], 1)
-    return int(float(text[:-1] if text[-1:] in "KM" else text) * mult)
 
 
 def _is_key(k) -> bool:

@@ -18,7 +18,7 @@ import time
 
 
 def main(argv: list[str] | None = None) -> int:
-    from infini_export.passkey_eval import parse_length
+    from runtime.measure import parse_length
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+")

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,6 +38,15 @@ def onnx_artifacts(tmp_path_factory):
         export_artifact(model, d, "onnx", parity_segments=8, progress=False, log=None)
         out[update] = (model, d)
     return out
+
+
+@pytest.fixture(scope="session")
+def et_artifacts(tmp_path_factory):
+    """{(update, variant[, max_batch]): (model, artifact_dir, manifest, pipeline parity report)} (tests/et_artifacts.py);
+    ``INFINI_TEST_EXECUTORCH_CACHE`` keeps them in a folder between runs (development only)."""
+    from tests.et_artifacts import CACHE_ENV, export_all
+    base = os.environ.get(CACHE_ENV)
+    return export_all(Path(base) if base else tmp_path_factory.mktemp("executorch"))
 
 
 def check_session_matches_forward(model, art, segments: int = 50):

@@ -1,18 +1,13 @@
 """ExecuTorch export (XNNPACK and portable, float32, int8 and int4) + its runtime backend, against the eager model.
 
-The seven artifacts are exported once, two at a time in worker processes (an export is 20-80 s of mostly
-single-threaded Python on the tiny preset; ~2 min for all on an idle 2-core machine), through
-``exporters.pipeline.export_artifact``, whose own parity check (50 segments) is part of each test.
+The artifacts (``tests/et_artifacts.py``) are exported once per test run, each with the pipeline's own parity check
+(50 segments), which is part of each test.
 """
 import json
-import multiprocessing
-import os
 import shutil
 import subprocess
 import sys
 import threading
-import traceback
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -24,18 +19,10 @@ from exporters.variants import get_variant
 from infini_export.parity import validate
 from runtime import ArtifactError, InfiniRuntimeError, InfiniSession, InputError, ManifestError
 from runtime.manifest import sha256_file
-from tests.conftest import ROOT, check_session_matches_forward, make_model
+from tests.conftest import ROOT, make_model
+from tests.et_artifacts import FP32, INT4, INT8, PORTABLE, SEGMENTS, get
 
 ROOT_PATH = Path(ROOT)
-SEGMENTS = 50
-# set to a folder to keep the exports between runs (development only: nothing checks they are current)
-CACHE_ENV = "INFINI_TEST_EXECUTORCH_CACHE"
-# the export variants (exporters.variants) of the ExecuTorch format
-FP32, PORTABLE = "executorch-xnnpack-fp32", "executorch-portable-fp32"
-INT8, INT4 = "executorch-xnnpack-int8", "executorch-xnnpack-int4"
-# every (update, variant[, max_batch]) exported; longest first, so the two workers finish together
-JOBS = [("delta", INT8), ("delta", INT4), ("delta", FP32), ("linear", FP32), ("delta", PORTABLE), ("linear", PORTABLE),
-        ("linear", FP32, 1)]  # last: max_batch=1
 # what may stay outside XNNPACK and the partition count on tiny: a regression guard. The model writes
 # RMSNorm's mean, RoPE's rotate-half and the z sum as linear layers with constant weights, so the whole step
 # is ONE partition with the embedding lookup alone outside (before that: 8 partitions on tiny).
@@ -46,48 +33,7 @@ MAX_PARTITIONS = 1
 INT8_MIN_TOP1 = 0.97
 
 
-def _export_job(update, variant, max_batch, out_dir):
-    """Runs in a worker process: export + the pipeline's own parity check; returns plain data."""
-    try:
-        from exporters.variants import get_variant
-        from tests.conftest import make_model as make
-        torch.set_num_threads(1)
-        cached = Path(out_dir) / "pipeline_report.json"
-        if CACHE_ENV in os.environ and cached.is_file():  # a developer's cache of earlier exports
-            return json.loads(cached.read_text())
-        manifest, report = get_variant(variant).export(make(update), out_dir, max_batch=max_batch,
-                                                       parity_segments=SEGMENTS, progress=False, log=None)
-        result = {"manifest": manifest, "report": report.to_dict(), "error": None}
-        if CACHE_ENV in os.environ:
-            cached.write_text(json.dumps(result, default=float))
-        return result
-    except Exception:
-        return {"error": traceback.format_exc()}
-
-
-@pytest.fixture(scope="module")
-def et_artifacts(tmp_path_factory):
-    """{(update, variant[, max_batch]): (model, artifact_dir, manifest, pipeline parity report)}."""
-    base = Path(os.environ[CACHE_ENV]) if CACHE_ENV in os.environ else tmp_path_factory.mktemp("executorch")
-    dirs = {job: base / "_".join(str(x) for x in job) for job in JOBS}
-    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {job: pool.submit(_export_job, *job[:2], job[2] if len(job) > 2 else 64, str(dirs[job]))
-                   for job in JOBS}
-        results = {job: f.result() for job, f in futures.items()}
-    out = {}
-    for job, res in results.items():
-        if res["error"]:
-            out[job] = res["error"]
-        else:
-            out[job] = (make_model(job[0]), dirs[job], res["manifest"], res["report"])
-    return out
-
-
-def _get(et_artifacts, job):
-    value = et_artifacts[job]
-    if isinstance(value, str):
-        pytest.fail(f"export of {job} failed:\n{value}")
-    return value
+_get = get
 
 
 # ---- parity -------------------------------------------------------------------------------------
@@ -141,48 +87,6 @@ def test_delegation_report(et_artifacts, update):
         _, _, int8, _ = _get(et_artifacts, (update, INT8))
         assert 1 <= int8["exporter"]["delegate_partitions"] <= MAX_PARTITIONS, int8["exporter"]
         assert set(int8["exporter"]["non_delegated_ops"]) <= ALLOWED_OUTSIDE
-
-
-def test_session_feed_equals_eager_forward(et_artifacts):
-    """Independent path: the session's streaming loop vs the model's own forward, batch 2."""
-    model, art, _, _ = _get(et_artifacts, ("delta", FP32))
-    check_session_matches_forward(model, art)
-
-
-@pytest.mark.parametrize("variant", [FP32, PORTABLE])
-def test_chunking_invariance(et_artifacts, variant):
-    _, art, _, _ = _get(et_artifacts, ("delta", variant))
-    ids = np.random.default_rng(0).integers(0, 256, 1000)
-    whole = InfiniSession.open(art)
-    ref = whole.feed(ids)
-    for sizes in ([1, 7, 33], [16, 15, 17, 1], [999, 1]):
-        s = InfiniSession.open(art)
-        parts, pos, k = [], 0, 0
-        while pos < len(ids):
-            n = sizes[k % len(sizes)]
-            parts.append(s.feed(ids[pos:pos + n]))
-            pos, k = pos + n, k + 1
-        np.testing.assert_allclose(np.concatenate(parts), ref, rtol=0, atol=1e-5)
-        for name, value in whole.state.items():  # chunks of a segment sum the memory write in another order
-            np.testing.assert_allclose(s.state[name], value, rtol=1e-5, atol=1e-5)
-        np.testing.assert_array_equal(s.pending_tokens, whole.pending_tokens)
-
-
-def test_generate_save_load_fork(et_artifacts, tmp_path):
-    _, art, _, _ = _get(et_artifacts, ("linear", FP32))
-    ids = np.random.default_rng(2).integers(0, 256, 250)
-    s = InfiniSession.open(art)
-    s.feed(ids[:203])
-    s.save_state(tmp_path / "st.npz")
-    twin = s.fork()
-    a, b = s.feed(ids[203:]), twin.feed(ids[203:])
-    np.testing.assert_array_equal(a, b)
-    r = InfiniSession.open(art)
-    r.load_state(tmp_path / "st.npz")
-    np.testing.assert_array_equal(r.feed(ids[203:]), a)
-    g1 = InfiniSession.open(art).generate(ids[:40], 6, temperature=1.0, top_k=20, seed=3)
-    g2 = InfiniSession.open(art).generate(ids[:40], 6, temperature=1.0, top_k=20, seed=3)
-    assert np.array_equal(g1, g2) and g1.shape == (1, 6)
 
 
 # ---- int8 ---------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 from infini_export.parity import validate
 from runtime import ArtifactError, InfiniSession, InputError, ManifestError, StateError
 from runtime.manifest import sha256_file
-from tests.conftest import ROOT, check_session_matches_forward, make_model
+from tests.conftest import ROOT, make_model
 
 
 @pytest.mark.parametrize("update", ["linear", "delta"])
@@ -58,69 +58,6 @@ def test_denormal_flush_does_not_leak_into_the_process(onnx_artifacts):
     assert (tiny * np.float32(1.0))[0] != 0.0
     with fpenv.flush_denormals():
         assert (tiny * np.float32(1.0))[0] == 0.0  # the context does flush
-
-
-@pytest.mark.parametrize("update", ["linear", "delta"])
-def test_session_feed_equals_eager_forward(onnx_artifacts, update):
-    """Independent path: the session's streaming loop vs the model's own forward over 50 segments."""
-    model, art = onnx_artifacts[update]
-    check_session_matches_forward(model, art)
-
-
-def test_chunking_invariance(onnx_artifacts):
-    model, art = onnx_artifacts["delta"]
-    ids = np.random.default_rng(0).integers(0, 256, 1000)
-    whole = InfiniSession.open(art)
-    ref = whole.feed(ids)
-    for sizes in ([1, 7, 333], [16, 15, 17, 1], [999, 1]):
-        s = InfiniSession.open(art)
-        parts, pos, k = [], 0, 0
-        while pos < len(ids):
-            n = sizes[k % len(sizes)]
-            parts.append(s.feed(ids[pos:pos + n]))
-            pos, k = pos + n, k + 1
-        np.testing.assert_allclose(np.concatenate(parts), ref, rtol=0, atol=1e-6)
-        for name, value in whole.state.items():  # chunks of a segment sum the memory write in another order
-            np.testing.assert_allclose(s.state[name], value, rtol=1e-5, atol=1e-5)
-        np.testing.assert_array_equal(s.pending_tokens, whole.pending_tokens)
-
-
-def test_stream_matches_feed_and_generate_is_greedy(onnx_artifacts):
-    model, art = onnx_artifacts["delta"]
-    ids = np.random.default_rng(1).integers(0, 256, 77)
-    a, b = InfiniSession.open(art), InfiniSession.open(art)
-    np.testing.assert_array_equal(a.feed(ids)[-1], b.stream(ids)[0])
-    out = b.generate(ids[:0], 5)  # continue from the pending token
-    manual = []
-    t = InfiniSession.open(art)
-    logits = t.feed(ids)[-1]
-    for _ in range(5):
-        tok = int(logits.argmax())
-        manual.append(tok)
-        logits = t.feed(np.array([tok]))[-1]
-    assert out[0].tolist() == manual
-    sampled1 = InfiniSession.open(art).generate(ids, 8, temperature=1.0, top_k=20, top_p=0.9, seed=3)
-    sampled2 = InfiniSession.open(art).generate(ids, 8, temperature=1.0, top_k=20, top_p=0.9, seed=3)
-    assert np.array_equal(sampled1, sampled2)
-
-
-def test_save_load_fork_reset(onnx_artifacts, tmp_path):
-    model, art = onnx_artifacts["linear"]
-    ids = np.random.default_rng(2).integers(0, 256, 250)
-    s = InfiniSession.open(art)
-    s.feed(ids[:203])
-    s.save_state(tmp_path / "st.npz")
-    twin = s.fork()
-    a = s.feed(ids[203:])
-    b = twin.feed(ids[203:])
-    np.testing.assert_array_equal(a, b)
-    r = InfiniSession.open(art)
-    r.load_state(tmp_path / "st.npz")
-    assert r.tokens_consumed == 203 and r.pending_tokens.shape == (1, 203 % 16)
-    np.testing.assert_array_equal(r.feed(ids[203:]), a)
-    s.reset()
-    assert all(not v.any() for v in s.state.values()) and s.tokens_consumed == 0
-    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_runtime_imports_and_runs_without_torch(onnx_artifacts):

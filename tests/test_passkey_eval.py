@@ -3,7 +3,8 @@ format describes; the evaluation's length parsing and table."""
 import numpy as np
 import pytest
 
-from infini_export.passkey_eval import parse_length, table
+from infini_export.passkey_eval import table
+from runtime.measure import parse_length
 from infini_export.tasks import passkey as pk
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import MISSING, dataclass, field, fields
 
-from ..passkey_eval import parse_length
+from runtime.measure import parse_length
 from ..tasks import passkey as P
 
 
