@@ -163,12 +163,10 @@ def test_last_program_wiring_failure_is_named(onnx_artifacts):
     assert any("present_norm.1 passes its input through" in f for f in rep["wiring"]["failures"])
 
 
-def test_executorch_last_method_planned_memory_and_stream(tmp_path):
-    from exporters.pipeline import export_artifact
-    model = make_model("linear")
-    manifest, report = export_artifact(model, tmp_path, "executorch", parity_segments=3, max_batch=1,
-                                       progress=False, log=None)
-    assert report.last["failures"] == [] and report.last["segments"] == 3
+def test_executorch_last_method_planned_memory_and_stream(et_artifacts):
+    from tests.et_artifacts import FP32
+    model, art, manifest, report = et_artifacts[("linear", FP32, 1)]  # batch 1, XNNPACK
+    assert report["last"]["failures"] == [] and report["last"]["segments"] == 8
     assert manifest["last_logits"]["program"]["method"] == "step_last"
     assert manifest["exporter"]["step_last_delegation"]["delegate_partitions"] == 1
     methods = manifest["memory"]["methods"]
@@ -176,7 +174,7 @@ def test_executorch_last_method_planned_memory_and_stream(tmp_path):
     # the (1, N, V) float32 logits buffer is not planned for the last-token method
     assert methods["forward"]["output_bytes"] - methods["step_last"]["output_bytes"] == (N - 1) * V * 4
     assert methods["step_last"]["planned_bytes"] < methods["forward"]["planned_bytes"] - (N - 1) * V * 4 // 2
-    _stream_matches_full_step(tmp_path)
+    _stream_matches_full_step(art)
 
 
 def test_adapter_last_program_exports_with_parity(tmp_path):
