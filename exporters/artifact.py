@@ -77,14 +77,15 @@ def decode_entries(dspec: DecodeSpec, program: dict, vocab_size: int, batch_symb
     outputs = [{"name": outs[0], "role": "logits", "dtype": logits_dtype,
                 "shape": [batch_symbol, "tokens", vocab_size]}]
     state, cache = [], []
+    whole = dspec.cache_output == "whole"  # the whole cache out (role cache-out), else the chunk's rows
     for j, s in enumerate(dspec.state + dspec.cache):
         is_state = j < n
         i_name, o_name = ins[2 + j], outs[1 + j]
-        row_shape = shape(s) if is_state else shape(s)[:2] + ["tokens"] + shape(s)[3:]
+        row_shape = shape(s) if is_state or whole else shape(s)[:2] + ["tokens"] + shape(s)[3:]
         inputs.append({"name": i_name, "role": "state-in" if is_state else "cache-in", "dtype": s.dtype,
                        "shape": shape(s)})
-        outputs.append({"name": o_name, "role": "state-out" if is_state else "cache-rows", "dtype": s.dtype,
-                        "shape": row_shape})
+        outputs.append({"name": o_name, "role": "state-out" if is_state else "cache-out" if whole else "cache-rows",
+                        "dtype": s.dtype, "shape": row_shape})
         entry = {"name": s.name, "input": i_name, "output": o_name, "dtype": s.dtype, "shape": shape(s)}
         (state if is_state else cache).append(entry if is_state else {**entry, "axis": 2})
     return {"program": program, "max_tokens": dspec.max_tokens,
