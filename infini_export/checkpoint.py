@@ -4,7 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
+
+from runtime.atomic import atomic_write
 
 from .config import InfiniConfig
 from .model import InfiniTransformer
@@ -20,9 +22,8 @@ def save_checkpoint(model: InfiniTransformer, directory: str | Path) -> Path:
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     if model.cfg.tie_embeddings:
         tensors.pop("lm_head.weight", None)
-    tmp = directory / (WEIGHTS_FILE + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    tmp.replace(directory / WEIGHTS_FILE)
+    blob = save(tensors, metadata={"format": "pt"})
+    atomic_write(directory / WEIGHTS_FILE, lambda f: f.write(blob))
     model.cfg.to_json(directory / CONFIG_FILE)
     return directory
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.atomic import atomic_write
+
 UPDATE_RULES = ("linear", "delta")
 
 
@@ -68,7 +70,7 @@ class InfiniConfig:
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
         if path is not None:
-            Path(path).write_text(text + "\n")
+            atomic_write(path, lambda f: f.write((text + "\n").encode()))
         return text
 
     @classmethod

@@ -4,6 +4,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from runtime.manifest import Manifest
+from runtime.session import InfiniSession
+
+from .fingerprint import model_fingerprint, weights_dtype
+from .manifest import TORCH_PROGRAM, manifest_document
 from .protocol import FlatDecode, FlatStep, check_protocol, has_decode
 
 
@@ -33,10 +38,16 @@ class EagerBackend:
         return outs[0].float().numpy(), [t.numpy() for t in outs[1:]]
 
 
-def eager_session(module: torch.nn.Module, batch_size: int = 1):
-    """An ``InfiniSession`` over the eager module (feed / stream / generate / save_state ... as on device)."""
-    from exporters.artifact import in_memory_manifest
-    from runtime.session import InfiniSession
-
+def eager_manifest(module: torch.nn.Module, backend: str = "eager") -> Manifest:
+    """The manifest of a module that was not exported (the eager reference, driven by the same session)."""
     spec = check_protocol(module)
-    return InfiniSession(in_memory_manifest(module, spec), EagerBackend(module), batch_size)
+    doc = manifest_document(spec, backend=backend, program=TORCH_PROGRAM, fingerprint=model_fingerprint(module, spec),
+                            max_batch=1 << 16, weights_dtype=weights_dtype(module),
+                            decode_spec=module.decode_spec() if has_decode(module) else None,
+                            decode_program=TORCH_PROGRAM)
+    return Manifest.from_dict(doc, None)
+
+
+def eager_session(module: torch.nn.Module, batch_size: int = 1) -> InfiniSession:
+    """An ``InfiniSession`` over the eager module (feed / stream / generate / save_state ... as on device)."""
+    return InfiniSession(eager_manifest(module), EagerBackend(module), batch_size)

@@ -1,6 +1,6 @@
 """The reference Infini-Transformer and its pure segment-step function.
 
-Equation numbers follow Munkhdalai et al. 2024 (arXiv 2404.07143v2), see ``shared/paper.md``.
+Equation numbers follow Munkhdalai et al. 2024 (arXiv 2404.07143v2), summarised in ``docs/paper.md``.
 """
 from __future__ import annotations
 

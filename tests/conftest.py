@@ -1,12 +1,9 @@
 import os
-import sys
 
 import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 # tiny models: one thread is faster than two (no synchronisation), and CI shares its cores
 torch.set_num_threads(1)

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from infini_export import InfiniConfig, InfiniTransformer, load_checkpoint, save_checkpoint
-from infini_export.cli import main
+from infini_cli.main import main
 
 
 def _tiny(tmp_path, name, seed, **overrides):

@@ -262,7 +262,7 @@ def test_manifest_memory_is_what_the_program_reports(et_artifacts):
 
 def test_info_prints_the_planned_memory_of_every_method(et_artifacts):
     _, art, manifest, _ = _get(et_artifacts, ("linear", "xnnpack", None, 1))
-    r = subprocess.run([sys.executable, "-m", "infini_export.cli", "info", str(art)], cwd=ROOT, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "infini_cli", "info", str(art)], cwd=ROOT, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     for name, m in manifest["memory"]["methods"].items():
@@ -439,7 +439,6 @@ def test_runtime_package_stays_torch_free(et_artifacts):
     code = f"""
 import sys
 sys.modules['torch'] = None  # any 'import torch' now fails
-sys.path.insert(0, {ROOT!r})
 import runtime, runtime.backends.executorch
 from runtime import InfiniRuntimeError
 try:
@@ -453,7 +452,7 @@ else:  # the torch-free engine is installed here: it must run without torch
     assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]
     print('ok')
 """
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stdout + res.stderr
 
 
@@ -469,13 +468,12 @@ def test_export_arguments_are_checked(tmp_path):
     with pytest.raises(ValueError, match="max_batch"):
         export_executorch(model, tmp_path, max_batch=0)
     assert not list(tmp_path.iterdir())
-    assert isinstance(InfiniRuntimeError("x"), ValueError)
 
 
 def test_cli_plans_executorch_for_batch_one_unless_told(monkeypatch, tmp_path):
     """``export --format executorch`` passes max_batch=1 (ONNX: 64) unless --max-batch is given."""
     import exporters.pipeline as pipeline
-    from infini_export import cli
+    from infini_cli import main as cli
     seen = []
 
     def fake_export(module, out, fmt, **kw):

@@ -15,7 +15,7 @@ TOKENS = 150_000
 
 
 def _run(art, *extra, wait=True):
-    cmd = [sys.executable, "-m", "infini_export.cli", "run", str(art), "--random-tokens", str(TOKENS),
+    cmd = [sys.executable, "-m", "infini_cli", "run", str(art), "--random-tokens", str(TOKENS),
            "--seed", "5", "--chunk", "200", "--quiet", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if not wait:

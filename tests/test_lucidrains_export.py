@@ -46,12 +46,7 @@ CONFIGS = {
 }
 WEIGHTS = ("random", "trained")
 
-HAVE_EXECUTORCH = (Path(ROOT) / "exporters" / "executorch.py").exists() and \
-    (Path(ROOT) / "runtime" / "backends" / "executorch.py").exists()
-needs_executorch = pytest.mark.skipif(
-    not HAVE_EXECUTORCH, reason="the ExecuTorch exporter (exporters/executorch.py and "
-                                "runtime/backends/executorch.py) has not landed yet")
-FORMATS = [pytest.param("onnx", id="onnx"), pytest.param("executorch", id="executorch", marks=needs_executorch)]
+FORMATS = ["onnx", "executorch"]
 BACKEND = {"onnx": "onnxruntime", "executorch": "executorch"}
 
 MEASURED: dict = {}  # (config, weights, backend) -> worst errors, printed at the end (pytest -s)
@@ -229,7 +224,7 @@ def test_first_segment_is_no_memory_through_the_artifact(theirs, artifacts, name
 # ---- the command line ----------------------------------------------------------------------------
 def _cli(*args, timeout=600):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "infini_export.cli", *map(str, args)], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "infini_cli", *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

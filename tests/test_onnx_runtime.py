@@ -128,7 +128,6 @@ def test_runtime_imports_and_runs_without_torch(onnx_artifacts):
     code = f"""
 import sys
 sys.modules['torch'] = None  # any 'import torch' now fails
-sys.path.insert(0, {ROOT!r})
 import numpy as np
 import runtime
 s = runtime.InfiniSession.open({str(art)!r})
@@ -137,7 +136,7 @@ assert out.shape == (40, 256) and np.isfinite(out).all()
 assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]
 print('ok')
 """
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
 
 
@@ -145,8 +144,7 @@ def _telemetry_files(code: str, home, **env) -> list[str]:
     """Run ``code`` with HOME / XDG_CACHE_HOME in ``home``; the files onnxruntime's telemetry left there."""
     clean = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
     clean.update(HOME=str(home), XDG_CACHE_HOME=str(home / "cache"), **env)
-    res = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {ROOT!r})\n" + code],
-                         capture_output=True, text=True, env=clean)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     return sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file())
 
@@ -180,7 +178,7 @@ def _rehash(art):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "infini_export.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "infini_cli", *args], capture_output=True, text=True,
                           cwd=ROOT)
 
 

@@ -30,7 +30,7 @@ def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pk")
     export_artifact(model, tmp / "onnx", "onnx", parity_segments=4, progress=False, log=None)
     env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
-    proc = subprocess.run([sys.executable, "-m", "infini_export.cli", "passkey", str(tmp / "onnx"),
+    proc = subprocess.run([sys.executable, "-m", "infini_cli", "passkey", str(tmp / "onnx"),
                            "--lengths", ",".join(map(str, LENGTHS)), "--depths", ",".join(map(str, DEPTHS)),
                            "--trials", str(TRIALS), "--seed", str(SEED), "--out", str(tmp / "out")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -80,7 +80,7 @@ def test_table_and_plot_are_written(run):
 
 def _passkey(args, tmp):
     env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
-    return subprocess.run([sys.executable, "-m", "infini_export.cli", "passkey", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "infini_cli", "passkey", *map(str, args)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -1,7 +1,6 @@
 """The step protocol is general: a module that is neither our InfiniTransformer nor the lucidrains adapter is
 exported, run and validated; modules that break the protocol are refused before anything is exported, with a
 ``ProtocolError`` that names the problem."""
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,13 +12,10 @@ from infini_export.parity import tolerance_for, validate
 from infini_export.protocol import ProtocolError, check_protocol
 from infini_export.state import StateTensorSpec, StepSpec, flatten_state
 from runtime import InfiniSession
-from tests.conftest import ROOT
 
 VOCAB, DIM, SEG = 32, 16, 4
 
-HAVE_EXECUTORCH = (Path(ROOT) / "exporters" / "executorch.py").exists()
-FORMATS = ["onnx", pytest.param("executorch", marks=pytest.mark.skipif(
-    not HAVE_EXECUTORCH, reason="the ExecuTorch exporter (exporters/executorch.py) has not landed yet"))]
+FORMATS = ["onnx", "executorch"]
 
 
 

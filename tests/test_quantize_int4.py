@@ -84,7 +84,7 @@ def test_block_size_error_when_nothing_fits():
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "infini_export.cli", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "infini_cli", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=600)
 
 

@@ -7,9 +7,20 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from runtime import InfiniRuntimeError, InfiniSession, InputError, StateError
+from tests.conftest import FUZZ_COUNTS
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-CASES = {"count": 0}
+
+
+@pytest.fixture(scope="module")
+def cases(pytestconfig):
+    """Counts the property cases run; the count is printed in the terminal summary (tests/conftest.py)."""
+    counts = pytestconfig.stash.setdefault(FUZZ_COUNTS, {})
+    counts.setdefault("runtime properties", 0)
+
+    def one():
+        counts["runtime properties"] += 1
+    return one
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +50,8 @@ dtypes = st.sampled_from([np.int8, np.int16, np.int32, np.int64, np.uint8, np.ui
 @SETTINGS
 @given(ids=hnp.arrays(dtype=dtypes, shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=40),
                       elements=None))
-def test_feed_any_array(session, ids):
-    CASES["count"] += 1
+def test_feed_any_array(session, cases, ids):
+    cases()
     work = session.fork()
     snap = snapshot(work)
     ok_dtype = np.issubdtype(ids.dtype, np.integer)
@@ -61,8 +72,8 @@ def test_feed_any_array(session, ids):
 
 @SETTINGS
 @given(n=st.integers(0, 70), lo=st.integers(-2**40, 2**40), span=st.integers(0, 600))
-def test_feed_values(session, n, lo, span):
-    CASES["count"] += 1
+def test_feed_values(session, cases, n, lo, span):
+    cases()
     work = session.fork()
     snap = snapshot(work)
     ids = (np.arange(n, dtype=np.int64) % (span + 1)) + lo
@@ -78,8 +89,8 @@ def test_feed_values(session, n, lo, span):
 @SETTINGS
 @given(name=st.sampled_from(["memory.0", "norm.0", "memory.1", "norm.1"]),
        kind=st.sampled_from(["shape", "dtype", "nan", "inf", "missing", "extra", "list", "ok"]))
-def test_set_state_checks(session, name, kind):
-    CASES["count"] += 1
+def test_set_state_checks(session, cases, name, kind):
+    cases()
     work = session.fork()
     snap = snapshot(work)
     state = work.state
@@ -112,8 +123,8 @@ def test_set_state_checks(session, name, kind):
        top_k=st.one_of(st.none(), st.integers(-3, 300), st.floats(0, 5)),
        top_p=st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)),
        seed=st.one_of(st.none(), st.integers(0, 2**32 - 1)))
-def test_generate_arguments(session, max_new, temperature, top_k, top_p, seed):
-    CASES["count"] += 1
+def test_generate_arguments(session, cases, max_new, temperature, top_k, top_p, seed):
+    cases()
     work = session.fork()
     snap = snapshot(work)
     try:
@@ -124,9 +135,3 @@ def test_generate_arguments(session, max_new, temperature, top_k, top_p, seed):
         return
     assert isinstance(max_new, int) and not isinstance(max_new, bool) and max_new >= 0
     assert out.shape == (1, max_new) and ((out >= 0) & (out < 256)).all()
-
-
-def test_report_case_count():
-    """Runs last in this file: the number of property cases (printed with -s)."""
-    print(f"\nproperty-based cases run: {CASES['count']}")
-    assert CASES["count"] >= 4 * 20

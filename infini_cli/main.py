@@ -11,20 +11,20 @@ def _load_module(args: argparse.Namespace):
     """Our checkpoint folder, or a model trained elsewhere through an adapter (``--from``)."""
     source = getattr(args, "source", "infini-export")
     if source == "lucidrains":
-        from .adapters.lucidrains import load_lucidrains
+        from infini_export.adapters.lucidrains import load_lucidrains
         if not (args.weights and args.kwargs and args.segment_len):
             raise ValueError("--from lucidrains needs --weights STATE_DICT.pt, --kwargs MODEL_KWARGS.json "
                              "and --segment-len N")
         return load_lucidrains(args.weights, args.kwargs, args.segment_len)
-    from .checkpoint import load_checkpoint
+    from infini_export.checkpoint import load_checkpoint
     if not args.checkpoint:
         raise ValueError("a checkpoint folder is needed (config.json + model.safetensors)")
     return load_checkpoint(args.checkpoint)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .artifact_info import describe_artifact, is_artifact, print_artifact
-    from .checkpoint import load_checkpoint
+    from .info import describe_artifact, is_artifact, print_artifact
+    from infini_export.checkpoint import load_checkpoint
 
     if is_artifact(args.checkpoint):
         info = describe_artifact(args.checkpoint)
@@ -81,7 +81,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     from runtime.session import InfiniSession
 
-    from .parity import validate
+    from infini_export.parity import validate
 
     module = _load_module(args)
     session = InfiniSession.open(args.artifact, backend=args.backend)
@@ -102,7 +102,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_average(args: argparse.Namespace) -> int:
     import hashlib
 
-    from .checkpoint import SOUP_FILE, WEIGHTS_FILE, average_checkpoints, save_checkpoint
+    from infini_export.checkpoint import SOUP_FILE, WEIGHTS_FILE, average_checkpoints, save_checkpoint
+    from runtime.atomic import atomic_write
 
     weights = [float(w) for w in args.weights.split(",")] if args.weights else None
     model = average_checkpoints(args.checkpoints, weights)
@@ -110,25 +111,24 @@ def _cmd_average(args: argparse.Namespace) -> int:
     sources = [{"checkpoint": str(d), "weight": w,
                 "sha256": hashlib.sha256((Path(d) / WEIGHTS_FILE).read_bytes()).hexdigest()}
                for d, w in zip(args.checkpoints, weights or [1.0] * len(args.checkpoints))]
-    tmp = Path(args.output) / (SOUP_FILE + ".tmp")
-    tmp.write_text(json.dumps({"averaged": sources}, indent=1) + "\n")
-    tmp.replace(Path(args.output) / SOUP_FILE)
+    text = json.dumps({"averaged": sources}, indent=1) + "\n"
+    atomic_write(Path(args.output) / SOUP_FILE, lambda f: f.write(text.encode()))
     print(f"averaged {len(sources)} checkpoints into {args.output} (sources and their sha256 in {SOUP_FILE})")
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .streaming import run_stream
+    from infini_export.streaming import run_stream
     return run_stream(args)
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from .generate_cli import main as generate_main
+    from .generate import main as generate_main
     return generate_main(args)
 
 
 def _cmd_passkey(args: argparse.Namespace) -> int:
-    from .passkey_eval import main as passkey_main
+    from infini_export.passkey_eval import main as passkey_main
     return passkey_main(args)
 
 

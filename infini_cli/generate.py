@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .streaming import peak_rss_mb
+from infini_export.streaming import peak_rss_mb
 
 
 def _prompt_ids(args, vocab: int) -> np.ndarray:

@@ -25,7 +25,7 @@ def _stage(msg: str) -> None:
 def main(args) -> int:
     from exporters.pipeline import export_artifact
 
-    from .checkpoint import load_checkpoint
+    from infini_export.checkpoint import load_checkpoint
 
     t_start = time.perf_counter()
     out = Path(args.out)
@@ -51,7 +51,7 @@ def main(args) -> int:
         summary["exports"][fmt] = {"seconds": round(time.perf_counter() - t0, 1), "passed": report.passed,
                                    "parity": report.summary}
     _stage("passkey retrieval on the exported ONNX model, in a torch-free process (numpy + onnxruntime)")
-    cmd = [sys.executable, "-m", "infini_export.cli", "passkey", str(out / "onnx"), "--lengths", args.lengths,
+    cmd = [sys.executable, "-m", "infini_cli", "passkey", str(out / "onnx"), "--lengths", args.lengths,
            "--depths", "0,0.5,1", "--trials", str(args.trials or 2), "--out", str(out)]
     env = {**os.environ, "INFINI_EXPORT_NO_TORCH": "1"}
     code = subprocess.call(cmd, env=env)

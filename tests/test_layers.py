@@ -1,0 +1,67 @@
+"""The package layers: ``runtime`` <- ``infini_export`` <- ``exporters`` <- ``infini_cli``, each importing only the
+ones before it (imports inside functions count); scripts are thin and nothing edits ``sys.path``."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYERS = ["runtime", "infini_export", "exporters", "infini_cli"]  # each may import the ones before it
+MAX_MODULE_LINES = 500
+MAX_SCRIPT_LINES = 300
+
+
+def _python_files(*folders: str) -> list[Path]:
+    return sorted(p for f in folders for p in (ROOT / f).rglob("*.py") if "node_modules" not in p.parts)
+
+
+def _imported_packages(path: Path) -> set[tuple[str, int]]:
+    """(top-level package, line) of every absolute import in the file, at any depth."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out |= {(a.name.split(".")[0], node.lineno) for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.add((node.module.split(".")[0], node.lineno))
+    return out
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_a_layer_imports_only_the_layers_below_it(layer):
+    allowed = set(LAYERS[:LAYERS.index(layer) + 1])
+    wrong = [f"{p.relative_to(ROOT)}:{line} imports {pkg}"
+             for p in _python_files(layer) for pkg, line in _imported_packages(p)
+             if pkg in LAYERS and pkg not in allowed]
+    assert not wrong, f"{layer} may import only {sorted(allowed)}:\n" + "\n".join(wrong)
+
+
+def test_the_layer_checker_sees_imports_inside_functions(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("def f():\n    from exporters.onnx import export_onnx\n    import infini_cli.main\n")
+    assert _imported_packages(f) == {("exporters", 2), ("infini_cli", 3)}
+
+
+def test_nothing_edits_sys_path():
+    """The packages are installed (``pip install -e .``): no script, test or tool reaches around that."""
+    edits = [str(p.relative_to(ROOT)) for p in _python_files(*LAYERS, "scripts", "tests", "web/tools")
+             if p.name != Path(__file__).name
+             and any(s in p.read_text() for s in ("sys.path.insert", "sys.path.append", "sys.path[:0]"))]
+    assert not edits, f"these edit sys.path: {edits}"
+
+
+def test_no_test_imports_a_script():
+    hits = [f"{p.name}:{line}" for p in _python_files("tests") for pkg, line in _imported_packages(p)
+            if pkg == "scripts"]
+    loaders = [p.name for p in _python_files("tests") if p.name != Path(__file__).name
+               and "spec_from_file_location" in p.read_text() and "scripts" in p.read_text()]
+    assert not hits and not loaders, (hits, loaders)
+
+
+def test_modules_and_scripts_stay_small():
+    big = [f"{p.relative_to(ROOT)}: {n} lines" for p in _python_files(*LAYERS, "tests")
+           if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES]
+    big += [f"{p.relative_to(ROOT)}: {n} lines" for p in _python_files("scripts")
+            if (n := len(p.read_text().splitlines())) > MAX_SCRIPT_LINES]
+    assert not big, "\n".join(big)
