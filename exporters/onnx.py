@@ -8,6 +8,7 @@ from pathlib import Path
 
 import onnx
 import torch
+from onnx_ir.passes.common import CommonSubexpressionEliminationPass, RemoveUnusedNodesPass
 
 from infini_export.protocol import FlatDecode, FlatStep, check_protocol, has_decode
 
@@ -48,7 +49,9 @@ def _trace(flat: torch.nn.Module, example: tuple, input_names: list, output_name
                                     dynamic_shapes=dynamic, opset_version=FUSED_OPSET, optimize=True, verbose=verbose,
                                     custom_translation_table=translations)
     fusions = fuse(program.model)  # the model's XNNPACK-friendly RMSNorm back to one ONNX op per norm
-    if translations:
+    if translations:  # each layer's op computes the same sequence lengths from the position: once is enough
+        CommonSubexpressionEliminationPass()(program.model)
+        RemoveUnusedNodesPass()(program.model)
         fusions["GroupQueryAttention"] = sum(n.op_type == "GroupQueryAttention" for n in program.model.graph)
     return program.model_proto, fusions
 

@@ -88,15 +88,12 @@ def cache_attention_translation():
 
     gqa = Op(Opset("com.microsoft", 1), "GroupQueryAttention", _gqa_schema())
 
-    def cache_attention(q, k, v, key_cache, value_cache, position, cos, sin):
+    def cache_attention(q, k, v, key_cache, value_cache, last, cos, sin):
         heads, dh = key_cache.shape[1], key_cache.shape[3]
-        total = op.Add(position, op.Shape(q, start=1, end=2))  # (1,) int64: p + T
-        seqlens = op.Expand(op.Cast(op.Sub(total, op.Constant(value_ints=[1])), to=ir.DataType.INT32.value),
-                            op.Shape(q, start=0, end=1))  # (B,) int32: p + T - 1, the last valid row
-        total32 = op.Cast(op.Squeeze(total), to=ir.DataType.INT32.value)  # () int32
+        total = op.Add(op.ReduceMax(last, keepdims=0), op.CastLike(op.Constant(value_int=1), last))  # () int32: p + T
         start, end, axis = op.Constant(value_ints=[0]), op.Constant(value_ints=[dh // 2]), op.Constant(value_ints=[1])
         cos_half, sin_half = op.Slice(cos, start, end, axis), op.Slice(sin, start, end, axis)  # (N, dh/2)
-        return gqa(q, k, v, key_cache, value_cache, seqlens, total32, cos_half, sin_half, num_heads=heads,
+        return gqa(q, k, v, key_cache, value_cache, last, total, cos_half, sin_half, num_heads=heads,
                    kv_num_heads=heads, scale=float(dh) ** -0.5, do_rotary=1, rotary_interleaved=0)
 
     return {torch.ops.infini.cache_attention.default: cache_attention}

@@ -63,18 +63,18 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rot_t: torch.Ten
 
 @torch.library.custom_op("infini::cache_attention", mutates_args=())
 def cache_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_cache: torch.Tensor,
-                    value_cache: torch.Tensor, position: torch.Tensor, cos: torch.Tensor,
+                    value_cache: torch.Tensor, last: torch.Tensor, cos: torch.Tensor,
                     sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Local causal attention of T tokens at positions p..p+T-1 of a segment over the cached rows 0..p-1 and
     themselves, as one op (the ONNX exporter maps it to onnxruntime's ``GroupQueryAttention``, which reads only the
     p + T valid rows and writes the new ones in place).
 
     q, k, v (B, T, H*dh), un-rotated (RoPE from the full-width ``cos``/``sin`` tables (N, dh) is applied here);
-    caches (B, H, N, dh); position (1,) int64. Returns (out (B, T, H*dh), key cache, value cache): the caches with
+    caches (B, H, N, dh); last (B,) int32: p + T - 1, the last row written (the same for every batch row). Returns (out (B, T, H*dh), key cache, value cache): the caches with
     the rotated keys / values of the T tokens written at ``[:, :, p:p+T]``, every other row as given."""
     B, T, _ = q.shape
     H, N, dh = key_cache.shape[1], key_cache.shape[2], key_cache.shape[3]
-    p = int(position[0])
+    p = int(last[0]) - T + 1
     c, s = cos[p:p + T], sin[p:p + T]  # (T, dh)
 
     def heads(x, rotate):
@@ -90,7 +90,7 @@ def cache_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_cache
 
 
 @cache_attention.register_fake
-def _(q, k, v, key_cache, value_cache, position, cos, sin):
+def _(q, k, v, key_cache, value_cache, last, cos, sin):
     return torch.empty_like(q), torch.empty_like(key_cache), torch.empty_like(value_cache)
 
 
@@ -110,12 +110,11 @@ class InfiniAttention(nn.Module):
         self.beta = nn.Parameter(torch.zeros(cfg.n_heads))
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        B, T, _ = x.shape
-        H, dh = self.n_heads, self.d_head
-        q = self.wq(x).view(B, T, H, dh).transpose(1, 2)  # (B, H, T, dk)
-        k = self.wk(x).view(B, T, H, dh).transpose(1, 2)  # (B, H, T, dk)
-        v = self.wv(x).view(B, T, H, dh).transpose(1, 2)  # (B, H, T, dv)
-        return q, k, v
+        return self._heads(self.wq(x)), self._heads(self.wk(x)), self._heads(self.wv(x))  # (B, H, T, dh) each
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        B, T, _ = t.shape
+        return t.view(B, T, self.n_heads, self.d_head).transpose(1, 2)  # (B, T, H*dh) -> (B, H, T, dh)
 
     def _memory(self, q, k, v, M, z, ones):
         """Read of the memory left by earlier segments, and this chunk's write to it (not yet added).
@@ -160,25 +159,23 @@ class InfiniAttention(nn.Module):
 
     def decode(self, x: torch.Tensor, position: torch.Tensor, st: LayerDecodeState, cache: LayerCache,
                cos: torch.Tensor, sin: torch.Tensor, rot_t: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor,
-               fused: bool = False):
+               last: torch.Tensor | None = None):
         """T tokens at positions p..p+T-1 of the current segment, p = ``position`` (1,): the same numbers as
         those positions of ``forward`` on the whole segment. Returns (out, new state, the T new cache rows), or
-        with ``fused`` (the local attention as one ``cache_attention`` op) the whole caches with those rows in."""
-        (B, T), N = x.shape[:2], cos.shape[0]
-        q, k, v = self._project(x)
+        given ``last`` ((B,) int32 p + T - 1: the local attention as one ``cache_attention`` op) the whole caches
+        with those rows in."""
+        T, N = x.shape[1], cos.shape[0]
+        lin = self.wq(x), self.wk(x), self.wv(x)  # (B, T, H*dh)
+        q, k, v = (self._heads(t) for t in lin)  # (B, H, T, dh)
         a_mem, dM, dz = self._memory(q, k, v, st.memory, st.norm, None)  # every token reads M_{s-1}
         pend_M, pend_z = st.pending_memory + dM, st.pending_norm + dz  # the segment's write so far
         # at the segment's end fold the write in (eq 8 / eq 9) and start the next one empty: arithmetic, no branch
         fold = (position + T == N).to(pend_M.dtype)  # (1,): 1.0 on the segment's last chunk
         new = LayerDecodeState(st.memory + fold * pend_M, st.norm + fold * pend_z,
                                pend_M - fold * pend_M, pend_z - fold * pend_z)
-        if fused:
-            def flat(t):  # (B, H, T, dh) -> (B, T, H*dh)
-                return t.transpose(1, 2).reshape(B, T, self.n_heads * self.d_head)
-
-            out, key, value = cache_attention(flat(q), flat(k), flat(v), cache.key, cache.value, position, cos, sin)
-            a_dot = out.view(B, T, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, T, dv)
-            return self._mix(a_mem, a_dot, x.dtype), new, LayerCache(key, value)
+        if last is not None:
+            out, key, value = cache_attention(*lin, cache.key, cache.value, last, cos, sin)  # (B, T, H*dh)
+            return self._mix(a_mem, self._heads(out), x.dtype), new, LayerCache(key, value)
         # local path: the cached rows 0..p-1 of this segment, then the chunk itself, causally
         pos = position + torch.arange(T, device=x.device)  # (T,)
         cos_p, sin_p = cos.index_select(0, pos), sin.index_select(0, pos)  # (T, dh)
@@ -215,8 +212,8 @@ class Block(nn.Module):
         h, new_mem = self.attn(self.attn_norm(x), mem, cos, sin, rot_t, mask, ones)
         return self._ffn(x + h), new_mem
 
-    def decode(self, x, position, st, cache, cos, sin, rot_t, mask, slots, fused=False):
-        h, new_st, rows = self.attn.decode(self.attn_norm(x), position, st, cache, cos, sin, rot_t, mask, slots, fused)
+    def decode(self, x, position, st, cache, cos, sin, rot_t, mask, slots, last=None):
+        h, new_st, rows = self.attn.decode(self.attn_norm(x), position, st, cache, cos, sin, rot_t, mask, slots, last)
         return self._ffn(x + h), new_st, rows
 
     def _ffn(self, x):
@@ -347,8 +344,10 @@ class InfiniTransformer(nn.Module):
         x = self.embed(input_ids)  # (B, T, D)
         new_state, rows = [], []
         consts = (self.rope_cos, self.rope_sin, self.rope_rot_t, self.causal_mask, self.cache_slots)
+        B, T = input_ids.shape  # the fused form's last valid row, once for every layer
+        last = (position + (T - 1)).to(torch.int32).expand(B) if self._fused_decode else None
         for block, st, c in zip(self.blocks, state, cache):
-            x, st, r = block.decode(x, position, st, c, *consts, self._fused_decode)
+            x, st, r = block.decode(x, position, st, c, *consts, last)
             new_state.append(st)
             rows.append(r)
         return self.lm_head(self.norm(x)), tuple(new_state), tuple(rows)
