@@ -18,14 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _ms_per_token(session, n: int, seed: int) -> list[float]:
-    times, t = [], time.perf_counter()
-    for _ in session.generate_iter(np.zeros((session.batch_size, 0), np.int64), n, seed=seed):
-        now = time.perf_counter()
-        times.append(1000 * (now - t))
-        t = now
-    return times
+from infini_export.bench_decode import _decode_ms as _ms_per_token  # per-token wall times of a greedy generation
 
 
 def _tokens(n: int, vocab: int, seed: int) -> np.ndarray:
