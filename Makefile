@@ -6,17 +6,19 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-web web web-deps browser venv clean
 
+# set-up prints one line; pip's own output goes to $(VENV)/install.log (shown in full if it fails)
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test]"
-	touch $(STAMP)
+	@echo "setting up $(VENV) (torch 2.13.0 CPU, executorch, onnxruntime; log: $(VENV)/install.log)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@( $(PY) -m pip install -q --upgrade pip && \
+	   $(PY) -m pip install -q torch==2.13.0 && \
+	   $(PY) -m pip install -q -e ".[test]" ) > $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
+	@touch $(STAMP)
 
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/infini-export demo
+	@$(VENV)/bin/infini-export demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from .quiet import silence_third_party
+
 
 def _load_module(args: argparse.Namespace):
     """Our checkpoint folder, or a model trained elsewhere through an adapter (``--from``)."""
@@ -261,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.modules["torch"] = None
     parser = build_parser()
     args = parser.parse_args(argv)
+    silence_third_party()
     from runtime.errors import InfiniRuntimeError
     try:
         return int(args.func(args) or 0)

@@ -202,7 +202,7 @@ def validate(backend, module: torch.nn.Module, *, precision: str = "float32", se
     it = range(segments)
     if progress:
         from tqdm import tqdm
-        it = tqdm(it, desc=f"parity {backend.name}/{precision}", unit="seg", leave=False)
+        it = tqdm(it, desc=f"parity {backend.name}/{precision}", unit="seg", leave=False, disable=None)
     for seg in it:
         ids = tokens[:, seg * N:(seg + 1) * N]
         seg_failures: list = []

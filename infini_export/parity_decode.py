@@ -44,7 +44,7 @@ def validate_decode(backend, module: torch.nn.Module, tol, *, segments: int = 3,
     positions = range(0, segments * N, chunk)
     if progress:
         from tqdm import tqdm
-        positions = tqdm(positions, desc=f"decode parity {backend.name}", unit="call", leave=False)
+        positions = tqdm(positions, desc=f"decode parity {backend.name}", unit="call", leave=False, disable=None)
     for t in positions:
         p, n = t % N, min(chunk, N - t % N)
         x = ids[:, t:t + n]

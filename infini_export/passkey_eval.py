@@ -1,73 +1,23 @@
 """``infini-export passkey``: the paper's Table 3 on an exported (or eager) model, in constant memory.
 
-Prompts are generated lazily, chunk by chunk, so nothing in the evaluation grows with the length:
-a 1M-token prompt is never held in memory. The memory-disabled control resets the state at every
-segment boundary; since nothing then survives a boundary, it is computed exactly by running only
-the last (partial) segment of the prompt from a zero state.
+Prompts are generated lazily, chunk by chunk (``tasks.passkey.PromptLayout``), so nothing in the evaluation
+grows with the length: a 1M-token prompt is never held in memory. The memory-disabled control resets the state
+at every segment boundary; since nothing then survives a boundary, it is computed exactly by running only the
+last (partial) segment of the prompt from a zero state (``tasks.passkey.greedy_answer(memory=False)``).
 """
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm  # imported up front: a first import mid-run would show as RSS growth with length
 
 from .streaming import peak_rss_mb
 from .tasks import passkey as pk
 
-_UNIT_LENS = np.array([len(u) for u in pk._FILLER_UNITS])
-_CYCLE = np.frombuffer("".join(pk._FILLER_UNITS).encode(), dtype=np.uint8)
-_INSTR = np.frombuffer((pk.INSTRUCTION + " ").encode(), dtype=np.uint8)
-_QUESTION = np.frombuffer(pk.QUESTION.encode(), dtype=np.uint8)
-
-
 DEFAULT_LENGTHS = "4K,32K,128K,1M"
 DEFAULT_DEPTHS = "0,0.5,1"
-
-
-@dataclass(frozen=True)
-class LazyPrompt:
-    """The token layout of ``tasks.passkey`` prompts, computed per position instead of materialised."""
-
-    length: int
-    depth: float
-
-    def __post_init__(self):
-        lo = pk.min_length(True)
-        if self.length < lo:
-            raise ValueError(f"length {self.length} is below the shortest passkey prompt ({lo} tokens)")
-        budget = self.length - lo
-        cycles, rem = divmod(budget, int(_UNIT_LENS.sum()))
-        extra = int(np.searchsorted(np.cumsum(_UNIT_LENS), rem) + 1) if rem else 0
-        n_units = 5 * cycles + extra
-        k = int(round(float(self.depth) * n_units))
-        filler_before = min(budget, (k // 5) * int(_UNIT_LENS.sum()) + int(_UNIT_LENS[:k % 5].sum()))
-        object.__setattr__(self, "budget", budget)
-        object.__setattr__(self, "needle_start", len(_INSTR) + filler_before)
-        object.__setattr__(self, "question_start", self.length - len(_QUESTION))
-
-    def chunk(self, lo: int, hi: int, keys: list[str]) -> np.ndarray:
-        """Tokens [lo, hi) of every row (one per key): (B, hi - lo) int64."""
-        t = np.arange(lo, hi)
-        ns, nl, qs = self.needle_start, pk._NEEDLE_LEN, self.question_start
-        out = np.empty(t.shape, dtype=np.int64)
-        m = t < len(_INSTR)
-        out[m] = _INSTR[t[m]]
-        f = np.where(t < ns, t - len(_INSTR), t - len(_INSTR) - nl)  # index into the filler
-        m = (t >= len(_INSTR)) & ((t < ns) | ((t >= ns + nl) & (t < qs)))
-        out[m] = np.where(f[m] == self.budget - 1, 32, _CYCLE[f[m] % len(_CYCLE)])
-        m = t >= qs
-        out[m] = _QUESTION[t[m] - qs]
-        rows = np.repeat(out[None, :], len(keys), axis=0)
-        m = (t >= ns) & (t < ns + nl)
-        if m.any():
-            for b, key in enumerate(keys):
-                needle = np.frombuffer((pk.needle_text(key) + " ").encode(), dtype=np.uint8)
-                rows[b, m] = needle[t[m] - ns]
-        return rows
 
 
 def parse_length(text: str) -> int:
@@ -76,31 +26,11 @@ def parse_length(text: str) -> int:
     return int(float(text[:-1] if text[-1:] in "KM" else text) * mult)
 
 
-def answer(session, prompt: LazyPrompt, keys: list[str], memory: bool = True, chunk: int | None = None,
-           bar: bool = False) -> list[str]:
-    """Greedy answers of every row, streaming the prompt in chunks (memory off: last segment only)."""
-    N = session.segment_len
-    session.reset(len(keys))
-    chunk = chunk or 64 * N
-    start = 0 if memory else (prompt.length - 1) // N * N
-    last = None
-    starts = range(start, prompt.length, chunk)
-    if bar and len(starts) > 8:
-        starts = tqdm(starts, desc=f"{prompt.length:,} tokens x{len(keys)}", unit="chunk", leave=False)
-    for lo in starts:
-        last = session.stream(prompt.chunk(lo, min(prompt.length, lo + chunk), keys))
-    out = np.empty((len(keys), pk.ANSWER_LEN), dtype=np.int64)
-    for i in range(pk.ANSWER_LEN):
-        out[:, i] = last.argmax(-1)
-        if i + 1 < pk.ANSWER_LEN:
-            if not memory and session.tokens_consumed % N == 0:  # a boundary: the control forgets
-                session.reset(len(keys))
-            last = session.stream(out[:, i:i + 1])
-    return [pk.decode(row) for row in out]
-
-
 def _is_key(k) -> bool:
-    return isinstance(k, str) and len(k) == pk.KEY_DIGITS and k.isdigit()
+    try:
+        return pk.check_key(k) == k
+    except ValueError:
+        return False
 
 
 def replay_keys(paths: list[str], lengths: list[int] | None = None, depths: list[float] | None = None,
@@ -152,8 +82,7 @@ def evaluate(session, lengths: list[int], depths: list[float], trials: int, seed
         cell, t0, tokens = {}, time.perf_counter(), 0
         for di, depth in enumerate(depths):
             if keys is None:
-                rng = np.random.default_rng([seed, li, di])
-                cell_keys = [str(k) for k in rng.integers(10000, 100000, size=trials)]
+                cell_keys = pk.draw_keys([seed, li, di], trials)
             elif (length, depth) in keys:
                 cell_keys = keys[(length, depth)]
             else:
@@ -173,15 +102,15 @@ def evaluate(session, lengths: list[int], depths: list[float], trials: int, seed
 def _cell(session, length: int, depth: float, keys: list[str], control: bool, progress, cell: dict) -> None:
     """One (length, depth) cell: greedy answers with the memory (and without it), written into ``cell``."""
     trials = len(keys)
-    prompt = LazyPrompt(length, depth)
-    answers = answer(session, prompt, keys, bar=bool(progress))
+    prompt = pk.prompt_layout(length, depth)
+    answers = pk.greedy_answer(session, prompt.prompts(keys), progress=bool(progress))
     ok = [pk.is_correct(a, k) for a, k in zip(answers, keys)]
     entry = {"accuracy": float(np.mean(ok)), "correct": int(sum(ok)), "trials": trials,
              "needle_segment": prompt.needle_start // session.segment_len,
              "question_segment": prompt.question_start // session.segment_len,
              "keys": keys, "answers": answers}
     if control:
-        off_answers = answer(session, prompt, keys, memory=False)
+        off_answers = pk.greedy_answer(session, prompt.prompts(keys), memory=False)
         off = [pk.is_correct(a, k) for a, k in zip(off_answers, keys)]
         entry["control_accuracy"] = float(np.mean(off))
         entry["control_answers"] = off_answers

@@ -6,55 +6,55 @@ the filler is added by the training lever's doubling steps (``grow_filler``, ``-
 question and the answer, teacher-forced. About 110 segment runs per prompt instead of 8,192 at 1M. ``score`` is
 the mean over prompts of the lowest p(correct digit); EM is teacher-forced exact match. Also per answer token
 (the space, then the five digits): the mean p, and how many prompts have their lowest p there.
+The library behind it: ``infini_export.training.proxy.long_proxy``.
 
     python scripts/proxy_score.py models/passkey-small models/passkey-small/ingredients/{G,H,I} --prompts 64
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     from infini_export.passkey_eval import parse_length
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+")
-    p.add_argument("--length", default="1M")
-    p.add_argument("--source", default="4K")
+    p.add_argument("--length", default="1M", type=parse_length)
+    p.add_argument("--source", default="4K", type=parse_length)
     p.add_argument("--prompts", type=int, default=64)
     p.add_argument("--seed", type=int, default=31337, help="keys (keep apart from the evaluation seeds)")
     p.add_argument("--block", type=int, default=7)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", help="write the results here")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     import torch
 
     from infini_export import load_checkpoint
-    from train_passkey import long_proxy
+    from infini_export.training.proxy import long_proxy
+    from infini_export.training.report import write_json
     torch.set_num_threads(args.threads)
     rows = []
     print(f"| checkpoint | proxy score | mean p | EM | mean p per answer token (space, digits 1-5) | prompts whose "
-          f"lowest p is there |  ({args.prompts} prompts, {args.length} tokens, seed {args.seed})")
+          f"lowest p is there |  ({args.prompts} prompts, {args.length:,} tokens, seed {args.seed})")
     for ck in args.checkpoints:
         t = time.time()
-        res = long_proxy(load_checkpoint(ck), parse_length(args.length), args.prompts, args.seed,
-                         source=parse_length(args.source), block=args.block)
+        try:
+            res = long_proxy(load_checkpoint(ck), args.length, args.prompts, args.seed, source=args.source,
+                             block=args.block)
+        except ValueError as exc:
+            p.error(f"--length / --source: {exc}")
         rows.append({"checkpoint": ck, "seconds": round(time.time() - t, 1), **res})
         per = " / ".join(f"{x:.3f}" for x in res["p_per_token"])
         weak = " / ".join(str(x) for x in res["weakest_token_counts"])
         print(f"| {ck} | {res['score']:.3f} | {res['mean_p']:.3f} | {res['exact_match']:.2f} | {per} | {weak} |",
               flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+        write_json(args.json, rows)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -1,5 +1,5 @@
-"""scripts/extrapolation_check.py: its streamed probe equals the model run on the whole prompt; its report adds up."""
-import importlib.util
+"""The lever's check (``training.proxy.extrapolation_check``, scripts/extrapolation_check.py): its streamed probe
+equals the model run on the whole prompt; its report adds up; scripts/proxy_score.py reports the training proxy."""
 from pathlib import Path
 
 import numpy as np
@@ -9,11 +9,15 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("extrapolation_check", ROOT / "scripts" / "extrapolation_check.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def _env():
+    import os
+    return dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+def _check(ckpt, *args, **kw):
+    from infini_export import load_checkpoint
+    from infini_export.training.proxy import extrapolation_check
+    return extrapolation_check(load_checkpoint(ckpt).eval(), *args, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +32,8 @@ def tiny_ckpt(tmp_path_factory):
 def test_streamed_probe_matches_the_whole_prompt(tiny_ckpt):
     from infini_export import load_checkpoint
     from infini_export.tasks import passkey as P
-    mod = _load_script()
     L, B, seed = 512, 3, 5
-    res = mod.run(str(tiny_ckpt), L, B, 64, seed, progress=False)
+    res = _check(tiny_ckpt, L, B, 64, seed, progress=False)
     assert [r["tokens"] for r in res["real"]] == [80, 272, 512]  # 4, 16 segments (+ the tail), then the full prompt
 
     # independent reference: the whole prompt and its answer through model.forward, no hand-built state
@@ -47,8 +50,8 @@ def test_streamed_probe_matches_the_whole_prompt(tiny_ckpt):
 
 
 def test_extrapolated_state_is_reported_against_the_real_one(tiny_ckpt):
-    mod = _load_script()
-    res = mod.run(str(tiny_ckpt), 512, 2, 64, 5, progress=False)
+    from infini_export.training.proxy import extrapolation_table
+    res = _check(tiny_ckpt, 512, 2, 64, 5, progress=False)
     ext = res["extrapolated"]
     assert ext["tokens"] == 512 and ext["from_tokens"] == 80
     assert len(res["state_vs_real"]) == 2  # one row per layer
@@ -56,29 +59,27 @@ def test_extrapolated_state_is_reported_against_the_real_one(tiny_ckpt):
         assert 0.0 < row["memory_rel_diff"] < 10.0 and 0.0 < row["norm_rel_diff"] < 10.0
         assert 0.0 < row["doubling_memory_rel_diff"] < 10.0 and 0.0 < row["doubling_norm_rel_diff"] < 10.0
     assert res["doubling"]["tokens"] == 512 and res["doubling"]["from_tokens"] == 80
-    text = mod.report(res)
+    text = extrapolation_table(res)
     assert "first-order from 80" in text and "doubling (1-segment block) from 80" in text and "layer 1 M" in text
-    with pytest.raises(SystemExit, match="multiples of the segment length"):
-        mod.run(str(tiny_ckpt), 500, 2, 64, 5, progress=False)
+    with pytest.raises(ValueError, match="multiples of the segment length"):
+        _check(tiny_ckpt, 500, 2, 64, 5, progress=False)
 
 
 def test_proxy_score_script_reports_the_training_proxy(tiny_ckpt, tmp_path):
-    """scripts/proxy_score.py prints and writes what train_passkey.long_proxy computes for each checkpoint."""
+    """scripts/proxy_score.py prints and writes what training.proxy.long_proxy computes for each checkpoint."""
     import json
     import subprocess
     import sys
     out = tmp_path / "proxy.json"
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "proxy_score.py"), str(tiny_ckpt), str(tiny_ckpt),
                            "--length", "1024", "--source", "256", "--block", "3", "--prompts", "2", "--seed", "5",
-                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+                           "--json", str(out)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(out.read_text())
     assert len(rows) == 2 and rows[0]["score"] == rows[1]["score"]
     from infini_export import load_checkpoint
-    spec = importlib.util.spec_from_file_location("train_passkey", ROOT / "scripts" / "train_passkey.py")
-    tp = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tp)
-    ref = tp.long_proxy(load_checkpoint(tiny_ckpt), 1024, 2, 5, source=256, block=3)
+    from infini_export.training.proxy import long_proxy
+    ref = long_proxy(load_checkpoint(tiny_ckpt), 1024, 2, 5, source=256, block=3)
     assert rows[0]["score"] == pytest.approx(ref["score"], rel=1e-6) and rows[0]["exact_match"] == ref["exact_match"]
     assert f"| {tiny_ckpt} | {ref['score']:.3f} |" in proc.stdout
     # per answer token (space + 5 digits): the means average to mean_p, every prompt's weakest token is counted
@@ -88,3 +89,23 @@ def test_proxy_score_script_reports_the_training_proxy(tiny_ckpt, tmp_path):
     assert sum(per) / 6 == pytest.approx(rows[0]["mean_p"], rel=1e-6)
     assert rows[0]["score"] <= min(per) + 1e-7
     assert " / ".join(f"{x:.3f}" for x in per) in proc.stdout
+
+
+def test_extrapolation_check_script_prints_and_writes_the_check(tiny_ckpt, tmp_path):
+    import json
+    import subprocess
+    import sys
+    out = tmp_path / "check.json"
+    cmd = [sys.executable, str(ROOT / "scripts" / "extrapolation_check.py"), "--checkpoint", str(tiny_ckpt),
+           "--length", "512", "--source", "64", "--prompts", "2", "--seed", "5", "--block", "2", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(out.read_text())
+    want = _check(tiny_ckpt, 512, 2, 64, 5, progress=False, block=2)
+    assert got["checkpoint"] == str(tiny_ckpt) and got["doubling"]["block"] == 2
+    assert got["doubling"]["p_correct_min_token"] == pytest.approx(want["doubling"]["p_correct_min_token"], rel=1e-6)
+    assert [r["tokens"] for r in got["real"]] == [r["tokens"] for r in want["real"]]
+    assert "doubling (2-segment block) from 80" in proc.stdout
+    bad = subprocess.run(cmd[:4] + ["--length", "500"], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode != 0 and "multiples of the segment length" in bad.stderr

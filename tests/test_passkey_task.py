@@ -46,6 +46,12 @@ def test_no_filler_and_too_short():
         P.make_sample(500, 1.5, 1)
     with pytest.raises(ValueError):
         P.make_sample(500, 0.5, 1, key="1234")
+    with pytest.raises(ValueError, match="too short"):
+        P.make_batch(2, P.min_length() - 1, 0.5, 1)
+    with pytest.raises(ValueError, match="not inside a prompt"):
+        P.prompt_layout(500, 0.5).chunk(400, 501, ["12345"])
+    with pytest.raises(ValueError, match="5 digits"):
+        P.prompt_layout(500, 0.5).prompts(["1234a"])
 
 
 def test_depth_placement():
@@ -85,26 +91,29 @@ def test_batch_rows_match_samples():
 
 
 class SpellingSession:
-    """Fake backend: whatever it is fed, its last logits spell ``answers[row]`` one token at a time."""
+    """Fake backend with the runtime's session protocol: whatever it is streamed, its last logits spell
+    ``answers[row]`` one token at a time."""
+
+    segment_len = 64
 
     def __init__(self, answers, vocab=256):
         self.answers = [a.encode() for a in answers]
         self.vocab = vocab
-        self.reset()
+        self.reset(len(answers))
 
-    def reset(self):
+    def reset(self, batch_size=None):
         self.calls = 0
-        self.fed = 0
+        self.tokens_consumed = 0
+        self.batch_size = batch_size
 
-    def feed(self, ids):
-        ids = np.asarray(ids)
-        assert ids.dtype == np.int64 and ids.ndim == 2
+    def stream(self, ids):
+        assert ids.dtype == np.int64 and ids.shape[0] == self.batch_size
         B, T = ids.shape
-        logits = np.random.default_rng(self.calls).normal(size=(B, T, self.vocab)).astype(np.float32)
+        logits = np.random.default_rng(self.calls).normal(size=(B, self.vocab)).astype(np.float32)
         for row in range(B):
-            logits[row, -1, self.answers[row][self.calls]] = 100.0
+            logits[row, self.answers[row][self.calls]] = 100.0
         self.calls += 1
-        self.fed += T
+        self.tokens_consumed += T
         return logits
 
 
@@ -113,7 +122,8 @@ def test_scorer_exact_match():
     good = [" " + k for k in b.keys]
     sess = SpellingSession(good)
     assert P.greedy_answer(sess, b.ids) == good
-    assert sess.fed == 400 + P.ANSWER_LEN - 1  # prompt, then every generated token but the last
+    assert sess.tokens_consumed == 400 + P.ANSWER_LEN - 1  # prompt, then every generated token but the last
+    assert sess.calls == P.ANSWER_LEN  # the prompt in one call (under 64 segments), then one call per token
     res = P.score(sess, b.ids, b.keys)
     assert res.accuracy == 1.0 and res.correct == [True] * 3
     wrong_digit = list(good)
@@ -126,6 +136,49 @@ def test_scorer_exact_match():
     assert res.correct == [True]
 
 
+class RecordingSession:
+    """The runtime's session protocol, recording what it is streamed and when it is reset; its logits favour
+    token ``tokens_consumed % 256``."""
+
+    segment_len = 16
+
+    def reset(self, batch_size=None):
+        self.log = getattr(self, "log", []) + [("reset", batch_size)]
+        self.tokens_consumed = 0
+
+    def stream(self, ids):
+        self.log.append(("stream", ids.copy()))
+        self.tokens_consumed += ids.shape[1]
+        logits = np.zeros((ids.shape[0], 256), dtype=np.float32)
+        logits[:, self.tokens_consumed % 256] = 1.0
+        return logits
+
+
+@pytest.mark.parametrize("length", [P.min_length() + 20, (P.min_length() // 16 + 3) * 16 + 14])  # 2nd: a boundary
+
+def test_greedy_answer_streams_chunks_and_the_control_forgets_at_boundaries(length):
+    layout = P.prompt_layout(length, 0.5)
+    keys = ["12345", "67890"]
+    whole = layout.ids(keys)
+    sess = RecordingSession()
+    P.greedy_answer(sess, layout.prompts(keys), chunk=48)
+    streamed = [x for kind, x in sess.log if kind == "stream"]
+    assert [x.shape[1] for x in streamed[:-5]] == [min(48, length - lo) for lo in range(0, length, 48)]
+    np.testing.assert_array_equal(np.concatenate(streamed[:-5], axis=1), whole)  # the prompt, chunk by chunk
+    assert [kind for kind, _ in sess.log].count("reset") == 1
+    # memory off: only the last (partial) segment of the prompt, and a fresh state whenever a boundary is crossed
+    sess = RecordingSession()
+    answers = P.greedy_answer(sess, layout.prompts(keys), memory=False)
+    first = (length - 1) // 16 * 16
+    np.testing.assert_array_equal(sess.log[1][1], whole[:, first:])
+    resets = [i for i, (kind, _) in enumerate(sess.log) if kind == "reset"]
+    fed = length - first
+    want = 1 + sum(1 for i in range(P.ANSWER_LEN - 1) if (fed + i) % 16 == 0)  # boundaries inside the answer
+    assert len(resets) == want and all(b == 2 for kind, b in sess.log if kind == "reset")
+    assert want == 2 or length % 16 != 14  # the second length crosses a boundary while answering
+    assert all(len(a) == P.ANSWER_LEN for a in answers)
+
+
 def test_is_correct_rules():
     assert P.is_correct(" 71432", "71432")
     assert P.is_correct("71432.", "71432")
@@ -133,6 +186,28 @@ def test_is_correct_rules():
     assert not P.is_correct(" 7143.", "71432")
     assert not P.is_correct("714321", "71432")
     assert not P.is_correct(" abcde", "71432")
+
+
+@pytest.mark.parametrize("answer, key", [
+    ("", None),  # nothing generated
+    ("      ", None),  # spaces only
+    (" abcde", None),  # no digit at all
+    (" \u0667\u0661\u0664\u0663\u0662", None),  # non-ASCII digits are not digits of a key
+    (" 71 432", "71"),  # a split key: the first run only
+    (" 7143.", "7143"),  # too short
+    (" 714321", "714321"),  # too long
+    ("x71432", "71432"),  # junk before the digits: the first run still counts
+    (" \ufffd71432", "71432"),  # an invalid byte decoded as U+FFFD before the digits
+])
+def test_answer_parsing_failure_cases(answer, key):
+    assert P.extract_key(answer) == key
+    assert P.is_correct(answer, "71432") == (key == "71432")
+
+
+def test_decode_never_raises_on_invalid_utf8():
+    text = P.decode([0xFF, 0x37, 0xC3, 0x31, 0x34, 0x33, 0x32])  # invalid bytes around the digits
+    assert "\ufffd" in text and P.extract_key(text) == "7"
+    assert not P.is_correct(text, "71432")
 
 
 def test_task_module_is_torch_free():

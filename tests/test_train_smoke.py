@@ -1,8 +1,9 @@
-"""scripts/train_passkey.py: a 2-step --quick run writes a loadable checkpoint and a report; its session streams."""
-import importlib.util
+"""scripts/train_passkey.py and infini_export.training: a 2-step --quick run writes a loadable checkpoint and a
+report; the eager session streams; the state-extrapolation lever, the proxy and the losses."""
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,11 +16,15 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "train_passkey.py"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("train_passkey", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def _library():
+    """The training library's modules, by the names the tests use."""
+    from types import SimpleNamespace
+
+    from infini_export.training import extrapolation, losses, proxy, session
+    return SimpleNamespace(EagerSession=session.EagerSession, extrapolation_plan=extrapolation.extrapolation_plan,
+                           forward_extrapolated=extrapolation.forward_extrapolated,
+                           filler_block=extrapolation.filler_block, grow_filler=extrapolation.grow_filler,
+                           long_proxy=proxy.long_proxy, weighted_answer_loss=losses.weighted_answer_loss)
 
 
 def test_quick_training_run(tmp_path):
@@ -44,13 +49,13 @@ def test_quick_training_run(tmp_path):
 
 def test_eager_session_streams_like_the_full_model():
     from infini_export import InfiniConfig, InfiniTransformer
-    mod = _load_script()
+    mod = _library()
     torch.manual_seed(0)
     model = InfiniTransformer(InfiniConfig.from_name("tiny")).eval()  # segment_len 16
     ids = torch.randint(0, 256, (2, 75))
     with torch.no_grad():
         ref, _ = model(ids)
-    session = mod.EagerSession(model)
+    session = mod.EagerSession(model, batch_size=2)
     pieces, start = [], 0
     for n in (5, 11, 16, 1, 30, 12):  # crosses segment boundaries at every possible phase
         pieces.append(session.feed(ids[:, start:start + n].numpy()))
@@ -58,14 +63,19 @@ def test_eager_session_streams_like_the_full_model():
     got = np.concatenate(pieces, axis=1)
     assert got.shape == (2, 75, 256)
     np.testing.assert_allclose(got, ref.numpy(), rtol=1e-4, atol=1e-4)
+    assert session.tokens_consumed == 75
     session.reset()
     np.testing.assert_allclose(session.feed(ids[:, :20].numpy()), ref[:, :20].numpy(), rtol=1e-4, atol=1e-4)
+    session.reset(1)  # the runtime's protocol: another batch size, last logits only
+    np.testing.assert_allclose(session.stream(ids[:1, :37].numpy()), ref[:1, 36].numpy(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="batch=1"):
+        session.stream(ids[:, 37:40].numpy())
 
 
 def test_state_extrapolation_lever():
     """--extrapolate-frac: k = 0 is the plain forward; k > 0 changes nothing before the answer's segment and
     changes what the answer reads."""
-    mod = _load_script()
+    mod = _library()
     from infini_export import InfiniConfig, InfiniTransformer
     from infini_export.tasks import passkey as P
     torch.manual_seed(0)
@@ -90,7 +100,7 @@ def test_state_extrapolation_lever():
 
 def _needle_at_end(update: str):
     """A tiny model, 3 prompts with the needle at the end, and a before-the-needle extrapolation plan for them."""
-    mod = _load_script()
+    mod = _library()
     from infini_export import InfiniConfig, InfiniTransformer
     from infini_export.tasks import passkey as P
     torch.manual_seed(0)
@@ -162,7 +172,7 @@ def test_doubling_extrapolation_is_exact_for_three_passes_of_the_delta_rule():
 def test_filler_block_continues_the_prompt_and_a_block_step_is_exact():
     """filler_block(seg, m) is seg followed by the filler the prompt itself would continue with; grow_filler with
     an m-segment block and k = m is exactly the block run once (the delta rule)."""
-    mod = _load_script()
+    mod = _library()
     from infini_export import InfiniConfig, InfiniTransformer
     from infini_export.tasks import passkey as P
     torch.manual_seed(0)
@@ -211,7 +221,7 @@ def test_weight_average_and_long_proxy_choose_what_ships(tmp_path):
     assert report["recipe"]["ema"] == 0.5 and len(report["proxy"]) >= 4
     best = report["best_proxy"]
     assert best["score"] == max(r["score"] for r in report["proxy"])
-    mod = _load_script()
+    mod = _library()
     again = mod.long_proxy(load_checkpoint(out / "best"), 512, 2, 31337, source=256, block=1)
     assert again["score"] == pytest.approx(best["score"], rel=1e-5)
 
@@ -223,14 +233,12 @@ def test_long_proxy_is_the_extrapolation_checks_doubling_row(tmp_path):
     """The training-time proxy and scripts/extrapolation_check.py build the same doubling state from the same
     prompts, so they must score the same."""
     from infini_export import InfiniConfig, InfiniTransformer, save_checkpoint
-    mod = _load_script()
+    mod = _library()
     torch.manual_seed(0)
     model = InfiniTransformer(InfiniConfig.from_name("tiny")).eval()
     save_checkpoint(model, tmp_path)
-    spec = importlib.util.spec_from_file_location("extrapolation_check", ROOT / "scripts" / "extrapolation_check.py")
-    xc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(xc)
-    ref = xc.run(str(tmp_path), 1024, 3, 256, 5, progress=False, block=3)["doubling"]
+    from infini_export.training.proxy import extrapolation_check
+    ref = extrapolation_check(model, 1024, 3, 256, 5, progress=False, block=3)["doubling"]
     got = mod.long_proxy(model, 1024, 3, 5, source=256, block=3)
     assert got["score"] == pytest.approx(ref["p_correct_min_token"], rel=1e-5)
     assert got["mean_p"] == pytest.approx(float(np.mean(ref["p_correct_per_token"])), rel=1e-5)
@@ -292,7 +300,7 @@ def test_init_weights_continues_a_run_from_other_weights(tmp_path):
 
 
 def test_weighted_answer_loss():
-    mod = _load_script()
+    mod = _library()
     nll = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [0.0, 0.0, 0.0, 0.0, 0.0, 12.0]])
     assert float(mod.weighted_answer_loss(nll, [1] * 6)) == pytest.approx(float(nll.mean()))
     assert float(mod.weighted_answer_loss(nll, [3] * 6)) == pytest.approx(float(nll.mean()))  # scale-free
@@ -301,3 +309,24 @@ def test_weighted_answer_loss():
     # twice the weight on the last two: (1 + 1 + 1 + 1 + 2 + 2) = 8 -> weights 0.75 x4, 1.5 x2
     want = float((nll * torch.tensor([0.75, 0.75, 0.75, 0.75, 1.5, 1.5])).mean())
     assert float(mod.weighted_answer_loss(nll, [1, 1, 1, 1, 2, 2])) == pytest.approx(want)
+
+
+def test_every_setting_is_an_option_and_bad_settings_are_refused_by_name():
+    import argparse
+    from dataclasses import fields
+
+    from infini_export.training.config import TrainConfig, TrainingSetupError, add_arguments, from_arguments
+    ap = argparse.ArgumentParser()
+    add_arguments(ap)
+    assert from_arguments(ap.parse_args([])) == TrainConfig()
+    assert all(f.metadata["help"] for f in fields(TrainConfig))
+    tc = from_arguments(ap.parse_args(["--proxy-length", "64K", "--heldout-depths", "0,1", "--answer-weights",
+                                       "1,1,1,1,2,2", "--lr", "1e-4", "--resume", "--update", "linear"]))
+    assert (tc.proxy_length, tc.heldout_depths, tc.answer_weights) == (65536, [0.0, 1.0], [1, 1, 1, 1, 2, 2])
+    assert tc.lr == 1e-4 and tc.gate_lr is None and tc.resume and tc.update == "linear"
+    for argv, message in ((["--extrapolate-block", "0"], "--extrapolate-block must be >= 1"),
+                          (["--extrapolate-block", "7"], "applies to --extrapolate-mode doubling only"),
+                          (["--ema", "-0.1"], "--ema must be a decay in [0, 1)"),
+                          (["--answer-weights", "0,0,0,0,0,0"], "--answer-weights needs 6 weights")):
+        with pytest.raises(TrainingSetupError, match=re.escape(message)):
+            from_arguments(ap.parse_args(argv))
