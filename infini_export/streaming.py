@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -11,19 +10,9 @@ from typing import Iterator
 
 import numpy as np
 
+from runtime.measure import peak_rss_mb
+
 GEN_CHUNK = 4096  # random tokens are drawn per block of this size, so any offset can be regenerated
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MB (VmHWM: unlike ru_maxrss it is not inherited across exec)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def random_tokens(n: int, vocab: int, seed: int, start: int = 0, chunk: int = 4096) -> Iterator[np.ndarray]:

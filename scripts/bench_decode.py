@@ -10,8 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
-from infini_export.bench_decode import measure, write
-from infini_export.passkey_eval import parse_length
+from infini_cli.bench.decode import measure, write
+from runtime.measure import parse_length
 
 
 def main() -> int:
@@ -60,7 +60,7 @@ def main() -> int:
     results = [measure(a, new_tokens=args.new_tokens, rerun_tokens=args.rerun_tokens, rounds=args.rounds,
                        contexts=contexts, threads=args.threads) for a in arts]
     if args.lucidrains:
-        from infini_export.bench_decode import lucidrains_comparison
+        from infini_cli.bench.decode import lucidrains_comparison
         results.append({"lucidrains": lucidrains_comparison(Path(args.cache), threads=args.threads or 1)})
     write(results, Path(args.out))
     for r in results:

@@ -21,28 +21,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from exporters.pipeline import export_artifact  # noqa: E402
-from infini_export import InfiniConfig, InfiniTransformer, load_checkpoint  # noqa: E402
-from infini_export.parity import validate  # noqa: E402
-from runtime.session import InfiniSession  # noqa: E402
-
-VARIANTS = {  # name: (format, quantize, delegate[, int4 block size])
-    "onnx-fp32": ("onnx", None, "xnnpack"),
-    "onnx-int8": ("onnx", "int8", "xnnpack"),
-    "onnx-int4": ("onnx", "int4", "xnnpack", 32),
-    "onnx-int4-b16": ("onnx", "int4", "xnnpack", 16),
-    "onnx-int4-b64": ("onnx", "int4", "xnnpack", 64),
-    "onnx-int4-b128": ("onnx", "int4", "xnnpack", 128),
-    "executorch-xnnpack-fp32": ("executorch", None, "xnnpack"),
-    "executorch-xnnpack-int8": ("executorch", "int8", "xnnpack"),
-    "executorch-xnnpack-int4": ("executorch", "int4", "xnnpack", 32),
-    "executorch-xnnpack-int4-b128": ("executorch", "int4", "xnnpack", 128),
-    "executorch-portable-fp32": ("executorch", None, "none"),
-}
-DEFAULT_VARIANTS = ("onnx-fp32", "onnx-int8", "executorch-xnnpack-fp32", "executorch-xnnpack-int8",
-                    "executorch-portable-fp32")
+from exporters.variants import MAIN, VARIANTS, parse_variants
+from infini_export import InfiniConfig, InfiniTransformer, load_checkpoint
+from infini_export.parity import validate
+from runtime.atomic import atomic_write
+from runtime.session import InfiniSession
 
 
 def main() -> int:
@@ -50,9 +33,13 @@ def main() -> int:
     p.add_argument("--checkpoint")
     p.add_argument("--preset", default="small")
     p.add_argument("--segments", type=int, default=1000)
-    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma-separated, of {sorted(VARIANTS)}")
+    p.add_argument("--variants", default=",".join(MAIN), help=f"comma-separated, of {', '.join(VARIANTS)}")
     p.add_argument("--out", default="docs/parity")
     args = p.parse_args()
+    try:
+        variants = parse_variants(args.variants)
+    except ValueError as exc:
+        p.error(str(exc))
     torch.set_num_threads(1)  # eager small models: one thread; two contend badly on a shared 2-core machine
     if args.checkpoint:
         model, source = load_checkpoint(args.checkpoint), args.checkpoint
@@ -63,20 +50,18 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.variants.split(","):
-            fmt, quant, delegate, *block = VARIANTS[name]
+        for variant in variants:
+            name = variant.name
             t0 = time.perf_counter()
             print(f"== {name}: export", flush=True)
             try:
-                manifest, _ = export_artifact(model, Path(tmp) / name, fmt, quantize=quant, delegate=delegate,
-                                              parity_segments=4, progress=False, log=None,
-                                              **({"block_size": block[0]} if block else {}))
+                manifest, _ = variant.export(model, Path(tmp) / name, parity_segments=4, progress=False, log=None)
             except Exception as exc:
                 results[name] = {"error": f"{type(exc).__name__}: {exc}"}
                 print(f"   failed: {exc}")
                 continue
             session = InfiniSession.open(Path(tmp) / name)
-            report = validate(session.backend, model, precision=quant or "float32", segments=args.segments,
+            report = validate(session.backend, model, precision=variant.quantize or "float32", segments=args.segments,
                               manifest=session.manifest)
             print(report.table(rows=5), flush=True)
             results[name] = {"passed": report.passed, "summary": report.summary, "wiring": report.wiring,
@@ -84,7 +69,8 @@ def main() -> int:
                              "seconds": round(time.perf_counter() - t0, 1),
                              "file_bytes": sum(f["bytes"] for f in manifest["files"].values())}
     doc = {"model": source, "segments": args.segments, "segment_len": model.cfg.segment_len, "results": results}
-    (out / "parity.json").write_text(json.dumps(doc, indent=2, default=float) + "\n")
+    text = json.dumps(doc, indent=2, default=float) + "\n"
+    atomic_write(out / "parity.json", lambda f: f.write(text.encode()))
     lines = [f"# Parity over {args.segments} consecutive segments ({args.segments * model.cfg.segment_len:,} tokens)",
              "", f"Model: `{source}`. Command: `python scripts/parity_matrix.py "
              f"{'--checkpoint ' + args.checkpoint if args.checkpoint else '--preset ' + args.preset} "
@@ -99,7 +85,7 @@ def main() -> int:
         lines.append(f"| {name} | {r['file_bytes']:,} | {s['logits_max_abs']:.2e} | {s['state_max_rel']:.2e} | "
                      f"{max(s['state_final_rel'].values()):.2e} | {s['top1']:.4f} | {s['logits_trend']:.2f} | "
                      f"{'ok' if r['wiring']['passed'] else 'FAILED'} | {'PASSED' if r['passed'] else 'FAILED'} |")
-    (out / "parity.md").write_text("\n".join(lines) + "\n")
+    atomic_write(out / "parity.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
     print("\n".join(lines))
     return 0 if all(r.get("passed") for r in results.values()) else 1
 

@@ -8,21 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-
-def measure(artifact: Path, tokens: int) -> dict:
-    env = {**os.environ, "INFINI_EXPORT_NO_TORCH": "1"}
-    out = subprocess.run([sys.executable, "-m", "infini_export.cli", "run", str(artifact), "--random-tokens",
-                          str(tokens), "--quiet"], capture_output=True, text=True, cwd=ROOT, env=env, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+from infini_cli.bench.memory import stream_run
+from runtime.measure import parse_length
 
 
 def main() -> int:
@@ -31,20 +22,27 @@ def main() -> int:
     p.add_argument("--lengths", default="8K,1M")
     p.add_argument("--repeats", type=int, default=2, help="runs per length (the smallest peak counts)")
     args = p.parse_args()
-    from infini_export.passkey_eval import parse_length
+    try:
+        lengths = [parse_length(text) for text in args.lengths.split(",")]
+    except ValueError as exc:
+        p.error(str(exc))
     with tempfile.TemporaryDirectory() as tmp:
         art = Path(args.artifact) if args.artifact else Path(tmp) / "tiny"
         if not args.artifact:
             import torch
+
             from exporters.pipeline import export_artifact
             from infini_export import InfiniConfig, InfiniTransformer
             torch.manual_seed(0)
             export_artifact(InfiniTransformer(InfiniConfig.from_name("tiny")).eval(), art, "onnx",
                             parity_segments=8, progress=False, log=None)
         rows = []
-        for text in args.lengths.split(","):
-            n = parse_length(text)
-            runs = [measure(art, n) for _ in range(args.repeats)]
+        for n in lengths:
+            runs = [stream_run(art.absolute(), n) for _ in range(args.repeats)]
+            failed = [r for r in runs if r["status"] != "ok"]
+            if failed:
+                print(f"streaming {n:,} tokens failed: {failed[0]['error']}", file=sys.stderr)
+                return 2
             best = min(runs, key=lambda r: r["peak_rss_mb"])
             rows.append({"tokens": n, "peak_rss_mb": best["peak_rss_mb"], "tokens_per_second": best["tokens_per_second"],
                          "all_peaks_mb": [r["peak_rss_mb"] for r in runs], "state_bytes": best["state_bytes"]})

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from exporters.artifact import build_manifest
+from exporters.variants import get_variant
 from infini_export.parity import validate
 from runtime import ArtifactError, InfiniRuntimeError, InfiniSession, InputError, ManifestError
 from runtime.manifest import sha256_file
@@ -29,10 +30,12 @@ ROOT_PATH = Path(ROOT)
 SEGMENTS = 50
 # set to a folder to keep the exports between runs (development only: nothing checks they are current)
 CACHE_ENV = "INFINI_TEST_EXECUTORCH_CACHE"
-# every (update, delegate, quantize) exported; longest first, so the two workers finish together
-JOBS = [("delta", "xnnpack", "int8"), ("delta", "xnnpack", "int4"), ("delta", "xnnpack", None),
-        ("linear", "xnnpack", None),
-        ("delta", "none", None), ("linear", "none", None), ("linear", "xnnpack", None, 1)]  # last: max_batch=1
+# the export variants (exporters.variants) of the ExecuTorch format
+FP32, PORTABLE = "executorch-xnnpack-fp32", "executorch-portable-fp32"
+INT8, INT4 = "executorch-xnnpack-int8", "executorch-xnnpack-int4"
+# every (update, variant[, max_batch]) exported; longest first, so the two workers finish together
+JOBS = [("delta", INT8), ("delta", INT4), ("delta", FP32), ("linear", FP32), ("delta", PORTABLE), ("linear", PORTABLE),
+        ("linear", FP32, 1)]  # last: max_batch=1
 # what may stay outside XNNPACK and the partition count on tiny: a regression guard. The model writes
 # RMSNorm's mean, RoPE's rotate-half and the z sum as linear layers with constant weights, so the whole step
 # is ONE partition with the embedding lookup alone outside (before that: 8 partitions on tiny).
@@ -43,17 +46,17 @@ MAX_PARTITIONS = 1
 INT8_MIN_TOP1 = 0.97
 
 
-def _export_job(update, delegate, quantize, max_batch, out_dir):
+def _export_job(update, variant, max_batch, out_dir):
     """Runs in a worker process: export + the pipeline's own parity check; returns plain data."""
     try:
-        from exporters.pipeline import export_artifact
+        from exporters.variants import get_variant
         from tests.conftest import make_model as make
         torch.set_num_threads(1)
         cached = Path(out_dir) / "pipeline_report.json"
         if CACHE_ENV in os.environ and cached.is_file():  # a developer's cache of earlier exports
             return json.loads(cached.read_text())
-        manifest, report = export_artifact(make(update), out_dir, "executorch", delegate=delegate, quantize=quantize,
-                                           max_batch=max_batch, parity_segments=SEGMENTS, progress=False, log=None)
+        manifest, report = get_variant(variant).export(make(update), out_dir, max_batch=max_batch,
+                                                       parity_segments=SEGMENTS, progress=False, log=None)
         result = {"manifest": manifest, "report": report.to_dict(), "error": None}
         if CACHE_ENV in os.environ:
             cached.write_text(json.dumps(result, default=float))
@@ -64,11 +67,11 @@ def _export_job(update, delegate, quantize, max_batch, out_dir):
 
 @pytest.fixture(scope="module")
 def et_artifacts(tmp_path_factory):
-    """{(update, delegate, quantize): (model, artifact_dir, manifest, pipeline parity report)}."""
+    """{(update, variant[, max_batch]): (model, artifact_dir, manifest, pipeline parity report)}."""
     base = Path(os.environ[CACHE_ENV]) if CACHE_ENV in os.environ else tmp_path_factory.mktemp("executorch")
     dirs = {job: base / "_".join(str(x) for x in job) for job in JOBS}
     with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {job: pool.submit(_export_job, *job[:3], job[3] if len(job) > 3 else 64, str(dirs[job]))
+        futures = {job: pool.submit(_export_job, *job[:2], job[2] if len(job) > 2 else 64, str(dirs[job]))
                    for job in JOBS}
         results = {job: f.result() for job, f in futures.items()}
     out = {}
@@ -88,10 +91,11 @@ def _get(et_artifacts, job):
 
 
 # ---- parity -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("delegate", ["xnnpack", "none"])
+@pytest.mark.parametrize("variant", [FP32, PORTABLE])
 @pytest.mark.parametrize("update", ["linear", "delta"])
-def test_runtime_matches_eager_every_segment(et_artifacts, update, delegate):
-    model, art, manifest, pipeline_report = _get(et_artifacts, (update, delegate, None))
+def test_runtime_matches_eager_every_segment(et_artifacts, update, variant):
+    model, art, manifest, pipeline_report = _get(et_artifacts, (update, variant))
+    delegate = get_variant(variant).delegate
     assert pipeline_report["passed"] and len(pipeline_report["per_segment"]) == SEGMENTS
     assert manifest["backend"] == "executorch" and manifest["program"] == {
         "format": "pte", "file": "program", "method": "forward", "delegate": delegate}
@@ -110,7 +114,7 @@ def test_runtime_matches_eager_every_segment(et_artifacts, update, delegate):
 
 def test_static_batch_one_program(et_artifacts):
     """max_batch=1: a static program (least memory); parity as above, batch 2 refused before the call."""
-    model, art, manifest, pipeline_report = _get(et_artifacts, ("linear", "xnnpack", None, 1))
+    model, art, manifest, pipeline_report = _get(et_artifacts, ("linear", FP32, 1))
     assert pipeline_report["passed"] and manifest["batch"]["max"] == 1
     session = InfiniSession.open(art)
     assert session.backend.max_batch == 1
@@ -125,29 +129,29 @@ def test_static_batch_one_program(et_artifacts):
 
 @pytest.mark.parametrize("update", ["linear", "delta"])
 def test_delegation_report(et_artifacts, update):
-    _, _, manifest, _ = _get(et_artifacts, (update, "xnnpack", None))
+    _, _, manifest, _ = _get(et_artifacts, (update, FP32))
     ex = manifest["exporter"]
     assert 1 <= ex["delegate_partitions"] <= MAX_PARTITIONS, ex
     assert "embedding.default" in ex["non_delegated_ops"]
     assert set(ex["non_delegated_ops"]) <= ALLOWED_OUTSIDE, ex["non_delegated_ops"]
     assert ex["untied_weights"] == ["lm_head"]  # the tied head gets its own copy: no partition of its own
-    _, _, portable, _ = _get(et_artifacts, (update, "none", None))
+    _, _, portable, _ = _get(et_artifacts, (update, PORTABLE))
     assert portable["exporter"]["delegate_partitions"] == 0
     if update == "delta":
-        _, _, int8, _ = _get(et_artifacts, (update, "xnnpack", "int8"))
+        _, _, int8, _ = _get(et_artifacts, (update, INT8))
         assert 1 <= int8["exporter"]["delegate_partitions"] <= MAX_PARTITIONS, int8["exporter"]
         assert set(int8["exporter"]["non_delegated_ops"]) <= ALLOWED_OUTSIDE
 
 
 def test_session_feed_equals_eager_forward(et_artifacts):
     """Independent path: the session's streaming loop vs the model's own forward, batch 2."""
-    model, art, _, _ = _get(et_artifacts, ("delta", "xnnpack", None))
+    model, art, _, _ = _get(et_artifacts, ("delta", FP32))
     check_session_matches_forward(model, art)
 
 
-@pytest.mark.parametrize("delegate", ["xnnpack", "none"])
-def test_chunking_invariance(et_artifacts, delegate):
-    _, art, _, _ = _get(et_artifacts, ("delta", delegate, None))
+@pytest.mark.parametrize("variant", [FP32, PORTABLE])
+def test_chunking_invariance(et_artifacts, variant):
+    _, art, _, _ = _get(et_artifacts, ("delta", variant))
     ids = np.random.default_rng(0).integers(0, 256, 1000)
     whole = InfiniSession.open(art)
     ref = whole.feed(ids)
@@ -165,7 +169,7 @@ def test_chunking_invariance(et_artifacts, delegate):
 
 
 def test_generate_save_load_fork(et_artifacts, tmp_path):
-    _, art, _, _ = _get(et_artifacts, ("linear", "xnnpack", None))
+    _, art, _, _ = _get(et_artifacts, ("linear", FP32))
     ids = np.random.default_rng(2).integers(0, 256, 250)
     s = InfiniSession.open(art)
     s.feed(ids[:203])
@@ -183,7 +187,7 @@ def test_generate_save_load_fork(et_artifacts, tmp_path):
 
 # ---- int8 ---------------------------------------------------------------------------------------
 def test_int8_top1_agreement_and_state_drift(et_artifacts):
-    model, art, manifest, pipeline_report = _get(et_artifacts, ("delta", "xnnpack", "int8"))
+    model, art, manifest, pipeline_report = _get(et_artifacts, ("delta", INT8))
     assert manifest["quantization"] == "int8"
     ex = manifest["exporter"]
     n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
@@ -209,7 +213,7 @@ INT4_MIN_TOP1 = 0.95
 
 
 def test_int4_linears_only_state_float32(et_artifacts):
-    model, art, manifest, pipeline_report = _get(et_artifacts, ("delta", "xnnpack", "int4"))
+    model, art, manifest, pipeline_report = _get(et_artifacts, ("delta", INT4))
     assert manifest["quantization"] == "int4"
     ex = manifest["exporter"]
     assert ex["quantized_linears"] == sum(isinstance(m, torch.nn.Linear) for m in model.modules()) == 15
@@ -227,7 +231,7 @@ def test_int4_linears_only_state_float32(et_artifacts):
     assert report.passed, report.failures[:5]
     assert 0 < report.summary["logits_max_abs"]  # quantized: not bit-exact
     # smaller than the float32 program of the same model
-    _, _, fp32, _ = _get(et_artifacts, ("delta", "xnnpack", None))
+    _, _, fp32, _ = _get(et_artifacts, ("delta", FP32))
     assert manifest["memory"]["weights_bytes"] < 0.5 * fp32["memory"]["weights_bytes"]
 
 
@@ -238,7 +242,7 @@ def test_manifest_memory_is_what_the_program_reports(et_artifacts):
 
     from exporters.memory_plan import measure_memory
     planned = {}
-    for job in (("linear", "xnnpack", None), ("linear", "xnnpack", None, 1)):
+    for job in (("linear", FP32), ("linear", FP32, 1)):
         _, art, manifest, _ = _get(et_artifacts, job)
         memory = manifest["memory"]
         on_disk = json.loads((art / "manifest.json").read_text())["memory"]
@@ -257,11 +261,11 @@ def test_manifest_memory_is_what_the_program_reports(et_artifacts):
         assert 0 < memory["weights_bytes"] < memory["program_bytes"] == (art / "model.pte").stat().st_size
         planned[job] = memory["methods"]["forward"]["planned_bytes"]
     # planned for the batch bound: batch 1 needs less than batch 64
-    assert planned[("linear", "xnnpack", None, 1)] < planned[("linear", "xnnpack", None)] / 8
+    assert planned[("linear", FP32, 1)] < planned[("linear", FP32)] / 8
 
 
 def test_info_prints_the_planned_memory_of_every_method(et_artifacts):
-    _, art, manifest, _ = _get(et_artifacts, ("linear", "xnnpack", None, 1))
+    _, art, manifest, _ = _get(et_artifacts, ("linear", FP32, 1))
     r = subprocess.run([sys.executable, "-m", "infini_cli", "info", str(art)], cwd=ROOT, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -276,7 +280,7 @@ def test_floating_point_state_of_the_process_is_left_alone(et_artifacts):
     from runtime import fpenv
     if not fpenv.AVAILABLE:
         pytest.skip("fpenv: not Linux x86-64 glibc")
-    _, art, _, _ = _get(et_artifacts, ("delta", "xnnpack", None))
+    _, art, _, _ = _get(et_artifacts, ("delta", FP32))
     before = fpenv.mxcsr() & ~0x3F  # control bits (the low 6 are sticky status flags)
     session = InfiniSession.open(art)
     session.feed(np.zeros((1, 40), np.int64))
@@ -285,7 +289,7 @@ def test_floating_point_state_of_the_process_is_left_alone(et_artifacts):
 
 
 def test_backend_outputs_are_copies_and_calls_are_serialised(et_artifacts):
-    _, art, _, _ = _get(et_artifacts, ("delta", "xnnpack", None))
+    _, art, _, _ = _get(et_artifacts, ("delta", FP32))
     backend = InfiniSession.open(art).backend
     rng = np.random.default_rng(4)
     state = [np.zeros(e.concrete_shape(2), np.float32) for e in backend.manifest.state]
@@ -315,7 +319,7 @@ def test_backend_outputs_are_copies_and_calls_are_serialised(et_artifacts):
 
 
 def test_batch_above_the_programs_bound(et_artifacts, tmp_path):
-    _, art, manifest, _ = _get(et_artifacts, ("delta", "xnnpack", None))
+    _, art, manifest, _ = _get(et_artifacts, ("delta", FP32))
     s = InfiniSession.open(art)
     backend = s.backend
     assert backend.max_batch == manifest["batch"]["max"] == 64
@@ -362,7 +366,7 @@ def _rehash(art):
 
 
 def test_truncated_or_corrupt_pte_is_refused(et_artifacts, tmp_path):
-    _, art, _, _ = _get(et_artifacts, ("delta", "xnnpack", None))
+    _, art, _, _ = _get(et_artifacts, ("delta", FP32))
     for name, cut in (("half", 0.5), ("header", 0.001), ("tail", 0.98)):
         bad = _copy(art, tmp_path / name)
         data = (bad / "model.pte").read_bytes()
@@ -392,7 +396,7 @@ def test_truncated_or_corrupt_pte_is_refused(et_artifacts, tmp_path):
 @pytest.mark.parametrize("other", [{"n_layers": 3}, {"d_head": 8}, {"segment_len": 32}])
 def test_manifest_of_another_model_is_refused(et_artifacts, tmp_path, other):
     """A manifest written for another model beside this .pte (hashes made to match): the loader's I/O check."""
-    _, art, _, _ = _get(et_artifacts, ("delta", "xnnpack", None))
+    _, art, _, _ = _get(et_artifacts, ("delta", FP32))
     bad = _copy(art, tmp_path / "bad")
     other_model = make_model("delta", **other)
     man = build_manifest(other_model, other_model.step_spec(), backend="executorch",
@@ -404,7 +408,7 @@ def test_manifest_of_another_model_is_refused(et_artifacts, tmp_path, other):
 
 
 def test_manifest_program_problems(et_artifacts, tmp_path):
-    _, art, _, _ = _get(et_artifacts, ("delta", "xnnpack", None))
+    _, art, _, _ = _get(et_artifacts, ("delta", FP32))
     for change, err, match in ((lambda p: p.update(format="onnx"), ManifestError, "runs 'pte'"),
                                (lambda p: p.update(method="decode"), ArtifactError, "decode")):
         bad = _copy(art, tmp_path / err.__name__)
@@ -423,7 +427,7 @@ def test_manifest_program_problems(et_artifacts, tmp_path):
 def test_numpy_engine_matches_pybindings(et_artifacts):
     """The torch-free engine (executorch-numpy-runtime, where installed: Python >= 3.12) gives the same numbers."""
     pytest.importorskip("executorch_numpy_runtime")
-    for job in (("delta", "xnnpack", None), ("delta", "none", None), ("delta", "xnnpack", "int8")):
+    for job in (("delta", FP32), ("delta", PORTABLE), ("delta", INT8)):
         _, art, _, _ = _get(et_artifacts, job)
         ids = np.random.default_rng(9).integers(0, 256, 300)
         a, b = InfiniSession.open(art, engine="pybindings"), InfiniSession.open(art, engine="numpy")
@@ -435,7 +439,7 @@ def test_numpy_engine_matches_pybindings(et_artifacts):
 
 def test_runtime_package_stays_torch_free(et_artifacts):
     """Importing the runtime (and this backend's module) never imports torch; opening a .pte says what it needs."""
-    _, art, _, _ = _get(et_artifacts, ("delta", "xnnpack", None))
+    _, art, _, _ = _get(et_artifacts, ("delta", FP32))
     code = f"""
 import sys
 sys.modules['torch'] = None  # any 'import torch' now fails

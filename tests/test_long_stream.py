@@ -1,22 +1,12 @@
 """CI's version of the very-long-stream run: 200K tokens, eager vs ONNX side by side."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-
-def _load():
-    path = Path(__file__).resolve().parent.parent / "scripts" / "long_stream.py"
-    spec = importlib.util.spec_from_file_location("long_stream", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from infini_cli.bench.long_stream import run
 
 
 @pytest.mark.parametrize("update", ["linear", "delta"])
 def test_200k_tokens_stay_finite_and_in_parity(update, tmp_path):
-    result = _load().run(200_000, segment_len=128, update=update, points=12, artifact_dir=str(tmp_path),
-                         progress=False)
+    result = run(200_000, segment_len=128, update=update, points=12, artifact_dir=str(tmp_path), progress=False)
     assert result["finite"]
     assert result["parity_ok"], result["final"]
     assert result["final"]["top1_agree"] >= 0.99

@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 
-from exporters.pipeline import export_artifact
+from exporters.variants import get_variant
 from infini_export import InfiniConfig, InfiniTransformer
 
 pytestmark = pytest.mark.slow
@@ -24,12 +24,12 @@ def model():
 def test_base_32k_one_layer_float32_and_int4(model, tmp_path):
     cfg = model.cfg
     assert (cfg.vocab_size, cfg.d_model, cfg.segment_len) == (32000, 768, 2048)
-    fp32, report = export_artifact(model, tmp_path / "fp32", "onnx", parity_segments=2, progress=False, log=None)
+    fp32, report = get_variant("onnx-fp32").export(model, tmp_path / "fp32", parity_segments=2, progress=False, log=None)
     assert report.passed, report.failures[:5]
     assert report.summary["top1"] == 1.0 and report.summary["state_max_rel"] < 1e-4
     # one segment: the state wiring (checked from two segments on) was just checked on the float32 graph
-    int4, report4 = export_artifact(model, tmp_path / "int4", "onnx", quantize="int4", parity_segments=1,
-                                    progress=False, log=None)
+    int4, report4 = get_variant("onnx-int4").export(model, tmp_path / "int4", parity_segments=1, progress=False,
+                                                    log=None)
     assert report4.passed, report4.failures[:5]  # within the measured int4 tolerance, at real shapes
     graph = onnx.load(str(tmp_path / "int4" / "model.onnx")).graph
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]

@@ -21,8 +21,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 VERSION = 5  # bump when what is written changes
 TEXT_PROMPT = "There is an important info hidden inside a lot of irrelevant text. The grass is green. The sky is"
@@ -33,7 +31,7 @@ def export_tiny(out: Path) -> Path:
     import torch
 
     from infini_export import InfiniConfig, InfiniTransformer
-    from export_artifact import export  # beside this file
+    from export_artifact import export  # beside this file (the script's folder is first on sys.path)
 
     art = out / "tiny"
     if (art / "manifest.json").is_file():
@@ -50,7 +48,7 @@ def export_small(art: Path) -> Path:
     if (art / "manifest.json").is_file():
         return art
     from infini_export.checkpoint import load_checkpoint
-    from export_artifact import export  # beside this file
+    from export_artifact import export  # beside this file (the script's folder is first on sys.path)
 
     return export(load_checkpoint(ROOT / "models" / "passkey-small"), art)
 

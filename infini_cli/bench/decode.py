@@ -14,17 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.atomic import atomic_write
+from runtime.measure import current_rss_mb, peak_rss_mb
 
-def copy_bandwidth(nbytes: int = 256 << 20, reps: int = 5) -> float:
-    """Bytes/s of a large numpy copy (read + write counted once each: 2 * nbytes per copy)."""
-    src = np.ones(nbytes // 4, dtype=np.float32)
-    dst = np.empty_like(src)
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - t)
-    return 2 * nbytes / best
+from .machine import copy_bandwidth
 
 
 def _decode_ms(session, n: int, seed: int) -> list[float]:
@@ -128,11 +121,13 @@ def plot(results: list[dict], path: Path) -> None:
         axes[1].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def write(results: list[dict], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "bench_decode.json").write_text(json.dumps(results, indent=1) + "\n")
+    text = json.dumps(results, indent=1) + "\n"
+    atomic_write(out_dir / "bench_decode.json", lambda f: f.write(text.encode()))
     plot(results, out_dir / "bench_decode.png")
 
 
@@ -146,9 +141,8 @@ def lucidrains_comparison(out_dir: Path, new_tokens: int = 128, rounds: int = 2,
     from infini_transformer_pytorch import InfiniTransformer, InfiniTransformerWrapper
 
     from exporters.pipeline import export_artifact
+    from infini_export.adapters.lucidrains import LucidrainsStep
     from runtime.session import InfiniSession
-
-    from .adapters.lucidrains import LucidrainsStep
 
     os.environ.setdefault("TQDM_DISABLE", "1")  # their generate draws a progress bar per token
     torch.set_num_threads(threads)
@@ -182,14 +176,8 @@ def sharing_child(artifact: Path, share: bool) -> dict:
     graphs' weights shared (one mapping) or loaded by each graph."""
     from runtime.session import InfiniSession
 
-    from .streaming import peak_rss_mb
-
-    def rss_mb() -> float:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS"))
-
     s = InfiniSession.open(artifact, share_weights=share)
-    opened = rss_mb()
+    opened = current_rss_mb()
     N, V = s.segment_len, s.vocab_size
     ids = np.random.default_rng(0).integers(0, V, 2 * N + 5, dtype=np.int64)
     s.stream(ids[:N])

@@ -1,0 +1,3 @@
+"""Benchmarks as a library: machine limits, FLOP counts, export cache, side-by-side runner, memory runs,
+targets, plots and tables (``run``), and token-level decode speed (``decode``). ``scripts/bench*.py`` are
+their command lines. Importing this package starts nothing and imports no numerical library."""

@@ -1,0 +1,26 @@
+"""Model FLOPs per token: what the exported step graph computes."""
+from __future__ import annotations
+
+
+def flops_per_token(cfg) -> dict:
+    """Multiply-adds x 2 of what the exported graph computes per token (matmuls; elementwise not counted).
+
+    Local attention is counted over the full N x N score matrix (the graph computes every score and masks
+    half), the memory read is sigma(q) M and sigma(q) z, the delta rule adds sigma(k) M and sigma(k) z, and
+    the write is sigma(k)^T (v - v_old), all per head. Embedding lookup: 0.
+    """
+    d, L, H, dh, ff, N, V = cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_head, cfg.d_ff, cfg.segment_len, cfg.vocab_size
+    inner = H * dh
+    per_layer = {
+        "qkvo_projections": 2 * d * inner * 4,
+        "swiglu_ffn": 2 * 3 * d * ff,
+        "local_attention_NxN": 2 * 2 * N * dh * H,
+        "memory_read": H * (2 * dh * dh + 2 * dh),
+        "memory_update": H * ((2 * dh * dh + 2 * dh) if cfg.update == "delta" else 0) + H * 2 * dh * dh,
+    }
+    breakdown = {k: v * L for k, v in per_layer.items()}
+    breakdown["lm_head"] = 2 * d * V
+    total = sum(breakdown.values())
+    # elementwise work (norms, RoPE, softmax exp/sum, sigma, gates), not in the MFU count, for scale
+    elementwise = L * (H * N * 5 + inner * 14 + d * 8 + ff * 4)
+    return {"total": total, "breakdown": breakdown, "elementwise_not_counted": elementwise}

@@ -1,0 +1,62 @@
+"""Real-size exports (random weights): export time, peak RSS, file and weight sizes and, for ExecuTorch, the
+planned memory of every method; each export in a process of its own under an address-space limit."""
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+
+from runtime.measure import peak_rss_mb
+
+from .proc import WORKER, log, run_json
+
+
+def export_preset(preset: str, variant: str, out_dir: str | Path, parity_segments: int = 2,
+                  n_layers: int | None = None) -> dict:
+    """Export ``preset`` (random weights, seed 0) as ``variant`` in this process; what it cost and produced.
+
+    ExecuTorch variants are planned for batch 1 (the command line's default)."""
+    import torch
+
+    from exporters.pipeline import DEFAULT_MAX_BATCH
+    from exporters.variants import get_variant
+    from infini_export import InfiniConfig, InfiniTransformer
+
+    v = get_variant(variant)
+    torch.manual_seed(0)
+    model = InfiniTransformer(InfiniConfig.from_name(preset, **({"n_layers": n_layers} if n_layers else {}))).eval()
+    t0 = time.perf_counter()
+    try:
+        manifest, report = v.export(model, out_dir, parity_segments=parity_segments,
+                                    max_batch=DEFAULT_MAX_BATCH[v.format], progress=False, log=None)
+    except MemoryError:
+        return {"error": "MemoryError: over the address-space limit", "peak_rss_mb": round(peak_rss_mb())}
+    return {"seconds_with_parity": round(time.perf_counter() - t0, 1),
+            "export_seconds": manifest["exporter"].get("export_seconds"), "parameters": model.num_parameters(),
+            "files": {k: f["bytes"] for k, f in manifest["files"].items()}, "memory": manifest.get("memory"),
+            "max_batch": manifest["batch"]["max"], "peak_rss_mb": round(peak_rss_mb()),
+            "parity": {"passed": report.passed, "segments": parity_segments, **report.summary}}
+
+
+def measure(preset: str, variant: str, work: str | Path, parity_segments: int = 2, n_layers: int | None = None,
+            limit_gb: float = 10.0) -> dict:
+    """``export_preset`` in a worker process limited to ``limit_gb`` of address space, with its wall and CPU
+    time; a failed export is a row with ``error``."""
+    out_dir = Path(work) / f"{preset}-{variant}"
+    cmd = [*WORKER, "real-size", "--preset", preset, "--variant", variant, "--out", str(out_dir),
+           "--parity-segments", str(parity_segments)] + (["--n-layers", str(n_layers)] if n_layers else [])
+    log(f"{variant}: {' '.join(cmd[1:])}")
+    t0, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    res = run_json(cmd, timeout=None, limit_gb=limit_gb)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    row = {"wall_seconds": round(time.perf_counter() - t0, 1),
+           "cpu_seconds": round(usage.ru_utime + usage.ru_stime - before.ru_utime - before.ru_stime, 1),
+           "limit_gb": limit_gb}
+    if res.get("status") != "ok":
+        row["error"] = res.get("error")
+    res.pop("status", None)
+    res.pop("process_seconds", None)
+    return {**row, **res}
+
+
+__all__ = ["export_preset", "measure"]
