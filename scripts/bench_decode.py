@@ -43,7 +43,7 @@ def main() -> int:
         from exporters.pipeline import export_unchecked
         arts.append(export_unchecked(preset, Path(args.cache) / (args.name[i] if i < len(args.name) else preset)))
     if args.positions or args.context_segments:
-        from infini_cli import bench_decode_positions as bp
+        from infini_cli.bench import decode_positions as bp
         out = {"threads": args.threads}
         if args.positions:
             out["positions"] = bp.positions(arts, [int(x) for x in args.positions.split(",")], tokens=args.new_tokens,

@@ -18,16 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from infini_export.bench_decode import _decode_ms as _ms_per_token  # per-token wall times of a greedy generation
+from runtime.measure import current_rss_mb
+
+from .decode import _decode_ms as _ms_per_token  # per-token wall times of a greedy generation
+from .decode import _state_bytes
 
 
 def _tokens(n: int, vocab: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, vocab, n, dtype=np.int64)
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS"))
 
 
 def positions(artifacts: list[Path], spots: list[int], *, tokens: int = 8, rounds: int = 3,
@@ -90,8 +88,8 @@ def contexts(artifact: Path, segments: list[int], *, at: int = 1024, real_limit:
             ms[S] += _ms_per_token(f.fork(), tokens, r)
     out = [{"context": S * N + at, "segments": S, "position": at, "state": how, "seconds_to_build": secs,
             "layer0_norms": norms, "decode_ms_median": float(np.median(ms[S])),
-            "state_bytes": int(sum(a.nbytes for a in f._state) + sum(c.nbytes for c in f._cache))}
+            "state_bytes": _state_bytes(f)}
            for S, f, how, secs, norms in built]
     for o in out:
         log(f"context {o['context']:,}: {o['decode_ms_median']:.1f} ms/token ({o['state']})")
-    return out + [{"rss_mb_after": _rss_mb()}]
+    return out + [{"rss_mb_after": current_rss_mb()}]
