@@ -1,17 +1,19 @@
 """ONNX export of the segment step (torch.onnx dynamo path + onnxscript optimizer)."""
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from pathlib import Path
 
 import onnx
 import torch
+from onnx_ir.passes.common import CommonSubexpressionEliminationPass, RemoveUnusedNodesPass
 
 from infini_export.protocol import FlatDecode, FlatStep, FlatStepLast, check_protocol, has_decode, has_step_last
 
 from .artifact import build_manifest
-from .onnx_fusions import FUSED_OPSET, fuse
+from .onnx_fusions import FUSED_OPSET, cache_attention_translation, fuse
 from .onnx_weights import write_shared
 from .quantize import DEFAULT_BLOCK_SIZE, check_int4_shapes, check_quantize, quantize_onnx_int4
 
@@ -41,13 +43,25 @@ def _quantize_int8(src: Path, dst: Path) -> list[str]:
 
 
 def _trace(flat: torch.nn.Module, example: tuple, input_names: list, output_names: list, dynamic: dict,
-           verbose: bool) -> tuple[onnx.ModelProto, list]:
+           verbose: bool, translations: dict | None = None) -> tuple[onnx.ModelProto, list]:
     """torch.onnx (dynamo) + the onnxscript optimizer + our fusions -> a checked ModelProto."""
     with torch.no_grad():
         program = torch.onnx.export(flat, example, dynamo=True, input_names=input_names, output_names=output_names,
-                                    dynamic_shapes=dynamic, opset_version=FUSED_OPSET, optimize=True, verbose=verbose)
+                                    dynamic_shapes=dynamic, opset_version=FUSED_OPSET, optimize=True, verbose=verbose,
+                                    custom_translation_table=translations)
     fusions = fuse(program.model)  # the model's XNNPACK-friendly RMSNorm back to one ONNX op per norm
+    if translations:  # each layer's op computes the same sequence lengths from the position: once is enough
+        CommonSubexpressionEliminationPass()(program.model)
+        RemoveUnusedNodesPass()(program.model)
+        fusions["GroupQueryAttention"] = sum(n.op_type == "GroupQueryAttention" for n in program.model.graph)
     return program.model_proto, fusions
+
+
+def _fused_decode(module: torch.nn.Module):
+    """The module's ``cache_attention_op`` context (the decode program's local attention as one op that
+    onnxruntime runs as ``GroupQueryAttention`` on the valid cache rows, in place), or a null context."""
+    ctx = getattr(module, "cache_attention_op", None)
+    return ctx() if ctx is not None else contextlib.nullcontext()
 
 
 def _quantized(model: onnx.ModelProto, quantize: str | None, tmp: Path, name: str, module: torch.nn.Module,
@@ -73,8 +87,12 @@ def export_onnx(module: torch.nn.Module, out_dir: str | Path, *, quantize: str |
     check_quantize(quantize, block_size)
     if quantize == "int4":
         check_int4_shapes(module, block_size)
+    with _fused_decode(module):  # the decode program and its manifest entries see the fused form
+        return _export(module, Path(out_dir), quantize, max_batch, verbose, block_size)
+
+
+def _export(module, out_dir: Path, quantize, max_batch: int, verbose: bool, block_size: int) -> dict:
     spec = check_protocol(module)
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     flat = FlatStep(module).eval()
@@ -87,9 +105,10 @@ def export_onnx(module: torch.nn.Module, out_dir: str | Path, *, quantize: str |
                                                          spec.output_names(), last.dynamic_shapes(max_batch), verbose)
     if has_decode(module):
         dec = FlatDecode(module).eval()
+        whole = dec.spec.cache_output == "whole"
         models[DECODE_FILE], fusions["decode"] = _trace(dec, dec.example_inputs(2), dec.spec.input_names(),
                                                         dec.spec.output_names(), dec.dynamic_shapes(max(max_batch, 2)),
-                                                        verbose)
+                                                        verbose, cache_attention_translation() if whole else None)
     quantized = 0
     with tempfile.TemporaryDirectory() as tmp:
         for name in list(models):

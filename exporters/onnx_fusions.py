@@ -55,3 +55,45 @@ def fuse(model: ir.Model) -> dict[str, int]:
     counts = {"RMSNormalization": RULES.apply_to_model(model)}
     RemoveUnusedNodesPass()(model)  # the mean columns and epsilons the fused nodes no longer read
     return counts
+
+
+# ---- the decode program's local attention: onnxruntime's GroupQueryAttention ---------------------------------------
+def _gqa_schema():
+    """onnxruntime's ``com.microsoft::GroupQueryAttention`` (the inputs and attributes used here), for onnxscript:
+    the contrib ops' schemas live in onnxruntime, not in the ``onnx`` package."""
+    from onnx.defs import OpSchema
+
+    P, A, opt = OpSchema.FormalParameter, OpSchema.Attribute, OpSchema.FormalParameterOption.Optional
+    ins = [P("query", "T"), P("key", "T", param_option=opt), P("value", "T", param_option=opt),
+           P("past_key", "T", param_option=opt), P("past_value", "T", param_option=opt), P("seqlens_k", "M"),
+           P("total_sequence_length", "M"), P("cos_cache", "T", param_option=opt),
+           P("sin_cache", "T", param_option=opt)]
+    outs = [P("output", "T"), P("present_key", "T"), P("present_value", "T")]
+    attrs = [A("num_heads", OpSchema.AttrType.INT, ""), A("kv_num_heads", OpSchema.AttrType.INT, ""),
+             A("scale", OpSchema.AttrType.FLOAT, ""), A("do_rotary", OpSchema.AttrType.INT, ""),
+             A("rotary_interleaved", OpSchema.AttrType.INT, "")]
+    return OpSchema("GroupQueryAttention", "com.microsoft", 1, inputs=ins, outputs=outs,
+                    type_constraints=[("T", ["tensor(float)"], ""), ("M", ["tensor(int32)"], "")], attributes=attrs)
+
+
+def cache_attention_translation():
+    """``{infini::cache_attention: its ONNX}`` for ``torch.onnx.export(custom_translation_table=...)``: one
+    ``GroupQueryAttention`` per layer (RoPE inside, over the ``position + T`` valid rows; the present caches are the
+    past ones with the T new rows written at ``position``, in place when a runtime binds them to the same buffers)."""
+    import torch
+    from onnxscript import opset23 as op
+    from onnxscript.values import Op, Opset
+
+    import infini_export.model  # noqa: F401  (registers the op)
+
+    gqa = Op(Opset("com.microsoft", 1), "GroupQueryAttention", _gqa_schema())
+
+    def cache_attention(q, k, v, key_cache, value_cache, last, cos, sin):
+        heads, dh = key_cache.shape[1], key_cache.shape[3]
+        total = op.Add(op.ReduceMax(last, keepdims=0), op.CastLike(op.Constant(value_int=1), last))  # () int32: p + T
+        start, end, axis = op.Constant(value_ints=[0]), op.Constant(value_ints=[dh // 2]), op.Constant(value_ints=[1])
+        cos_half, sin_half = op.Slice(cos, start, end, axis), op.Slice(sin, start, end, axis)  # (N, dh/2)
+        return gqa(q, k, v, key_cache, value_cache, last, total, cos_half, sin_half, num_heads=heads,
+                   kv_num_heads=heads, scale=float(dh) ** -0.5, do_rotary=1, rotary_interleaved=0)
+
+    return {torch.ops.infini.cache_attention.default: cache_attention}

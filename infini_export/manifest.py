@@ -54,15 +54,16 @@ def decode_entries(dspec, program: dict, vocab_size: int, batch_symbol: str = "b
     outputs = [{"name": outs[0], "role": "logits", "dtype": logits_dtype,
                 "shape": [batch_symbol, "tokens", vocab_size]}]
     state, cache = [], []
+    whole = dspec.cache_output == "whole"  # the whole caches out (role cache-out), else the rows
     for j, s in enumerate(dspec.state + dspec.cache):
         is_state = j < n
         i_name, o_name = ins[2 + j], outs[1 + j]
         shape = _shape(s.shape, batch_symbol)
-        row_shape = shape if is_state else shape[:2] + ["tokens"] + shape[3:]
+        row_shape = shape if is_state or whole else shape[:2] + ["tokens"] + shape[3:]
         inputs.append({"name": i_name, "role": "state-in" if is_state else "cache-in", "dtype": s.dtype,
                        "shape": shape})
-        outputs.append({"name": o_name, "role": "state-out" if is_state else "cache-rows", "dtype": s.dtype,
-                        "shape": row_shape})
+        outputs.append({"name": o_name, "role": "state-out" if is_state else "cache-out" if whole else "cache-rows",
+                        "dtype": s.dtype, "shape": row_shape})
         entry = {"name": s.name, "input": i_name, "output": o_name, "dtype": s.dtype, "shape": shape}
         (state if is_state else cache).append(entry if is_state else {**entry, "axis": 2})
     return {"program": program, "max_tokens": dspec.max_tokens,

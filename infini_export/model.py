@@ -4,6 +4,7 @@ Equation numbers follow Munkhdalai et al. 2024 (arXiv 2404.07143v2), summarised 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -60,6 +61,39 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rot_t: torch.Ten
     return x * cos + F.linear(x, rot_t) * sin  # x @ R: (B, H, T, dh)
 
 
+@torch.library.custom_op("infini::cache_attention", mutates_args=())
+def cache_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_cache: torch.Tensor,
+                    value_cache: torch.Tensor, last: torch.Tensor, cos: torch.Tensor,
+                    sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Local causal attention of T tokens at positions p..p+T-1 of a segment over the cached rows 0..p-1 and
+    themselves, as one op (the ONNX exporter maps it to onnxruntime's ``GroupQueryAttention``, which reads only the
+    p + T valid rows and writes the new ones in place).
+
+    q, k, v (B, T, H*dh), un-rotated (RoPE from the full-width ``cos``/``sin`` tables (N, dh) is applied here);
+    caches (B, H, N, dh); last (B,) int32: p + T - 1, the last row written (the same for every batch row). Returns (out (B, T, H*dh), key cache, value cache): the caches with
+    the rotated keys / values of the T tokens written at ``[:, :, p:p+T]``, every other row as given."""
+    B, T, _ = q.shape
+    H, N, dh = key_cache.shape[1], key_cache.shape[2], key_cache.shape[3]
+    p = int(last[0]) - T + 1
+    c, s = cos[p:p + T], sin[p:p + T]  # (T, dh)
+
+    def heads(x, rotate):
+        x = x.view(B, T, H, dh).transpose(1, 2)  # (B, H, T, dh)
+        return x * c + torch.cat([-x[..., dh // 2:], x[..., :dh // 2]], dim=-1) * s if rotate else x
+
+    key, value = key_cache.clone(), value_cache.clone()
+    key[:, :, p:p + T], value[:, :, p:p + T] = heads(k, True), heads(v, False)
+    scores = heads(q, True) @ key[:, :, :p + T].transpose(-1, -2) * (1.0 / math.sqrt(dh))  # (B, H, T, p + T)
+    causal = torch.full((T, p + T), float("-inf"), dtype=q.dtype, device=q.device).triu(p + 1)
+    out = torch.softmax(scores + causal, dim=-1) @ value[:, :, :p + T]  # (B, H, T, dh)
+    return out.transpose(1, 2).reshape(B, T, H * dh), key, value
+
+
+@cache_attention.register_fake
+def _(q, k, v, key_cache, value_cache, last, cos, sin):
+    return torch.empty_like(q), torch.empty_like(key_cache), torch.empty_like(value_cache)
+
+
 class InfiniAttention(nn.Module):
     """Multi-head Infini-attention: local causal softmax attention + compressive memory."""
 
@@ -76,12 +110,11 @@ class InfiniAttention(nn.Module):
         self.beta = nn.Parameter(torch.zeros(cfg.n_heads))
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        B, T, _ = x.shape
-        H, dh = self.n_heads, self.d_head
-        q = self.wq(x).view(B, T, H, dh).transpose(1, 2)  # (B, H, T, dk)
-        k = self.wk(x).view(B, T, H, dh).transpose(1, 2)  # (B, H, T, dk)
-        v = self.wv(x).view(B, T, H, dh).transpose(1, 2)  # (B, H, T, dv)
-        return q, k, v
+        return self._heads(self.wq(x)), self._heads(self.wk(x)), self._heads(self.wv(x))  # (B, H, T, dh) each
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        B, T, _ = t.shape
+        return t.view(B, T, self.n_heads, self.d_head).transpose(1, 2)  # (B, T, H*dh) -> (B, H, T, dh)
 
     def _memory(self, q, k, v, M, z, ones):
         """Read of the memory left by earlier segments, and this chunk's write to it (not yet added).
@@ -125,17 +158,24 @@ class InfiniAttention(nn.Module):
         return self._mix(a_mem, a_dot, x.dtype), LayerMemory(mem.memory + dM, mem.norm + dz)  # eq 8 / eq 9
 
     def decode(self, x: torch.Tensor, position: torch.Tensor, st: LayerDecodeState, cache: LayerCache,
-               cos: torch.Tensor, sin: torch.Tensor, rot_t: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor):
+               cos: torch.Tensor, sin: torch.Tensor, rot_t: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor,
+               last: torch.Tensor | None = None):
         """T tokens at positions p..p+T-1 of the current segment, p = ``position`` (1,): the same numbers as
-        those positions of ``forward`` on the whole segment. Returns (out, new state, the T new cache rows)."""
+        those positions of ``forward`` on the whole segment. Returns (out, new state, the T new cache rows), or
+        given ``last`` ((B,) int32 p + T - 1: the local attention as one ``cache_attention`` op) the whole caches
+        with those rows in."""
         T, N = x.shape[1], cos.shape[0]
-        q, k, v = self._project(x)
+        lin = self.wq(x), self.wk(x), self.wv(x)  # (B, T, H*dh)
+        q, k, v = (self._heads(t) for t in lin)  # (B, H, T, dh)
         a_mem, dM, dz = self._memory(q, k, v, st.memory, st.norm, None)  # every token reads M_{s-1}
         pend_M, pend_z = st.pending_memory + dM, st.pending_norm + dz  # the segment's write so far
         # at the segment's end fold the write in (eq 8 / eq 9) and start the next one empty: arithmetic, no branch
         fold = (position + T == N).to(pend_M.dtype)  # (1,): 1.0 on the segment's last chunk
         new = LayerDecodeState(st.memory + fold * pend_M, st.norm + fold * pend_z,
                                pend_M - fold * pend_M, pend_z - fold * pend_z)
+        if last is not None:
+            out, key, value = cache_attention(*lin, cache.key, cache.value, last, cos, sin)  # (B, T, H*dh)
+            return self._mix(a_mem, self._heads(out), x.dtype), new, LayerCache(key, value)
         # local path: the cached rows 0..p-1 of this segment, then the chunk itself, causally
         pos = position + torch.arange(T, device=x.device)  # (T,)
         cos_p, sin_p = cos.index_select(0, pos), sin.index_select(0, pos)  # (T, dh)
@@ -172,8 +212,8 @@ class Block(nn.Module):
         h, new_mem = self.attn(self.attn_norm(x), mem, cos, sin, rot_t, mask, ones)
         return self._ffn(x + h), new_mem
 
-    def decode(self, x, position, st, cache, cos, sin, rot_t, mask, slots):
-        h, new_st, rows = self.attn.decode(self.attn_norm(x), position, st, cache, cos, sin, rot_t, mask, slots)
+    def decode(self, x, position, st, cache, cos, sin, rot_t, mask, slots, last=None):
+        h, new_st, rows = self.attn.decode(self.attn_norm(x), position, st, cache, cos, sin, rot_t, mask, slots, last)
         return self._ffn(x + h), new_st, rows
 
     def _ffn(self, x):
@@ -203,6 +243,7 @@ class InfiniTransformer(nn.Module):
         causal = torch.full((N, N), float("-inf")).triu(1)  # (N, N)
         self.register_buffer("causal_mask", causal, persistent=False)
         self.register_buffer("cache_slots", torch.arange(N), persistent=False)  # (N,): decode's visible slots
+        self._fused_decode = False  # see ``cache_attention_op``
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -271,7 +312,20 @@ class InfiniTransformer(nn.Module):
         cfg = self.cfg
         cache_dtype = str(self.embed.weight.dtype).replace("torch.", "")
         state, cache = layer_decode_specs(cfg.n_layers, cfg.n_heads, cfg.d_head, cfg.segment_len, cache_dtype)
-        return DecodeSpec(cfg.segment_len, state, cache)
+        return DecodeSpec(cfg.segment_len, state, cache, "whole" if self._fused_decode else "rows")
+
+    @contextlib.contextmanager
+    def cache_attention_op(self):
+        """While active (and the weights are float32), ``decode`` runs each layer's local attention as one
+        ``infini::cache_attention`` op and returns the whole caches with the new rows written in (the spec's
+        ``cache_output == "whole"``), which the ONNX exporter maps to onnxruntime's ``GroupQueryAttention``
+        that updates a cache in place. Everything else is the same program."""
+        before = self._fused_decode
+        self._fused_decode = self.embed.weight.dtype == torch.float32
+        try:
+            yield
+        finally:
+            self._fused_decode = before
 
     def init_decode_state(self, batch_size: int, device=None) -> tuple[tuple[LayerDecodeState, ...], tuple[LayerCache, ...]]:
         """The decode state at the start of a segment (zero pending write) and an empty cache."""
@@ -302,8 +356,10 @@ class InfiniTransformer(nn.Module):
         x = self.embed(input_ids)  # (B, T, D)
         new_state, rows = [], []
         consts = (self.rope_cos, self.rope_sin, self.rope_rot_t, self.causal_mask, self.cache_slots)
+        B, T = input_ids.shape  # the fused form's last valid row, once for every layer
+        last = (position + (T - 1)).to(torch.int32).expand(B) if self._fused_decode else None
         for block, st, c in zip(self.blocks, state, cache):
-            x, st, r = block.decode(x, position, st, c, *consts)
+            x, st, r = block.decode(x, position, st, c, *consts, last)
             new_state.append(st)
             rows.append(r)
         return self.lm_head(self.norm(x)), tuple(new_state), tuple(rows)

@@ -98,6 +98,9 @@ class DecodeSpec:
     max_tokens: int
     state: tuple[StateTensorSpec, ...]
     cache: tuple[StateTensorSpec, ...]
+    # "rows": the cache outputs are the T new rows (B, H, T, dh); "whole": the whole caches (B, H, N, dh) with those
+    # rows written at [:, :, p:p+T] and every other row as given (a runtime may bind them to the inputs' buffers)
+    cache_output: str = "rows"
 
     def input_names(self) -> list[str]:
         return [INPUT_IDS, POSITION] + [past_name(s.name) for s in self.state + self.cache]

@@ -56,7 +56,14 @@ class DecodeInfo:
     inputs: list  # graph inputs in positional order (name, role, dtype, shape)
     outputs: list  # graph outputs in positional order
     state: list  # StateEntry per state tensor (memory.i, norm.i as in the segment state, then the pending write)
-    cache: list  # StateEntry per cache tensor (B, H, N, dh); its output is the chunk's rows, axis 2
+    cache: list  # StateEntry per cache tensor (B, H, N, dh); its output is the chunk's rows, axis 2, or the whole cache
+
+    @property
+    def cache_in_place(self) -> bool:
+        """Whether the cache outputs are the whole caches (role ``cache-out``: the inputs with the chunk's rows
+        written at its position), which a runtime binds to the inputs' buffers, rather than the chunk's rows."""
+        return bool(self.cache) and any(io["name"] == self.cache[0].output and io.get("role") == "cache-out"
+                                        for io in self.outputs)
 
     @property
     def input_names(self) -> list[str]:

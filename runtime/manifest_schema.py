@@ -189,7 +189,7 @@ def _decode_ios(where: str, value, first: tuple) -> list[dict]:
 
 def _check_decode(dec, files: dict, seg: int, vocab: int, segment_names: list) -> None:
     """The decode section: I/O in the order a runtime feeds it (ids, position, state, cache; logits, state, cache
-    rows), entries that point at that I/O, the segment state's names among the decode state's."""
+    rows or whole caches), entries that point at that I/O, the segment state's names among the decode state's."""
     _typed("decode", dec, dict)
     _program_ref("decode.program", dec.get("program"), files)
     if dec.get("max_tokens") != seg:
@@ -205,10 +205,12 @@ def _check_decode(dec, files: dict, seg: int, vocab: int, segment_names: list) -
     if len(inputs) != 2 + len(state) + len(cache) or len(outputs) != 1 + len(state) + len(cache):
         raise ManifestError(f"manifest decode section lists {len(state)} state and {len(cache)} cache tensors for "
                             f"{len(inputs)} inputs and {len(outputs)} outputs; expected 2 + and 1 + their number")
+    # the cache outputs: every one the chunk's rows (cache-rows) or every one the whole cache (cache-out)
+    cache_out = "cache-out" if cache and outputs[1 + len(state)].get("role") == "cache-out" else "cache-rows"
     for kind, entries, ins, outs, roles in (("state", state, inputs[2:2 + len(state)], outputs[1:1 + len(state)],
                                              ("state-in", "state-out")),
                                             ("cache", cache, inputs[2 + len(state):], outputs[1 + len(state):],
-                                             ("cache-in", "cache-rows"))):
+                                             ("cache-in", cache_out))):
         for i, (e, io_in, io_out) in enumerate(zip(entries, ins, outs)):
             at = f"decode.{kind}[{i}]"
             _typed(at, e, dict)

@@ -249,25 +249,34 @@ class InfiniSession:
         """Whole segments at a boundary through the segment step, everything else through the decode program.
 
         At most one decode call reads the cache (the first, finishing the current segment); only the last
-        call's rows are kept, written in place after every call has succeeded."""
+        call's rows are kept, written in place after every call has succeeded. A program that writes its rows
+        into the cache itself (``cache_in_place``) writes past the rows in use, except a call that starts a new
+        segment: the rows in use are copied before it and put back if a later call fails."""
         T, N = ids.shape[1], self.segment_len
         state, p, i = self._state, self.position, 0
-        kept, last, rows = [], self._last, None
-        while i < T:
-            if p == 0 and T - i >= N:
-                logits, seg = self._run(ids[:, i:i + N], self._segment_state(state), keep != "all")  # (B, N|1, V)
-                state = list(state)
-                for k, a in zip(self._seg_idx, seg):
-                    state[k] = a
-                n, rows = N, None
-            else:
-                n = min(N - p, T - i)
-                logits, state, new_rows = self._run_decode(ids[:, i:i + n], p, state)  # (B, n, V)
-                rows = (p, new_rows) if p + n < N else None
-            if keep == "all":
-                kept.append(logits)
-            last = logits[:, -1]
-            p, i = (p + n) % N, i + n
+        kept, last, rows, saved = [], self._last, None, None
+        try:
+            while i < T:
+                if p == 0 and T - i >= N:
+                    logits, seg = self._run(ids[:, i:i + N], self._segment_state(state), keep != "all")  # (B, N|1, V)
+                    state = list(state)
+                    for k, a in zip(self._seg_idx, seg):
+                        state[k] = a
+                    n, rows = N, None
+                else:
+                    n = min(N - p, T - i)
+                    if p == 0 and self.position and saved is None and self._decode.cache_in_place:
+                        saved = [c[:, :, :self.position].copy() for c in self._cache]
+                    logits, state, new_rows = self._run_decode(ids[:, i:i + n], p, state)  # (B, n, V)
+                    rows = (p, new_rows) if p + n < N else None
+                if keep == "all":
+                    kept.append(logits)
+                last = logits[:, -1]
+                p, i = (p + n) % N, i + n
+        except BaseException:
+            for c, r in zip(self._cache, saved or []):
+                c[:, :, :r.shape[2]] = r
+            raise
         # commit: nothing above touched the session
         if rows is not None:
             start, new_rows = rows

@@ -27,6 +27,14 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--contexts", default="", help="e.g. 1K,32K,1M: latency after that much context")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--positions", default="",
+                   help="e.g. 1,512,1024,1536,2040: ms/token from these in-segment positions, every artifact side by "
+                        "side, and their mean (the segment average); skips the default measurement")
+    p.add_argument("--context-segments", default="",
+                   help="e.g. 0,15,511: latency of the last artifact after that many segments + --context-at tokens "
+                        "(beyond --real-segments the state is scaled, not fed); skips the default measurement")
+    p.add_argument("--context-at", type=int, default=1024)
+    p.add_argument("--real-segments", type=int, default=64)
     p.add_argument("--lucidrains", action="store_true",
                    help="also time infini-transformer-pytorch's own generate against our decode on the same weights")
     args = p.parse_args()
@@ -34,6 +42,20 @@ def main() -> int:
     for i, preset in enumerate(args.export):
         from exporters.pipeline import export_unchecked
         arts.append(export_unchecked(preset, Path(args.cache) / (args.name[i] if i < len(args.name) else preset)))
+    if args.positions or args.context_segments:
+        from infini_cli.bench import decode_positions as bp
+        out = {"threads": args.threads}
+        if args.positions:
+            out["positions"] = bp.positions(arts, [int(x) for x in args.positions.split(",")], tokens=args.new_tokens,
+                                            rounds=args.rounds, threads=args.threads)
+        if args.context_segments:
+            out["contexts"] = bp.contexts(arts[-1], [int(x) for x in args.context_segments.split(",")],
+                                          at=args.context_at, real_limit=args.real_segments, tokens=args.new_tokens,
+                                          rounds=args.rounds, threads=args.threads)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "bench_decode_positions.json").write_text(json.dumps(out, indent=1) + "\n")
+        print(json.dumps(out))
+        return 0
     contexts = [parse_length(c) for c in args.contexts.split(",") if c]
     results = [measure(a, new_tokens=args.new_tokens, rerun_tokens=args.rerun_tokens, rounds=args.rounds,
                        contexts=contexts, threads=args.threads) for a in arts]

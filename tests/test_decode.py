@@ -260,3 +260,56 @@ def test_shared_weights_table_is_checked(onnx_artifacts, tmp_path):
     (bad / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(ArtifactError, match="does not fit"):
         InfiniSession.open(bad)
+
+
+def test_in_place_cache_program_writes_only_the_new_rows(onnx_artifacts):
+    """The ONNX decode program returns whole caches that the backend binds to the caller's buffers: after a call of
+    T tokens at position p the rows before p are untouched, rows p..p+T-1 are the eager ones, and a batch of
+    several tokens (run row by row: GroupQueryAttention's limit) matches eager."""
+    model, art = onnx_artifacts["delta"]
+    s = InfiniSession.open(art)
+    dec = s.manifest.decode
+    assert dec.cache_in_place
+    eager = EagerBackend(model)
+    rng = np.random.default_rng(7)
+    state = [rng.standard_normal(e.concrete_shape(2)).astype(np.float32) * 0.1 for e in dec.state]
+    cache = [rng.standard_normal(e.concrete_shape(2)).astype(np.float32) for e in dec.cache]
+    before = [c.copy() for c in cache]
+    ids = rng.integers(0, 256, (2, 3))
+    logits, new_state, rows = s.backend.run_decode(ids, 5, state, cache)
+    ref_logits, ref_state, ref_rows = eager.run_decode(ids, 5, state, before)
+    np.testing.assert_allclose(logits, ref_logits, atol=1e-5)
+    for a, b in zip(new_state, ref_state):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+    for c, old, r, ref in zip(cache, before, rows, ref_rows):
+        np.testing.assert_array_equal(c[:, :, :5], old[:, :, :5])
+        np.testing.assert_array_equal(c[:, :, 8:], old[:, :, 8:])
+        np.testing.assert_array_equal(c[:, :, 5:8], r)
+        np.testing.assert_allclose(r, ref, atol=1e-5)
+
+
+def test_failed_feed_across_a_boundary_restores_the_cache_rows_in_use(onnx_artifacts):
+    model, art = onnx_artifacts["delta"]
+    N = model.cfg.segment_len
+    s = InfiniSession.open(art)
+    s.feed(np.arange(5))
+    rows = [c[:, :, :5].copy() for c in s._cache]
+    run_decode, calls = s.backend.run_decode, []
+
+    def fail_after_writing(ids, position, state, cache):  # the new segment's call writes its rows, then fails
+        out = run_decode(ids, position, state, cache)
+        calls.append(position)
+        if position == 0:
+            raise RuntimeError("disk on fire")
+        return out
+
+    s.backend.run_decode = fail_after_writing
+    with pytest.raises(Exception, match="disk on fire"):
+        s.feed(np.arange(N))  # N - 5 tokens finish the segment, 5 start the next at position 0
+    assert calls == [5, 0] and s.position == 5
+    for c, r in zip(s._cache, rows):
+        np.testing.assert_array_equal(c[:, :, :5], r)
+    s.backend.run_decode = run_decode
+    ref = InfiniSession.open(art)
+    ref.feed(np.arange(5))
+    np.testing.assert_array_equal(s.feed(np.arange(7)), ref.feed(np.arange(7)))

@@ -72,4 +72,23 @@ def test_exported_step_has_one_rmsnorm_node_per_norm(onnx_artifacts):
     assert [i.name for i in graph.initializer if i.name not in used] == []  # nothing left behind
     exporter = json.loads((art / "manifest.json").read_text())["exporter"]
     assert exporter["opset"] == FUSED_OPSET
-    assert exporter["fusions"] == {"step": {"RMSNormalization": n_norms}, "decode": {"RMSNormalization": n_norms}}
+    assert exporter["fusions"] == {"step": {"RMSNormalization": n_norms},
+                                   "decode": {"RMSNormalization": n_norms, "GroupQueryAttention": model.cfg.n_layers}}
+
+
+def test_decode_program_reads_the_cache_through_group_query_attention(onnx_artifacts):
+    """One GroupQueryAttention per layer (RoPE inside, the cache updated in place by the runtime), and no graph
+    op left that reads all N cache slots: the masked softmax over the whole cache is gone."""
+    import json
+    model, art = onnx_artifacts["linear"]
+    graph = onnx.load(str(art / "decode.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("GroupQueryAttention") == model.cfg.n_layers
+    assert "Softmax" not in ops and "Less" not in ops and "Where" not in ops
+    gqa = next(n for n in graph.node if n.op_type == "GroupQueryAttention")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in gqa.attribute}
+    assert attrs["do_rotary"] == 1 and attrs["rotary_interleaved"] == 0 and attrs["num_heads"] == model.cfg.n_heads
+    dec = json.loads((art / "manifest.json").read_text())["decode"]
+    cache_out = [o for o in dec["outputs"] if o["role"] == "cache-out"]
+    assert [o["name"] for o in cache_out] == [c["output"] for c in dec["cache"]]
+    assert all(o["shape"] == c["shape"] for o, c in zip(cache_out, dec["cache"]))  # the whole (B, H, N, dh) cache

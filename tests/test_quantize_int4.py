@@ -98,3 +98,16 @@ def test_cli_block_size_needs_int4_and_info_of_an_onnx_artifact(int4_onnx, tmp_p
     assert "int4" in r.stdout and f"{manifest['files']['program']['bytes']:,}" in r.stdout
     state_bytes = sum(4 * int(np.prod([1 if d == "batch" else d for d in s["shape"]])) for s in manifest["state"])
     assert f"{state_bytes:,}" in r.stdout
+
+
+def test_int4_weights_are_prepacked_not_shared(int4_onnx):
+    """MatMulNBits runs on its prepacked weights (unpacked it dequantizes the whole matrix per call): the runtime
+    shares only the float weights of an int4 artifact between its graphs and leaves prepacking on."""
+    _, out, _, _ = int4_onnx
+    s = InfiniSession.open(out)
+    assert s.backend.shared_weights  # the float embedding table is still mapped once
+    for sess in (s.backend.session, s.backend.decode_session):
+        with pytest.raises(RuntimeError):  # the entry is absent: prepacking on
+            sess.get_session_options().get_session_config_entry("session.disable_prepacking")
+    ids = np.random.default_rng(0).integers(0, 256, 40)
+    np.testing.assert_array_equal(s.generate(ids, 8), InfiniSession.open(out, share_weights=False).generate(ids, 8))

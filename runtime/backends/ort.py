@@ -10,6 +10,7 @@ from ..manifest_schema import BATCH
 from .decode_check import check_decode_call
 from .ort_weights import shared_initializers
 
+_QUANTIZED = ("tensor(uint8)", "tensor(int8)")  # int4 (MatMulNBits) and int8 weights
 _ORT_TYPES = {"tensor(int64)": "int64", "tensor(float)": "float32", "tensor(float16)": "float16",
               "tensor(double)": "float64", "tensor(int32)": "int32", "tensor(int16)": "int16", "tensor(int8)": "int8",
               "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
@@ -55,6 +56,8 @@ class OrtBackend:
         self._shared = shared  # the OrtValues must outlive the sessions that use them
         self.shared_weights = bool(shared)
 
+        quantized = manifest.data.get("quantization") is not None
+
         def options(initializers):
             opts = ort.SessionOptions()
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -69,10 +72,14 @@ class OrtBackend:
             # the session; ``fpenv`` undoes that and sets it on the calling thread only during ``run``.
             if denormal_as_zero:
                 opts.add_session_config_entry("session.set_denormal_as_zero", "1")
-            if initializers:  # the caller's buffers, one copy for every graph; a prepacked copy each is what we avoid
+            if quantized:  # int4/int8 kernels run on their prepacked form (unpacked, MatMulNBits dequantizes the
+                # whole matrix per call: 7x slower at 110M): each graph loads and prepacks its quantized weights, and
+                # only the float ones (the embedding table) are shared
+                initializers = [(n, v) for n, v in initializers or [] if v.data_type() not in _QUANTIZED]
+            elif initializers:  # the caller's buffers, one copy for every graph; a prepacked copy each is what we avoid
                 opts.add_session_config_entry("session.disable_prepacking", "1")
-                for name, value in initializers:
-                    opts.add_initializer(name, value)
+            for name, value in initializers or []:
+                opts.add_initializer(name, value)
             return opts
 
         def checked(key: str, inputs: list | None = None, outputs: list | None = None):
@@ -92,6 +99,8 @@ class OrtBackend:
             check_graph_io(manifest, self.decode_session.get_inputs(), self.decode_session.get_outputs(),
                            dec.inputs, dec.outputs)
             self._decode_in, self._decode_out = dec.input_names, dec.output_names
+            self._in_place = dec.cache_in_place
+            self._ort = ort
         last = manifest.last_logits
         self.last_session = None
         if last is not None and last.program.get("format") == "onnx":
@@ -129,9 +138,41 @@ class OrtBackend:
     def run_decode(self, ids: np.ndarray, position: int, state: list[np.ndarray], cache: list[np.ndarray]):
         """One decode call: ``(logits (B, T, V), new state list, cache rows list (B, H, T, dh))``."""
         check_decode_call(self.manifest.decode, ids, position, state, cache)
+        if self._in_place:
+            return self._run_in_place(ids, position, state, cache)
         feeds = dict(zip(self._decode_in, [ids, np.array([position], dtype=np.int64), *state, *cache]))
         with fpenv.flush_denormals(self.denormal_as_zero):
             outputs = self.decode_session.run(self._decode_out, feeds)
         n = len(state)
         return outputs[0], outputs[1:1 + n], outputs[1 + n:]
+
+    def _run_in_place(self, ids: np.ndarray, position: int, state: list[np.ndarray], cache: list[np.ndarray]):
+        """A program whose cache outputs are the whole caches (``GroupQueryAttention``'s present K/V): each is bound to
+        its input's buffer, so the call reads the valid rows and writes the chunk's rows into ``cache`` at
+        ``[:, :, position:position+T]`` (slots the call does not read; the rows before stay as they were)."""
+        B, T = ids.shape
+        if B > 1 and T > 1 and position > 0:  # GroupQueryAttention takes several tokens after a past at batch 1 only
+            parts = [self._run_in_place(ids[b:b + 1], position, [s[b:b + 1] for s in state], [c[b:b + 1] for c in cache])
+                     for b in range(B)]
+            return (np.concatenate([p[0] for p in parts]), [np.concatenate(x) for x in zip(*(p[1] for p in parts))],
+                    [np.concatenate(x) for x in zip(*(p[2] for p in parts))])
+        n = len(state)
+        bind = self.decode_session.io_binding()
+        for name, a in zip(self._decode_in, [ids, np.array([position], dtype=np.int64), *state]):
+            bind.bind_cpu_input(name, np.ascontiguousarray(a))
+        for name in self._decode_out[:1 + n]:  # bound in graph order: ``get_outputs`` follows the binding order
+            bind.bind_output(name)
+        bufs = [c if c.flags.c_contiguous and c.flags.writeable else np.ascontiguousarray(c) for c in cache]
+        for name_in, name_out, buf in zip(self._decode_in[2 + n:], self._decode_out[1 + n:], bufs):
+            value = self._ort.OrtValue.ortvalue_from_numpy(buf)
+            bind.bind_ortvalue_input(name_in, value)
+            bind.bind_ortvalue_output(name_out, value)
+        with fpenv.flush_denormals(self.denormal_as_zero):
+            self.decode_session.run_with_iobinding(bind)
+        outputs = [v.numpy() for v in bind.get_outputs()[:1 + n]]
+        rows = [buf[:, :, position:position + T].copy() for buf in bufs]
+        for c, buf, r in zip(cache, bufs, rows):
+            if c is not buf and c.flags.writeable:  # the caller's array could not be bound: its rows written as the program did
+                c[:, :, position:position + T] = r
+        return outputs[0], outputs[1:], rows
 

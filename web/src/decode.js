@@ -3,21 +3,24 @@ import { InfiniRuntimeError } from './errors.js';
 import { concreteShape } from './manifest.js';
 
 /**
- * One decode call: ``rows`` (B rows of n tokens) at position ``p`` of the current segment.
+ * One decode call: ``rows`` (B rows of n tokens) at position ``p`` of the current segment. The cache outputs are
+ * the chunk's rows, or with ``cacheOut`` the whole caches (the session's rows before ``p``, the chunk's at ``p``).
  * @param {import('./session.js').InfiniSession} session
  * @param {number[][]} rows @param {number} p @param {Float32Array[]} state
+ * @param {Float32Array[]} [cache]  the caches to read (default: the session's)
  * @returns {Promise<{logits: Float32Array, state: Float32Array[], rows: Float32Array[]}>}
  */
-export async function runDecode(session, rows, p, state) {
+export async function runDecode(session, rows, p, state, cache = session._cache) {
   const dec = /** @type {import('./decode_spec.js').DecodeSpec} */ (session.decodeSpec);
   const B = rows.length; const n = rows[0].length;
+  if (dec.cacheOut && B > 1 && n > 1 && p > 0) return runByRow(session, rows, p, state, cache);
   const ids = new BigInt64Array(B * n);
   rows.forEach((r, b) => { for (let j = 0; j < n; j++) ids[b * n + j] = BigInt(r[j]); });
   /** @type {Record<string, {type: string, data: any, dims: number[]}>} */
   const feeds = { [dec.ids]: { type: 'int64', data: ids, dims: [B, n] },
     [dec.position]: { type: 'int64', data: BigInt64Array.of(BigInt(p)), dims: [1] } };
   dec.state.forEach((e, i) => { feeds[e.input] = { type: 'float32', data: state[i], dims: concreteShape(e.shape, B) }; });
-  dec.cache.forEach((e, i) => { feeds[e.input] = { type: 'float32', data: session._cache[i], dims: concreteShape(e.shape, B) }; });
+  dec.cache.forEach((e, i) => { feeds[e.input] = { type: 'float32', data: cache[i], dims: concreteShape(e.shape, B) }; });
   let out;
   try {
     out = await /** @type {import('./backend_ort.js').OrtProgram} */ (session.artifact.decode).run(feeds);
@@ -27,6 +30,29 @@ export async function runDecode(session, rows, p, state) {
       `${String(/** @type {Error} */ (err)?.message ?? err).split('\n')[0].slice(0, 300)}`, { cause: err });
   }
   return { logits: out[dec.logits], state: dec.state.map((e) => out[e.output]), rows: dec.cache.map((e) => out[e.output]) };
+}
+
+/**
+ * ``runDecode`` one batch row at a time (onnxruntime's GroupQueryAttention takes several tokens after a past only
+ * at batch 1), the results joined along the batch axis.
+ * @param {import('./session.js').InfiniSession} session
+ * @param {number[][]} rows @param {number} p @param {Float32Array[]} state @param {Float32Array[]} cache
+ */
+async function runByRow(session, rows, p, state, cache) {
+  const B = rows.length;
+  const row = (/** @type {Float32Array} */ a, /** @type {number} */ b) => a.subarray(b * a.length / B, (b + 1) * a.length / B);
+  const parts = [];
+  for (let b = 0; b < B; b++) {
+    parts.push(await runDecode(session, [rows[b]], p, state.map((a) => row(a, b)), cache.map((a) => row(a, b))));
+  }
+  const join = (/** @type {Float32Array[]} */ arrays) => {
+    const out = new Float32Array(arrays.reduce((k, a) => k + a.length, 0));
+    let at = 0;
+    for (const a of arrays) { out.set(a, at); at += a.length; }
+    return out;
+  };
+  return { logits: join(parts.map((r) => r.logits)), state: state.map((_, i) => join(parts.map((r) => r.state[i]))),
+    rows: cache.map((_, i) => join(parts.map((r) => r.rows[i]))) };
 }
 
 /**
@@ -62,7 +88,9 @@ export async function advanceDecode(session, rows, all) {
   }
   // commit: nothing above touched the session
   let cache = session._cache;
-  if (newRows) {
+  if (newRows && /** @type {import('./decode_spec.js').DecodeSpec} */ (session.decodeSpec).cacheOut) {
+    cache = newRows.rows;  // the whole caches of the last call: its rows before its position are the session's
+  } else if (newRows) {
     const { start, n, rows: r } = newRows;
     cache = /** @type {import('./decode_spec.js').DecodeSpec} */ (session.decodeSpec).cache.map((e, j) => {
       const [b, H, , dh] = concreteShape(e.shape, B);

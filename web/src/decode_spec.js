@@ -2,7 +2,7 @@
 import { ManifestError } from './errors.js';
 
 export const DECODE_INPUT_ROLES = ['ids', 'position', 'state-in', 'cache-in'];
-export const DECODE_OUTPUT_ROLES = ['logits', 'state-out', 'cache-rows'];
+export const DECODE_OUTPUT_ROLES = ['logits', 'state-out', 'cache-rows', 'cache-out'];
 
 /**
  * @typedef {object} DecodeSpec
@@ -15,6 +15,7 @@ export const DECODE_OUTPUT_ROLES = ['logits', 'state-out', 'cache-rows'];
  * @property {string} position       name of the position input (int64, shape [1])
  * @property {string} ids            name of the ids input
  * @property {string} logits         name of the logits output
+ * @property {boolean} cacheOut      the cache outputs are the whole caches (role cache-out), not the chunk's rows
  */
 
 /**
@@ -59,9 +60,11 @@ export function parseDecodeSpec(d, manifest) {
     }
     intShape(s.shape, `state ${s.name}`, bad);
   }
+  // every cache output is the chunk's rows (cache-rows) or every one the whole cache (cache-out)
+  const cacheRole = d.cache.length && outs.get(d.cache[0].output) === 'cache-out' ? 'cache-out' : 'cache-rows';
   for (const c of d.cache) {
-    if (ins.get(c.input) !== 'cache-in' || outs.get(c.output) !== 'cache-rows') {
-      throw bad(`cache ${JSON.stringify(c.name)} maps ${c.output} -> ${c.input}, which are not cache-rows and a cache-in`);
+    if (ins.get(c.input) !== 'cache-in' || outs.get(c.output) !== cacheRole) {
+      throw bad(`cache ${JSON.stringify(c.name)} maps ${c.output} -> ${c.input}, which are not ${cacheRole} and a cache-in`);
     }
     intShape(c.shape, `cache ${c.name}`, bad);
     if (c.shape.length !== 4 || c.axis !== 2 || c.shape[2] !== d.max_tokens) {
@@ -73,11 +76,11 @@ export function parseDecodeSpec(d, manifest) {
   if (missing.length) throw bad(`its state lacks the segment state tensors ${JSON.stringify(missing)}`);
   const counts = (/** @type {string[]} */ roles, /** @type {string} */ r) => roles.filter((x) => x === r).length;
   if (counts(inRoles, 'state-in') !== d.state.length || counts(outRoles, 'state-out') !== d.state.length ||
-      counts(inRoles, 'cache-in') !== d.cache.length || counts(outRoles, 'cache-rows') !== d.cache.length) {
-    throw bad('every state-in/state-out and cache-in/cache-rows must belong to one state or cache entry');
+      counts(inRoles, 'cache-in') !== d.cache.length || counts(outRoles, cacheRole) !== d.cache.length) {
+    throw bad(`every state-in/state-out and cache-in/${cacheRole} must belong to one state or cache entry`);
   }
   return { file: d.program.file, maxTokens: d.max_tokens, inputs: d.inputs, outputs: d.outputs, state: d.state,
-    cache: d.cache, position, ids, logits };
+    cache: d.cache, position, ids, logits, cacheOut: cacheRole === 'cache-out' };
 }
 
 /** @param {any} shape @param {string} what @param {(why: string) => Error} bad */
