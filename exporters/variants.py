@@ -95,3 +95,12 @@ def parse_variants(text: str) -> list[Variant]:
     if not out:
         raise UnknownVariantError(f"no export variant in {text!r}; expected names among {', '.join(VARIANTS)}")
     return out
+
+
+def variants_argument(text: str) -> list[Variant]:
+    """``parse_variants`` as an argparse ``type``: a bad name becomes a usage error that lists the valid ones."""
+    import argparse
+    try:
+        return parse_variants(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc

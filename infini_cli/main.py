@@ -8,6 +8,8 @@ from pathlib import Path
 
 from .quiet import silence_third_party
 
+TORCH_COMMANDS = ("export", "validate", "demo", "average")  # the commands that load torch anyway
+
 
 def _load_module(args: argparse.Namespace):
     """Our checkpoint folder, or a model trained elsewhere through an adapter (``--from``)."""
@@ -263,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.modules["torch"] = None
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in TORCH_COMMANDS:
+        import torch  # noqa: F401  (torch sets its loggers' levels when imported: silence after that)
     silence_third_party()
     from runtime.errors import InfiniRuntimeError
     try:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from exporters.variants import MAIN, VARIANTS, parse_variants
+from exporters.variants import MAIN, VARIANTS, variants_argument
 from infini_export import InfiniConfig, InfiniTransformer, load_checkpoint
 from infini_export.parity import validate
 from runtime.atomic import atomic_write
@@ -33,13 +33,10 @@ def main() -> int:
     p.add_argument("--checkpoint")
     p.add_argument("--preset", default="small")
     p.add_argument("--segments", type=int, default=1000)
-    p.add_argument("--variants", default=",".join(MAIN), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    p.add_argument("--variants", type=variants_argument, default=",".join(MAIN), help=f"comma-separated, of {', '.join(VARIANTS)}")
     p.add_argument("--out", default="docs/parity")
     args = p.parse_args()
-    try:
-        variants = parse_variants(args.variants)
-    except ValueError as exc:
-        p.error(str(exc))
+    variants = args.variants
     torch.set_num_threads(1)  # eager small models: one thread; two contend badly on a shared 2-core machine
     if args.checkpoint:
         model, source = load_checkpoint(args.checkpoint), args.checkpoint
@@ -74,7 +71,7 @@ def main() -> int:
     lines = [f"# Parity over {args.segments} consecutive segments ({args.segments * model.cfg.segment_len:,} tokens)",
              "", f"Model: `{source}`. Command: `python scripts/parity_matrix.py "
              f"{'--checkpoint ' + args.checkpoint if args.checkpoint else '--preset ' + args.preset} "
-             f"--segments {args.segments} --variants {args.variants}`.", "",
+             f"--segments {args.segments} --variants {','.join(v.name for v in variants)}`.", "",
              "| variant | file bytes | worst logits abs | worst state rel | final state rel (max) | top-1 vs eager | "
              "error trend (last/first quarter) | wiring | verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():

@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from exporters.variants import VARIANTS, parse_variants
+from exporters.variants import VARIANTS, variants_argument
 from infini_cli.bench.real_size import measure
 from runtime.atomic import atomic_write
 
@@ -26,16 +26,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="base-32k")
     p.add_argument("--n-layers", type=int, default=None, help="override the preset's depth")
-    p.add_argument("--variants", default="onnx-fp32,onnx-int4,onnx-int8", help=f"comma list of {', '.join(VARIANTS)}")
+    p.add_argument("--variants", type=variants_argument, default="onnx-fp32,onnx-int4,onnx-int8", help=f"comma list of {', '.join(VARIANTS)}")
     p.add_argument("--parity-segments", type=int, default=2)
     p.add_argument("--limit-gb", type=float, default=10.0, help="address-space limit of each export process")
     p.add_argument("--work", default="out/real_size", help="where the artifacts are written")
     p.add_argument("--out", default="docs/real_size.json")
     args = p.parse_args()
-    try:
-        variants = parse_variants(args.variants)
-    except ValueError as exc:
-        p.error(str(exc))
+    variants = args.variants
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.is_file() else {}
     key = args.preset + (f" (n_layers={args.n_layers})" if args.n_layers else "")

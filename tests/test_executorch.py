@@ -18,8 +18,7 @@ from exporters.artifact import build_manifest
 from exporters.variants import get_variant
 from infini_export.parity import validate
 from runtime import ArtifactError, InfiniRuntimeError, InfiniSession, InputError, ManifestError
-from runtime.manifest import sha256_file
-from tests.conftest import ROOT, make_model
+from tests.conftest import ROOT, make_model, rehash_manifest
 from tests.et_artifacts import FP32, INT4, INT8, PORTABLE, SEGMENTS, get
 
 ROOT_PATH = Path(ROOT)
@@ -261,14 +260,6 @@ def _copy(art, dst):
     return Path(dst)
 
 
-def _rehash(art):
-    man = json.loads((art / "manifest.json").read_text())
-    for entry in man["files"].values():
-        entry["sha256"] = sha256_file(art / entry["path"])
-        entry["bytes"] = (art / entry["path"]).stat().st_size
-    (art / "manifest.json").write_text(json.dumps(man))
-
-
 def test_truncated_or_corrupt_pte_is_refused(et_artifacts, tmp_path):
     _, art, _, _ = _get(et_artifacts, ("delta", FP32))
     for name, cut in (("half", 0.5), ("header", 0.001), ("tail", 0.98)):
@@ -277,7 +268,7 @@ def test_truncated_or_corrupt_pte_is_refused(et_artifacts, tmp_path):
         (bad / "model.pte").write_bytes(data[: int(len(data) * cut)])
         with pytest.raises(ArtifactError, match="bytes"):  # the manifest's size check
             InfiniSession.open(bad)
-        _rehash(bad)  # now the loader itself must refuse it cleanly
+        rehash_manifest(bad)  # now the loader itself must refuse it cleanly
         with pytest.raises(ArtifactError, match="truncated"):
             InfiniSession.open(bad)
     # the header says how long the file is; cut past it, ExecuTorch's own loader must say no
@@ -285,14 +276,14 @@ def test_truncated_or_corrupt_pte_is_refused(et_artifacts, tmp_path):
     data = (inner / "model.pte").read_bytes()
     base, cut = int.from_bytes(data[24:32], "little"), int(len(data) * 0.7)
     (inner / "model.pte").write_bytes(data[:32] + (cut - base).to_bytes(8, "little") + data[40:cut])
-    _rehash(inner)
+    rehash_manifest(inner)
     with pytest.raises(ArtifactError, match="truncated|cannot load"):
         InfiniSession.open(inner)
     for name, content in (("empty", b""), ("garbage", np.random.default_rng(0).bytes(4096)),
                           ("onnx", (ROOT_PATH / "pyproject.toml").read_bytes())):
         bad = _copy(art, tmp_path / name)
         (bad / "model.pte").write_bytes(content)
-        _rehash(bad)
+        rehash_manifest(bad)
         with pytest.raises(ArtifactError, match="not an ExecuTorch program"):
             InfiniSession.open(bad)
 

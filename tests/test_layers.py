@@ -65,3 +65,13 @@ def test_modules_and_scripts_stay_small():
     big += [f"{p.relative_to(ROOT)}: {n} lines" for p in _python_files("scripts")
             if (n := len(p.read_text().splitlines())) > MAX_SCRIPT_LINES]
     assert not big, "\n".join(big)
+
+
+def test_the_manifest_builder_runs_without_torch():
+    """One builder for every manifest, importable where torch is not (a device-side tool can write one)."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from infini_export.manifest import manifest_document, io_entries\nprint('ok')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr

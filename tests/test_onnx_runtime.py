@@ -10,8 +10,7 @@ import pytest
 
 from infini_export.parity import validate
 from runtime import ArtifactError, InfiniSession, InputError, ManifestError, StateError
-from runtime.manifest import sha256_file
-from tests.conftest import ROOT, make_model
+from tests.conftest import ROOT, make_model, rehash_manifest
 
 
 @pytest.mark.parametrize("update", ["linear", "delta"])
@@ -106,14 +105,6 @@ def _copy(art, tmp_path):
     return dst
 
 
-def _rehash(art):
-    man = json.loads((art / "manifest.json").read_text())
-    for entry in man["files"].values():
-        entry["sha256"] = sha256_file(art / entry["path"])
-        entry["bytes"] = (art / entry["path"]).stat().st_size
-    (art / "manifest.json").write_text(json.dumps(man))
-
-
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "infini_cli", *args], capture_output=True, text=True,
                           cwd=ROOT)
@@ -139,7 +130,7 @@ def test_validate_cli_passes_then_fails_on_altered_weights(onnx_artifacts, tmp_p
     arr = weights[offset:offset + length].view(dtype)
     arr[0] += 0.5
     weights.tofile(bad / "weights.bin")
-    _rehash(bad)
+    rehash_manifest(bad)
     res = _cli("validate", str(bad), "--checkpoint", str(tiny_ckpt), "--segments", "12")
     assert res.returncode == 1
     assert "FAILED" in res.stdout and "logits max abs error" in res.stdout
@@ -157,7 +148,7 @@ def test_validate_fails_on_passthrough_state(onnx_artifacts, tmp_path, tiny_ckpt
                 node.output[i] = "orphan_norm_1"
     g.node.append(onnx.helper.make_node("Identity", ["past_norm.1"], ["present_norm.1"]))
     onnx.save(m, str(bad / "model.onnx"))
-    _rehash(bad)
+    rehash_manifest(bad)
     res = _cli("validate", str(bad), "--checkpoint", str(tiny_ckpt), "--segments", "6")
     assert res.returncode == 1
     assert "present_norm.1 passes its input through" in res.stdout
@@ -174,7 +165,7 @@ def test_bad_artifacts_are_refused(onnx_artifacts, tmp_path):
     (trunc / "model.onnx").write_bytes(data[: len(data) // 2])
     with pytest.raises(ArtifactError, match="bytes"):
         InfiniSession.open(trunc)
-    _rehash(trunc)  # even with a matching hash, the loader refuses it cleanly
+    rehash_manifest(trunc)  # even with a matching hash, the loader refuses it cleanly
     with pytest.raises(ArtifactError, match="cannot load"):
         InfiniSession.open(trunc)
     flipped = _copy(art, tmp_path / "f")
