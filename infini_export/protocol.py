@@ -92,8 +92,15 @@ def _check_state(spec: StepSpec, flat: list, batch_size: int, where: str) -> Non
                                 f"spec says {shape} {s.dtype}")
 
 
+def _jitter(tensors, g: torch.Generator) -> list[torch.Tensor]:
+    """A small non-zero copy of each (zero) state tensor: zeros would let a tracer fold the memory away."""
+    return [t + 0.1 * torch.rand(t.shape, generator=g).to(t.dtype) for t in tensors]
+
+
 class FlatStep(nn.Module):
     """``forward(input_ids, *state) -> (logits, *new_state)``: the graph that exporters trace."""
+
+    method = "step"  # the module's method this graph runs
 
     def __init__(self, module: nn.Module):
         super().__init__()
@@ -102,15 +109,14 @@ class FlatStep(nn.Module):
         self._template = module.init_state(1)
 
     def forward(self, input_ids: torch.Tensor, *state: torch.Tensor):
-        logits, new_state = self.module.step(input_ids, unflatten_like(self._template, state))
+        logits, new_state = getattr(self.module, self.method)(input_ids, unflatten_like(self._template, state))
         return (logits, *flatten_state(new_state))
 
     def example_inputs(self, batch_size: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
         """Random ids and a small non-zero state: zeros would let a tracer fold the memory away."""
         g = torch.Generator().manual_seed(seed)
         ids = torch.randint(0, self.spec.vocab_size, (batch_size, self.spec.segment_len), generator=g)
-        flat = [t + 0.1 * torch.rand(t.shape, generator=g).to(t.dtype)
-                for t in flatten_state(self.module.init_state(batch_size))]
+        flat = _jitter(flatten_state(self.module.init_state(batch_size)), g)
         return (ids, *flat)
 
     def dynamic_shapes(self, max_batch: int = 64) -> dict:
@@ -122,9 +128,7 @@ class FlatStep(nn.Module):
 class FlatStepLast(FlatStep):
     """``forward(input_ids, *state) -> (logits (B, 1, V), *new_state)``: ``step_last``, same I/O names as the step."""
 
-    def forward(self, input_ids: torch.Tensor, *state: torch.Tensor):
-        logits, new_state = self.module.step_last(input_ids, unflatten_like(self._template, state))
-        return (logits, *flatten_state(new_state))
+    method = "step_last"
 
 
 class FlatDecode(nn.Module):
@@ -135,11 +139,10 @@ class FlatDecode(nn.Module):
         self.module = module
         self.spec: DecodeSpec = module.decode_spec()
         self._template = module.init_decode_state(1)
-        self._n_state = len(self.spec.state)
 
     def forward(self, input_ids: torch.Tensor, position: torch.Tensor, *tensors: torch.Tensor):
-        state = unflatten_like(self._template[0], tensors[:self._n_state])
-        cache = unflatten_like(self._template[1], tensors[self._n_state:])
+        n = len(self.spec.state)
+        state, cache = unflatten_like(self._template[0], tensors[:n]), unflatten_like(self._template[1], tensors[n:])
         logits, new_state, rows = self.module.decode(input_ids, position, state, cache)
         return (logits, *flatten_state(new_state), *flatten_state(rows))
 
@@ -149,7 +152,7 @@ class FlatDecode(nn.Module):
         spec = self.spec
         ids = torch.randint(0, self.module.step_spec().vocab_size, (batch_size, tokens), generator=g)
         state, cache = self.module.init_decode_state(batch_size)
-        flat = [t + 0.1 * torch.rand(t.shape, generator=g).to(t.dtype) for t in flatten_state((state, cache))]
+        flat = _jitter(flatten_state((state, cache)), g)
         assert len(flat) == len(spec.state) + len(spec.cache)
         return (ids, torch.tensor([position], dtype=torch.int64), *flat)
 

@@ -104,7 +104,7 @@ def test_generate_one_call_per_token_and_equals_eager_rerun(onnx_artifacts):
     prompt = np.random.default_rng(2).integers(0, 256, 21)
     s = InfiniSession.open(art)
     calls = {"step": 0, "decode": 0}
-    run, run_decode = s.backend.run, s.backend.run_decode
+    run, run_last, run_decode = s.backend.run, s.backend.run_last, s.backend.run_decode
 
     def count(kind, fn):
         def wrapped(*a):
@@ -113,6 +113,7 @@ def test_generate_one_call_per_token_and_equals_eager_rerun(onnx_artifacts):
         return wrapped
 
     s.backend.run, s.backend.run_decode = count("step", run), count("decode", run_decode)
+    s.backend.run_last = count("step", run_last)  # the prefill's whole segment: the last-token step
     n_new = 3 * N  # crosses three segment boundaries
     out = s.generate(prompt, n_new)[0]
     # prompt: one step (16 tokens) + one decode call (5 tokens); then one decode call per generated token
@@ -249,7 +250,7 @@ def test_shared_weights_table_is_checked(onnx_artifacts, tmp_path):
     s = InfiniSession.open(art)
     assert s.backend.shared_weights  # both graphs take their weights from one mapping of weights.bin
     graphs = s.manifest.data["shared_weights"]["graphs"]
-    assert set(graphs) == {"program", "decode_program"}
+    assert set(graphs) == {"program", "decode_program", "last_program"}
     shared = {e[0] for e in graphs["program"]} & {e[0] for e in graphs["decode_program"]}
     assert any("lm_head" in n or "embed" in n for n in shared)  # the same buffers serve both graphs
     bad = tmp_path / "art"

@@ -127,7 +127,7 @@ def test_int4_linears_only_state_float32(et_artifacts):
     # the program's own signature: every state output float32 (as the manifest says)
     assert all(o["dtype"] == "float32" for o in manifest["outputs"])
     session = InfiniSession.open(art)
-    assert [code for code, _ in session.backend._main.outputs] == [6] * len(manifest["outputs"])  # 6: float32
+    assert [code for code, _ in session.backend._step_program.outputs] == [6] * len(manifest["outputs"])  # 6: float32
     report = validate(session.backend, model, precision="int4", segments=20, batch=2, seed=6,
                       manifest=session.manifest, progress=False)
     assert report.summary["top1"] >= INT4_MIN_TOP1, report.summary

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import ArtifactError, InfiniRuntimeError, InputError, ManifestError
 from .decode_check import check_decode_call
+from .programs import SegmentPrograms
 
 ENGINES = ("auto", "pybindings", "numpy")
 # ExecuTorch ScalarType codes (runtime/core/portable_type/scalar_type.h) -> numpy dtype names
@@ -162,7 +163,7 @@ def _make_engine(engine: str, threads: int | None):
                              + "; ".join(errors))
 
 
-class ExecuTorchBackend:
+class ExecuTorchBackend(SegmentPrograms):
     name = "executorch"
 
     def __init__(self, manifest, threads: int | None = None, engine: str = "auto"):
@@ -185,15 +186,15 @@ class ExecuTorchBackend:
         dec = manifest.decode if manifest.decode is not None and manifest.decode.program.get("format") == "pte" else None
         last = manifest.last_logits
         last = last if last is not None and last.program.get("format") == "pte" else None
-        self._decode = self._last = None
+        self._decode_program = self._last_program = None
         try:
             names = self.engine.load(data)
             if self.method_name in names:
-                self._main = self.engine.method(self.method_name)
+                self._step_program = self.engine.method(self.method_name)
             if dec is not None and dec.program.get("method") in names:
-                self._decode = self.engine.method(dec.program["method"])
+                self._decode_program = self.engine.method(dec.program["method"])
             if last is not None and last.program.get("method") in names:
-                self._last = self.engine.method(last.program["method"])
+                self._last_program = self.engine.method(last.program["method"])
         except Exception as exc:  # an ExecuTorch error code: truncated, corrupt, or an incompatible version
             raise ArtifactError(f"ExecuTorch ({self.engine.name} {self.engine.version}) cannot load {path} "
                                 f"({len(data)} bytes): {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}"
@@ -208,7 +209,7 @@ class ExecuTorchBackend:
     # ---- load-time checks ----------------------------------------------------------------------
     def _check_io(self) -> None:
         man = self.manifest
-        bounds = _check_method_io(self._main, self.method_name, man.data["inputs"], man.data["outputs"])
+        bounds = _check_method_io(self._step_program, self.method_name, man.data["inputs"], man.data["outputs"])
         # the planned size of a dynamic axis is its upper bound
         self.max_batch = min(bounds["batch"]) if bounds.get("batch") else 1
         if self.max_batch < man.max_batch:
@@ -216,12 +217,12 @@ class ExecuTorchBackend:
                                 f"{man.max_batch}")
         self._shapes = [tuple(io["shape"]) for io in man.data["inputs"]]
         self._dtypes = [np.dtype(io["dtype"]) for io in man.data["inputs"]]
-        if self._decode is not None:
+        if self._decode_program is not None:
             dec = man.decode
-            _check_method_io(self._decode, dec.program["method"], dec.inputs, dec.outputs)
-        if self._last is not None:
+            _check_method_io(self._decode_program, dec.program["method"], dec.inputs, dec.outputs)
+        if self._last_program is not None:
             last = man.last_logits
-            _check_method_io(self._last, last.program["method"], last.inputs, last.outputs)
+            _check_method_io(self._last_program, last.program["method"], last.inputs, last.outputs)
 
     # ---- one segment ---------------------------------------------------------------------------
     def _check_inputs(self, arrays: list) -> None:
@@ -236,17 +237,6 @@ class ExecuTorchBackend:
             if arr.shape != want or arr.dtype != dtype:
                 raise InputError(f"input {io['name']!r} is {arr.dtype} {arr.shape}, the program takes {dtype} {want}")
 
-    def run(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        return self._run(self._main, ids, state)
-
-    @property
-    def has_last(self) -> bool:
-        return self._last is not None
-
-    def run_last(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """The segment step with the last token's logits only: ``(logits (B, 1, V), new state list)``."""
-        return self._run(self._last, ids, state)
-
     def _run(self, method, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         arrays = [np.asarray(ids), *(np.asarray(s) for s in state)]
         self._check_inputs(arrays)
@@ -259,10 +249,6 @@ class ExecuTorchBackend:
         return outs[0], outs[1:]
 
     # ---- the decode method -----------------------------------------------------------------------
-    @property
-    def has_decode(self) -> bool:
-        return self._decode is not None
-
     def run_decode(self, ids: np.ndarray, position: int, state: list[np.ndarray], cache: list[np.ndarray]):
         """One decode call: ``(logits (B, T, V), new state list, cache rows list (B, H, T, dh))``."""
         check_decode_call(self.manifest.decode, ids, position, state, cache)
@@ -271,6 +257,6 @@ class ExecuTorchBackend:
                              f"{self.max_batch} (the bound it was exported with)")
         arrays = [np.ascontiguousarray(a) for a in (ids, np.array([position], dtype=np.int64), *state, *cache)]
         with self._lock:
-            outs = self._decode.run(arrays)
+            outs = self._decode_program.run(arrays)
         n = len(state)
         return outs[0], outs[1:1 + n], outs[1 + n:]

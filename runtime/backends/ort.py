@@ -7,6 +7,7 @@ from .. import fpenv
 from ..ortenv import import_onnxruntime
 from ..errors import ArtifactError, ManifestError
 from ..manifest_schema import BATCH
+from .programs import SegmentPrograms
 from .decode_check import check_decode_call
 from .ort_weights import shared_initializers
 
@@ -40,7 +41,7 @@ def check_graph_io(manifest, graph_inputs, graph_outputs, inputs: list | None = 
                                     f"manifest says {entry['shape']} (a manifest from another model?)")
 
 
-class OrtBackend:
+class OrtBackend(SegmentPrograms):
     name = "onnxruntime"
 
     def __init__(self, manifest, threads: int | None = None, profile: bool = False, denormal_as_zero: bool = True,
@@ -114,26 +115,15 @@ class OrtBackend:
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise ArtifactError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0][:300]}") from exc
 
-    def run(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        return self._run(self.session, ids, state)
-
-    @property
-    def has_last(self) -> bool:
-        return self.last_session is not None
-
-    def run_last(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """The segment step with the last token's logits only: ``(logits (B, 1, V), new state list)``."""
-        return self._run(self.last_session, ids, state)
+    _step_program = property(lambda self: self.session)
+    _last_program = property(lambda self: self.last_session)
+    _decode_program = property(lambda self: self.decode_session)
 
     def _run(self, session, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         feeds = dict(zip(self.input_names, [ids, *state]))
         with fpenv.flush_denormals(self.denormal_as_zero):
             outputs = session.run(self.output_names, feeds)
         return outputs[0], outputs[1:]
-
-    @property
-    def has_decode(self) -> bool:
-        return self.decode_session is not None
 
     def run_decode(self, ids: np.ndarray, position: int, state: list[np.ndarray], cache: list[np.ndarray]):
         """One decode call: ``(logits (B, T, V), new state list, cache rows list (B, H, T, dh))``."""

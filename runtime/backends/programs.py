@@ -1,0 +1,32 @@
+"""The segment-step calls every backend offers, over its own ``_run(program, ids, state)``."""
+from __future__ import annotations
+
+import numpy as np
+
+
+class SegmentPrograms:
+    """``run`` / ``has_last`` / ``run_last`` / ``has_decode`` for a backend holding ``_step_program`` (the segment
+    step), ``_last_program`` (the last-token step) and ``_decode_program`` (None where the artifact has none)."""
+
+    _step_program = None
+    _last_program = None
+    _decode_program = None
+
+    def _run(self, program, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        raise NotImplementedError
+
+    def run(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The segment step: ``(logits (B, N, V), new state list)``."""
+        return self._run(self._step_program, ids, state)
+
+    @property
+    def has_last(self) -> bool:
+        return self._last_program is not None
+
+    def run_last(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The segment step with the last token's logits only: ``(logits (B, 1, V), new state list)``."""
+        return self._run(self._last_program, ids, state)
+
+    @property
+    def has_decode(self) -> bool:
+        return self._decode_program is not None
