@@ -29,10 +29,10 @@ class ExportParityError(RuntimeError):
 def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "onnx", *,
                     quantize: str | None = None, delegate: str = "xnnpack", parity_segments: int = 64,
                     max_batch: int = 64, progress: bool = True, log=print,
-                    block_size: int = DEFAULT_BLOCK_SIZE) -> tuple[dict, ParityReport]:
+                    block_size: int = DEFAULT_BLOCK_SIZE, table_rows: int = 6) -> tuple[dict, ParityReport]:
     """Export ``module`` into ``out_dir`` and validate it; raises ``ExportParityError`` on a parity failure.
 
-    ``block_size`` is the int4 block (group) size.
+    ``block_size`` is the int4 block (group) size; ``table_rows`` the segments the logged parity table shows.
     An ExecuTorch manifest also records the planned memory of every method (``exporters.memory_plan``).
     """
     out_dir = Path(out_dir)
@@ -61,7 +61,7 @@ def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "on
                           "last_logits": {k: v for k, v in report.last.items() if k != "failures"} or None}
     write_manifest(out_dir, manifest)
     if log:
-        log(report.table(rows=6))
+        log(report.table(rows=table_rows))
     if not report.passed:
         raise ExportParityError(report)
     return manifest, report

@@ -43,7 +43,7 @@ def main(args) -> int:
         _stage(f"export {fmt} -> {out / sub}, then parity over 64 segments")
         t0 = time.perf_counter()
         try:
-            manifest, report = export_artifact(model, out / sub, fmt, parity_segments=64)
+            manifest, report = export_artifact(model, out / sub, fmt, parity_segments=64, table_rows=3)
         except ImportError as exc:  # an exporter that is not installed is reported, not hidden
             print(f"   {fmt} export unavailable: {exc}")
             summary["exports"][fmt] = {"error": str(exc)}
