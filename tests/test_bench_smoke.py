@@ -24,8 +24,9 @@ def _positive(x) -> bool:
 
 def test_bench_smoke(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--smoke", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--smoke", "--timeout", "1200",
+                           "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=1500, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "bench.json").read_text())
     assert data["schema"] == "infini-export-bench/2" and data["mode"] == "smoke"
