@@ -37,8 +37,9 @@ def test_int4_onnx_parity_and_graph(int4_onnx):
     ops = Counter(n.op_type for n in graph.node)
     n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
     decode_ops = Counter(n.op_type for n in onnx.load(str(out / "decode.onnx")).graph.node)
-    assert ops["MatMulNBits"] == decode_ops["MatMulNBits"] == n_linear == 15  # both programs
-    assert manifest["exporter"]["quantized_nodes"] == 2 * n_linear
+    last_ops = Counter(n.op_type for n in onnx.load(str(out / "step_last.onnx")).graph.node)
+    assert ops["MatMulNBits"] == decode_ops["MatMulNBits"] == last_ops["MatMulNBits"] == n_linear == 15  # every program
+    assert manifest["exporter"]["quantized_nodes"] == 3 * n_linear
     # the MatMuls left are activation x activation (attention, memory read/write) or exact constants
     # (RoPE's rotate-half permutation): their constant operands are not linear weights
     inits = {i.name for i in graph.initializer}

@@ -113,7 +113,8 @@ def test_onnx_external_data_outside_the_folder_is_refused(art_and_outside, tmp_p
 
 
 def _huge_state(man):
-    for entry in (man["state"][0], man["inputs"][1], man["outputs"][1]):
+    last = [man["last_logits"]["inputs"][1], man["last_logits"]["outputs"][1]] if "last_logits" in man else []
+    for entry in (man["state"][0], man["inputs"][1], man["outputs"][1], *last):
         entry["shape"] = ["batch", 4, 32, 200_000_000]  # 95 GiB of float32 per batch row
 
 
