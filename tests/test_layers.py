@@ -43,20 +43,43 @@ def test_the_layer_checker_sees_imports_inside_functions(tmp_path):
     assert _imported_packages(f) == {("exporters", 2), ("infini_cli", 3)}
 
 
+def _edits_import_path(tree: ast.AST) -> bool:
+    """A call of a method on ``sys.path`` (insert, append, ...) or an assignment into it."""
+    def is_path(node):
+        return isinstance(node, ast.Attribute) and node.attr == "path" and \
+            isinstance(node.value, ast.Name) and node.value.id == "sys"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and is_path(node.func.value):
+            return True
+        if isinstance(node, (ast.Assign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(is_path(t) or (isinstance(t, ast.Subscript) and is_path(t.value)) for t in targets):
+                return True
+    return False
+
+
 def test_nothing_edits_sys_path():
     """The packages are installed (``pip install -e .``): no script, test or tool reaches around that."""
     edits = [str(p.relative_to(ROOT)) for p in _python_files(*LAYERS, "scripts", "tests", "web/tools")
-             if p.name != Path(__file__).name
-             and any(s in p.read_text() for s in ("sys.path.insert", "sys.path.append", "sys.path[:0]"))]
-    assert not edits, f"these edit sys.path: {edits}"
+             if _edits_import_path(ast.parse(p.read_text()))]
+    assert not edits, f"these edit the import path: {edits}"
+
+
+def test_the_path_checker_sees_edits(tmp_path):
+    assert _edits_import_path(ast.parse("import sys\nsys.path.extend(['x'])"))
+    assert _edits_import_path(ast.parse("import sys\nsys.path[:0] = ['x']"))
+    assert not _edits_import_path(ast.parse("import sys\nprint(sys.path)"))
 
 
 def test_no_test_imports_a_script():
-    hits = [f"{p.name}:{line}" for p in _python_files("tests") for pkg, line in _imported_packages(p)
-            if pkg == "scripts"]
-    loaders = [p.name for p in _python_files("tests") if p.name != Path(__file__).name
-               and "spec_from_file_location" in p.read_text() and "scripts" in p.read_text()]
-    assert not hits and not loaders, (hits, loaders)
+    """Tests import packages: no ``scripts`` import, and no loading of files by path (``importlib.util``)."""
+    hits = [f"{p.name}:{line} imports {pkg}" for p in _python_files("tests")
+            for pkg, line in _imported_packages(p) if pkg == "scripts"]
+    hits += [f"{p.name}:{node.lineno} loads modules from files" for p in _python_files("tests")
+             for node in ast.walk(ast.parse(p.read_text()))
+             if isinstance(node, (ast.Import, ast.ImportFrom))
+             and "importlib.util" in ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module])]
+    assert not hits, hits
 
 
 def test_modules_and_scripts_stay_small():
