@@ -32,14 +32,13 @@ MAX_PARTITIONS = 1
 INT8_MIN_TOP1 = 0.97
 
 
-_get = get
 
 
 # ---- parity -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", [FP32, PORTABLE])
 @pytest.mark.parametrize("update", ["linear", "delta"])
 def test_runtime_matches_eager_every_segment(et_artifacts, update, variant):
-    model, art, manifest, pipeline_report = _get(et_artifacts, (update, variant))
+    model, art, manifest, pipeline_report = get(et_artifacts, (update, variant))
     delegate = get_variant(variant).delegate
     assert pipeline_report["passed"] and len(pipeline_report["per_segment"]) == SEGMENTS
     assert manifest["backend"] == "executorch" and manifest["program"] == {
@@ -59,7 +58,7 @@ def test_runtime_matches_eager_every_segment(et_artifacts, update, variant):
 
 def test_static_batch_one_program(et_artifacts):
     """max_batch=1: a static program (least memory); parity as above, batch 2 refused before the call."""
-    model, art, manifest, pipeline_report = _get(et_artifacts, ("linear", FP32, 1))
+    model, art, manifest, pipeline_report = get(et_artifacts, ("linear", FP32, 1))
     assert pipeline_report["passed"] and manifest["batch"]["max"] == 1
     session = InfiniSession.open(art)
     assert session.backend.max_batch == 1
@@ -74,23 +73,23 @@ def test_static_batch_one_program(et_artifacts):
 
 @pytest.mark.parametrize("update", ["linear", "delta"])
 def test_delegation_report(et_artifacts, update):
-    _, _, manifest, _ = _get(et_artifacts, (update, FP32))
+    _, _, manifest, _ = get(et_artifacts, (update, FP32))
     ex = manifest["exporter"]
     assert 1 <= ex["delegate_partitions"] <= MAX_PARTITIONS, ex
     assert "embedding.default" in ex["non_delegated_ops"]
     assert set(ex["non_delegated_ops"]) <= ALLOWED_OUTSIDE, ex["non_delegated_ops"]
     assert ex["untied_weights"] == ["lm_head"]  # the tied head gets its own copy: no partition of its own
-    _, _, portable, _ = _get(et_artifacts, (update, PORTABLE))
+    _, _, portable, _ = get(et_artifacts, (update, PORTABLE))
     assert portable["exporter"]["delegate_partitions"] == 0
     if update == "delta":
-        _, _, int8, _ = _get(et_artifacts, (update, INT8))
+        _, _, int8, _ = get(et_artifacts, (update, INT8))
         assert 1 <= int8["exporter"]["delegate_partitions"] <= MAX_PARTITIONS, int8["exporter"]
         assert set(int8["exporter"]["non_delegated_ops"]) <= ALLOWED_OUTSIDE
 
 
 # ---- int8 ---------------------------------------------------------------------------------------
 def test_int8_top1_agreement_and_state_drift(et_artifacts):
-    model, art, manifest, pipeline_report = _get(et_artifacts, ("delta", INT8))
+    model, art, manifest, pipeline_report = get(et_artifacts, ("delta", INT8))
     assert manifest["quantization"] == "int8"
     ex = manifest["exporter"]
     n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
@@ -116,7 +115,7 @@ INT4_MIN_TOP1 = 0.95
 
 
 def test_int4_linears_only_state_float32(et_artifacts):
-    model, art, manifest, pipeline_report = _get(et_artifacts, ("delta", INT4))
+    model, art, manifest, pipeline_report = get(et_artifacts, ("delta", INT4))
     assert manifest["quantization"] == "int4"
     ex = manifest["exporter"]
     assert ex["quantized_linears"] == sum(isinstance(m, torch.nn.Linear) for m in model.modules()) == 15
@@ -134,7 +133,7 @@ def test_int4_linears_only_state_float32(et_artifacts):
     assert report.passed, report.failures[:5]
     assert 0 < report.summary["logits_max_abs"]  # quantized: not bit-exact
     # smaller than the float32 program of the same model
-    _, _, fp32, _ = _get(et_artifacts, ("delta", FP32))
+    _, _, fp32, _ = get(et_artifacts, ("delta", FP32))
     assert manifest["memory"]["weights_bytes"] < 0.5 * fp32["memory"]["weights_bytes"]
 
 
@@ -146,7 +145,7 @@ def test_manifest_memory_is_what_the_program_reports(et_artifacts):
     from exporters.memory_plan import measure_memory
     planned = {}
     for job in (("linear", FP32), ("linear", FP32, 1)):
-        _, art, manifest, _ = _get(et_artifacts, job)
+        _, art, manifest, _ = get(et_artifacts, job)
         memory = manifest["memory"]
         on_disk = json.loads((art / "manifest.json").read_text())["memory"]
         assert memory == on_disk == measure_memory(art / "model.pte")
@@ -168,7 +167,7 @@ def test_manifest_memory_is_what_the_program_reports(et_artifacts):
 
 
 def test_info_prints_the_planned_memory_of_every_method(et_artifacts):
-    _, art, manifest, _ = _get(et_artifacts, ("linear", FP32, 1))
+    _, art, manifest, _ = get(et_artifacts, ("linear", FP32, 1))
     r = subprocess.run([sys.executable, "-m", "infini_cli", "info", str(art)], cwd=ROOT, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -183,7 +182,7 @@ def test_floating_point_state_of_the_process_is_left_alone(et_artifacts):
     from runtime import fpenv
     if not fpenv.AVAILABLE:
         pytest.skip("fpenv: not Linux x86-64 glibc")
-    _, art, _, _ = _get(et_artifacts, ("delta", FP32))
+    _, art, _, _ = get(et_artifacts, ("delta", FP32))
     before = fpenv.mxcsr() & ~0x3F  # control bits (the low 6 are sticky status flags)
     session = InfiniSession.open(art)
     session.feed(np.zeros((1, 40), np.int64))
@@ -192,7 +191,7 @@ def test_floating_point_state_of_the_process_is_left_alone(et_artifacts):
 
 
 def test_backend_outputs_are_copies_and_calls_are_serialised(et_artifacts):
-    _, art, _, _ = _get(et_artifacts, ("delta", FP32))
+    _, art, _, _ = get(et_artifacts, ("delta", FP32))
     backend = InfiniSession.open(art).backend
     rng = np.random.default_rng(4)
     state = [np.zeros(e.concrete_shape(2), np.float32) for e in backend.manifest.state]
@@ -222,7 +221,7 @@ def test_backend_outputs_are_copies_and_calls_are_serialised(et_artifacts):
 
 
 def test_batch_above_the_programs_bound(et_artifacts, tmp_path):
-    _, art, manifest, _ = _get(et_artifacts, ("delta", FP32))
+    _, art, manifest, _ = get(et_artifacts, ("delta", FP32))
     s = InfiniSession.open(art)
     backend = s.backend
     assert backend.max_batch == manifest["batch"]["max"] == 64
@@ -261,7 +260,7 @@ def _copy(art, dst):
 
 
 def test_truncated_or_corrupt_pte_is_refused(et_artifacts, tmp_path):
-    _, art, _, _ = _get(et_artifacts, ("delta", FP32))
+    _, art, _, _ = get(et_artifacts, ("delta", FP32))
     for name, cut in (("half", 0.5), ("header", 0.001), ("tail", 0.98)):
         bad = _copy(art, tmp_path / name)
         data = (bad / "model.pte").read_bytes()
@@ -291,7 +290,7 @@ def test_truncated_or_corrupt_pte_is_refused(et_artifacts, tmp_path):
 @pytest.mark.parametrize("other", [{"n_layers": 3}, {"d_head": 8}, {"segment_len": 32}])
 def test_manifest_of_another_model_is_refused(et_artifacts, tmp_path, other):
     """A manifest written for another model beside this .pte (hashes made to match): the loader's I/O check."""
-    _, art, _, _ = _get(et_artifacts, ("delta", FP32))
+    _, art, _, _ = get(et_artifacts, ("delta", FP32))
     bad = _copy(art, tmp_path / "bad")
     other_model = make_model("delta", **other)
     man = build_manifest(other_model, other_model.step_spec(), backend="executorch",
@@ -303,7 +302,7 @@ def test_manifest_of_another_model_is_refused(et_artifacts, tmp_path, other):
 
 
 def test_manifest_program_problems(et_artifacts, tmp_path):
-    _, art, _, _ = _get(et_artifacts, ("delta", FP32))
+    _, art, _, _ = get(et_artifacts, ("delta", FP32))
     for change, err, match in ((lambda p: p.update(format="onnx"), ManifestError, "runs 'pte'"),
                                (lambda p: p.update(method="decode"), ArtifactError, "decode")):
         bad = _copy(art, tmp_path / err.__name__)
@@ -323,7 +322,7 @@ def test_numpy_engine_matches_pybindings(et_artifacts):
     """The torch-free engine (executorch-numpy-runtime, where installed: Python >= 3.12) gives the same numbers."""
     pytest.importorskip("executorch_numpy_runtime")
     for job in (("delta", FP32), ("delta", PORTABLE), ("delta", INT8)):
-        _, art, _, _ = _get(et_artifacts, job)
+        _, art, _, _ = get(et_artifacts, job)
         ids = np.random.default_rng(9).integers(0, 256, 300)
         a, b = InfiniSession.open(art, engine="pybindings"), InfiniSession.open(art, engine="numpy")
         assert b.backend.engine.name == "numpy"
@@ -334,7 +333,7 @@ def test_numpy_engine_matches_pybindings(et_artifacts):
 
 def test_runtime_package_stays_torch_free(et_artifacts):
     """Importing the runtime (and this backend's module) never imports torch; opening a .pte says what it needs."""
-    _, art, _, _ = _get(et_artifacts, ("delta", FP32))
+    _, art, _, _ = get(et_artifacts, ("delta", FP32))
     code = f"""
 import sys
 sys.modules['torch'] = None  # any 'import torch' now fails

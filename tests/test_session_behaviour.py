@@ -37,7 +37,7 @@ def test_session_feed_equals_eager_forward(artifact):
 @cases("delta")
 def test_chunking_invariance(artifact, request):
     _, art = artifact
-    atol = CHUNK_ATOL[request.node.callspec.id.rsplit("-", 1)[0]]
+    atol = CHUNK_ATOL[request.node.callspec.params["artifact"][0]]
     ids = np.random.default_rng(0).integers(0, 256, 1000)
     whole = InfiniSession.open(art)
     ref = whole.feed(ids)
