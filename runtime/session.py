@@ -40,6 +40,7 @@ class InfiniSession:
         if dec is not None:  # where each segment-state tensor sits in the decode state
             names = [e.name for e in dec.state]
             self._seg_idx = [names.index(e.name) for e in self._entries]
+            self._in_place = dec.cache_in_place
         self.max_state_bytes = _check_state_budget(manifest, batch_size, max_state_bytes)
         self._initial = self._load_initial_state()
         self._reset(batch_size)
@@ -265,7 +266,7 @@ class InfiniSession:
                     n, rows = N, None
                 else:
                     n = min(N - p, T - i)
-                    if p == 0 and self.position and saved is None and self._decode.cache_in_place:
+                    if p == 0 and self.position and saved is None and self._in_place:
                         saved = [c[:, :, :self.position].copy() for c in self._cache]
                     logits, state, new_rows = self._run_decode(ids[:, i:i + n], p, state)  # (B, n, V)
                     rows = (p, new_rows) if p + n < N else None
@@ -277,8 +278,8 @@ class InfiniSession:
             for c, r in zip(self._cache, saved or []):
                 c[:, :, :r.shape[2]] = r
             raise
-        # commit: nothing above touched the session
-        if rows is not None:
+        # commit: nothing above touched the session (but a program writing in place has written its rows already)
+        if rows is not None and not self._in_place:
             start, new_rows = rows
             for cache, r in zip(self._cache, new_rows):
                 cache[:, :, start:start + r.shape[2]] = r
