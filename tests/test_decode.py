@@ -285,7 +285,7 @@ def test_adapter_decode_exports_with_parity(tmp_path, name):
         assert node.input[1] == node.input[2] == ""  # q, k, v packed: their to_qkv output as it is
     roles = {o["role"] for o in manifest["decode"]["outputs"][1:] if o["role"] != "state-out"}
     assert roles == {"cache-out" if fused else "cache-rows"}
-    assert manifest["exporter"]["fusions"]["step"] == {"RMSNormalization": 2 * adapter.depth + 1}  # their RMSNorm
+    assert manifest["exporter"]["fusions"]["step"]["RMSNormalization"] == 2 * adapter.depth + 1  # their RMSNorm
     s = InfiniSession.open(tmp_path)
     assert s.manifest.decode.cache_in_place == fused
     ids = np.random.default_rng(6).integers(0, adapter.vocab_size, 3 * SEG + 3)
