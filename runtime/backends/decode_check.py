@@ -13,7 +13,7 @@ class DecodeCallCheck:
     _KEEP = 8  # batch sizes remembered
 
     def __init__(self, dec):
-        self.max_tokens = dec.max_tokens
+        self.max_tokens, self.max_chunk = dec.max_tokens, dec.max_chunk
         self._kinds = (("state", dec.state), ("cache", dec.cache))
         self._expected: dict[int, tuple] = {}
 
@@ -39,6 +39,9 @@ class DecodeCallCheck:
                 not 0 <= position < N or not 1 <= T <= N - position:
             raise InputError(f"decode at position {position!r} with {T} tokens: expected 0 <= position < "
                              f"{N} and 1 <= tokens <= {N} - position")
+        if T > self.max_chunk:
+            raise InputError(f"decode with {T} tokens: this program takes at most {self.max_chunk} per call (its "
+                             "memory is planned for that many); split the chunk")
         for (kind, count, want), arrays in zip(self.expected(B), (state, cache)):
             if len(arrays) != count:
                 raise InputError(f"decode takes {count} {kind} tensors, got {len(arrays)}")
