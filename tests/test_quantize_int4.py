@@ -103,10 +103,13 @@ def test_cli_block_size_needs_int4_and_info_of_an_onnx_artifact(int4_onnx, tmp_p
 
 def test_int4_weights_are_prepacked_not_shared(int4_onnx):
     """MatMulNBits runs on its prepacked weights (unpacked it dequantizes the whole matrix per call): the runtime
-    shares only the float weights of an int4 artifact between its graphs and leaves prepacking on."""
-    _, out, _, _ = int4_onnx
+    shares only the float weights and the int8 lookup table of an int4 artifact between its graphs and leaves
+    prepacking on."""
+    _, out, manifest, _ = int4_onnx
     s = InfiniSession.open(out)
-    assert s.backend.shared_weights  # the float embedding table is still mapped once
+    assert s.backend.shared_weights  # the lookup table (int8) is still mapped once
+    table = manifest["embedding_lookup"]["tensors"][0]
+    assert all(table in names and not any(n.endswith("_Q4") for n in names) for names in s.backend.shared_names.values())
     for sess in (s.backend.session, s.backend.decode_session):
         with pytest.raises(RuntimeError):  # the entry is absent: prepacking on
             sess.get_session_options().get_session_config_entry("session.disable_prepacking")
