@@ -97,6 +97,8 @@ def test_cli_block_size_needs_int4_and_info_of_an_onnx_artifact(int4_onnx, tmp_p
     r = _cli("info", str(out))
     assert r.returncode == 0, r.stderr
     assert "int4" in r.stdout and f"{manifest['files']['program']['bytes']:,}" in r.stdout
+    lookup = manifest["embedding_lookup"]
+    assert f"lookup table: {lookup['bytes']:>14,} bytes (int8 [256, 32]" in r.stdout  # how the table is stored
     state_bytes = sum(4 * int(np.prod([1 if d == "batch" else d for d in s["shape"]])) for s in manifest["state"])
     assert f"{state_bytes:,}" in r.stdout
 
