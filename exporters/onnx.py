@@ -13,7 +13,9 @@ from onnx_ir.passes.common import CommonSubexpressionEliminationPass, RemoveUnus
 from infini_export.protocol import FlatDecode, FlatStep, FlatStepLast, check_protocol, has_decode, has_step_last
 
 from .artifact import build_manifest
+from .onnx_attention_blocks import block_local_attention
 from .onnx_fusions import FUSED_OPSET, cache_attention_translation, fuse
+from .onnx_tied import lookup_from_transposed
 from .onnx_weights import write_shared
 from .quantize import DEFAULT_BLOCK_SIZE, check_int4_shapes, check_quantize, quantize_onnx_int4
 from .quantize_lookup import describe_onnx_lookup
@@ -21,6 +23,9 @@ from .quantize_lookup import describe_onnx_lookup
 MODEL_FILE = "model.onnx"
 DECODE_FILE = "decode.onnx"
 LAST_FILE = "step_last.onnx"
+# query rows per block of the segment programs' local attention (longer segments only): at N = 2048 a quarter of
+# the score memory per block and ~44% fewer attention FLOPs than one (T, T) block (docs/real_size.md)
+ATTENTION_ROWS = 256
 
 
 def _quantize_int8(src: Path, dst: Path) -> list[str]:
@@ -77,7 +82,8 @@ def _quantized(model: onnx.ModelProto, quantize: str | None, tmp: Path, name: st
 
 
 def export_onnx(module: torch.nn.Module, out_dir: str | Path, *, quantize: str | None = None,
-                max_batch: int = 64, verbose: bool = False, block_size: int = DEFAULT_BLOCK_SIZE) -> dict:
+                max_batch: int = 64, verbose: bool = False, block_size: int = DEFAULT_BLOCK_SIZE,
+                attention_rows: int = ATTENTION_ROWS) -> dict:
     """Trace ``module.step`` (and ``module.decode`` / ``module.step_last`` where the module has them) into
     ``out_dir``: ``model.onnx``, ``decode.onnx``, ``step_last.onnx`` and their shared ``weights.bin``; return the
     manifest (not yet written).
@@ -85,15 +91,19 @@ def export_onnx(module: torch.nn.Module, out_dir: str | Path, *, quantize: str |
     ``quantize``: None, ``"int8"`` (dynamic int8 MatMuls) or ``"int4"`` (4-bit ``MatMulNBits`` weights in
     blocks of ``block_size`` along in_features, the embedding lookup's table int8; shapes are checked before
     anything is written).
+    ``attention_rows``: the segment programs' local attention in blocks of this many query rows where segments
+    are longer (``onnx_attention_blocks``); 0 keeps one (T, T) block.
     """
     check_quantize(quantize, block_size)
     if quantize == "int4":
         check_int4_shapes(module, block_size)
+    if not isinstance(attention_rows, int) or isinstance(attention_rows, bool) or attention_rows < 0:
+        raise ValueError(f"attention_rows must be an integer >= 0 (0: one block), got {attention_rows!r}")
     with _fused_decode(module):  # the decode program and its manifest entries see the fused form
-        return _export(module, Path(out_dir), quantize, max_batch, verbose, block_size)
+        return _export(module, Path(out_dir), quantize, max_batch, verbose, block_size, attention_rows)
 
 
-def _export(module, out_dir: Path, quantize, max_batch: int, verbose: bool, block_size: int) -> dict:
+def _export(module, out_dir: Path, quantize, max_batch: int, verbose: bool, block_size: int, rows: int) -> dict:
     spec = check_protocol(module)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -111,11 +121,17 @@ def _export(module, out_dir: Path, quantize, max_batch: int, verbose: bool, bloc
         models[DECODE_FILE], fusions["decode"] = _trace(dec, dec.example_inputs(2), dec.spec.input_names(),
                                                         dec.spec.output_names(), dec.dynamic_shapes(max(max_batch, 2)),
                                                         verbose, cache_attention_translation() if whole else None)
+    for name in (MODEL_FILE, LAST_FILE):
+        if name in models:
+            fusions["step" if name == MODEL_FILE else "step_last"]["attention_blocks"] = \
+                block_local_attention(models[name], rows)
     quantized = 0
     with tempfile.TemporaryDirectory() as tmp:
         for name in list(models):
             models[name], n = _quantized(models[name], quantize, Path(tmp), name, module, block_size)
             quantized += n
+    for name in models:  # a tied embedding table stored once, as the LM head reads it
+        lookup_from_transposed(models[name])
     for old in out_dir.glob("*.onnx*"):
         old.unlink()
     weights = write_shared(models, out_dir)
@@ -134,7 +150,7 @@ def _export(module, out_dir: Path, quantize, max_batch: int, verbose: bool, bloc
         directory=out_dir, max_batch=max_batch, quantization=quantize,
         shared_weights={"file": "weights", "graphs": {file_keys[g]: t for g, t in weights["graphs"].items()}},
         exporter={"path": "torch.onnx.export(dynamo=True) + onnxscript optimizer + exporters.onnx_fusions",
-                  "opset": FUSED_OPSET, "fusions": fusions,
+                  "opset": FUSED_OPSET, "fusions": fusions, "attention_rows": rows,
                   "shared_weights": {k: v for k, v in weights.items() if k != "graphs"},
                   "export_seconds": round(time.perf_counter() - t0, 2), "quantized_nodes": quantized,
                   **({"int4_block_size": block_size,

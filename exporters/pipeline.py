@@ -29,10 +29,13 @@ class ExportParityError(RuntimeError):
 def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "onnx", *,
                     quantize: str | None = None, delegate: str = "xnnpack", parity_segments: int = 64,
                     max_batch: int = 64, progress: bool = True, log=print,
-                    block_size: int = DEFAULT_BLOCK_SIZE, table_rows: int = 6) -> tuple[dict, ParityReport]:
+                    block_size: int = DEFAULT_BLOCK_SIZE, table_rows: int = 6,
+                    attention_rows: int | None = None) -> tuple[dict, ParityReport]:
     """Export ``module`` into ``out_dir`` and validate it; raises ``ExportParityError`` on a parity failure.
 
-    ``block_size`` is the int4 block (group) size; ``table_rows`` the segments the logged parity table shows.
+    ``block_size`` is the int4 block (group) size; ``table_rows`` the segments the logged parity table shows;
+    ``attention_rows`` (ONNX) the query rows per block of the segment programs' local attention (None: the
+    exporter's default).
     An ExecuTorch manifest also records the planned memory of every method (``exporters.memory_plan``).
     """
     out_dir = Path(out_dir)
@@ -40,11 +43,14 @@ def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "on
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
     check_quantize(quantize, block_size)
+    if attention_rows is not None and fmt != "onnx":
+        raise ValueError(f"attention_rows applies to ONNX exports, not {fmt!r}")
     if quantize == "int4":  # before anything is written
         check_int4_shapes(module, block_size)
     if fmt == "onnx":
         from .onnx import export_onnx
-        manifest = export_onnx(module, out_dir, quantize=quantize, max_batch=max_batch, block_size=block_size)
+        rows = {} if attention_rows is None else {"attention_rows": attention_rows}
+        manifest = export_onnx(module, out_dir, quantize=quantize, max_batch=max_batch, block_size=block_size, **rows)
     else:
         from .executorch import export_executorch
         manifest = export_executorch(module, out_dir, delegate=delegate, quantize=quantize, max_batch=max_batch,

@@ -9,6 +9,8 @@ import numpy as np
 
 from runtime.measure import peak_rss_mb
 
+from .run import session_options
+
 
 def _prompt_ids(args, vocab: int) -> np.ndarray:
     if args.random_prompt is not None:
@@ -23,7 +25,7 @@ def main(args) -> int:
     from runtime.session import InfiniSession
 
     t0 = time.perf_counter()
-    session = InfiniSession.open(args.artifact, backend=args.backend, **({"threads": args.threads} if args.threads else {}))
+    session = InfiniSession.open(args.artifact, backend=args.backend, **session_options(args))
     opened = time.perf_counter() - t0
     prompt = _prompt_ids(args, session.vocab_size)
     if prompt.size == 0:

@@ -11,6 +11,10 @@ from .quiet import silence_third_party
 TORCH_COMMANDS = ("export", "validate", "demo", "average")  # the commands that load torch anyway
 
 
+
+LOW_MEMORY_HELP = ("onnxruntime: allocate every activation when produced and free it after its last use (no arena, no "
+                   "buffer reuse): a lower peak resident memory, slower segments")
+
 def _load_module(args: argparse.Namespace):
     """Our checkpoint folder, or a model trained elsewhere through an adapter (``--from``)."""
     source = getattr(args, "source", "infini-export")
@@ -62,13 +66,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     if args.block_size is not None and args.quantize != "int4":
         raise ValueError("--block-size applies to --quantize int4 only")
+    if args.attention_rows is not None and args.format != "onnx":
+        raise ValueError("--attention-rows applies to --format onnx only")
 
     module = _load_module(args)
     try:
         manifest, report = export_artifact(module, args.output, args.format, quantize=args.quantize,
                                            delegate=args.delegate, parity_segments=args.parity_segments,
                                            max_batch=args.max_batch or DEFAULT_MAX_BATCH[args.format],
-                                           block_size=args.block_size or DEFAULT_BLOCK_SIZE)
+                                           block_size=args.block_size or DEFAULT_BLOCK_SIZE,
+                                           attention_rows=args.attention_rows)
     except ExportParityError as exc:
         print(f"export wrote {args.output} but its parity check FAILED; the manifest records the failure: {exc}",
               file=sys.stderr)
@@ -179,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=int, default=None,
                    help="--quantize int4: weights per quantization block (group) along in_features; every "
                         "linear's in_features must be a multiple of it (default 32)")
+    p.add_argument("--attention-rows", type=int, default=None,
+                   help="ONNX: the segment programs' local attention in blocks of this many query rows, for "
+                        "segments longer than that (default 256; 0: one block of T x T scores)")
     p.add_argument("--delegate", choices=["xnnpack", "none"], default="xnnpack", help="ExecuTorch delegate")
     p.add_argument("--parity-segments", type=int, default=64, help="segments compared after export")
     p.add_argument("--max-batch", type=int, default=None,
@@ -208,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--random-tokens", type=int, help="stream N random tokens")
     p.add_argument("--backend", choices=["onnxruntime", "executorch"], default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--low-memory", action="store_true", help=LOW_MEMORY_HELP)
     p.add_argument("--chunk", type=int, default=None, help="tokens per feed call (default: 16 segments)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--snapshot", help="save the state here (atomically) every --snapshot-every segments")
@@ -230,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=["onnxruntime", "executorch"], default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--low-memory", action="store_true", help=LOW_MEMORY_HELP)
     p.add_argument("--quiet", action="store_true", help="print only the speed line")
     p.set_defaults(func=_cmd_generate)
 

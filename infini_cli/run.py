@@ -35,11 +35,16 @@ def file_tokens(path: str | Path, start: int = 0, chunk: int = 4096) -> Iterator
             yield np.frombuffer(block, dtype=np.uint8).astype(np.int64)
 
 
+def session_options(args) -> dict:
+    """Backend options from the command line's ``--threads`` and ``--low-memory``."""
+    return {**({"threads": args.threads} if args.threads else {}),
+            **({"low_memory": True} if getattr(args, "low_memory", False) else {})}
+
+
 def run_stream(args) -> int:
     from runtime.session import InfiniSession
 
-    session = InfiniSession.open(args.artifact, backend=args.backend, **({"threads": args.threads}
-                                                                          if args.threads else {}))
+    session = InfiniSession.open(args.artifact, backend=args.backend, **session_options(args))
     N = session.segment_len
     if args.resume:
         session.load_state(args.resume)

@@ -33,6 +33,8 @@ def validate_decode(backend, module: torch.nn.Module, tol, *, segments: int = 3,
     calls; return ``{"tokens", "boundaries", "logits_max_abs", "state_max_rel", "top1", "wiring", "failures"}``."""
     spec, dspec = module.step_spec(), module.decode_spec()
     N, names = spec.segment_len, [s.name for s in dspec.state]
+    exported = getattr(getattr(backend, "manifest", None), "decode", None)
+    chunk = min(chunk, exported.max_chunk) if exported is not None else chunk  # a program planned for fewer tokens
     seg_names = [s.name for s in spec.state]
     eager = EagerBackend(module)
     rng = np.random.default_rng(seed)

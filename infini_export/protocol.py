@@ -146,6 +146,10 @@ class FlatDecode(nn.Module):
         logits, new_state, rows = self.module.decode(input_ids, position, state, cache)
         return (logits, *flatten_state(new_state), *flatten_state(rows))
 
+    def max_chunk(self, limit: int | None = None) -> int:
+        """The most tokens one call takes: segment_len - 1, or ``limit`` if smaller."""
+        return min(self.spec.max_tokens - 1, limit) if limit else self.spec.max_tokens - 1
+
     def example_inputs(self, batch_size: int = 2, tokens: int = 3, position: int = 2, seed: int = 0):
         """Random ids, a small non-zero state and cache, a position inside the segment."""
         g = torch.Generator().manual_seed(seed)
@@ -156,10 +160,10 @@ class FlatDecode(nn.Module):
         assert len(flat) == len(spec.state) + len(spec.cache)
         return (ids, torch.tensor([position], dtype=torch.int64), *flat)
 
-    def dynamic_shapes(self, max_batch: int = 64) -> dict:
+    def dynamic_shapes(self, max_batch: int = 64, max_chunk: int | None = None) -> dict:
         """Batch (``max_batch == 1``: static) and the chunk length, 1..segment_len - 1 (a whole segment goes
-        through the segment step)."""
-        tokens = torch.export.Dim("tokens", min=1, max=max(self.spec.max_tokens - 1, 2))
+        through the segment step), or 1..``max_chunk``."""
+        tokens = torch.export.Dim("tokens", min=1, max=max(self.max_chunk(max_chunk), 2))
         batch = None if max_batch == 1 else torch.export.Dim("batch", min=1, max=max_batch)
         ids = {1: tokens} if batch is None else {0: batch, 1: tokens}
         rest = tuple(None if batch is None else {0: batch} for _ in self.spec.state + self.spec.cache)

@@ -57,6 +57,7 @@ class DecodeInfo:
     outputs: list  # graph outputs in positional order
     state: list  # StateEntry per state tensor (memory.i, norm.i as in the segment state, then the pending write)
     cache: list  # StateEntry per cache tensor (B, H, N, dh); its output is the chunk's rows, axis 2, or the whole cache
+    max_chunk: int  # the most tokens one call takes (a program planned for fewer than N - p); longer chunks are split
 
     @property
     def cache_in_place(self) -> bool:
@@ -123,7 +124,8 @@ class Manifest:
         if d is None:
             return None
         return DecodeInfo(d["program"], int(d["max_tokens"]), d["position"], d["inputs"], d["outputs"],
-                          [_entry(s) for s in d["state"]], [_entry(s) for s in d["cache"]])
+                          [_entry(s) for s in d["state"]], [_entry(s) for s in d["cache"]],
+                          int(d.get("max_chunk", d["max_tokens"])))
 
     @property
     def last_logits(self) -> LastLogitsInfo | None:

@@ -196,6 +196,9 @@ def _check_decode(dec, files: dict, seg: int, vocab: int, segment_names: list) -
     _program_ref("decode.program", dec.get("program"), files)
     if dec.get("max_tokens") != seg:
         _fail("decode.max_tokens", dec.get("max_tokens"), f"segment_len ({seg})")
+    chunk = dec.get("max_chunk", seg)
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= seg:
+        _fail("decode.max_chunk", chunk, f"an integer in [1, segment_len ({seg})]")
     inputs = _decode_ios("decode.inputs", dec.get("inputs"), ("ids", "position"))
     outputs = _decode_ios("decode.outputs", dec.get("outputs"), ("logits",))
     if dec.get("position") != inputs[1]["name"] or inputs[1]["dtype"] != "int64" or inputs[1]["shape"] != [1]:

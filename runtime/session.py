@@ -246,15 +246,16 @@ class InfiniSession:
                                      f"tokens at position {position}: {str(exc).splitlines()[0][:300]}") from exc
 
     def _advance_decode(self, ids: np.ndarray, keep: str):
-        """Whole segments at a boundary through the segment step, everything else through the decode program.
+        """Whole segments at a boundary through the segment step, everything else through the decode program
+        (in calls of at most ``max_chunk`` tokens).
 
-        At most one decode call reads the cache (the first, finishing the current segment); only the last
-        call's rows are kept, written in place after every call has succeeded. A program that writes its rows
-        into the cache itself (``cache_in_place``) writes past the rows in use, except a call that starts a new
-        segment: the rows in use are copied before it and put back if a later call fails."""
-        T, N = ids.shape[1], self.segment_len
+        Every decode call's cache rows are in the cache when the next call runs: a program that writes them itself
+        (``cache_in_place``) does, the others' rows are written after their call. Those writes land past the rows
+        the session's state uses, except after the feed starts a new segment: the rows in use are copied before
+        that and put back if a later call fails, so a failed feed leaves the session as it was."""
+        T, N, chunk = ids.shape[1], self.segment_len, self._decode.max_chunk
         state, p, i = self._state, self.position, 0
-        kept, last, rows, saved = [], self._last, None, None
+        kept, last, saved = [], self._last, None
         try:
             while i < T:
                 if p == 0 and T - i >= N:
@@ -262,13 +263,15 @@ class InfiniSession:
                     state = list(state)
                     for k, a in zip(self._seg_idx, seg):
                         state[k] = a
-                    n, rows = N, None
+                    n = N
                 else:
-                    n = min(N - p, T - i)
-                    if p == 0 and self.position and saved is None and self._decode.cache_in_place:
+                    n = min(N - p, T - i, chunk)
+                    if p == 0 and self.position and saved is None:
                         saved = [c[:, :, :self.position].copy() for c in self._cache]
                     logits, state, new_rows = self._run_decode(ids[:, i:i + n], p, state)  # (B, n, V)
-                    rows = (p, new_rows) if p + n < N else None
+                    if not self._decode.cache_in_place and p + n < N:
+                        for cache, r in zip(self._cache, new_rows):
+                            cache[:, :, p:p + n] = r
                 if keep == "all":
                     kept.append(logits)
                 last = logits[:, -1]
@@ -277,11 +280,6 @@ class InfiniSession:
             for c, r in zip(self._cache, saved or []):
                 c[:, :, :r.shape[2]] = r
             raise
-        # commit: nothing above touched the session
-        if rows is not None:
-            start, new_rows = rows
-            for cache, r in zip(self._cache, new_rows):
-                cache[:, :, start:start + r.shape[2]] = r
         pend = ids[:, T - p:] if p <= T else np.concatenate([self._pending, ids], axis=1)[:, -p:]  # (B, p)
         self._state, self._pending, self._last = state, np.ascontiguousarray(pend[:, pend.shape[1] - p:]), last
         self.tokens_consumed += T

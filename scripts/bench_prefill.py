@@ -5,6 +5,8 @@
     python scripts/bench_prefill.py --onnx out/last/base-32k-onnx-fp32 --pte out/last/base-32k-executorch-fp32 \\
         --lengths 4K,16K,64K --threads 2 --out docs/real_size
     python scripts/bench_prefill.py --preset small-32k --onnx out/small-32k-onnx      # exports it first
+    python scripts/bench_prefill.py --compare out/a,out/b --lengths 4K --threads 2   # last-token programs side by
+                                                                  # side, their share of the GEMM rate, peak RSS
 
 Writes ``prefill.json`` and ``prefill.png`` into ``--out``.
 """
@@ -14,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from infini_cli.bench.prefill import planned_memory, plot, segment_speed, stream_rss
+from infini_cli.bench.prefill import last_program_speed, planned_memory, plot, segment_speed, stream_rss
 from runtime.measure import parse_length
 
 
@@ -25,6 +27,9 @@ def main() -> int:
     p.add_argument("--preset", default=None, help="export --onnx from this preset (random weights) if it is missing")
     p.add_argument("--lengths", default="4K,16K", help="stream lengths for the peak-RSS runs ('' to skip)")
     p.add_argument("--rss-full", action="store_true", help="also stream without the last-token program")
+    p.add_argument("--low-memory", action="store_true", help="also stream with InfiniSession.open(low_memory=True)")
+    p.add_argument("--compare", default="", help="comma-separated artifact folders: their last-token programs side "
+                                                  "by side against the measured GEMM rate, then peak RSS of each")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="out/bench_prefill")
@@ -34,17 +39,26 @@ def main() -> int:
         export_unchecked(args.preset, args.onnx)
     arts = {name: a for name, a in (("onnx", args.onnx), ("executorch", args.pte)) if a}
     results: dict = {"threads": args.threads, "speed": {}, "rss": {}, "planned_memory": None}
-    for name, art in arts.items():
+    if args.compare:
+        arts = {Path(a).name: a for a in args.compare.split(",")}
+        results["compare"] = cmp = last_program_speed(list(arts.values()), args.repeats, args.threads)
+        for row in cmp["artifacts"]:
+            print(f"{row['artifact']}: prefill {row['tok_s']:.0f} tok/s (last-token program, attention rows "
+                  f"{row['attention_rows']}): {row['fraction_of_gemm']:.0%} of the {cmp['gemm_flops_per_s'] / 1e9:.0f} "
+                  "GFLOP/s GEMM rate", flush=True)
+    for name, art in ({} if args.compare else arts).items():
         results["speed"][name] = sp = segment_speed(art, args.repeats, args.threads)
         print(f"{name}: prefill {sp['full_tok_s']:.0f} tok/s with all logits, {sp['last_tok_s']:.0f} with the last "
               f"token's ({sp['speedup']:.2f}x)", flush=True)
     lengths = [parse_length(x) for x in args.lengths.split(",") if x]
+    runs = [(True, {}), *([(False, {})] if args.rss_full else []), *([(True, {"low_memory": True})]
+                                                                     if args.low_memory else [])]
     for name, art in arts.items():
-        for use_last in (True, False) if args.rss_full else (True,):
-            key = name if use_last else f"{name} (all logits)"
+        for use_last, options in runs:
+            key = name + ("" if use_last else " (all logits)") + (" (low memory)" if options else "")
             results["rss"][key] = rows = []
             for n in lengths:
-                rows.append(stream_rss(art, n, use_last, args.threads))
+                rows.append(stream_rss(art, n, use_last, args.threads, **options))
                 print(f"{key}: {n:,} tokens peak RSS {rows[-1]['peak_rss_mb']:.1f} MB "
                       f"({rows[-1]['tokens_per_second']:.0f} tok/s)", flush=True)
     if args.pte:

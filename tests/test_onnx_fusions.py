@@ -72,7 +72,8 @@ def test_exported_step_has_one_rmsnorm_node_per_norm(onnx_artifacts):
     assert [i.name for i in graph.initializer if i.name not in used] == []  # nothing left behind
     exporter = json.loads((art / "manifest.json").read_text())["exporter"]
     assert exporter["opset"] == FUSED_OPSET
-    assert exporter["fusions"] == {"step": {"RMSNormalization": n_norms}, "step_last": {"RMSNormalization": n_norms},
+    assert exporter["fusions"] == {"step": {"RMSNormalization": n_norms, "attention_blocks": 0},
+                                   "step_last": {"RMSNormalization": n_norms, "attention_blocks": 0},
                                    "decode": {"RMSNormalization": n_norms, "GroupQueryAttention": model.cfg.n_layers}}
 
 

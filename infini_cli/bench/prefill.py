@@ -51,6 +51,47 @@ def segment_speed(artifact: str | Path, repeats: int = 5, threads: int | None = 
             "speedup": med["full"] / med["last"]}
 
 
+def last_program_speed(artifacts: list, repeats: int = 5, threads: int | None = None, seed: int = 0,
+                       gemm_n: int = 2048) -> dict:
+    """One whole segment through each artifact's last-token program, alternating between the artifacts (the
+    order rotated every repeat) on the same input, and the machine's float32 GEMM rate measured in the same run:
+    per artifact the median seconds, tokens/s, the FLOPs the graph computes per token (``flops_per_token``: the
+    LM head on the last row, the local attention as the exporter blocked it) and their fraction of the GEMM rate."""
+    from infini_export.config import InfiniConfig
+
+    from .flops import flops_per_token
+    from .machine import measure_gemm
+
+    sessions = [_open(a, threads) for a in artifacts]
+    seconds: list[list[float]] = [[] for _ in sessions]
+    gemm: list[dict] = []
+    inputs = []
+    for s in sessions:
+        ids = np.random.default_rng(seed).integers(0, s.vocab_size, (1, s.segment_len), dtype=np.int64)
+        state = [np.zeros(e.concrete_shape(1), np.dtype(e.dtype)) for e in s.manifest.state]
+        s.backend.run_last(ids, state)  # warm-up: first-call allocations and packing
+        inputs.append((ids, state))
+    for r in range(repeats):
+        order = list(range(len(sessions)))
+        order = order[r % len(order):] + order[:r % len(order)]
+        for k in order:
+            t0 = time.perf_counter()
+            sessions[k].backend.run_last(*inputs[k])
+            seconds[k].append(time.perf_counter() - t0)
+        gemm += measure_gemm([gemm_n], 1, f"repeat {r}")
+    rate = max(g["gflops"] for g in gemm) * 1e9
+    out = {"gemm_flops_per_s": rate, "gemm_n": gemm_n, "repeats": repeats, "threads": threads, "artifacts": []}
+    for a, s, secs in zip(artifacts, sessions, seconds):
+        man = s.manifest.data
+        rows = man["exporter"].get("attention_rows", 0)
+        fpt = flops_per_token(InfiniConfig.from_dict(man["model"]["config"]), last_only=True, attention_rows=rows)
+        tok_s = s.segment_len / statistics.median(secs)
+        out["artifacts"].append({"artifact": str(a), "attention_rows": rows, "seconds": secs, "tok_s": tok_s,
+                                 "flops_per_token": fpt["total"], "flops_breakdown": fpt["breakdown"],
+                                 "fraction_of_gemm": tok_s * fpt["total"] / rate})
+    return out
+
+
 def weight_bytes(manifest: Manifest) -> int:
     """The bytes of the weights an artifact loads: ExecuTorch's measured constants, else the ONNX weight file."""
     if manifest.data.get("memory"):
@@ -59,12 +100,14 @@ def weight_bytes(manifest: Manifest) -> int:
     return int(files["weights"]["bytes"] if "weights" in files else files["program"]["bytes"])
 
 
-def stream_rss(artifact: str | Path, tokens: int, use_last: bool = True, threads: int | None = None) -> dict:
+def stream_rss(artifact: str | Path, tokens: int, use_last: bool = True, threads: int | None = None,
+               **options) -> dict:
     """Stream ``tokens`` random tokens through ``artifact`` in a fresh process (torch-free for ONNX): its peak RSS
-    (VmHWM), tokens/s and the weight bytes."""
+    (VmHWM), tokens/s and the weight bytes. ``options``: backend options for ``InfiniSession.open`` (JSON values)."""
     root = Path(__file__).resolve().parents[2]  # the folder holding this package, for the child's imports
     cmd = [sys.executable, "-m", "infini_cli.bench.prefill", "--child", str(artifact), str(tokens)]
     cmd += ([] if use_last else ["--full"]) + (["--threads", str(threads)] if threads else [])
+    cmd += ["--options", json.dumps(options)] if options else []
     env = {**os.environ, "INFINI_EXPORT_NO_TORCH": "1",
            "PYTHONPATH": os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -73,8 +116,8 @@ def stream_rss(artifact: str | Path, tokens: int, use_last: bool = True, threads
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _child(artifact: str, tokens: int, use_last: bool, threads: int | None) -> None:
-    session = _open(artifact, threads, use_last=use_last)
+def _child(artifact: str, tokens: int, use_last: bool, threads: int | None, options: dict) -> None:
+    session = _open(artifact, threads, use_last=use_last, **options)
     t0 = time.perf_counter()
     for ids in random_tokens(tokens, session.vocab_size, seed=0, chunk=16 * session.segment_len):
         session.stream(ids)
@@ -82,7 +125,7 @@ def _child(artifact: str, tokens: int, use_last: bool, threads: int | None) -> N
     print(json.dumps({"tokens": tokens, "last_logits_program": session.last_logits_program,
                       "seconds": round(seconds, 2), "tokens_per_second": round(tokens / seconds, 1),
                       "peak_rss_mb": round(peak_rss_mb(), 1), "weights_bytes": weight_bytes(session.manifest),
-                      "torch_loaded": "torch" in sys.modules}))
+                      "torch_loaded": "torch" in sys.modules, "options": options}))
 
 
 def planned_memory(artifact: str | Path) -> dict:
@@ -109,9 +152,14 @@ def plot(results: dict, path: str | Path) -> None:
         ax1.bar([i - 0.2, i + 0.2], [sp["full_tok_s"], sp["last_tok_s"]], width=0.4,
                 color=["tab:gray", "tab:blue"], label=["all N logits", "last token's logits"] if i == 0 else None)
         ax1.text(i + 0.2, sp["last_tok_s"], f"{sp['speedup']:.2f}x", ha="center", va="bottom")
+    for i, row in enumerate(results.get("compare", {}).get("artifacts", [])):
+        names.append(Path(row["artifact"]).name)
+        ax1.bar(i, row["tok_s"], color="tab:blue")
+        ax1.text(i, row["tok_s"], f"{row['fraction_of_gemm']:.0%} of GEMM", ha="center", va="bottom")
     ax1.set_xticks(range(len(names)), names)
     ax1.set_ylabel("prefill tokens/s (one segment)")
-    ax1.legend()
+    if results.get("speed"):
+        ax1.legend()
     drawn = set()
     for name, rows in results.get("rss", {}).items():
         ax2.plot([r["tokens"] for r in rows], [r["peak_rss_mb"] for r in rows], "o-", label=name)
@@ -133,8 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--child", nargs=2, metavar=("ARTIFACT", "TOKENS"), required=True)
     p.add_argument("--full", action="store_true", help="ignore the last-token program")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--options", default="{}", help="backend options as JSON")
     args = p.parse_args(argv)
-    _child(args.child[0], int(args.child[1]), not args.full, args.threads)
+    _child(args.child[0], int(args.child[1]), not args.full, args.threads, json.loads(args.options))
     return 0
 
 

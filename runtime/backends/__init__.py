@@ -16,6 +16,8 @@ def open_backend(name: str, manifest, **options):
         from .ort import OrtBackend
         return OrtBackend(manifest, **options)
     if name == "executorch":
+        if options.pop("low_memory", False):
+            raise ValueError("low_memory applies to the onnxruntime backend; ExecuTorch plans its memory at export")
         from .executorch import ExecuTorchBackend
         return ExecuTorchBackend(manifest, **options)
     raise ManifestError(f"unknown backend {name!r}; expected one of {BACKENDS}")

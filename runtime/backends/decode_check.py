@@ -16,6 +16,9 @@ def check_decode_call(dec, ids: np.ndarray, position, state: list, cache: list) 
             not 0 <= position < dec.max_tokens or not 1 <= T <= dec.max_tokens - position:
         raise InputError(f"decode at position {position!r} with {T} tokens: expected 0 <= position < "
                          f"{dec.max_tokens} and 1 <= tokens <= {dec.max_tokens} - position")
+    if T > dec.max_chunk:
+        raise InputError(f"decode with {T} tokens: this program takes at most {dec.max_chunk} per call (its memory is "
+                         "planned for that many); split the chunk")
     for kind, arrays, entries in (("state", state, dec.state), ("cache", cache, dec.cache)):
         if len(arrays) != len(entries):
             raise InputError(f"decode takes {len(entries)} {kind} tensors, got {len(arrays)}")

@@ -6,6 +6,7 @@ import numpy as np
 from .. import fpenv
 from ..ortenv import import_onnxruntime
 from ..errors import ArtifactError, ManifestError
+from ..lowmem import return_large_blocks
 from ..manifest_schema import BATCH
 from .programs import SegmentPrograms
 from .decode_check import check_decode_call
@@ -45,7 +46,7 @@ class OrtBackend(SegmentPrograms):
     name = "onnxruntime"
 
     def __init__(self, manifest, threads: int | None = None, profile: bool = False, denormal_as_zero: bool = True,
-                 share_weights: bool = True):
+                 share_weights: bool = True, low_memory: bool = False):
         ort = import_onnxruntime()
 
         if manifest.data["program"]["format"] != "onnx":
@@ -53,6 +54,8 @@ class OrtBackend(SegmentPrograms):
                                 "the onnxruntime backend runs 'onnx'")
         self.manifest = manifest
         self.denormal_as_zero = denormal_as_zero
+        if low_memory:
+            return_large_blocks()
         shared, self._weights_map = shared_initializers(manifest, ort) if share_weights else ({}, None)
         self._shared = shared  # the OrtValues must outlive the sessions that use them
         self.shared_weights = bool(shared)
@@ -70,6 +73,10 @@ class OrtBackend(SegmentPrograms):
                 opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
             opts.enable_profiling = profile
+            if low_memory:  # every activation allocated when produced and freed after its last use (see lowmem)
+                opts.enable_cpu_mem_arena = False
+                opts.enable_mem_pattern = False
+                opts.enable_mem_reuse = False
             # flush denormals to zero while onnxruntime computes: the causal mask's exp(-inf) and the far tail of
             # exp() land in the denormal range, where x86 takes a microcode assist per element (MLAS softmax
             # over a masked 128x128 block: 230 us -> 31 us). Values below 1.2e-38 become 0; nothing else changes.
