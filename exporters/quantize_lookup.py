@@ -160,7 +160,11 @@ def describe_onnx_lookup(model) -> dict:
         if node.op_type == "Gather" and node.input[0] in inits and len(inits[node.input[0]].dims) == 2:
             t = inits[node.input[0]]
             dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
-            return _section(dtype.name, 8 * dtype.itemsize, list(t.dims), None, "Gather", [t.name], nbytes([t.name]))
+            axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
+            shape, ops = list(t.dims), "Gather"
+            if axis == 1:  # the tied table stored once as the LM head reads it (exporters.onnx_tied): columns
+                shape, ops = shape[::-1], "Gather (columns of the LM head's transposed table), Transpose"
+            return _section(dtype.name, 8 * dtype.itemsize, shape, None, ops, [t.name], nbytes([t.name]))
     return {"dtype": None}
 
 
