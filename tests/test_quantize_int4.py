@@ -61,6 +61,11 @@ def test_int4_smaller_than_int8_and_fp32(int4_onnx, onnx_artifacts, tmp_path):
                               progress=False, log=None)
     size = lambda art: sum(f.stat().st_size for f in art.iterdir() if f.suffix in (".onnx", ".bin"))  # noqa: E731
     assert size(out) < size(tmp_path / "int8") < size(fp32_art)
+    # the lookup table: float32 in fp32 and int8 artifacts (the fp32 one stored once, transposed, as the LM head
+    # reads it), int8 in int4 ones
+    fp32_lookup = InfiniSession.open(fp32_art).manifest.data["embedding_lookup"]
+    assert (fp32_lookup["dtype"], fp32_lookup["shape"], fp32_lookup["bytes"]) == ("float32", [256, 32], 4 * 256 * 32)
+    assert (int8["embedding_lookup"]["dtype"], manifest["embedding_lookup"]["dtype"]) == ("float32", "int8")
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "executorch"])
@@ -98,7 +103,8 @@ def test_cli_block_size_needs_int4_and_info_of_an_onnx_artifact(int4_onnx, tmp_p
     assert r.returncode == 0, r.stderr
     assert "int4" in r.stdout and f"{manifest['files']['program']['bytes']:,}" in r.stdout
     lookup = manifest["embedding_lookup"]
-    assert f"lookup table: {lookup['bytes']:>14,} bytes (int8 [256, 32]" in r.stdout  # how the table is stored
+    line = next(x for x in r.stdout.splitlines() if x.startswith("lookup table:"))  # how the table is stored
+    assert f"{lookup['bytes']:,} bytes (int8 [256, 32]" in line
     state_bytes = sum(4 * int(np.prod([1 if d == "batch" else d for d in s["shape"]])) for s in manifest["state"])
     assert f"{state_bytes:,}" in r.stdout
 
