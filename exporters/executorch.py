@@ -16,7 +16,9 @@ int8 activations, symmetric per-channel int8 weights) on the ``nn.Linear`` modul
 activation matmuls (attention scores, memory read and write) and the state stay float32.
 
 ``quantize="int4"``: 8da4w (int8 dynamic activations, int4 group-wise weights, groups of ``block_size``)
-through torchao's ``quantize_`` on the ``nn.Linear`` modules (``exporters.quantize``), lowered to XNNPACK.
+through torchao's ``quantize_`` on the ``nn.Linear`` modules (``exporters.quantize``), lowered to XNNPACK; the
+embedding lookup's table int8 with a scale per row, run by ExecuTorch's ``embedding_byte`` kernel
+(``exporters.quantize_lookup``).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from runtime.atomic import atomic_write
 from .artifact import build_manifest
 from .memory_plan import measure_memory
 from .quantize import DEFAULT_BLOCK_SIZE, check_int4_shapes, check_quantize, quantize_linears_8da4w
+from .quantize_lookup import PTE_LOOKUP_OP, describe_pte_lookup, fuse_int8_lookup, quantize_embeddings_int8
 
 MODEL_FILE = "model.pte"
 METHOD = "forward"
@@ -50,7 +53,8 @@ log = logging.getLogger(__name__)
 _SCHEMES = {"int8": "XNNPACKQuantizer PT2E: int8 dynamic per-tensor activations, int8 symmetric per-channel "
                     "weights, nn.Linear only",
             "int4": "torchao quantize_(Int8DynamicActivationIntxWeightConfig(int4, PerGroup)): 8da4w, int8 dynamic "
-                    "per-token activations, int4 symmetric group-wise weights, nn.Linear only"}
+                    "per-token activations, int4 symmetric group-wise weights, nn.Linear; the embedding lookup's "
+                    "table int8 per row (embedding_byte, embedding_lookup)"}
 
 # bookkeeping ops that are not computation: never counted as "outside the delegate"
 _NOT_OPS = {"getitem", "sym_size.int", "sym_size", "_assert_scalar", "sym_constrain_range_for_size",
@@ -262,6 +266,7 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
     int4_linears: list = []
     if quantize == "int4":  # before export: torchao swaps each linear weight for a quantized tensor
         exported_module, int4_linears = quantize_linears_8da4w(exported_module, block_size)
+        quantize_embeddings_int8(exported_module)  # the lookup's table int8 (the LM head is untied above)
     flat = FlatStep(exported_module).eval()
     # batch 1 only: a static program (ExecuTorch plans every buffer, and XNNPACK sizes its tensors, for the
     # largest batch allowed, so a small bound is less memory at load time); else batch dynamic in [1, max]
@@ -291,12 +296,15 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
         partitioner = {name: [xnnpack_partitioner()]
                        if delegate == "xnnpack" and (name != DECODE_METHOD or max_batch == 1) else []
                        for name in programs}
-        edge = to_edge_transform_and_lower(programs, transform_passes=[canonicalize_dynamic_shapes],
+        passes = [canonicalize_dynamic_shapes] + ([fuse_int8_lookup] if quantize == "int4" else [])
+        edge = to_edge_transform_and_lower(programs, transform_passes=passes,
                                            partitioner=partitioner,
                                            compile_config=EdgeCompileConfig(_check_ir_validity=False))
         reports = {name: delegation_report(edge.exported_program(name)) for name in programs}
         report = reports[METHOD]
         et_program = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True))
+    lookup_kernels = {name: sum(1 for n in et_program.exported_program(name).graph.nodes
+                                if n.op == "call_function" and PTE_LOOKUP_OP in str(n.target)) for name in programs}
     for name, (_, _, _, mspec) in methods.items():
         n_in = len(et_program.exported_program(name).graph_signature.user_inputs)
         n_out = len(et_program.exported_program(name).graph_signature.user_outputs)
@@ -327,7 +335,7 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
                              else "(portable kernels)")
                           + " -> to_executorch",
                   "executorch": getattr(et_version, "__version__", None),
-                  "transform_passes": ["canonicalize_dynamic_shapes"],
+                  "transform_passes": [p.__name__ for p in passes],
                   "untied_weights": untied,
                   **report,
                   "decode_delegation": reports.get(DECODE_METHOD),
@@ -339,6 +347,7 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
                   **({"int4_block_size": block_size} if quantize == "int4" else {}),
                   "export_seconds": seconds})
     manifest["memory"] = measure_memory(out_dir / MODEL_FILE)  # every method's planned memory, the weights
+    manifest["embedding_lookup"] = describe_pte_lookup(module, lookup_kernels)
     if manifest.get("decode") is not None:
         manifest["decode"]["max_chunk"] = methods[DECODE_METHOD][0].max_chunk(decode_chunk)
     return manifest

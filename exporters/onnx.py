@@ -18,6 +18,7 @@ from .onnx_fusions import FUSED_OPSET, cache_attention_translation, fuse
 from .onnx_tied import lookup_from_transposed
 from .onnx_weights import write_shared
 from .quantize import DEFAULT_BLOCK_SIZE, check_int4_shapes, check_quantize, quantize_onnx_int4
+from .quantize_lookup import describe_onnx_lookup
 
 MODEL_FILE = "model.onnx"
 DECODE_FILE = "decode.onnx"
@@ -88,7 +89,8 @@ def export_onnx(module: torch.nn.Module, out_dir: str | Path, *, quantize: str |
     manifest (not yet written).
 
     ``quantize``: None, ``"int8"`` (dynamic int8 MatMuls) or ``"int4"`` (4-bit ``MatMulNBits`` weights in
-    blocks of ``block_size`` along in_features; shapes are checked before anything is written).
+    blocks of ``block_size`` along in_features, the embedding lookup's table int8; shapes are checked before
+    anything is written).
     ``attention_rows``: the segment programs' local attention in blocks of this many query rows where segments
     are longer (``onnx_attention_blocks``); 0 keeps one (T, T) block.
     """
@@ -153,6 +155,8 @@ def _export(module, out_dir: Path, quantize, max_batch: int, verbose: bool, bloc
                   "export_seconds": round(time.perf_counter() - t0, 2), "quantized_nodes": quantized,
                   **({"int4_block_size": block_size,
                       "quantization_scheme": "onnxruntime MatMulNBitsQuantizer: 4-bit asymmetric block-wise "
-                                             "weights (MatMulNBits), float32 activations, nn.Linear MatMuls only"}
+                                             "weights (MatMulNBits), float32 activations, nn.Linear MatMuls; "
+                                             "the embedding lookup's table int8 (embedding_lookup)"}
                      if quantize == "int4" else {})})
+    manifest["embedding_lookup"] = describe_onnx_lookup(models[MODEL_FILE])  # what the token lookup reads
     return manifest

@@ -8,7 +8,8 @@
   weight_granularity=PerGroup(g))`` through ``quantize_`` ("8da4w": int8 dynamic per-token activations,
   symmetric int4 group-wise weights), the scheme ExecuTorch's own LLM export uses with XNNPACK.
 
-The embedding lookup stays float32 in both formats; the recurrent state is float32 everywhere.
+The embedding lookup's table is 8-bit in both formats (``exporters.quantize_lookup``); the recurrent state is
+float32 everywhere.
 Shapes are checked (``check_int4_shapes``) before any export work or any file is written.
 """
 from __future__ import annotations
@@ -126,19 +127,25 @@ def fold_weight_transposes(model) -> list[str]:
     return folded
 
 
-def quantize_onnx_int4(src: Path, dst: Path, module: nn.Module, block_size: int) -> dict[str, str]:
-    """Write ``dst``: ``src`` with the linear layers' MatMuls as 4-bit ``MatMulNBits``; returns
-    {node: linear} of the quantized nodes."""
+def quantize_onnx_int4(src: Path, dst: Path, module: nn.Module, block_size: int,
+                       lookup_bits: int | None = None) -> dict[str, str]:
+    """Write ``dst``: ``src`` with the linear layers' MatMuls as 4-bit ``MatMulNBits`` and the embedding lookup's
+    table in ``lookup_bits`` (``exporters.quantize_lookup``; 8 unless told); returns {node: linear} of the quantized
+    MatMuls."""
     import onnx
 
     from runtime.ortenv import import_onnxruntime
+
+    from . import quantize_lookup
 
     import_onnxruntime()
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # a line per node
+    bits = quantize_lookup.DEFAULT_LOOKUP_BITS if lookup_bits is None else lookup_bits
     model = onnx.load(str(src))
-    fold_weight_transposes(model)
+    fold_weight_transposes(model)  # first: the tied LM head gets its own copy of the table
+    quantize_lookup.quantize_onnx_lookup(model, module, bits, block_size)
     targets = weight_matmuls(model, module)
     others = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gather") and n.name not in targets]
     # accuracy_level 4: activations quantized to int8 per block inside the kernel, an int8 GEMM instead of

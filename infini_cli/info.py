@@ -44,7 +44,8 @@ def describe_artifact(path: str | Path) -> dict:
             "quantization": manifest.get("quantization"), "segment_len": manifest["segment_len"],
             "vocab_size": manifest["vocab_size"], "max_batch": manifest["batch"]["max"],
             "files": {k: v["bytes"] for k, v in manifest["files"].items()},
-            "state_bytes_batch1": _state_bytes(manifest), "parity_passed": (manifest.get("parity") or {}).get("passed")}
+            "state_bytes_batch1": _state_bytes(manifest), "parity_passed": (manifest.get("parity") or {}).get("passed"),
+            "embedding_lookup": manifest.get("embedding_lookup")}
     program_file = path / manifest["files"][program["file"]]["path"]
     if program["format"] == "onnx":
         info["weights_bytes"] = _onnx_weights_bytes(program_file)
@@ -67,6 +68,10 @@ def print_artifact(info: dict) -> None:
     for key, size in info["files"].items():
         print(f"  file {key:<15} {size:>14,} bytes")
     print(f"weights:                {info['weights_bytes']:>14,} bytes")
+    lookup = info.get("embedding_lookup") or {}
+    if lookup.get("dtype"):
+        print(f"lookup table:           {lookup['bytes']:>14,} bytes ({lookup['dtype']} {lookup['shape']}"
+              f"{', ' + lookup['scheme'] if lookup.get('scheme') else ''}; {lookup['ops']})")
     print(f"state (batch 1):        {info['state_bytes_batch1']:>14,} bytes")
     if "memory" in info:
         from exporters.memory_plan import format_memory

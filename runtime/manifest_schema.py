@@ -162,6 +162,8 @@ def check_manifest(d) -> None:
         _check_last_logits(d["last_logits"], files, inputs, outputs, vocab)
     if "shared_weights" in d:
         _check_shared_weights(d["shared_weights"], files)
+    if d.get("embedding_lookup") is not None:
+        _check_embedding_lookup(d["embedding_lookup"])
 
 
 def _decode_ios(where: str, value, first: tuple) -> list[dict]:
@@ -274,3 +276,12 @@ def _check_shared_weights(sw, files: dict) -> None:
             _int(f"{at} length", e[2])
             for d in e[4]:
                 _int(f"{at} dims", d)
+
+
+def _check_embedding_lookup(lookup) -> None:
+    """What the token lookup's table is stored as (``dtype``, ``bits``, ...); ``tensors`` names its initializers."""
+    _typed("embedding_lookup", lookup, dict)
+    if lookup.get("dtype") is not None:
+        _str("embedding_lookup.dtype", lookup["dtype"])
+    for i, name in enumerate(_typed("embedding_lookup.tensors", lookup.get("tensors", []), list)):
+        _str(f"embedding_lookup.tensors[{i}]", name)

@@ -26,6 +26,7 @@ ROOT_PATH = Path(ROOT)
 # RMSNorm's mean, RoPE's rotate-half and the z sum as linear layers with constant weights, so the whole step
 # is ONE partition with the embedding lookup alone outside (before that: 8 partitions on tiny).
 ALLOWED_OUTSIDE = {"embedding.default"}  # the token lookup; everything else is delegated
+INT8_LOOKUP = "quantized_decomposed.embedding_byte.default"  # int4's token lookup: its table int8, a scale per row
 MAX_PARTITIONS = 1
 # int8 (dynamic activations, per-channel weights) on the tiny preset: measured top-1 agreement with float
 # eager is 1.000 over 64 segments (batch 1) and 50 segments (batch 2); 0.97 leaves room for other seeds
@@ -114,13 +115,20 @@ def test_int8_top1_agreement_and_state_drift(et_artifacts):
 INT4_MIN_TOP1 = 0.95
 
 
-def test_int4_linears_only_state_float32(et_artifacts):
+def test_int4_linears_and_int8_lookup_state_float32(et_artifacts):
     model, art, manifest, pipeline_report = get(et_artifacts, ("delta", INT4))
     assert manifest["quantization"] == "int4"
     ex = manifest["exporter"]
     assert ex["quantized_linears"] == sum(isinstance(m, torch.nn.Linear) for m in model.modules()) == 15
     assert ex["int4_block_size"] == 32 and "8da4w" in ex["quantization_scheme"]
-    assert ex["delegate_partitions"] == 1 and set(ex["non_delegated_ops"]) <= ALLOWED_OUTSIDE  # all in XNNPACK
+    assert ex["delegate_partitions"] == 1 and ex["non_delegated_ops"] == {INT8_LOOKUP: 1}  # all else in XNNPACK
+    assert "fuse_int8_lookup" in ex["transform_passes"]
+    V, D = model.cfg.vocab_size, model.cfg.d_model
+    lookup = manifest["embedding_lookup"]
+    assert (lookup["dtype"], lookup["bits"], lookup["shape"], lookup["bytes"]) == ("int8", 8, [V, D], V * D + 4 * V)
+    assert lookup["kernels"] == {"forward": 1, "step_last": 1}  # no decode method under a dynamic batch
+    _, _, fp32_manifest, _ = get(et_artifacts, ("delta", FP32))
+    assert fp32_manifest["embedding_lookup"]["dtype"] == "float32"
     assert pipeline_report["passed"], pipeline_report["failures"][:5]
     assert pipeline_report["tolerance"]["min_top1"] > 0  # a measured int4 tolerance, not a placeholder
     # the program's own signature: every state output float32 (as the manifest says)

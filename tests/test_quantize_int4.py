@@ -61,6 +61,11 @@ def test_int4_smaller_than_int8_and_fp32(int4_onnx, onnx_artifacts, tmp_path):
                               progress=False, log=None)
     size = lambda art: sum(f.stat().st_size for f in art.iterdir() if f.suffix in (".onnx", ".bin"))  # noqa: E731
     assert size(out) < size(tmp_path / "int8") < size(fp32_art)
+    # the lookup table: float32 in fp32 and int8 artifacts (the fp32 one stored once, transposed, as the LM head
+    # reads it), int8 in int4 ones
+    fp32_lookup = InfiniSession.open(fp32_art).manifest.data["embedding_lookup"]
+    assert (fp32_lookup["dtype"], fp32_lookup["shape"], fp32_lookup["bytes"]) == ("float32", [256, 32], 4 * 256 * 32)
+    assert (int8["embedding_lookup"]["dtype"], manifest["embedding_lookup"]["dtype"]) == ("float32", "int8")
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "executorch"])
@@ -97,16 +102,22 @@ def test_cli_block_size_needs_int4_and_info_of_an_onnx_artifact(int4_onnx, tmp_p
     r = _cli("info", str(out))
     assert r.returncode == 0, r.stderr
     assert "int4" in r.stdout and f"{manifest['files']['program']['bytes']:,}" in r.stdout
+    lookup = manifest["embedding_lookup"]
+    line = next(x for x in r.stdout.splitlines() if x.startswith("lookup table:"))  # how the table is stored
+    assert f"{lookup['bytes']:,} bytes (int8 [256, 32]" in line
     state_bytes = sum(4 * int(np.prod([1 if d == "batch" else d for d in s["shape"]])) for s in manifest["state"])
     assert f"{state_bytes:,}" in r.stdout
 
 
 def test_int4_weights_are_prepacked_not_shared(int4_onnx):
     """MatMulNBits runs on its prepacked weights (unpacked it dequantizes the whole matrix per call): the runtime
-    shares only the float weights of an int4 artifact between its graphs and leaves prepacking on."""
-    _, out, _, _ = int4_onnx
+    shares only the float weights and the int8 lookup table of an int4 artifact between its graphs and leaves
+    prepacking on."""
+    _, out, manifest, _ = int4_onnx
     s = InfiniSession.open(out)
-    assert s.backend.shared_weights  # the float embedding table is still mapped once
+    assert s.backend.shared_weights  # the lookup table (int8) is still mapped once
+    table = manifest["embedding_lookup"]["tensors"][0]
+    assert all(table in names and not any(n.endswith("_Q4") for n in names) for names in s.backend.shared_names.values())
     for sess in (s.backend.session, s.backend.decode_session):
         with pytest.raises(RuntimeError):  # the entry is absent: prepacking on
             sess.get_session_options().get_session_config_entry("session.disable_prepacking")

@@ -70,6 +70,10 @@ class _PybindingsEngine:
                 from executorch.extension.pybindings import _portable_lib as portable_lib
             except ImportError:
                 from executorch.extension.pybindings import portable_lib
+            try:  # registers the quantized kernels (the int8 embedding lookup of int4 programs: embedding_byte)
+                import executorch.kernels.quantized  # noqa: F401
+            except ImportError:
+                pass
         self._torch, self._pl = torch, portable_lib
         self.version = getattr(version, "__version__", "?")
         if threads is not None:

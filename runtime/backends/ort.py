@@ -64,8 +64,12 @@ class OrtBackend(SegmentPrograms):
         self.shared_weights = bool(shared)
 
         quantized = manifest.data.get("quantization") is not None
+        lookup_tensors = set((manifest.data.get("embedding_lookup") or {}).get("tensors", []))
 
-        def options(initializers):
+        self.shared_names: dict[str, list[str]] = {}  # files key -> the initializers handed to that graph
+
+        def options(key: str):
+            initializers = shared.get(key)
             opts = ort.SessionOptions()
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             if threads:
@@ -85,17 +89,19 @@ class OrtBackend(SegmentPrograms):
                 opts.add_session_config_entry("session.set_denormal_as_zero", "1")
             if quantized:  # int4/int8 kernels run on their prepacked form (unpacked, MatMulNBits dequantizes the
                 # whole matrix per call: 7x slower at 110M): each graph loads and prepacks its quantized weights, and
-                # only the float ones (the embedding table) are shared
-                initializers = [(n, v) for n, v in initializers or [] if v.data_type() not in _QUANTIZED]
+                # only the float ones and the lookup table (read by Gather, never prepacked) are shared
+                initializers = [(n, v) for n, v in initializers or []
+                                if v.data_type() not in _QUANTIZED or n in lookup_tensors]
             elif initializers:  # the caller's buffers, one copy for every graph; a prepacked copy each is what we avoid
                 opts.add_session_config_entry("session.disable_prepacking", "1")
             for name, value in initializers or []:
                 opts.add_initializer(name, value)
+            self.shared_names[key] = [name for name, _ in initializers or []]
             return opts
 
         def checked(key: str, inputs: list | None = None, outputs: list | None = None):
             """The graph of ``files[key]``, its I/O checked against the manifest's (the segment step's unless given)."""
-            session = self._load(ort, manifest.file_path(key), options(shared.get(key)))
+            session = self._load(ort, manifest.file_path(key), options(key))
             check_graph_io(manifest, session.get_inputs(), session.get_outputs(), inputs, outputs)
             return session
 
@@ -106,7 +112,7 @@ class OrtBackend(SegmentPrograms):
         self.decode_session = None
         if dec is not None and dec.program.get("format") == "onnx":
             self.decode_session = self._load(ort, manifest.file_path(dec.program["file"]),
-                                             options(shared.get(dec.program["file"])))
+                                             options(dec.program["file"]))
             check_graph_io(manifest, self.decode_session.get_inputs(), self.decode_session.get_outputs(),
                            dec.inputs, dec.outputs)
             self._decode_in, self._decode_out = dec.input_names, dec.output_names
