@@ -122,8 +122,7 @@ def cache_attention_translation():
     from onnxscript import opset23 as op
     from onnxscript.values import Op, Opset
 
-    import infini_export.adapters.lucidrains  # noqa: F401  (registers the packed op)
-    import infini_export.model  # noqa: F401  (registers the op)
+    import infini_export.attention  # noqa: F401  (registers both ops)
 
     gqa = Op(Opset("com.microsoft", 1), "GroupQueryAttention", _gqa_schema())
 
