@@ -41,8 +41,8 @@ def test_base_32k_one_layer_float32_and_int4(model, tmp_path):
                   for n in graph.node if n.op_type == "MatMulNBits" for x in n.input[1:] if x in inits)
     fp32_bytes = sum(4 * m.weight.numel() for m in linears)
     assert q_bytes <= 0.17 * fp32_bytes, (q_bytes, fp32_bytes)
-    # both programs' files with their shared weights. fp32: the tied embedding / LM head stored once. int4: the layers' float32 weights replaced by 4-bit ones;
-    # the embedding table stays float32 for the lookup (the LM head gets its own 4-bit copy)
+    # both programs' files with their shared weights. fp32: the tied embedding / LM head stored once. int4: the layers' float32 weights replaced by 4-bit ones
+    # (the LM head its own 4-bit copy), the lookup's table by an int8 one (tests/test_quantize_lookup.py checks its bytes)
     size = lambda m: sum(f["bytes"] for k, f in m["files"].items() if k in ("program", "decode_program", "last_program", "weights"))  # noqa: E731,E501
     embedding = 4 * cfg.vocab_size * cfg.d_model
     assert 4 * model.num_parameters() <= size(fp32) < 4 * model.num_parameters() + embedding
