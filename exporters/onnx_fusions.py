@@ -3,7 +3,9 @@
 The model writes RMSNorm's mean of squares as a linear layer with a constant ``1/D`` column (so the XNNPACK
 delegate takes the whole step in one partition, see ``infini_export/model.py``). In ONNX that is 7 nodes per
 norm; opset 23's ``RMSNormalization`` does the same in one kernel. The rewrite uses onnxscript's pattern
-rewriter and checks the constant before it fires: only a column of exactly ``1/D`` is a mean.
+rewriter and checks the constant before it fires: only a column of exactly ``1/D`` is a mean. infini-transformer-
+pytorch's RMSNorm (``F.normalize(x) * sqrt(D) * gamma``, 6 nodes) becomes the same op, checked the same way (a norm
+over the last axis, a scale of sqrt(D)).
 """
 from __future__ import annotations
 
@@ -44,7 +46,42 @@ class MeanByMatMulRMSNorm(pattern.RewriteRuleClassBase):
                                    stash_type=ir.DataType.FLOAT.value)
 
 
-RULES = pattern.RewriteRuleSet([MeanByMatMulRMSNorm.rule()])
+class NormalizeRMSNorm(pattern.RewriteRuleClassBase):
+    """``x / Expand(Clip(ReduceL2(x, [-1]), min=e)) * sqrt(D) * w`` (``F.normalize(x, dim=-1) * sqrt(D) * w``, the
+    RMSNorm of infini-transformer-pytorch) -> ``RMSNormalization(x, w, epsilon=e^2 / D)``.
+
+    ``x / max(|x|, e) * sqrt(D) = x / max(rms(x), e / sqrt(D))``; RMSNormalization's ``x / sqrt(mean(x^2) + e^2 / D)``
+    is the same up to rounding wherever ``|x| >> e`` (relative difference ``e^2 / (2 |x|^2)``) and 0 at x = 0."""
+
+    def pattern(self, op, x, axes, eps, shape, scale, weight):
+        norm = op.ReduceL2(x, axes, keepdims=1, _allow_other_attributes=True)  # (..., 1)
+        return op.Mul(op.Mul(op.Div(x, op.Expand(op.Clip(norm, eps), shape)), scale), weight)  # (..., D)
+
+    def check(self, op, x, axes, eps, shape, scale, weight, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        ax, e, sc, w = _constant(axes), _constant(eps), _constant(scale), _constant(weight)
+        if ax is None or e is None or sc is None or e.size != 1 or sc.size != 1:
+            return result.fail("axes, minimum or scale is not a constant")
+        if x.dtype != ir.DataType.FLOAT or x.shape is None or not isinstance(x.shape[-1], int):
+            return result.fail("not a float32 input with a known last dimension", x)
+        D, rank = x.shape[-1], len(x.shape)
+        if ax.reshape(-1).tolist() not in ([-1], [rank - 1]):
+            return result.fail("the norm is not over the last axis", axes)
+        if not np.isclose(float(sc.reshape(())), np.sqrt(D), rtol=1e-6, atol=0.0):
+            return result.fail(f"the scale is not sqrt({D})", scale)
+        if w is not None and w.shape != (D,):
+            return result.fail("the weight is not one value per feature", weight)
+        if not 0.0 <= float(e.reshape(())) < 1e-6:
+            return result.fail("the norm's minimum is not a small epsilon", eps)
+        return result
+
+    def rewrite(self, op, x, axes, eps, shape, scale, weight, **_):
+        D = x.shape[-1]
+        return op.RMSNormalization(x, weight, axis=-1, epsilon=float(_constant(eps).reshape(())) ** 2 / D,
+                                   stash_type=ir.DataType.FLOAT.value)
+
+
+RULES = pattern.RewriteRuleSet([MeanByMatMulRMSNorm.rule(), NormalizeRMSNorm.rule()])
 
 
 def fuse(model: ir.Model) -> dict[str, int]:
@@ -77,23 +114,33 @@ def _gqa_schema():
 
 
 def cache_attention_translation():
-    """``{infini::cache_attention: its ONNX}`` for ``torch.onnx.export(custom_translation_table=...)``: one
-    ``GroupQueryAttention`` per layer (RoPE inside, over the ``position + T`` valid rows; the present caches are the
-    past ones with the T new rows written at ``position``, in place when a runtime binds them to the same buffers)."""
+    """``{infini::cache_attention / infini::packed_cache_attention (the lucidrains adapter's): their ONNX}`` for
+    ``torch.onnx.export(custom_translation_table=...)``: one ``GroupQueryAttention`` per layer (RoPE inside, over the
+    ``position + T`` valid rows; the present caches are the past ones with the T new rows written at ``position``,
+    in place when a runtime binds them to the same buffers)."""
     import torch
     from onnxscript import opset23 as op
     from onnxscript.values import Op, Opset
 
+    import infini_export.adapters.lucidrains  # noqa: F401  (registers the packed op)
     import infini_export.model  # noqa: F401  (registers the op)
 
     gqa = Op(Opset("com.microsoft", 1), "GroupQueryAttention", _gqa_schema())
 
+    def total_length(last):  # () int32: p + T
+        return op.Add(op.ReduceMax(last, keepdims=0), op.CastLike(op.Constant(value_int=1), last))
+
     def cache_attention(q, k, v, key_cache, value_cache, last, cos, sin):
         heads, dh = key_cache.shape[1], key_cache.shape[3]
-        total = op.Add(op.ReduceMax(last, keepdims=0), op.CastLike(op.Constant(value_int=1), last))  # () int32: p + T
         start, end, axis = op.Constant(value_ints=[0]), op.Constant(value_ints=[dh // 2]), op.Constant(value_ints=[1])
         cos_half, sin_half = op.Slice(cos, start, end, axis), op.Slice(sin, start, end, axis)  # (N, dh/2)
-        return gqa(q, k, v, key_cache, value_cache, last, total, cos_half, sin_half, num_heads=heads,
+        return gqa(q, k, v, key_cache, value_cache, last, total_length(last), cos_half, sin_half, num_heads=heads,
                    kv_num_heads=heads, scale=float(dh) ** -0.5, do_rotary=1, rotary_interleaved=0)
 
-    return {torch.ops.infini.cache_attention.default: cache_attention}
+    def packed_cache_attention(qkv, key_cache, value_cache, last, cos, sin, scale: float, interleaved: bool):
+        heads = key_cache.shape[1]  # q, k, v packed in one input: key and value left out
+        return gqa(qkv, None, None, key_cache, value_cache, last, total_length(last), cos, sin, num_heads=heads,
+                   kv_num_heads=heads, scale=float(scale), do_rotary=1, rotary_interleaved=int(interleaved))
+
+    return {torch.ops.infini.cache_attention.default: cache_attention,
+            torch.ops.infini.packed_cache_attention.default: packed_cache_attention}

@@ -37,10 +37,14 @@ def lookup_from_transposed(model: onnx.ModelProto) -> list[str]:
         if transposes:  # the head transposes the table at run time: store the transposed table instead
             new = name + SUFFIX
             graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(table.T), new))
-        else:  # a small table the exporter folded: its transpose is already a second initializer
-            new = _stored_transpose(inits, name, table)
-            if new is None:
+        else:  # a small table the exporter folded: its transpose is already a second initializer, renamed here
+            folded = _stored_transpose(inits, name, table)
+            if folded is None:
                 continue
+            new = name + SUFFIX
+            inits[folded].name = new
+            for node in graph.node:
+                node.input[:] = [new if i == folded else i for i in node.input]
         graph.initializer.remove(inits[name])
         for tr in transposes:  # every reader of W^T now reads the stored table
             for node in graph.node:

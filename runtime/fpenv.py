@@ -71,18 +71,34 @@ def preserved():
         _set(saved)
 
 
-@contextlib.contextmanager
 def flush_denormals(enabled: bool = True):
     """FTZ/DAZ on the calling thread for the block; the previous environment is restored after it."""
-    if not (enabled and AVAILABLE):
-        yield
-        return
-    saved = _get()
-    fast = ctypes.create_string_buffer(saved.raw, _ENV_BYTES)
-    value = int.from_bytes(saved.raw[_MXCSR_AT:_MXCSR_AT + 4], "little") | _FTZ_DAZ
-    ctypes.memmove(ctypes.addressof(fast) + _MXCSR_AT, value.to_bytes(4, "little"), 4)
-    _set(fast)
-    try:
-        yield
-    finally:
-        _set(saved)
+    return _Flush() if enabled and AVAILABLE else contextlib.nullcontext()
+
+
+_FLUSHED: dict[bytes, ctypes.Array] = {}  # an environment -> the same with FTZ/DAZ set (read-only buffers)
+
+
+class _Flush:
+    """The context of :func:`flush_denormals` (a class, not a generator: it runs around every backend call)."""
+
+    __slots__ = ("_saved",)
+
+    def __enter__(self):
+        saved = _get()
+        raw = saved.raw
+        fast = _FLUSHED.get(raw)
+        if fast is None:
+            fast = ctypes.create_string_buffer(raw, _ENV_BYTES)
+            value = int.from_bytes(raw[_MXCSR_AT:_MXCSR_AT + 4], "little") | _FTZ_DAZ
+            ctypes.memmove(ctypes.addressof(fast) + _MXCSR_AT, value.to_bytes(4, "little"), 4)
+            if len(_FLUSHED) >= 64:  # the sticky status flags make a few distinct environments; bounded anyway
+                _FLUSHED.clear()
+            _FLUSHED[raw] = fast
+        _set(fast)
+        self._saved = saved
+        return None
+
+    def __exit__(self, *exc) -> bool:
+        _set(self._saved)
+        return False

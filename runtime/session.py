@@ -40,6 +40,7 @@ class InfiniSession:
         if dec is not None:  # where each segment-state tensor sits in the decode state
             names = [e.name for e in dec.state]
             self._seg_idx = [names.index(e.name) for e in self._entries]
+            self._in_place = dec.cache_in_place  # read once: the property scans the program's outputs
         self.max_state_bytes = _check_state_budget(manifest, batch_size, max_state_bytes)
         self._initial = self._load_initial_state()
         self._reset(batch_size)
@@ -269,7 +270,7 @@ class InfiniSession:
                     if p == 0 and self.position and saved is None:
                         saved = [c[:, :, :self.position].copy() for c in self._cache]
                     logits, state, new_rows = self._run_decode(ids[:, i:i + n], p, state)  # (B, n, V)
-                    if not self._decode.cache_in_place and p + n < N:
+                    if not self._in_place and p + n < N:
                         for cache, r in zip(self._cache, new_rows):
                             cache[:, :, p:p + n] = r
                 if keep == "all":

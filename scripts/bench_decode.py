@@ -36,7 +36,8 @@ def main() -> int:
     p.add_argument("--context-at", type=int, default=1024)
     p.add_argument("--real-segments", type=int, default=64)
     p.add_argument("--lucidrains", action="store_true",
-                   help="also time infini-transformer-pytorch's own generate against our decode on the same weights")
+                   help="also time infini-transformer-pytorch's own generate against our decode on the same weights "
+                        "(--new-tokens tokens, --rounds rounds, --threads or 1 thread)")
     args = p.parse_args()
     arts = [Path(a) for a in args.artifacts]
     for i, preset in enumerate(args.export):
@@ -61,7 +62,8 @@ def main() -> int:
                        contexts=contexts, threads=args.threads) for a in arts]
     if args.lucidrains:
         from infini_cli.bench.decode import lucidrains_comparison
-        results.append({"lucidrains": lucidrains_comparison(Path(args.cache), threads=args.threads or 1)})
+        results.append({"lucidrains": lucidrains_comparison(Path(args.cache), new_tokens=args.new_tokens,
+                                                            rounds=args.rounds, threads=args.threads or 1)})
     write(results, Path(args.out))
     for r in results:
         print(json.dumps({k: v for k, v in r.items() if k != "model"}))

@@ -228,17 +228,73 @@ def test_adapter_decode_equals_its_step(name):
     assert float(dec_state[-1].min()) == 1.0  # has_memory after the first boundary
 
 
-def test_adapter_decode_exports_with_parity(tmp_path):
+@pytest.mark.parametrize("name", ["linear", "delta_learned"])
+def test_adapter_fused_decode_equals_its_masked_decode(name):
+    """In ``cache_attention_op`` the adapter's decode takes the whole caches and returns them with the chunk's rows
+    written in (their interleaved rotary inside one op): the same logits, state and rows as the masked form."""
+    from test_adapter_lucidrains import SEG, make_theirs
+    from infini_export.adapters.lucidrains import LucidrainsStep
+    from infini_export.state import flatten_state
+    adapter = LucidrainsStep(make_theirs(name), SEG).eval()
+    ids = torch.randint(0, adapter.vocab_size, (2, 2 * SEG + 5), generator=torch.Generator().manual_seed(2))
+    ref_logits, ref_state = _decode_all(adapter, ids, [1, 3, 2])
+    with adapter.cache_attention_op():
+        fused = adapter.decode_spec().cache_output == "whole"
+        assert fused == (adapter.dim_head % 16 == 0)  # GroupQueryAttention's rotary: dim_head / 2 a multiple of 8
+        state, cache = adapter.init_decode_state(2)
+        out, t, k = [], 0, 0
+        with torch.no_grad():
+            while t < ids.shape[1]:
+                p = t % SEG
+                n = min([1, 3, 2][k % 3], SEG - p, ids.shape[1] - t)
+                logits, state, rows = adapter.decode(ids[:, t:t + n], torch.tensor([p]), state, cache)
+                if fused:  # the whole caches: rows before p as given, p..p+n-1 the chunk's
+                    for c, r in zip(flatten_state(cache), flatten_state(rows)):
+                        assert torch.equal(r[:, :, :p], c[:, :, :p]) and r.shape == c.shape
+                    cache = rows
+                else:
+                    where = torch.arange(p, p + n)
+                    cache = tuple(LayerCache(c.key.index_copy(2, where, r.key), c.value.index_copy(2, where, r.value))
+                                  for c, r in zip(cache, rows))
+                out.append(logits)
+                t, k = t + n, k + 1
+    assert adapter.decode_spec().cache_output == "rows"  # the context is left
+    torch.testing.assert_close(torch.cat(out, 1), ref_logits, atol=1e-5, rtol=1e-5)
+    for a, b in zip(flatten_state(state), flatten_state(ref_state)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["delta", "linear"])
+def test_adapter_decode_exports_with_parity(tmp_path, name):
+    """dim_head 8 keeps the masked attention over all N slots (cache rows out); dim_head 16 exports one
+    GroupQueryAttention per layer (their interleaved rotary, the cache written in place)."""
+    import onnx
     from test_adapter_lucidrains import SEG, make_theirs
     from exporters.pipeline import export_artifact
     from infini_export.adapters.lucidrains import LucidrainsStep
-    adapter = LucidrainsStep(make_theirs("delta"), SEG).eval()
+    adapter = LucidrainsStep(make_theirs(name), SEG).eval()
     manifest, report = export_artifact(adapter, tmp_path, "onnx", parity_segments=4, progress=False, log=None)
     assert report.decode["failures"] == [] and report.decode["boundaries"] == 3
     assert "has_memory" in [e["name"] for e in manifest["decode"]["state"]]
+    fused = adapter.dim_head % 16 == 0
+    gqa = [n for n in onnx.load(str(tmp_path / "decode.onnx")).graph.node if n.op_type == "GroupQueryAttention"]
+    assert len(gqa) == (adapter.depth if fused else 0)
+    for node in gqa:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs["rotary_interleaved"] == 1 and attrs["do_rotary"] == 1 and attrs["num_heads"] == adapter.heads
+        assert node.input[1] == node.input[2] == ""  # q, k, v packed: their to_qkv output as it is
+    roles = {o["role"] for o in manifest["decode"]["outputs"][1:] if o["role"] != "state-out"}
+    assert roles == {"cache-out" if fused else "cache-rows"}
+    assert manifest["exporter"]["fusions"]["step"]["RMSNormalization"] == 2 * adapter.depth + 1  # their RMSNorm
     s = InfiniSession.open(tmp_path)
+    assert s.manifest.decode.cache_in_place == fused
     ids = np.random.default_rng(6).integers(0, adapter.vocab_size, 3 * SEG + 3)
     np.testing.assert_allclose(s.feed(ids), InfiniSession.open(tmp_path, use_decode=False).feed(ids), atol=1e-5)
+    s.reset(2)  # a batch of two, several tokens per call after a past (run row by row in place)
+    two = np.stack([ids, ids[::-1]])
+    ref = InfiniSession.open(tmp_path, use_decode=False, batch_size=2).feed(two)
+    got = np.concatenate([s.feed(two[:, :5]), s.feed(two[:, 5:9]), s.feed(two[:, 9:])], axis=1)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
 
 
 def test_shared_weights_table_is_checked(onnx_artifacts, tmp_path):
@@ -287,6 +343,32 @@ def test_in_place_cache_program_writes_only_the_new_rows(onnx_artifacts):
         np.testing.assert_array_equal(c[:, :, 8:], old[:, :, 8:])
         np.testing.assert_array_equal(c[:, :, 5:8], r)
         np.testing.assert_allclose(r, ref, atol=1e-5)
+
+
+def test_in_place_binding_follows_the_cache_buffers(onnx_artifacts):
+    """The backend keeps one binding of the in-place program per thread and makes it again when other cache arrays
+    come: forks of one session generating in turn give what each gives alone, arrays returned by a call are not
+    overwritten by later calls, and caches that share memory are refused by name."""
+    _, art = onnx_artifacts["linear"]
+    base = InfiniSession.open(art)
+    base.feed(np.arange(11))
+    a, b = base.fork(), base.fork()
+    ref_a, ref_b = base.fork().generate(np.array([3]), 12), base.fork().generate(np.array([9]), 12)
+    toks_a, toks_b = [a.generate(np.array([3]), 1)], [b.generate(np.array([9]), 1)]
+    kept = [(a._state[0], a._state[0].copy())]
+    for _ in range(11):  # the two sessions' calls interleave over the one backend
+        toks_a.append(a.generate(np.zeros(0, np.int64), 1))
+        toks_b.append(b.generate(np.zeros(0, np.int64), 1))
+        kept.append((a._state[0], a._state[0].copy()))
+    np.testing.assert_array_equal(np.concatenate(toks_a, 1), ref_a)
+    np.testing.assert_array_equal(np.concatenate(toks_b, 1), ref_b)
+    assert all(np.array_equal(x, y) for x, y in kept)
+    dec = a.manifest.decode
+    state = [np.zeros(e.concrete_shape(1), np.float32) for e in dec.state]
+    shared = np.zeros(dec.cache[0].concrete_shape(1), np.float32)
+    cache = [shared] + [np.zeros(e.concrete_shape(1), np.float32) for e in dec.cache[1:-1]] + [shared]
+    with pytest.raises(InputError, match=r"'key.0' and .*'value.1' share memory"):
+        a.backend.run_decode(np.zeros((1, 1), np.int64), 0, state, cache)
 
 
 def test_failed_feed_across_a_boundary_restores_the_cache_rows_in_use(onnx_artifacts):

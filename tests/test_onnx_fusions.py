@@ -60,6 +60,44 @@ def test_rmsnorm_rewrite_needs_opset_23():
         fuse(_norm_graph(np.full((16, 1), 1.0 / 16), opset=20))
 
 
+def _normalize_graph(scale: float, D: int = 16) -> ir.Model:
+    """``F.normalize(x, dim=-1) * scale * w`` as torch.onnx writes it (infini-transformer-pytorch's RMSNorm)."""
+    w = np.random.default_rng(0).normal(size=D).astype(np.float32)
+    inits = [numpy_helper.from_array(np.array([-1], np.int64), "axes"),
+             numpy_helper.from_array(np.array(1e-12, np.float32), "eps"),
+             numpy_helper.from_array(np.array(scale, np.float32), "scale"), numpy_helper.from_array(w, "w")]
+    nodes = [helper.make_node("ReduceL2", ["x", "axes"], ["n"], keepdims=1), helper.make_node("Clip", ["n", "eps"], ["c"]),
+             helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Expand", ["c", "shape"], ["e"]),
+             helper.make_node("Div", ["x", "e"], ["xn"]), helper.make_node("Mul", ["xn", "scale"], ["xs"]),
+             helper.make_node("Mul", ["xs", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "normalize", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, D])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, D])], inits)
+    return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", FUSED_OPSET)]))
+
+
+def test_normalize_rmsnorm_rewrite_fires_on_sqrt_d_and_keeps_the_values():
+    D = 16
+    model = _normalize_graph(np.sqrt(D), D)
+    x = np.random.default_rng(1).normal(size=(2, 5, D)).astype(np.float32) * 3
+    x[0, 0] = 0.0  # a zero row stays zero (their clamp, our epsilon)
+    before = _run(model, x)
+    assert fuse(model) == {"RMSNormalization": 1}
+    assert [n.op_type for n in model.graph] == ["RMSNormalization"]
+    after = _run(model, x)
+    w = model.graph.initializers["w"].const_value.numpy()
+    x64 = x.astype(np.float64)
+    ref = x64 / np.maximum(np.linalg.norm(x64, axis=-1, keepdims=True), 1e-12) * np.sqrt(D) * w
+    np.testing.assert_allclose(after, ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-6)
+    assert not after[0, 0].any()
+
+
+def test_normalize_rmsnorm_rewrite_needs_the_sqrt_d_scale():
+    model = _normalize_graph(2.0)  # not sqrt(16): a scaled L2 normalisation, not an RMS norm
+    assert fuse(model) == {"RMSNormalization": 0}
+    assert "RMSNormalization" not in [n.op_type for n in model.graph]
+
+
 def test_exported_step_has_one_rmsnorm_node_per_norm(onnx_artifacts):
     import json
     model, art = onnx_artifacts["delta"]

@@ -134,33 +134,46 @@ def write(results: list[dict], out_dir: Path) -> None:
 def lucidrains_comparison(out_dir: Path, new_tokens: int = 128, rounds: int = 2, threads: int = 1,
                           segment_len: int = 128, log=print) -> dict:
     """infini-transformer-pytorch's own ``generate`` (eager, its K/V cache inside the segment) against our decode
-    program on the same weights (exported through the adapter), at the ``small`` preset's shape, side by side."""
-    import os
+    program on the same weights (exported through the adapter), at the ``small`` preset's shape, side by side.
+
+    Their ``generate`` samples (top-p, temperature 1) and ours is greedy: both run the model once per token, and the
+    sampling is a few vector ops of 256 logits. Their progress bar is switched off (its cost would count as theirs).
+    The artifact is exported into ``out_dir/lucidrains-small`` once and reused, unless its decode program is not the
+    form the adapter exports now (an artifact from before its decode read the cache in place is exported again)."""
+    import functools
 
     import torch
     from infini_transformer_pytorch import InfiniTransformer, InfiniTransformerWrapper
+    from infini_transformer_pytorch import wrapper as their_wrapper
 
     from exporters.pipeline import export_artifact
     from infini_export.adapters.lucidrains import LucidrainsStep
+    from runtime.manifest import Manifest
     from runtime.session import InfiniSession
 
-    os.environ.setdefault("TQDM_DISABLE", "1")  # their generate draws a progress bar per token
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     theirs = InfiniTransformer(num_tokens=256, dim=128, depth=3, dim_head=32, heads=4, ff_mult=4).eval()
     wrapper = InfiniTransformerWrapper(theirs, segment_length=segment_len).eval()
+    adapter = LucidrainsStep(theirs, segment_len).eval()
     art = out_dir / "lucidrains-small"
-    if not (art / "manifest.json").is_file():
-        export_artifact(LucidrainsStep(theirs, segment_len).eval(), art, "onnx", parity_segments=4, progress=False,
-                        log=None)
+    with adapter.cache_attention_op():
+        in_place = adapter.decode_spec().cache_output == "whole"
+    if not (art / "manifest.json").is_file() or Manifest.load(art).decode.cache_in_place != in_place:
+        export_artifact(adapter, art, "onnx", parity_segments=4, progress=False, log=None)
     ours = InfiniSession.open(art, threads=threads)
     prompt = torch.randint(0, 256, (1, 1))
     t_theirs, t_ours = [], []
+    quiet = functools.partial(their_wrapper.tqdm, disable=True)
     for r in range(rounds):
-        t = time.perf_counter()
-        with torch.no_grad():
-            wrapper.generate(seq_len=1 + new_tokens, prompt=prompt)
-        t_theirs.append((time.perf_counter() - t) / new_tokens)
+        saved, their_wrapper.tqdm = their_wrapper.tqdm, quiet  # their generate draws a progress bar per token
+        try:
+            t = time.perf_counter()
+            with torch.no_grad():
+                wrapper.generate(seq_len=1 + new_tokens, prompt=prompt)
+            t_theirs.append((time.perf_counter() - t) / new_tokens)
+        finally:
+            their_wrapper.tqdm = saved
         ours.reset()
         t = time.perf_counter()
         ours.generate(prompt.numpy(), new_tokens)
@@ -168,7 +181,8 @@ def lucidrains_comparison(out_dir: Path, new_tokens: int = 128, rounds: int = 2,
         log(f"round {r + 1}/{rounds}: infini-transformer-pytorch generate {1000 * t_theirs[-1]:.2f} ms/token, "
             f"our decode program {1000 * t_ours[-1]:.2f} ms/token")
     return {"their_ms_per_token": 1000 * float(np.median(t_theirs)), "our_ms_per_token": 1000 * float(np.median(t_ours)),
-            "speedup": float(np.median(t_theirs) / np.median(t_ours)), "new_tokens": new_tokens, "threads": threads}
+            "speedup": float(np.median(t_theirs) / np.median(t_ours)), "new_tokens": new_tokens, "rounds": rounds,
+            "threads": threads, "in_place_cache": in_place}
 
 
 def sharing_child(artifact: Path, share: bool) -> dict:

@@ -44,9 +44,18 @@ their einops ``einsum`` contractions by the same contractions written as ``matmu
 the ``None``-memory branch by the flag above. Every replacement computes the same values; on float32
 CPU eager results match theirs bit for bit (max |difference| 0.0 over 21 segments in every
 configuration of tests/test_adapter_lucidrains.py, random and trained; the tests allow 1e-5).
+
+The decode program (``decode``, a chunk of tokens inside a segment) keeps the segment's rotated keys and values in a
+cache. Eager, and wherever the fused form does not apply, each layer attends over all N cache slots with a mask
+and returns the chunk's rows. For the ONNX export (``cache_attention_op``: float32 weights, ``dim_head`` a multiple
+of 16) each layer's local attention is one ``infini::packed_cache_attention`` op on their packed ``to_qkv`` output,
+which becomes onnxruntime's ``GroupQueryAttention``: their interleaved rotary inside (``rotary_interleaved=1``, cos
+and sin tables precomputed per layer from their frequencies), only the p + T valid rows read, the new rows written
+into the cache in place. The memory read, gate, write and feed-forward are the same code in both forms.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 from pathlib import Path
@@ -61,6 +70,48 @@ from ..state import (DecodeSpec, LayerCache, LayerDecodeState, LayerMemory, Stat
 STATE_DTYPE = torch.float32
 HAS_MEMORY = "has_memory"
 MEMORY_EPS = 1e-10  # their retrieve_from_kv_memories default: denominator clamped, not offset
+FUSED_HEAD_MULTIPLE = 16  # GroupQueryAttention's rotary: cos/sin tables of dim_head / 2 columns, a multiple of 8
+
+
+@torch.library.custom_op("infini::packed_cache_attention", mutates_args=())
+def packed_cache_attention(qkv: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, last: torch.Tensor,
+                           cos: torch.Tensor, sin: torch.Tensor, scale: float,
+                           interleaved: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Local causal attention of T tokens at positions p..p+T-1 of a segment over the cached rows 0..p-1 and
+    themselves, as one op (the ONNX exporter maps it to onnxruntime's ``GroupQueryAttention`` with packed q/k/v,
+    which reads only the p + T valid rows and writes the new ones in place).
+
+    qkv (B, T, 3*H*dh), laid out ``(qkv h d)``, un-rotated; caches (B, H, N, dh); last (B,) int32: p + T - 1;
+    cos/sin (N, dh/2): one column per rotated pair, pairs adjacent (``interleaved``, features 2i and 2i+1) or the
+    two halves (i and i + dh/2). ``scale`` multiplies the scores. Returns (out (B, T, H*dh), key cache, value
+    cache): the caches with the rotated keys / the values of the T tokens written at ``[:, :, p:p+T]``."""
+    B, T, _ = qkv.shape
+    H, dh = key_cache.shape[1], key_cache.shape[3]
+    p = int(last[0]) - T + 1
+    heads = qkv.view(B, T, 3, H, dh).permute(2, 0, 3, 1, 4)  # (3, B, H, T, dh)
+    q, k, v = heads[0], heads[1], heads[2]
+    c, s = cos[p:p + T], sin[p:p + T]  # (T, dh/2)
+
+    def rotate(x):
+        if interleaved:
+            x1, x2 = x[..., 0::2], x[..., 1::2]
+            return torch.stack((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).reshape(x.shape)
+        x1, x2 = x[..., :dh // 2], x[..., dh // 2:]
+        return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
+
+    key, value = key_cache.clone(), value_cache.clone()
+    key[:, :, p:p + T], value[:, :, p:p + T] = rotate(k), v
+    scores = rotate(q) @ key[:, :, :p + T].transpose(-1, -2) * scale  # (B, H, T, p + T)
+    causal = torch.full((T, p + T), float("-inf"), dtype=qkv.dtype, device=qkv.device).triu(p + 1)
+    out = torch.softmax(scores + causal, dim=-1) @ value[:, :, :p + T]  # (B, H, T, dh)
+    return out.transpose(1, 2).reshape(B, T, H * dh), key, value
+
+
+@packed_cache_attention.register_fake
+def _(qkv, key_cache, value_cache, last, cos, sin, scale, interleaved):
+    B, T, _ = qkv.shape
+    return qkv.new_empty(B, T, key_cache.shape[1] * key_cache.shape[3]), torch.empty_like(key_cache), \
+        torch.empty_like(value_cache)
 
 
 def _their_package():
@@ -118,6 +169,12 @@ class LucidrainsStep(nn.Module):
         # their causal mask, a constant: ones((T, T)).triu(1), True = masked
         mask = torch.ones((segment_len, segment_len), dtype=torch.bool).triu(1)
         self.register_buffer("causal_mask", mask, persistent=False)
+        # the decode program's rotary tables, cos and sin (N, dim_head / 2) per layer (see ``cache_attention_op``):
+        # one buffer each, so that each is a constant of the exported graph rather than a slice of one
+        for i, (cos, sin) in enumerate(self._decode_rotary_tables()):
+            self.register_buffer(f"rotary_cos_{i}", cos, persistent=False)
+            self.register_buffer(f"rotary_sin_{i}", sin, persistent=False)
+        self._fused_decode = False
 
     # ---- the step protocol ---------------------------------------------------------------------
     def step_spec(self) -> StepSpec:
@@ -224,21 +281,27 @@ class LucidrainsStep(nn.Module):
         new_kv = dkv + past_kv  # eq (4): einsum("... n dk, ... n dv -> ... dk dv") + past
         return out, LayerMemory(new_kv, dnorm + past_norm)
 
-    def _memory(self, attn, x, q, k, v, out, memory, norm, use_mem):
-        """Memory read and gate on the local output, the heads merged; this chunk's write (not yet added)."""
+    def _memory(self, attn, x, q, k, v, out, memory, norm, use_mem, heads_first: bool = True):
+        """Memory read and gate on the local output ``out`` ((B, H, T, d), or (B, T, H, d) when not
+        ``heads_first``), the heads merged; this chunk's write (not yet added) and the memory it reads."""
         B, _, T, _ = q.shape
         # compressive memory: with no memory, behave as past_memories=None
-        past_kv = torch.where(use_mem, memory, torch.zeros_like(memory))  # (B, H, d, d)
-        past_norm = torch.where(use_mem[..., 0], norm, torch.zeros_like(norm))  # (B, H, d)
+        past_kv = torch.where(use_mem, memory, 0.0)  # (B, H, d, d)
+        past_norm = torch.where(use_mem[..., 0], norm, 0.0)  # (B, H, d)
         kf, vf = _cast(k, STATE_DTYPE), _cast(v, STATE_DTYPE)
 
         mem_out = _cast(_retrieve(F.elu(_cast(q, STATE_DTYPE)) + 1.0, past_kv, past_norm), out.dtype)  # A_mem
-        gates = attn.fastweight_mem.head_gates.sigmoid()[:, None, None]  # (H, 1, 1)
+        gates = attn.fastweight_mem.head_gates.sigmoid()[:, None]  # (H, 1)
+        if heads_first:
+            gates = gates[:, None]  # (H, 1, 1)
+        else:
+            mem_out = mem_out.transpose(1, 2)  # (B, T, H, d), as out
         gated = out * gates + mem_out * (1.0 - gates)
         out = torch.where(use_mem, gated, out)  # first segment: no read, no gate
 
-        out = out.permute(0, 2, 1, 3).reshape(B, T, self.heads * self.dim_head)  # merge heads
-        out = attn.to_out(out)  # (B, T, D)
+        if heads_first:
+            out = out.permute(0, 2, 1, 3)
+        out = attn.to_out(out.reshape(B, T, self.heads * self.dim_head))  # heads merged: (B, T, D)
 
         # write (create_new_memories)
         keys = F.elu(kf) + 1.0  # (B, H, T, d)
@@ -261,7 +324,40 @@ class LucidrainsStep(nn.Module):
     def decode_spec(self) -> DecodeSpec:
         dtype = str(self.model.token_emb.weight.dtype).replace("torch.", "")
         state, cache = layer_decode_specs(self.depth, self.heads, self.dim_head, self.segment_len, dtype)
-        return DecodeSpec(self.segment_len, state + (StateTensorSpec(HAS_MEMORY, ("batch", 1)),), cache)
+        return DecodeSpec(self.segment_len, state + (StateTensorSpec(HAS_MEMORY, ("batch", 1)),), cache,
+                          "whole" if self._fused_decode else "rows")
+
+    @contextlib.contextmanager
+    def cache_attention_op(self):
+        """While active (float32 weights, ``dim_head`` a multiple of 16), ``decode`` runs each layer's local
+        attention as one ``infini::packed_cache_attention`` op on their packed ``to_qkv`` output and returns the
+        whole caches with the new rows written in (``cache_output == "whole"``); the ONNX exporter maps the op to
+        onnxruntime's ``GroupQueryAttention`` (``rotary_interleaved=1``: their rotary rotates adjacent pairs) that
+        updates the cache in place. The op scales the rotated scores where their code scales q before rotating it:
+        the same up to rounding. Everything else is the same program."""
+        before = self._fused_decode
+        fits = self.model.token_emb.weight.dtype == torch.float32 and self.dim_head % FUSED_HEAD_MULTIPLE == 0
+        if fits:  # their frequencies as they are now (weights may have been loaded after wrapping)
+            for i, (cos, sin) in enumerate(self._decode_rotary_tables()):
+                getattr(self, f"rotary_cos_{i}").copy_(cos)
+                getattr(self, f"rotary_sin_{i}").copy_(sin)
+        self._fused_decode = fits
+        try:
+            yield
+        finally:
+            self._fused_decode = before
+
+    @torch.no_grad()
+    def _decode_rotary_tables(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, cos and sin (N, dim_head / 2) of its rotary at positions 0..N-1 of a segment, one column per
+        rotated pair, computed as their ``forward`` computes its angles (float32 products)."""
+        tables = []
+        for attn, _ff in self.model.layers:
+            rot = attn.rotary_emb
+            seq = torch.arange(self.segment_len, device=rot.freqs.device, dtype=torch.float32) / rot.interpolate_factor
+            angles = _cast(seq, rot.freqs.dtype)[:, None] * rot.freqs[None, :]  # (N, dim_head / 2)
+            tables.append((angles.cos().float(), angles.sin().float()))
+        return tables
 
     def init_decode_state(self, batch_size: int, device=None):
         return self.decode_state_from(self.init_state(batch_size, device))
@@ -270,11 +366,14 @@ class LucidrainsStep(nn.Module):
         """Position 0 after a segment: the memories, zero pending writes, ``has_memory``; an empty cache."""
         *layers, has_memory = state
         B, N = has_memory.shape[0], self.segment_len
-        kv = torch.zeros(B, self.heads, N, self.dim_head, dtype=self.model.token_emb.weight.dtype,
-                         device=has_memory.device)
+
+        def empty():  # one buffer per cache tensor: a program that writes its caches in place may be bound to them
+            return torch.zeros(B, self.heads, N, self.dim_head, dtype=self.model.token_emb.weight.dtype,
+                               device=has_memory.device)
+
         dec = tuple(LayerDecodeState(m.memory, m.norm, torch.zeros_like(m.memory), torch.zeros_like(m.norm))
                     for m in layers)
-        return (*dec, has_memory), tuple(LayerCache(kv, kv.clone()) for _ in layers)
+        return (*dec, has_memory), tuple(LayerCache(empty(), empty()) for _ in layers)
 
     def decode(self, input_ids: torch.Tensor, position: torch.Tensor, state, cache):
         """Tokens p..p+T-1 of the current segment (see ``infini_export.state.DecodeSpec``); pure."""
@@ -287,32 +386,45 @@ class LucidrainsStep(nn.Module):
             self.check_step_inputs(input_ids, (*[LayerMemory(st.memory, st.norm) for st in layers], has))
         *layers, has_memory = state
         use_mem = (has_memory > 0.5)[:, :, None, None]  # (B, 1, 1, 1) bool
-        T, N = input_ids.shape[1], self.segment_len
-        fold = (position + T == N).to(STATE_DTYPE)  # (1,): 1.0 on the segment's last chunk
-        positions = position + torch.arange(T, device=input_ids.device)  # (T,)
-        visible = (torch.arange(N, device=input_ids.device) >= position)  # (N,) True = masked (slot not yet written)
+        (B, T), N = input_ids.shape, self.segment_len
+        at_end = position + T == N  # (1,) bool: the segment's last chunk
         x = self.model.token_emb(input_ids)  # (B, T, D)
+        if self._fused_decode:  # the fused form's last valid row, once for every layer
+            last = (position + (T - 1)).to(torch.int32).expand(B)
+        else:
+            positions = position + torch.arange(T, device=input_ids.device)  # (T,)
+            visible = (torch.arange(N, device=input_ids.device) >= position)  # (N,) True = masked (not yet written)
         new_layers, rows = [], []
-        for (attn, ff), st, c in zip(self.model.layers, layers, cache):
-            xn, q, k, v, q_rot, k_rot = self._qkv(attn, x, positions)
-            neg = -torch.finfo(q_rot.dtype).max
-            s_cache = (q_rot @ c.key.transpose(-1, -2)).masked_fill(visible, neg)  # (B, H, T, N)
-            s_self = (q_rot @ k_rot.transpose(-1, -2)).masked_fill(self.causal_mask[:T, :T], neg)  # (B, H, T, T)
-            a = attn.dropout(torch.cat([s_cache, s_self], dim=-1).softmax(dim=-1))
-            local = a[..., :N] @ c.value + a[..., N:] @ v  # (B, H, T, d)
-            out, dkv, dnorm, _, _ = self._memory(attn, xn, q, k, v, local, st.memory, st.norm, use_mem)
+        for i, ((attn, ff), st, c) in enumerate(zip(self.model.layers, layers, cache)):
+            if self._fused_decode:
+                xn = attn.norm(x)  # (B, T, D)
+                qkv = attn.to_qkv(xn)  # (B, T, 3 * H * d): (qkv h d), what GroupQueryAttention takes packed
+                heads = qkv.reshape(B, T, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)  # (3, B, H, T, d)
+                q, k, v = heads[0], heads[1], heads[2]
+                cos, sin = getattr(self, f"rotary_cos_{i}"), getattr(self, f"rotary_sin_{i}")  # (N, d / 2)
+                local, key, value = packed_cache_attention(qkv, c.key, c.value, last, cos, sin, attn.scale, True)
+                local = local.view(B, T, self.heads, self.dim_head)  # (B, T, H, d)
+                rows.append(LayerCache(key, value))  # the whole caches, the chunk's rows written in
+            else:
+                xn, q, k, v, q_rot, k_rot = self._qkv(attn, x, positions)
+                neg = -torch.finfo(q_rot.dtype).max
+                s_cache = (q_rot @ c.key.transpose(-1, -2)).masked_fill(visible, neg)  # (B, H, T, N)
+                s_self = (q_rot @ k_rot.transpose(-1, -2)).masked_fill(self.causal_mask[:T, :T], neg)  # (B, H, T, T)
+                a = attn.dropout(torch.cat([s_cache, s_self], dim=-1).softmax(dim=-1))
+                local = a[..., :N] @ c.value + a[..., N:] @ v  # (B, H, T, d)
+                rows.append(LayerCache(k_rot, v))
+            out, dkv, dnorm, past_kv, past_norm = self._memory(attn, xn, q, k, v, local, st.memory, st.norm, use_mem,
+                                                               heads_first=not self._fused_decode)
             x = out + x
             x = self._feed_forward(ff, x) + x
             pend_kv, pend_norm = st.pending_memory + dkv, st.pending_norm + dnorm
-            # their first segment has no memory: the memory after it is the write alone (as use_mem zeroes past)
-            past_kv = torch.where(use_mem, st.memory, torch.zeros_like(st.memory))
-            past_norm = torch.where(use_mem[..., 0], st.norm, torch.zeros_like(st.norm))
-            new_layers.append(LayerDecodeState(st.memory + fold * (pend_kv + past_kv - st.memory),
-                                               st.norm + fold * (pend_norm + past_norm - st.norm),
-                                               pend_kv - fold * pend_kv, pend_norm - fold * pend_norm))
-            rows.append(LayerCache(k_rot, v))
+            # at the segment's end the memory takes the write (their first segment has no memory: the memory after
+            # it is the write alone, as use_mem zeroes the past) and the pending write starts again from zero
+            new_layers.append(LayerDecodeState(torch.where(at_end, pend_kv + past_kv, st.memory),
+                                               torch.where(at_end, pend_norm + past_norm, st.norm),
+                                               torch.where(at_end, 0.0, pend_kv), torch.where(at_end, 0.0, pend_norm)))
         logits = self.model.to_logits(self.model.norm(x))  # (B, T, V)
-        return logits, (*new_layers, torch.maximum(has_memory, fold)), tuple(rows)
+        return logits, (*new_layers, torch.maximum(has_memory, at_end.to(STATE_DTYPE))), tuple(rows)
 
     @staticmethod
     def _feed_forward(ff, x: torch.Tensor) -> torch.Tensor:

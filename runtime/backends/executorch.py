@@ -27,7 +27,7 @@ import warnings
 import numpy as np
 
 from ..errors import ArtifactError, InfiniRuntimeError, InputError, ManifestError
-from .decode_check import check_decode_call
+from .decode_check import DecodeCallCheck
 from .programs import SegmentPrograms
 
 ENGINES = ("auto", "pybindings", "numpy")
@@ -207,6 +207,7 @@ class ExecuTorchBackend(SegmentPrograms):
         if any(m not in names for m in wanted):
             raise ArtifactError(f"{path} has the methods {names}, the manifest names {wanted}")
         self._data = data  # the program may point into this buffer
+        self._check_decode = DecodeCallCheck(dec) if dec is not None else None
         self._lock = threading.Lock()
         self._check_io()
 
@@ -255,7 +256,7 @@ class ExecuTorchBackend(SegmentPrograms):
     # ---- the decode method -----------------------------------------------------------------------
     def run_decode(self, ids: np.ndarray, position: int, state: list[np.ndarray], cache: list[np.ndarray]):
         """One decode call: ``(logits (B, T, V), new state list, cache rows list (B, H, T, dh))``."""
-        check_decode_call(self.manifest.decode, ids, position, state, cache)
+        self._check_decode(ids, position, state, cache)
         if not 1 <= ids.shape[0] <= self.max_batch:
             raise InputError(f"batch size {ids.shape[0]} is outside what this ExecuTorch program accepts: 1 to "
                              f"{self.max_batch} (the bound it was exported with)")

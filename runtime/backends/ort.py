@@ -1,15 +1,18 @@
 """onnxruntime backend (torch-free)."""
 from __future__ import annotations
 
+import threading
+import weakref
+
 import numpy as np
 
 from .. import fpenv
 from ..ortenv import import_onnxruntime
-from ..errors import ArtifactError, ManifestError
+from ..errors import ArtifactError, InputError, ManifestError
 from ..lowmem import return_large_blocks
 from ..manifest_schema import BATCH
 from .programs import SegmentPrograms
-from .decode_check import check_decode_call
+from .decode_check import DecodeCallCheck
 from .ort_weights import shared_initializers
 
 _QUANTIZED = ("tensor(uint8)", "tensor(int8)")  # int4 (MatMulNBits) and int8 weights
@@ -113,12 +116,24 @@ class OrtBackend(SegmentPrograms):
             check_graph_io(manifest, self.decode_session.get_inputs(), self.decode_session.get_outputs(),
                            dec.inputs, dec.outputs)
             self._decode_in, self._decode_out = dec.input_names, dec.output_names
+            self._check_decode = DecodeCallCheck(dec)
+            self._dec_cache = [e.name for e in dec.cache]
             self._in_place = dec.cache_in_place
             self._ort = ort
+            self._bindings = threading.local()  # per thread: the in-place program's binding (see ``_binding``)
         last = manifest.last_logits
         self.last_session = None
         if last is not None and last.program.get("format") == "onnx":
             self.last_session = checked(last.program["file"], last.inputs, last.outputs)
+
+    def _binding(self, bufs: list[np.ndarray]) -> "_CacheBinding":
+        """This thread's binding of the decode program with its caches bound to ``bufs``, made again only when the
+        buffers change (a session passes the same cache arrays call after call)."""
+        held = getattr(self._bindings, "held", None)
+        if held is None or not held.holds(bufs):
+            held = self._bindings.held = _CacheBinding(self.decode_session, self._ort, self._decode_in[-len(bufs):],
+                                                       self._decode_out, bufs, self._dec_cache)
+        return held
 
     @staticmethod
     def _load(ort, path, opts):
@@ -140,7 +155,7 @@ class OrtBackend(SegmentPrograms):
 
     def run_decode(self, ids: np.ndarray, position: int, state: list[np.ndarray], cache: list[np.ndarray]):
         """One decode call: ``(logits (B, T, V), new state list, cache rows list (B, H, T, dh))``."""
-        check_decode_call(self.manifest.decode, ids, position, state, cache)
+        self._check_decode(ids, position, state, cache)
         if self._in_place:
             return self._run_in_place(ids, position, state, cache)
         feeds = dict(zip(self._decode_in, [ids, np.array([position], dtype=np.int64), *state, *cache]))
@@ -160,22 +175,71 @@ class OrtBackend(SegmentPrograms):
             return (np.concatenate([p[0] for p in parts]), [np.concatenate(x) for x in zip(*(p[1] for p in parts))],
                     [np.concatenate(x) for x in zip(*(p[2] for p in parts))])
         n = len(state)
-        bind = self.decode_session.io_binding()
-        for name, a in zip(self._decode_in, [ids, np.array([position], dtype=np.int64), *state]):
-            bind.bind_cpu_input(name, np.ascontiguousarray(a))
-        for name in self._decode_out[:1 + n]:  # bound in graph order: ``get_outputs`` follows the binding order
-            bind.bind_output(name)
         bufs = [c if c.flags.c_contiguous and c.flags.writeable else np.ascontiguousarray(c) for c in cache]
-        for name_in, name_out, buf in zip(self._decode_in[2 + n:], self._decode_out[1 + n:], bufs):
-            value = self._ort.OrtValue.ortvalue_from_numpy(buf)
-            bind.bind_ortvalue_input(name_in, value)
-            bind.bind_ortvalue_output(name_out, value)
+        bind = self._binding(bufs)
+        feeds = [np.ascontiguousarray(a) for a in (ids, np.array([position], dtype=np.int64), *state)]  # alive until run
+        for name, a in zip(self._decode_in, feeds):
+            bind.bind_input(name, a)
+        for name in self._decode_out[:1 + n]:  # a fresh buffer per call: the arrays returned stay the caller's
+            bind.bind_output(name)
         with fpenv.flush_denormals(self.denormal_as_zero):
-            self.decode_session.run_with_iobinding(bind)
-        outputs = [v.numpy() for v in bind.get_outputs()[:1 + n]]
+            bind.run()
+        values = bind.outputs()
+        outputs = [values[i].numpy() for i in range(1 + n)]
         rows = [buf[:, :, position:position + T].copy() for buf in bufs]
         for c, buf, r in zip(cache, bufs, rows):
             if c is not buf and c.flags.writeable:  # the caller's array could not be bound: its rows written as the program did
                 c[:, :, position:position + T] = r
         return outputs[0], outputs[1:], rows
 
+
+class _CacheBinding:
+    """An IO binding of an in-place decode program with the caches bound, as inputs and as outputs, to the caller's
+    buffers; per call only the ids, the position and the state are bound and the other outputs allocated afresh.
+
+    Calls go to onnxruntime's native binding where its Python wrapper exposes one (the wrapper's bookkeeping per
+    call is for GPU graph capture, which a CPU session does not use, and its ``get_outputs`` wraps every output,
+    the whole caches too), else through the wrapper. Natively the caches are remembered by weak reference: a
+    binding does not keep a session's caches alive, and one whose buffers are gone is never run (``holds``). The
+    buffers must not overlap: every layer's cache is written in place."""
+
+    def __init__(self, session, ort, inputs: list[str], outputs: list[str], bufs: list[np.ndarray],
+                 names: list[str]):
+        """``inputs``: the cache inputs; ``outputs``: every output, the caches last; ``names``: the caches'."""
+        spans = sorted((b.ctypes.data, b.ctypes.data + b.nbytes, i) for i, b in enumerate(bufs))
+        for (_, end, i), (start, _, j) in zip(spans, spans[1:]):
+            if start < end:
+                raise InputError(f"decode cache tensors {names[min(i, j)]!r} and {names[max(i, j)]!r} share memory; "
+                                 "the decode program writes each in place, so each needs its own buffer")
+        self._refs = [weakref.ref(b) for b in bufs]
+        public = session.io_binding()
+        native, sess = getattr(public, "_iobinding", None), getattr(session, "_sess", None)
+        C = getattr(getattr(ort, "capi", None), "_pybind_state", None)  # onnxruntime's native module
+        if native is not None and sess is not None and C is not None:
+            cpu = ort.OrtDevice.make("cpu", 0)._get_c_device()
+            for name in outputs[:-len(bufs)]:  # first: ``outputs()`` follows the order names were first bound in
+                native.bind_output(name, cpu)
+            for name_in, name_out, b in zip(inputs, outputs[-len(bufs):], bufs):
+                value = C.OrtValue.ortvalue_from_numpy(b, cpu)  # a view of ``b``: no reference to it
+                native.bind_ortvalue_input(name_in, value)
+                native.bind_ortvalue_output(name_out, value)
+            self.bind_input = native.bind_input
+            self.bind_output = lambda name: native.bind_output(name, cpu)
+            self.run = lambda: sess.run_with_iobinding(native, None)
+            self.outputs = native.get_outputs
+        else:  # pragma: no cover - an onnxruntime whose wrapper is laid out otherwise
+            for name in outputs[:-len(bufs)]:
+                public.bind_output(name)
+            for name_in, name_out, b in zip(inputs, outputs[-len(bufs):], bufs):
+                value = ort.OrtValue.ortvalue_from_numpy(b)  # holds ``b``
+                public.bind_ortvalue_input(name_in, value)
+                public.bind_ortvalue_output(name_out, value)
+            self.bind_input = public.bind_cpu_input
+            self.bind_output = public.bind_output
+            self.run = lambda: session.run_with_iobinding(public)
+            self.outputs = public.get_outputs
+        self._public = public  # owns the native binding
+
+    def holds(self, bufs: list[np.ndarray]) -> bool:
+        """Whether this binding's caches are ``bufs`` (the same live arrays)."""
+        return len(self._refs) == len(bufs) and all(r() is b for r, b in zip(self._refs, bufs))
