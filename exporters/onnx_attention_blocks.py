@@ -17,6 +17,7 @@ program.
 """
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
@@ -79,8 +80,7 @@ def block_local_attention(model: onnx.ModelProto, rows: int) -> int:
     return count
 
 
-def _ints(values) -> "numpy.ndarray":
-    import numpy as np
+def _ints(values) -> np.ndarray:
     return np.asarray(values, dtype=np.int64)
 
 
