@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +51,20 @@ def build_manifest(module: torch.nn.Module, spec: StepSpec, *, backend: str, pro
         shared_weights=shared_weights, last_program=last_program)
 
 
+def strict_json(value):
+    """``value`` with every non-finite float replaced by None: JSON has no Infinity or NaN (JavaScript's
+    ``JSON.parse`` rejects them), so an unbounded tolerance or an error that overflowed is written as null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
 def write_manifest(directory: Path, data: dict) -> Path:
-    """Atomic write of manifest.json (checked by the runtime's own parser first)."""
+    """Atomic write of manifest.json as strict JSON (checked by the runtime's own parser first)."""
     Manifest.from_dict(data, directory)
-    text = (json.dumps(data, indent=2) + "\n").encode()
+    text = (json.dumps(strict_json(data), indent=2, allow_nan=False) + "\n").encode()
     return atomic_write(directory / MANIFEST_FILE, lambda f: f.write(text))

@@ -282,6 +282,14 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
         methods[DECODE_METHOD] = (dec, dec.example_inputs(1 if max_batch == 1 else 2),
                                   dec.dynamic_shapes(max_batch, decode_chunk), dec.spec)
     t0 = time.perf_counter()
+    stages: dict[str, float] = {}  # stage -> seconds, in the manifest: where an export's time goes
+
+    def stage_done(name: str, since: float) -> float:
+        now = time.perf_counter()
+        stages[name] = round(now - since, 2)
+        log.info(f"executorch export: {name} {stages[name]}s")
+        return now
+
     quantized: dict = {}
     programs = {}
     with torch.no_grad():
@@ -291,6 +299,7 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
                 quantized = quantized or counts
             else:
                 programs[name] = torch.export.export(mod, ex, dynamic_shapes=dyn, strict=False)
+        t = stage_done("torch.export" + (" + int8 quantization" if quantize == "int8" else ""), t0)
         # XNNPACK takes the decode method at a static batch only (with a dynamic one it refuses a partition whose
         # output is also its input); with --max-batch > 1 the decode method runs on the portable kernels
         partitioner = {name: [xnnpack_partitioner()]
@@ -302,7 +311,14 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
                                            compile_config=EdgeCompileConfig(_check_ir_validity=False))
         reports = {name: delegation_report(edge.exported_program(name)) for name in programs}
         report = reports[METHOD]
-        et_program = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True))
+        t = stage_done("to_edge_transform_and_lower", t)
+        # the decode method reads its inputs where the caller holds them (not memory-planned), so a call does not
+        # copy the whole K/V cache (at 110M / N = 2048: 150 MB) into the method's arena first
+        from executorch.exir.passes import MemoryPlanningPass
+        planning = {name: MemoryPlanningPass(alloc_graph_input=name != DECODE_METHOD) for name in programs}
+        et_program = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True,
+                                                                memory_planning_pass=planning))
+        t = stage_done("to_executorch", t)
     lookup_kernels = {name: sum(1 for n in et_program.exported_program(name).graph.nodes
                                 if n.op == "call_function" and PTE_LOOKUP_OP in str(n.target)) for name in programs}
     for name, (_, _, _, mspec) in methods.items():
@@ -313,6 +329,7 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
                                f"has {len(mspec.input_names())} and {len(mspec.output_names())} (an in-place state "
                                "update adds outputs: updates must be out of place)")
     atomic_write(out_dir / MODEL_FILE, lambda f: f.write(et_program.buffer))
+    stage_done("write", t)
     seconds = round(time.perf_counter() - t0, 2)
     summary = (f"executorch export ({delegate}{', ' + quantize if quantize else ''}): {report['delegate_partitions']} "
                f"delegate partition(s); outside the delegate: {report['non_delegated_ops'] or 'nothing'}; "
@@ -345,7 +362,7 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
                   "decode_chunk": decode_chunk,
                   "quantization_scheme": _SCHEMES.get(quantize),
                   **({"int4_block_size": block_size} if quantize == "int4" else {}),
-                  "export_seconds": seconds})
+                  "export_seconds": seconds, "stage_seconds": stages})
     manifest["memory"] = measure_memory(out_dir / MODEL_FILE)  # every method's planned memory, the weights
     manifest["embedding_lookup"] = describe_pte_lookup(module, lookup_kernels)
     if manifest.get("decode") is not None:

@@ -8,7 +8,8 @@ Per method, the numbers ExecuTorch's ``MethodMeta`` reports:
   ``non_const_buffer_sizes`` (entry 0 is reserved for constants), which is read here directly: the Python
   bindings of ExecuTorch 1.4.1 do not expose those two calls.
 - ``input_bytes`` / ``output_bytes``: the ``nbytes()`` of every input and output tensor (at the shapes it was
-  planned for: the batch bound).
+  planned for: the batch bound); ``planned_input_bytes``: those of the inputs the arena holds (a call copies them
+  in; the others are read where the caller keeps them).
 
 For the whole program, ``weights_bytes``: the constant data (the constant segment, XNNPACK's packed-weight
 blobs and any inline constants), shared by all methods, mapped or loaded once.
@@ -49,10 +50,13 @@ def measure_memory(pte: bytes | str | Path) -> dict:
     methods = {}
     for plan in program.execution_plan:
         planned = [int(b) for b in plan.non_const_buffer_sizes[1:]]
+        tensors = [plan.values[i].val for i in plan.inputs if hasattr(plan.values[i].val, "sizes")]
         inputs = [_tensor_bytes(plan.values[i]) for i in plan.inputs if hasattr(plan.values[i].val, "sizes")]
+        planned_in = sum(b for b, t in zip(inputs, tensors) if t.allocation_info is not None)
         outputs = [_tensor_bytes(plan.values[i]) for i in plan.outputs if hasattr(plan.values[i].val, "sizes")]
         methods[plan.name] = {"planned_buffers": len(planned), "planned_buffer_bytes": planned,
                               "planned_bytes": sum(planned), "input_bytes": sum(inputs),
+                              "planned_input_bytes": planned_in,
                               "output_bytes": sum(outputs)}
     weights = (sum(int(s.size) for s in program.segments)
                + sum(len(b.storage) for b in program.constant_buffer)

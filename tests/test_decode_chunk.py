@@ -33,6 +33,10 @@ def test_manifest_records_the_bound_and_long_chunks_are_split(chunked):
     model, art = chunked
     man = json.loads((art / "manifest.json").read_text())
     assert man["decode"]["max_chunk"] == CHUNK and man["exporter"]["decode_chunk"] == CHUNK
+    # the decode method reads its inputs (the K/V cache above all) where the caller keeps them: none in its arena
+    methods = man["memory"]["methods"]
+    assert methods["decode"]["input_bytes"] > 0 and methods["decode"]["planned_input_bytes"] == 0
+    assert methods["forward"]["planned_input_bytes"] == methods["forward"]["input_bytes"] > 0
     N = model.cfg.segment_len
     ids = np.random.default_rng(0).integers(0, model.cfg.vocab_size, (1, 5 + 13 + 2 * N + 1))
     session = InfiniSession.open(art)

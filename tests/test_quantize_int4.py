@@ -1,4 +1,5 @@
 """int4 weights: ONNX MatMulNBits on the linear layers only, float32 state, shape errors before any write."""
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -33,6 +34,9 @@ def test_int4_onnx_parity_and_graph(int4_onnx):
     assert 0 < report.summary["logits_max_abs"]  # quantized, not bit-exact
     assert manifest["quantization"] == "int4" and manifest["exporter"]["int4_block_size"] == 32
     assert manifest["parity"]["tolerance"]["min_top1"] > 0  # a measured tolerance, recorded
+    # strict JSON, readable by JavaScript: the unbounded logits tolerances of int4 are null, not Infinity
+    strict = json.loads((out / "manifest.json").read_text(), parse_constant=lambda c: pytest.fail(f"JSON {c}"))
+    assert strict["parity"]["tolerance"]["logits_atol"] is None
     graph = onnx.load(str(out / "model.onnx")).graph
     ops = Counter(n.op_type for n in graph.node)
     n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.modules())

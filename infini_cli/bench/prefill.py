@@ -162,6 +162,8 @@ def plot(results: dict, path: str | Path) -> None:
         ax1.legend()
     drawn = set()
     for name, rows in results.get("rss", {}).items():
+        if not rows:  # no stream lengths asked for
+            continue
         ax2.plot([r["tokens"] for r in rows], [r["peak_rss_mb"] for r in rows], "o-", label=name)
         w = rows[0]["weights_bytes"] / 1e6
         if w not in drawn:  # one line per weight size: the 1.5x-weights target

@@ -90,7 +90,8 @@ class _PybindingsEngine:
         torch = self._torch
 
         def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
-            # from_numpy shares the memory; the method copies its inputs into its planned memory
+            # from_numpy shares the memory; the method copies its memory-planned inputs into its arena and reads
+            # the others (the decode method's K/V cache) in place: ``inputs`` keeps them alive through the call
             inputs = [torch.from_numpy(a if a.flags.writeable else a.copy()) for a in arrays]
             outs = method.call(inputs, clone_outputs=False)
             # the outputs alias the method's planned buffers, overwritten by the next call: copy (under the lock)
