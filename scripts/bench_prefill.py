@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from infini_cli.bench.prefill import last_program_speed, planned_memory, plot, segment_speed, stream_rss
+from infini_cli.bench.prefill import compare_entry, last_program_speed, planned_memory, plot, segment_speed, stream_rss
 from runtime.measure import parse_length
 
 
@@ -29,7 +29,9 @@ def main() -> int:
     p.add_argument("--rss-full", action="store_true", help="also stream without the last-token program")
     p.add_argument("--low-memory", action="store_true", help="also stream with InfiniSession.open(low_memory=True)")
     p.add_argument("--compare", default="", help="comma-separated artifact folders: their last-token programs side "
-                                                  "by side against the measured GEMM rate, then peak RSS of each")
+                                                  "by side against the measured GEMM rate, then peak RSS of each; "
+                                                  "FOLDER@option=value opens a folder with a session option "
+                                                  "(e.g. out/a@execution_order=default)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="out/bench_prefill")
@@ -40,10 +42,13 @@ def main() -> int:
     arts = {name: a for name, a in (("onnx", args.onnx), ("executorch", args.pte)) if a}
     results: dict = {"threads": args.threads, "speed": {}, "rss": {}, "planned_memory": None}
     if args.compare:
-        arts = {Path(a).name: a for a in args.compare.split(",")}
-        results["compare"] = cmp = last_program_speed(list(arts.values()), args.repeats, args.threads)
-        for row in cmp["artifacts"]:
-            print(f"{row['artifact']}: prefill {row['tok_s']:.0f} tok/s (last-token program, attention rows "
+        entries = [compare_entry(x) for x in args.compare.split(",")]
+        arts = {label: a for label, a, opts in entries if not opts}  # peak RSS: each folder once, as it opens
+        results["compare"] = cmp = last_program_speed([a for _, a, _ in entries], args.repeats, args.threads,
+                                                      options=[o for _, _, o in entries])
+        for (label, _, _), row in zip(entries, cmp["artifacts"]):
+            row["label"] = label
+            print(f"{label}: prefill {row['tok_s']:.0f} tok/s (last-token program, attention rows "
                   f"{row['attention_rows']}): {row['fraction_of_gemm']:.0%} of the {cmp['gemm_flops_per_s'] / 1e9:.0f} "
                   "GFLOP/s GEMM rate", flush=True)
     for name, art in ({} if args.compare else arts).items():

@@ -152,3 +152,13 @@ def test_variant_names_follow_one_scheme():
 def test_unknown_variant_names_the_choices(text):
     with pytest.raises(UnknownVariantError, match="onnx-fp32"):
         parse_variants(text)
+
+
+def test_compare_entries_carry_session_options():
+    from infini_cli.bench.prefill import compare_entry
+    assert compare_entry("out/a") == ("a", "out/a", {})
+    label, folder, options = compare_entry("out/a@execution_order=default@low_memory=true")
+    assert folder == "out/a" and options == {"execution_order": "default", "low_memory": True}
+    assert label == "a (execution_order=default) (low_memory=True)"
+    with pytest.raises(ValueError, match="FOLDER@option=value"):
+        compare_entry("out/a@low_memory")

@@ -52,17 +52,19 @@ def segment_speed(artifact: str | Path, repeats: int = 5, threads: int | None = 
 
 
 def last_program_speed(artifacts: list, repeats: int = 5, threads: int | None = None, seed: int = 0,
-                       gemm_n: int = 2048) -> dict:
+                       gemm_n: int = 2048, options: list[dict] | None = None) -> dict:
     """One whole segment through each artifact's last-token program, alternating between the artifacts (the
     order rotated every repeat) on the same input, and the machine's float32 GEMM rate measured in the same run:
     per artifact the median seconds, tokens/s, the FLOPs the graph computes per token (``flops_per_token``: the
-    LM head on the last row, the local attention as the exporter blocked it) and their fraction of the GEMM rate."""
+    LM head on the last row, the local attention as the exporter blocked it) and their fraction of the GEMM rate.
+    ``options``: per artifact, the session options it is opened with (the same folder may come twice)."""
     from infini_export.config import InfiniConfig
 
     from .flops import flops_per_token
     from .machine import measure_gemm
 
-    sessions = [_open(a, threads) for a in artifacts]
+    options = options or [{} for _ in artifacts]
+    sessions = [_open(a, threads, **o) for a, o in zip(artifacts, options)]
     seconds: list[list[float]] = [[] for _ in sessions]
     gemm: list[dict] = []
     inputs = []
@@ -81,15 +83,32 @@ def last_program_speed(artifacts: list, repeats: int = 5, threads: int | None = 
         gemm += measure_gemm([gemm_n], 1, f"repeat {r}")
     rate = max(g["gflops"] for g in gemm) * 1e9
     out = {"gemm_flops_per_s": rate, "gemm_n": gemm_n, "repeats": repeats, "threads": threads, "artifacts": []}
-    for a, s, secs in zip(artifacts, sessions, seconds):
+    for a, s, secs, opts in zip(artifacts, sessions, seconds, options):
         man = s.manifest.data
         rows = man["exporter"].get("attention_rows", 0)
         fpt = flops_per_token(InfiniConfig.from_dict(man["model"]["config"]), last_only=True, attention_rows=rows)
         tok_s = s.segment_len / statistics.median(secs)
-        out["artifacts"].append({"artifact": str(a), "attention_rows": rows, "seconds": secs, "tok_s": tok_s,
+        out["artifacts"].append({"artifact": str(a), "options": opts, "attention_rows": rows, "seconds": secs,
+                                 "tok_s": tok_s,
                                  "flops_per_token": fpt["total"], "flops_breakdown": fpt["breakdown"],
                                  "fraction_of_gemm": tok_s * fpt["total"] / rate})
     return out
+
+
+def compare_entry(text: str) -> tuple[str, str, dict]:
+    """``"FOLDER"`` or ``"FOLDER@option=value[@...]"`` -> (label, folder, session options); values are JSON where
+    they parse (``low_memory=true``), else strings (``execution_order=default``)."""
+    folder, *pairs = text.split("@")
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{text!r}: expected FOLDER@option=value, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return Path(folder).name + "".join(f" ({k}={v})" for k, v in options.items()), folder, options
 
 
 def weight_bytes(manifest: Manifest) -> int:
@@ -153,7 +172,7 @@ def plot(results: dict, path: str | Path) -> None:
                 color=["tab:gray", "tab:blue"], label=["all N logits", "last token's logits"] if i == 0 else None)
         ax1.text(i + 0.2, sp["last_tok_s"], f"{sp['speedup']:.2f}x", ha="center", va="bottom")
     for i, row in enumerate(results.get("compare", {}).get("artifacts", [])):
-        names.append(Path(row["artifact"]).name)
+        names.append(row.get("label") or Path(row["artifact"]).name)
         ax1.bar(i, row["tok_s"], color="tab:blue")
         ax1.text(i, row["tok_s"], f"{row['fraction_of_gemm']:.0%} of GEMM", ha="center", va="bottom")
     ax1.set_xticks(range(len(names)), names)
