@@ -191,7 +191,8 @@ def plot(results: dict, path: str | Path) -> None:
     ax2.set_xscale("log", base=2)
     ax2.set_xlabel("tokens streamed")
     ax2.set_ylabel("peak RSS (MB)")
-    ax2.legend(fontsize=8)
+    if drawn:
+        ax2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
