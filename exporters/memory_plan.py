@@ -50,9 +50,9 @@ def measure_memory(pte: bytes | str | Path) -> dict:
     methods = {}
     for plan in program.execution_plan:
         planned = [int(b) for b in plan.non_const_buffer_sizes[1:]]
-        tensors = [plan.values[i].val for i in plan.inputs if hasattr(plan.values[i].val, "sizes")]
-        inputs = [_tensor_bytes(plan.values[i]) for i in plan.inputs if hasattr(plan.values[i].val, "sizes")]
-        planned_in = sum(b for b, t in zip(inputs, tensors) if t.allocation_info is not None)
+        tensors = [plan.values[i] for i in plan.inputs if hasattr(plan.values[i].val, "sizes")]
+        inputs = [_tensor_bytes(v) for v in tensors]
+        planned_in = sum(b for b, v in zip(inputs, tensors) if v.val.allocation_info is not None)
         outputs = [_tensor_bytes(plan.values[i]) for i in plan.outputs if hasattr(plan.values[i].val, "sizes")]
         methods[plan.name] = {"planned_buffers": len(planned), "planned_buffer_bytes": planned,
                               "planned_bytes": sum(planned), "input_bytes": sum(inputs),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.backends.ort import EXECUTION_ORDERS, _execution_order
+from runtime.backends.ort import EXECUTION_ORDERS, ort_execution_order
 from runtime.backends.ort_weights import shared_initializers
 from runtime.manifest import Manifest
 
@@ -25,7 +25,7 @@ def _profiled_call(graph: Path, initializers: list, order: str, work: Path, thre
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3  # not the warning that an optimized graph is written for this machine
-    opts.execution_order = _execution_order(ort, order)
+    opts.execution_order = ort_execution_order(ort, order)
     opts.optimized_model_filepath = str(work / "optimized.onnx")
     opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.bin")
     opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")

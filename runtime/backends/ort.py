@@ -48,7 +48,7 @@ def check_graph_io(manifest, graph_inputs, graph_outputs, inputs: list | None = 
 EXECUTION_ORDERS = ("priority_based", "default")
 
 
-def _execution_order(ort, name: str):
+def ort_execution_order(ort, name: str):
     if name not in EXECUTION_ORDERS:
         raise ValueError(f"execution_order must be one of {EXECUTION_ORDERS}, got {name!r}")
     return getattr(ort.ExecutionOrder, name.upper())
@@ -60,7 +60,7 @@ class OrtBackend(SegmentPrograms):
     def __init__(self, manifest, threads: int | None = None, profile: bool = False, denormal_as_zero: bool = True,
                  share_weights: bool = True, low_memory: bool = False, execution_order: str = "priority_based"):
         ort = import_onnxruntime()
-        order = _execution_order(ort, execution_order)
+        order = ort_execution_order(ort, execution_order)
 
         if manifest.data["program"]["format"] != "onnx":
             raise ManifestError(f"manifest program format is {manifest.data['program']['format']!r}; "
