@@ -239,12 +239,15 @@ def delegation_report(edge_program) -> dict:
 # ---- export ----------------------------------------------------------------------------------
 def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate: str = "xnnpack",
                       quantize: str | None = None, max_batch: int = 64, verbose: bool = False,
-                      block_size: int = DEFAULT_BLOCK_SIZE, decode_chunk: int = DECODE_CHUNK) -> dict:
+                      block_size: int = DEFAULT_BLOCK_SIZE, decode_chunk: int = DECODE_CHUNK,
+                      full_logits: bool | None = None) -> dict:
     """Export ``module.step`` to ``out_dir/model.pte``; return the manifest (not yet written).
 
     ``quantize``: None, ``"int8"`` or ``"int4"`` (8da4w, weight groups of ``block_size``; the shapes are
     checked before anything is written). ``decode_chunk``: the most tokens one ``decode`` call takes (its memory
-    is planned for that many; the runtime splits longer chunks).
+    is planned for that many; the runtime splits longer chunks). ``full_logits``: also export ``forward``, the
+    segment step with all its logits. None (the default): only where a session needs it, i.e. unless the program
+    has the last-token method and an XNNPACK ``decode`` method (batch 1), which serve every session call.
     """
     if not isinstance(decode_chunk, int) or isinstance(decode_chunk, bool) or decode_chunk < 1:
         raise ValueError(f"decode_chunk must be an integer >= 1, got {decode_chunk!r}")
@@ -260,6 +263,16 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
 
     spec = check_protocol(module)
+    # the full-logits method costs a third of the export time and memory plan of its own for (B, N, V) logits
+    # (262 MB at N = 2048, V = 32000); a session reads all logits from decode calls without it
+    with_last = has_step_last(module)
+    with_decode = has_decode(module) and (max_batch == 1 or quantize is None)
+    if full_logits is None:
+        full_logits = not (with_last and with_decode and max_batch == 1)
+    elif not full_logits and not (with_last and with_decode):
+        raise ValueError("full_logits=False needs the last-token and decode methods beside it, and this program has "
+                         f"{'no' if not with_last else 'a'} last-token and {'no' if not with_decode else 'a'} decode "
+                         "method (the decode method of an int8/int4 program needs max_batch=1)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     exported_module, untied = untie_linear_from_embedding(module)
@@ -272,12 +285,12 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
     # largest batch allowed, so a small bound is less memory at load time); else batch dynamic in [1, max]
     example = flat.example_inputs(1 if max_batch == 1 else 2)
     dynamic = None if max_batch == 1 else flat.dynamic_shapes(max_batch)
-    methods = {METHOD: (flat, example, dynamic, spec)}
-    if has_step_last(module):  # the last token's logits only: its own memory plan, without the (B, N, V) buffer
+    methods = {METHOD: (flat, example, dynamic, spec)} if full_logits else {}
+    if with_last:  # the last token's logits only: its own memory plan, without the (B, N, V) buffer
         methods[LAST_METHOD] = (FlatStepLast(exported_module).eval(), example, dynamic, spec)
-    # a second method in the same program (the weights are stored once). XNNPACK takes it at batch 1 only; under
+    # a further method in the same program (the weights are stored once). XNNPACK takes it at batch 1 only; under
     # a dynamic batch it runs on the portable kernels, which have no int8 kernels: then it is left out
-    if has_decode(module) and (max_batch == 1 or quantize is None):
+    if with_decode:
         dec = FlatDecode(exported_module).eval()
         methods[DECODE_METHOD] = (dec, dec.example_inputs(1 if max_batch == 1 else 2),
                                   dec.dynamic_shapes(max_batch, decode_chunk), dec.spec)
@@ -310,7 +323,7 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
                                            partitioner=partitioner,
                                            compile_config=EdgeCompileConfig(_check_ir_validity=False))
         reports = {name: delegation_report(edge.exported_program(name)) for name in programs}
-        report = reports[METHOD]
+        report = reports[METHOD if full_logits else LAST_METHOD]
         t = stage_done("to_edge_transform_and_lower", t)
         # the decode method reads its inputs where the caller holds them (not memory-planned), so a call does not
         # copy the whole K/V cache (at 110M / N = 2048: 150 MB) into the method's arena first
@@ -342,7 +355,7 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
         if DECODE_METHOD in methods else None
     manifest = build_manifest(
         module, spec, backend="executorch",
-        program={"format": "pte", "file": "program", "method": METHOD, "delegate": delegate},
+        program={"format": "pte", "file": "program", "method": METHOD if full_logits else None, "delegate": delegate},
         files={"program": MODEL_FILE}, directory=out_dir, max_batch=max_batch, quantization=quantize,
         decode_program=decode,
         last_program={"format": "pte", "file": "program", "method": LAST_METHOD, "delegate": delegate}
@@ -355,6 +368,7 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
                   "transform_passes": [p.__name__ for p in passes],
                   "untied_weights": untied,
                   **report,
+                  "methods": list(methods),
                   "decode_delegation": reports.get(DECODE_METHOD),
                   "step_last_delegation": reports.get(LAST_METHOD),
                   "quantized_linears": len(int4_linears) if quantize == "int4" else quantized.get("linear.default", 0),

@@ -30,12 +30,13 @@ def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "on
                     quantize: str | None = None, delegate: str = "xnnpack", parity_segments: int = 64,
                     max_batch: int = 64, progress: bool = True, log=print,
                     block_size: int = DEFAULT_BLOCK_SIZE, table_rows: int = 6,
-                    attention_rows: int | None = None) -> tuple[dict, ParityReport]:
+                    attention_rows: int | None = None, full_logits: bool | None = None) -> tuple[dict, ParityReport]:
     """Export ``module`` into ``out_dir`` and validate it; raises ``ExportParityError`` on a parity failure.
 
     ``block_size`` is the int4 block (group) size; ``table_rows`` the segments the logged parity table shows;
     ``attention_rows`` (ONNX) the query rows per block of the segment programs' local attention (None: the
-    exporter's default).
+    exporter's default); ``full_logits`` (ExecuTorch) whether the program also has the full-logits method (None:
+    only where a session needs it, see ``export_executorch``).
     An ExecuTorch manifest also records the planned memory of every method (``exporters.memory_plan``).
     """
     out_dir = Path(out_dir)
@@ -45,6 +46,8 @@ def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "on
     check_quantize(quantize, block_size)
     if attention_rows is not None and fmt != "onnx":
         raise ValueError(f"attention_rows applies to ONNX exports, not {fmt!r}")
+    if full_logits is not None and fmt != "executorch":
+        raise ValueError(f"full_logits applies to ExecuTorch exports; a {fmt!r} artifact always has all logits")
     if quantize == "int4":  # before anything is written
         check_int4_shapes(module, block_size)
     if fmt == "onnx":
@@ -54,13 +57,11 @@ def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "on
     else:
         from .executorch import export_executorch
         manifest = export_executorch(module, out_dir, delegate=delegate, quantize=quantize, max_batch=max_batch,
-                                     block_size=block_size)
+                                     block_size=block_size, full_logits=full_logits)
     write_manifest(out_dir, manifest)
     session = InfiniSession.open(out_dir)
-    # the decode program token by token at N <= 128; longer segments in chunks of N / 128 tokens (same boundaries)
     report = validate(session.backend, module, precision=quantize or manifest["weights_dtype"], segments=parity_segments,
-                      manifest=session.manifest, progress=progress,
-                      decode_chunk=max(1, manifest["segment_len"] // 128))
+                      manifest=session.manifest, progress=progress, **decode_parity(manifest["segment_len"]))
     manifest["parity"] = {"tolerance": report.tolerance, "segments": parity_segments, "passed": report.passed,
                           "measured": report.summary, "failures": report.failures[:50],
                           "decode": {k: v for k, v in report.decode.items() if k != "failures"} or None,
@@ -71,6 +72,16 @@ def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "on
     if not report.passed:
         raise ExportParityError(report)
     return manifest, report
+
+
+def decode_parity(segment_len: int) -> dict:
+    """How the decode program is checked after export (``validate``'s decode arguments): token by token over three
+    segments at N <= 128; longer segments over two (the first boundary's memory write goes into an empty memory,
+    the second's into a written one) in 32 calls a segment, one token and N/16 - 1 tokens in turn, so that the
+    one-token calls of generation and multi-token calls are both compared at every part of the segment."""
+    if segment_len <= 128:
+        return {"decode_segments": 3, "decode_chunk": 1}
+    return {"decode_segments": 2, "decode_chunk": (1, segment_len // 16 - 1)}
 
 
 def export_unchecked(config: str, out_dir: str | Path, fmt: str = "onnx", seed: int = 0) -> Path:

@@ -68,6 +68,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise ValueError("--block-size applies to --quantize int4 only")
     if args.attention_rows is not None and args.format != "onnx":
         raise ValueError("--attention-rows applies to --format onnx only")
+    if args.full_logits and args.format != "executorch":
+        raise ValueError("--full-logits applies to --format executorch only (ONNX artifacts always have all logits)")
 
     module = _load_module(args)
     try:
@@ -75,7 +77,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
                                            delegate=args.delegate, parity_segments=args.parity_segments,
                                            max_batch=args.max_batch or DEFAULT_MAX_BATCH[args.format],
                                            block_size=args.block_size or DEFAULT_BLOCK_SIZE,
-                                           attention_rows=args.attention_rows)
+                                           attention_rows=args.attention_rows,
+                                           full_logits=True if args.full_logits else None)
     except ExportParityError as exc:
         print(f"export wrote {args.output} but its parity check FAILED; the manifest records the failure: {exc}",
               file=sys.stderr)
@@ -190,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ONNX: the segment programs' local attention in blocks of this many query rows, for "
                         "segments longer than that (default 256; 0: one block of T x T scores)")
     p.add_argument("--delegate", choices=["xnnpack", "none"], default="xnnpack", help="ExecuTorch delegate")
+    p.add_argument("--full-logits", action="store_true",
+                   help="ExecuTorch: also export the 'forward' method, a whole segment's logits in one call (memory "
+                        "planned for batch x segment_len x vocab logits). Without it a batch-1 program has the "
+                        "last-token and decode methods, and all logits come from decode calls")
     p.add_argument("--parity-segments", type=int, default=64, help="segments compared after export")
     p.add_argument("--max-batch", type=int, default=None,
                    help="largest batch the artifact accepts (default: 64 for ONNX, a dynamic axis; 1 for "

@@ -1,8 +1,8 @@
-"""Parity of an exported decode program against the eager model, token by token across segment boundaries.
+"""Parity of an exported decode program against the eager model, call by call across segment boundaries.
 
-At every token the decode program's logits and state are compared with the eager ``decode``; at every
-segment boundary its state is also compared with the eager *segment step* over the whole segment (the
-state after N decode calls must be the state after one step). A wiring check fails by name on a decode
+The reference is the eager *segment step*: each decode call's logits must be the step's logits at the same
+positions, the memory must pass through unchanged inside a segment, and at every boundary the state after the
+segment's decode calls must be the state after one step. A wiring check fails by name on a decode
 state or cache input that is disconnected, or a state output that passes its input through.
 """
 from __future__ import annotations
@@ -28,61 +28,82 @@ def _write(cache: list, rows: list, p: int) -> list:
     return cache
 
 
+def decode_calls(tokens: int, segment_len: int, sizes: tuple[int, ...]) -> list[tuple[int, int]]:
+    """``(start, length)`` of each call over ``tokens`` tokens: lengths cycle through ``sizes``, cut at segment
+    boundaries (no call crosses one)."""
+    calls, t = [], 0
+    while t < tokens:
+        n = min(sizes[len(calls) % len(sizes)], segment_len - t % segment_len)
+        calls.append((t, n))
+        t += n
+    return calls
+
+
 def validate_decode(backend, module: torch.nn.Module, tol, *, segments: int = 3, batch: int = 1,
-                    seed: int = 0, chunk: int = 1, progress: bool = False) -> dict:
-    """Drive ``backend.run_decode`` and the eager decode side by side over ``segments`` segments of ``chunk``-token
-    calls; return ``{"tokens", "boundaries", "logits_max_abs", "state_max_rel", "top1", "wiring", "failures"}``."""
+                    seed: int = 0, chunk: int | tuple[int, ...] = 1, progress: bool = False) -> dict:
+    """Drive ``backend.run_decode`` over ``segments`` segments in calls of ``chunk`` tokens (a tuple: call lengths
+    taken in turn) against the eager *segment step*: each call's logits against the step's logits at the same
+    positions, the memory unchanged inside a segment, and at each boundary the state against the step's; return
+    ``{"tokens", "calls", "chunk", "boundaries", "logits_max_abs", "state_max_rel", "top1", "wiring", "failures"}``."""
     spec, dspec = module.step_spec(), module.decode_spec()
     N, names = spec.segment_len, [s.name for s in dspec.state]
     exported = getattr(getattr(backend, "manifest", None), "decode", None)
-    chunk = min(chunk, exported.max_chunk) if exported is not None else chunk  # a program planned for fewer tokens
+    sizes = (chunk,) if isinstance(chunk, int) else tuple(chunk)
+    if not sizes or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in sizes):
+        raise ValueError(f"chunk must be an integer >= 1 or a tuple of them, got {chunk!r}")
+    if exported is not None:  # a program planned for fewer tokens
+        sizes = tuple(min(c, exported.max_chunk) for c in sizes)
     seg_names = [s.name for s in spec.state]
+    seg_at = [names.index(n) for n in seg_names]  # where each segment-state tensor sits in the decode state
     eager = EagerBackend(module)
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, spec.vocab_size, size=(batch, segments * N), dtype=np.int64)
     st_a, cache_a = _init(module, batch)
-    st_r, cache_r = [s.copy() for s in st_a], [c.copy() for c in cache_a]
     seg_ref = [t.numpy() for t in flatten_state(module.init_state(batch))]
     failures, worst_logits, worst_state, agree, calls = [], 0.0, 0.0, [], 0
-    positions = range(0, segments * N, chunk)
+    positions = decode_calls(segments * N, N, sizes)
     if progress:
         from tqdm import tqdm
         positions = tqdm(positions, desc=f"decode parity {backend.name}", unit="call", leave=False, disable=None)
-    for t in positions:
-        p, n = t % N, min(chunk, N - t % N)
-        x = ids[:, t:t + n]
-        la, st_a, rows_a = backend.run_decode(x, p, st_a, cache_a)
-        lr, st_r, rows_r = eager.run_decode(x, p, st_r, cache_r)
-        cache_a, cache_r = _write(cache_a, rows_a, p), _write(cache_r, rows_r, p)
+    for t, n in positions:
+        p = t % N
+        if p == 0:  # the reference: the eager segment step over this segment (all its logits, its new state)
+            ref_logits, next_ref = eager.run(ids[:, t:t + N], seg_ref)
+            start = [st_a[k].copy() for k in seg_at]
+        la, st_a, rows_a = backend.run_decode(ids[:, t:t + n], p, st_a, cache_a)
+        cache_a = _write(cache_a, rows_a, p)
         calls += 1
+        lr = ref_logits[:, p:p + n]
         err = errors(la, lr)
         worst_logits = max(worst_logits, err["max_abs"])
         agree.append(float((la.argmax(-1) == lr.argmax(-1)).mean()))
         if not within(err, tol.logits_atol, tol.logits_rtol):
-            failures.append(f"decode token {t} (position {p}): logits max abs error {err['max_abs']:.3e}")
-        for name, a, r in zip(names, st_a, st_r):
-            e = errors(a, r)
+            failures.append(f"decode token {t} (position {p}): logits max abs error {err['max_abs']:.3e} against "
+                            "the segment step's")
+        if p + n < N:  # inside a segment the memory is read, not written
+            for name, k, a0 in zip(seg_names, seg_at, start):
+                e = errors(st_a[k], a0)
+                if not within(e, tol.state_atol, tol.state_rtol):
+                    failures.append(f"decode token {t}: state {name} changed by {e['max_abs']:.3e} inside the "
+                                    "segment (the memory is written at the boundary only)")
+            continue
+        seg_ref = next_ref  # a boundary: N decode calls == one segment step
+        for name, k, r in zip(seg_names, seg_at, seg_ref):
+            e = errors(st_a[k], r)
             worst_state = max(worst_state, e["max_rel"])
             if not within(e, tol.state_atol, tol.state_rtol):
-                failures.append(f"decode token {t}: state {name} max abs error {e['max_abs']:.3e}")
-        if p + n == N:  # a boundary: N decode calls == one segment step
-            _, seg_ref = eager.run(ids[:, t + n - N:t + n], seg_ref)
-            for name, r in zip(seg_names, seg_ref):
-                a = st_a[names.index(name)]
-                e = errors(a, r)
-                worst_state = max(worst_state, e["max_rel"])
-                if not within(e, tol.state_atol, tol.state_rtol):
-                    failures.append(f"segment boundary at token {t + n}: decode state {name} differs from the "
-                                    f"segment step's by {e['max_abs']:.3e}")
-            for name, a in zip(names, st_a):
-                if name.startswith("pending_") and np.abs(a).max() != 0:
-                    failures.append(f"segment boundary at token {t + n}: {name} is not zero after the fold")
+                failures.append(f"segment boundary at token {t + n}: decode state {name} differs from the "
+                                f"segment step's by {e['max_abs']:.3e}")
+        for name, a in zip(names, st_a):
+            if name.startswith("pending_") and np.abs(a).max() != 0:
+                failures.append(f"segment boundary at token {t + n}: {name} is not zero after the fold")
     wiring = check_decode_wiring(backend, module, st_a, cache_a, ids[:, :1])
     failures.extend(wiring["failures"])
     top1 = float(np.mean(agree)) if agree else float("nan")
     if top1 < tol.min_top1:
         failures.append(f"decode top-1 agreement {top1:.4f} is below the tolerance {tol.min_top1}")
-    return {"tokens": segments * N, "calls": calls, "chunk": chunk, "boundaries": segments,
+    return {"tokens": segments * N, "calls": calls, "chunk": sizes[0] if len(sizes) == 1 else list(sizes),
+            "boundaries": segments,
             "logits_max_abs": worst_logits, "state_max_rel": worst_state, "top1": top1, "wiring": wiring,
             "failures": failures}
 

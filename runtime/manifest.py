@@ -67,6 +67,12 @@ class DecodeInfo:
                                         for io in self.outputs)
 
     @property
+    def full_logits(self) -> bool:
+        """Whether the program file holds the segment step with all its logits. An ExecuTorch program may carry
+        only its last-token and decode methods (``program.method`` null); all logits then come from decode calls."""
+        return self.data["program"].get("method", "") is not None
+
+    @property
     def input_names(self) -> list[str]:
         return [io["name"] for io in self.inputs]
 
@@ -132,6 +138,12 @@ class Manifest:
         """The last-token program, or None for an artifact without it (every segment then gives all logits)."""
         d = self.data.get("last_logits")
         return None if d is None else LastLogitsInfo(d["program"], d["inputs"], d["outputs"])
+
+    @property
+    def full_logits(self) -> bool:
+        """Whether the program file holds the segment step with all its logits. An ExecuTorch program may carry
+        only its last-token and decode methods (``program.method`` null); all logits then come from decode calls."""
+        return self.data["program"].get("method", "") is not None
 
     @property
     def input_names(self) -> list[str]:

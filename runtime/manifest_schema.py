@@ -123,7 +123,7 @@ def check_manifest(d) -> None:
     if "file" not in program:
         _fail("program", program, "an object with 'file' (a key of files, or null for an in-memory model)")
     _file_key("program.file", program["file"], files, allow_none=True)
-    if "method" in program:
+    if program.get("method") is not None:  # null: a program file without the full-logits method
         _str("program.method", program["method"])
     init = d.get("initial_state", "zeros")
     if init != "zeros":
@@ -160,6 +160,9 @@ def check_manifest(d) -> None:
         _check_decode(d["decode"], files, seg, vocab, names)
     if d.get("last_logits") is not None:
         _check_last_logits(d["last_logits"], files, inputs, outputs, vocab)
+    if "method" in program and program["method"] is None and (d.get("decode") is None or d.get("last_logits") is None):
+        _fail("program.method", None, "a method name: a program without its full-logits method needs the decode "
+                                      "and the last-token programs (all logits come from decode calls)")
     if "shared_weights" in d:
         _check_shared_weights(d["shared_weights"], files)
     if d.get("embedding_lookup") is not None:

@@ -37,6 +37,11 @@ class InfiniSession:
         self._decode = dec
         # the last-token program: whole segments whose logits only the last token needs (stream, prefill)
         self._use_last = bool(use_last and getattr(backend, "has_last", False))
+        # without the full-logits program (an ExecuTorch program's default), all logits come from decode calls
+        self._full = bool(getattr(backend, "has_full", True))
+        if not self._full and dec is None:
+            raise InputError(f"the {backend.name} artifact has no segment program with all logits, so a session "
+                             "needs its decode program: open it with use_decode=True, or re-export with --full-logits")
         if dec is not None:  # where each segment-state tensor sits in the decode state
             names = [e.name for e in dec.state]
             self._seg_idx = [names.index(e.name) for e in self._entries]
@@ -247,8 +252,9 @@ class InfiniSession:
                                      f"tokens at position {position}: {str(exc).splitlines()[0][:300]}") from exc
 
     def _advance_decode(self, ids: np.ndarray, keep: str):
-        """Whole segments at a boundary through the segment step, everything else through the decode program
-        (in calls of at most ``max_chunk`` tokens).
+        """Whole segments at a boundary through the segment step (the last-token program where only the last
+        logits are kept; for all logits, only where the artifact has that program), everything else through the
+        decode program (in calls of at most ``max_chunk`` tokens).
 
         Every decode call's cache rows are in the cache when the next call runs: a program that writes them itself
         (``cache_in_place``) does, the others' rows are written after their call. Those writes land past the rows
@@ -259,7 +265,7 @@ class InfiniSession:
         kept, last, saved = [], self._last, None
         try:
             while i < T:
-                if p == 0 and T - i >= N:
+                if p == 0 and T - i >= N and (self._full or (keep != "all" and self._use_last)):
                     logits, seg = self._run(ids[:, i:i + N], self._segment_state(state), keep != "all")  # (B, N|1, V)
                     state = list(state)
                     for k, a in zip(self._seg_idx, seg):

@@ -6,7 +6,7 @@ import torch
 from conftest import make_model
 from infini_export.eager import EagerBackend
 from infini_export.parity import tolerance_for
-from infini_export.parity_decode import validate_decode
+from infini_export.parity_decode import decode_calls, validate_decode
 from infini_export.state import LayerCache
 from runtime import InfiniSession, InputError, StateError
 
@@ -45,6 +45,21 @@ def test_eager_decode_equals_forward(update, chunks):
         torch.testing.assert_close(st.memory, ref.memory, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(st.norm, ref.norm, atol=1e-5, rtol=1e-5)
         assert st.pending_norm.abs().sum() > 0
+
+
+def test_decode_parity_schedule_alternates_one_token_and_long_calls():
+    """Long segments are checked in 32 calls a segment, one token and N/16 - 1 tokens in turn, none crossing a
+    boundary; short ones token by token over three boundaries."""
+    from exporters.pipeline import decode_parity
+    assert decode_parity(128) == {"decode_segments": 3, "decode_chunk": 1}
+    args = decode_parity(2048)
+    assert args == {"decode_segments": 2, "decode_chunk": (1, 127)}
+    calls = decode_calls(2 * 2048, 2048, args["decode_chunk"])
+    assert len(calls) == 64 and sum(n for _, n in calls) == 4096
+    assert all(t // 2048 == (t + n - 1) // 2048 for t, n in calls)  # no call crosses a boundary
+    assert [t + n for t, n in calls[:-1]] == [t for t, _ in calls[1:]]
+    short = decode_calls(80, 40, (1, 15))
+    assert short[:6] == [(0, 1), (1, 15), (16, 1), (17, 15), (32, 1), (33, 7)] and short[6] == (40, 1)
 
 
 def test_decode_rejects_bad_position():
@@ -96,6 +111,30 @@ def test_decode_wiring_failure_is_named(onnx_artifacts):
     broken = _PassThroughPending(s.backend, names.index("pending_memory.1"))
     rep = validate_decode(broken, model, tolerance_for("onnxruntime", "float32"), segments=1)
     assert any("pending_memory.1" in f and "passes its input through" in f for f in rep["wiring"]["failures"])
+
+
+class _WritesInsideSegment(_PassThroughPending):
+    """A decode program that writes its memory before the boundary (and so misses the segment step's state)."""
+
+    def run_decode(self, ids, position, state, cache):
+        logits, new, rows = self.inner.run_decode(ids, position, state, cache)
+        new = list(new)
+        new[self.index] = new[self.index] + 1e-2
+        return logits, new, rows
+
+
+def test_decode_parity_against_the_segment_step_names_a_mid_segment_write(onnx_artifacts):
+    """The reference is the eager segment step: a memory written inside the segment is named at its first call,
+    and the boundary state then differs from the step's."""
+    model, art = onnx_artifacts["linear"]
+    s = InfiniSession.open(art)
+    names = [e.name for e in s.manifest.decode.state]
+    rep = validate_decode(_WritesInsideSegment(s.backend, names.index("memory.1")), model,
+                          tolerance_for("onnxruntime", "float32"), segments=1, chunk=(1, 5))
+    assert rep["failures"][0].startswith("decode token 0: state memory.1 changed by 1.000e-02 inside the segment")
+    assert any(f.startswith("segment boundary at token") and "memory.1" in f for f in rep["failures"])
+    N = model.cfg.segment_len
+    assert rep["calls"] == len(decode_calls(N, N, (1, 5))) and rep["chunk"] == [1, 5]
 
 
 def test_generate_one_call_per_token_and_equals_eager_rerun(onnx_artifacts):

@@ -20,7 +20,7 @@ def chunked(tmp_path_factory):
     from exporters.executorch import export_executorch
     model = make_model("delta")
     art = tmp_path_factory.mktemp("pte_chunk4")
-    write_manifest(art, export_executorch(model, art, max_batch=1, decode_chunk=CHUNK))
+    write_manifest(art, export_executorch(model, art, max_batch=1, decode_chunk=CHUNK, full_logits=True))
     return model, art
 
 
@@ -35,6 +35,7 @@ def test_manifest_records_the_bound_and_long_chunks_are_split(chunked):
     assert man["decode"]["max_chunk"] == CHUNK and man["exporter"]["decode_chunk"] == CHUNK
     # the decode method reads its inputs (the K/V cache above all) where the caller keeps them: none in its arena
     methods = man["memory"]["methods"]
+    assert man["exporter"]["methods"] == ["forward", "step_last", "decode"] and man["program"]["method"] == "forward"
     assert methods["decode"]["input_bytes"] > 0 and methods["decode"]["planned_input_bytes"] == 0
     assert methods["forward"]["planned_input_bytes"] == methods["forward"]["input_bytes"] > 0
     N = model.cfg.segment_len

@@ -58,18 +58,31 @@ def test_runtime_matches_eager_every_segment(et_artifacts, update, variant):
 
 
 def test_static_batch_one_program(et_artifacts):
-    """max_batch=1: a static program (least memory); parity as above, batch 2 refused before the call."""
+    """max_batch=1: a static program (least memory) with the last-token and decode methods and no full-logits one;
+    parity through those, all logits of a feed from decode calls equal to the model's forward, batch 2 refused."""
     model, art, manifest, pipeline_report = get(et_artifacts, ("linear", FP32, 1))
     assert pipeline_report["passed"] and manifest["batch"]["max"] == 1
+    assert manifest["exporter"]["methods"] == ["step_last", "decode"] and manifest["program"]["method"] is None
+    assert pipeline_report["logits"] == "last" and pipeline_report["decode"]["boundaries"] == 3
     session = InfiniSession.open(art)
-    assert session.backend.max_batch == 1
+    assert session.backend.max_batch == 1 and not session.backend.has_full and not session.manifest.full_logits
     report = validate(session.backend, model, segments=SEGMENTS, seed=4, manifest=session.manifest, progress=False)
     assert report.passed, report.failures
-    state = [np.zeros(e.concrete_shape(2), np.float32) for e in session.manifest.state]
+    state = [np.zeros(e.concrete_shape(1), np.float32) for e in session.manifest.state]
+    with pytest.raises(InputError, match="no segment program with all logits"):
+        session.backend.run(np.zeros((1, 16), np.int64), state)
     with pytest.raises(InputError, match="1 to 1"):
-        session.backend.run(np.zeros((2, 16), np.int64), state)
+        session.backend.run_last(np.zeros((2, 16), np.int64), [np.repeat(s, 2, axis=0) for s in state])
     with pytest.raises(InputError, match=r"\[1, 1\]"):
         session.reset(2)
+    N = model.cfg.segment_len
+    ids = torch.randint(0, 256, (1, 3 * N + 5), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref_logits, _ = model(ids)
+    logits = session.feed(ids.numpy())
+    assert logits.shape == tuple(ref_logits.shape)
+    np.testing.assert_allclose(logits, ref_logits.numpy(), atol=1e-4, rtol=1e-4)
+    assert session.tokens_consumed == 3 * N + 5
 
 
 @pytest.mark.parametrize("update", ["linear", "delta"])
@@ -169,7 +182,7 @@ def test_manifest_memory_is_what_the_program_reports(et_artifacts):
                              if t.is_memory_planned())
             assert m["planned_bytes"] >= planned_io  # the planned outputs live in the planned arena
         assert 0 < memory["weights_bytes"] < memory["program_bytes"] == (art / "model.pte").stat().st_size
-        planned[job] = memory["methods"]["forward"]["planned_bytes"]
+        planned[job] = memory["methods"]["step_last"]["planned_bytes"]
     # planned for the batch bound: batch 1 needs less than batch 64
     assert planned[("linear", FP32, 1)] < planned[("linear", FP32)] / 8
 
@@ -373,20 +386,35 @@ def test_export_arguments_are_checked(tmp_path):
         export_executorch(model, tmp_path, delegate="none", quantize="int8")
     with pytest.raises(ValueError, match="max_batch"):
         export_executorch(model, tmp_path, max_batch=0)
+    with pytest.raises(ValueError, match="full_logits=False needs the last-token and decode methods"):
+        export_executorch(model, tmp_path, quantize="int8", max_batch=4, full_logits=False)  # no int8 decode
     assert not list(tmp_path.iterdir())
 
 
+def test_a_program_without_full_logits_needs_decode_and_last(et_artifacts):
+    """``program.method`` null (no full-logits method) is refused unless decode and last-token programs serve."""
+    from runtime.manifest import Manifest
+    _, art, manifest, _ = get(et_artifacts, ("linear", FP32, 1))
+    assert Manifest.from_dict(manifest, art).full_logits is False
+    for section in ("decode", "last_logits"):
+        broken = {k: v for k, v in manifest.items() if k != section}
+        with pytest.raises(ManifestError, match="program.method"):
+            Manifest.from_dict(broken, art)
+
+
 def test_cli_plans_executorch_for_batch_one_unless_told(monkeypatch, tmp_path):
-    """``export --format executorch`` passes max_batch=1 (ONNX: 64) unless --max-batch is given."""
+    """``export --format executorch`` passes max_batch=1 (ONNX: 64) unless --max-batch is given, and the
+    full-logits method only with --full-logits (refused for ONNX, which always has all logits)."""
     import exporters.pipeline as pipeline
     from infini_cli import main as cli
     seen = []
 
     def fake_export(module, out, fmt, **kw):
-        seen.append((fmt, kw["max_batch"]))
+        seen.append((fmt, kw["max_batch"], kw["full_logits"]))
         raise ValueError("stop here")
     monkeypatch.setattr(pipeline, "export_artifact", fake_export)
     monkeypatch.setattr(cli, "_load_module", lambda args: make_model("delta"))
-    for argv in (["--format", "executorch"], ["--format", "onnx"], ["--format", "executorch", "--max-batch", "4"]):
+    for argv in (["--format", "executorch"], ["--format", "onnx"], ["--format", "executorch", "--max-batch", "4"],
+                 ["--format", "executorch", "--full-logits"], ["--format", "onnx", "--full-logits"]):
         assert cli.main(["export", "ckpt", "-o", str(tmp_path / "x"), *argv]) == 2
-    assert seen == [("executorch", 1), ("onnx", 64), ("executorch", 4)]
+    assert seen == [("executorch", 1, None), ("onnx", 64, None), ("executorch", 4, None), ("executorch", 1, True)]

@@ -164,17 +164,22 @@ def test_last_program_wiring_failure_is_named(onnx_artifacts):
 
 
 def test_executorch_last_method_planned_memory_and_stream(et_artifacts):
-    from tests.et_artifacts import FP32
-    model, art, manifest, report = et_artifacts[("linear", FP32, 1)]  # batch 1, XNNPACK
+    from tests.et_artifacts import FP32, get
+    model, art, manifest, report = get(et_artifacts, ("linear", FP32))  # batch <= 64: all three methods
     assert report["last"]["failures"] == [] and report["last"]["segments"] == 8
     assert manifest["last_logits"]["program"]["method"] == "step_last"
-    assert manifest["exporter"]["step_last_delegation"]["delegate_partitions"] == 1
     methods = manifest["memory"]["methods"]
-    N, V = model.cfg.segment_len, model.cfg.vocab_size
-    # the (1, N, V) float32 logits buffer is not planned for the last-token method
-    assert methods["forward"]["output_bytes"] - methods["step_last"]["output_bytes"] == (N - 1) * V * 4
-    assert methods["step_last"]["planned_bytes"] < methods["forward"]["planned_bytes"] - (N - 1) * V * 4 // 2
+    N, V, B = model.cfg.segment_len, model.cfg.vocab_size, manifest["batch"]["max"]
+    # the (B, N, V) float32 logits buffer is not planned for the last-token method
+    assert methods["forward"]["output_bytes"] - methods["step_last"]["output_bytes"] == B * (N - 1) * V * 4
+    assert methods["step_last"]["planned_bytes"] < methods["forward"]["planned_bytes"] - B * (N - 1) * V * 4 // 2
     _stream_matches_full_step(art)
+    # batch 1: the last-token and decode methods alone; the parity compares each segment through the last-token one
+    _, art1, manifest1, report1 = get(et_artifacts, ("linear", FP32, 1))
+    assert "forward" not in manifest1["memory"]["methods"] and report1["logits"] == "last" and not report1["last"]
+    assert manifest1["exporter"]["step_last_delegation"]["delegate_partitions"] == 1
+    assert manifest1["memory"]["methods"]["step_last"]["planned_bytes"] < methods["step_last"]["planned_bytes"]
+    _stream_matches_full_step(art1)  # the session without the last-token program: every token through decode
 
 
 def test_adapter_last_program_exports_with_parity(tmp_path):

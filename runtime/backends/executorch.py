@@ -179,7 +179,7 @@ class ExecuTorchBackend(SegmentPrograms):
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise InputError(f"threads must be None or an integer >= 1, got {threads!r}")
         self.manifest = manifest
-        self.method_name = program.get("method", "forward")
+        self.method_name = program.get("method", "forward")  # None: the program has no full-logits method
         self.delegate = program.get("delegate")
         self.engine = _make_engine(engine, threads)
         path = manifest.program_path()
@@ -194,7 +194,7 @@ class ExecuTorchBackend(SegmentPrograms):
         self._decode_program = self._last_program = None
         try:
             names = self.engine.load(data)
-            if self.method_name in names:
+            if self.method_name is not None and self.method_name in names:
                 self._step_program = self.engine.method(self.method_name)
             if dec is not None and dec.program.get("method") in names:
                 self._decode_program = self.engine.method(dec.program["method"])
@@ -204,7 +204,8 @@ class ExecuTorchBackend(SegmentPrograms):
             raise ArtifactError(f"ExecuTorch ({self.engine.name} {self.engine.version}) cannot load {path} "
                                 f"({len(data)} bytes): {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}"
                                 " (truncated, corrupt, or written by an incompatible ExecuTorch)") from exc
-        wanted = [self.method_name] + [x.program.get("method") for x in (dec, last) if x is not None]
+        wanted = [m for m in [self.method_name] + [x.program.get("method") for x in (dec, last) if x is not None]
+                  if m is not None]
         if any(m not in names for m in wanted):
             raise ArtifactError(f"{path} has the methods {names}, the manifest names {wanted}")
         self._data = data  # the program may point into this buffer
@@ -215,7 +216,16 @@ class ExecuTorchBackend(SegmentPrograms):
     # ---- load-time checks ----------------------------------------------------------------------
     def _check_io(self) -> None:
         man = self.manifest
-        bounds = _check_method_io(self._step_program, self.method_name, man.data["inputs"], man.data["outputs"])
+        bounds: dict = {}
+        if self._step_program is not None:
+            bounds = _check_method_io(self._step_program, self.method_name, man.data["inputs"], man.data["outputs"])
+        if self._decode_program is not None:
+            dec = man.decode
+            _check_method_io(self._decode_program, dec.program["method"], dec.inputs, dec.outputs)
+        if self._last_program is not None:
+            last = man.last_logits
+            last_bounds = _check_method_io(self._last_program, last.program["method"], last.inputs, last.outputs)
+            bounds = bounds or last_bounds
         # the planned size of a dynamic axis is its upper bound
         self.max_batch = min(bounds["batch"]) if bounds.get("batch") else 1
         if self.max_batch < man.max_batch:
@@ -223,12 +233,6 @@ class ExecuTorchBackend(SegmentPrograms):
                                 f"{man.max_batch}")
         self._shapes = [tuple(io["shape"]) for io in man.data["inputs"]]
         self._dtypes = [np.dtype(io["dtype"]) for io in man.data["inputs"]]
-        if self._decode_program is not None:
-            dec = man.decode
-            _check_method_io(self._decode_program, dec.program["method"], dec.inputs, dec.outputs)
-        if self._last_program is not None:
-            last = man.last_logits
-            _check_method_io(self._last_program, last.program["method"], last.inputs, last.outputs)
 
     # ---- one segment ---------------------------------------------------------------------------
     def _check_inputs(self, arrays: list) -> None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InputError
+
 
 class SegmentPrograms:
     """``run`` / ``has_last`` / ``run_last`` / ``has_decode`` for a backend holding ``_step_program`` (the segment
@@ -15,8 +17,18 @@ class SegmentPrograms:
     def _run(self, program, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         raise NotImplementedError
 
+    @property
+    def has_full(self) -> bool:
+        """Whether the artifact has the segment step with all its logits (an ExecuTorch program may carry only the
+        last-token and decode methods; a session then takes all logits from decode calls)."""
+        return self._step_program is not None
+
     def run(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         """The segment step: ``(logits (B, N, V), new state list)``."""
+        if self._step_program is None:
+            raise InputError("this artifact has no segment program with all logits (an ExecuTorch program exported "
+                             "without --full-logits): take all logits from a session's feed, which reads them from "
+                             "the decode program, or re-export with --full-logits")
         return self._run(self._step_program, ids, state)
 
     @property
