@@ -1,6 +1,7 @@
 """Export -> write artifact -> reopen with the runtime -> parity -> manifest with the measured parity."""
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import torch
@@ -59,6 +60,7 @@ def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "on
         manifest = export_executorch(module, out_dir, delegate=delegate, quantize=quantize, max_batch=max_batch,
                                      block_size=block_size, full_logits=full_logits)
     write_manifest(out_dir, manifest)
+    gc.collect()  # the export's graphs (reference cycles, GBs at 110M) go before the parity run allocates
     session = InfiniSession.open(out_dir)
     report = validate(session.backend, module, precision=quantize or manifest["weights_dtype"], segments=parity_segments,
                       manifest=session.manifest, progress=progress, **decode_parity(manifest["segment_len"]))

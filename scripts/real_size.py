@@ -28,6 +28,8 @@ def main() -> int:
     p.add_argument("--n-layers", type=int, default=None, help="override the preset's depth")
     p.add_argument("--variants", type=variants_argument, default="onnx-fp32,onnx-int4,onnx-int8", help=f"comma list of {', '.join(VARIANTS)}")
     p.add_argument("--parity-segments", type=int, default=2)
+    p.add_argument("--full-logits", action="store_true",
+                   help="ExecuTorch: also export the full-logits method (forward)")
     p.add_argument("--limit-gb", type=float, default=10.0, help="address-space limit of each export process")
     p.add_argument("--work", default="out/real_size", help="where the artifacts are written")
     p.add_argument("--out", default="docs/real_size.json")
@@ -37,7 +39,8 @@ def main() -> int:
     results = json.loads(out.read_text()) if out.is_file() else {}
     key = args.preset + (f" (n_layers={args.n_layers})" if args.n_layers else "")
     for v in variants:
-        row = measure(args.preset, v.name, args.work, args.parity_segments, args.n_layers, args.limit_gb)
+        row = measure(args.preset, v.name, args.work, args.parity_segments, args.n_layers, args.limit_gb,
+                      args.full_logits)
         print(json.dumps(row, default=float), flush=True)
         results.setdefault(key, {})[v.name] = row
         text = json.dumps(results, indent=2, default=float) + "\n"

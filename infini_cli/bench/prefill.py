@@ -33,6 +33,9 @@ def segment_speed(artifact: str | Path, repeats: int = 5, threads: int | None = 
     session = _open(artifact, threads)
     if not session.last_logits_program:
         raise ValueError(f"{artifact} has no last-token program (manifest 'last_logits'); export it again")
+    if not session.manifest.full_logits:
+        raise ValueError(f"{artifact} has no full-logits program to compare with (an ExecuTorch program exported "
+                         "without --full-logits); export it with --full-logits")
     backend, N = session.backend, session.segment_len
     ids = np.random.default_rng(seed).integers(0, session.vocab_size, (1, N), dtype=np.int64)
     state = [np.zeros(e.concrete_shape(1), np.dtype(e.dtype)) for e in session.manifest.state]

@@ -12,10 +12,11 @@ from .proc import WORKER, log, run_json
 
 
 def export_preset(preset: str, variant: str, out_dir: str | Path, parity_segments: int = 2,
-                  n_layers: int | None = None) -> dict:
+                  n_layers: int | None = None, full_logits: bool = False) -> dict:
     """Export ``preset`` (random weights, seed 0) as ``variant`` in this process; what it cost and produced.
 
-    ExecuTorch variants are planned for batch 1 (the command line's default)."""
+    ExecuTorch variants are planned for batch 1 (the command line's default), with the full-logits method only
+    with ``full_logits``."""
     import torch
 
     from exporters.pipeline import DEFAULT_MAX_BATCH
@@ -27,8 +28,9 @@ def export_preset(preset: str, variant: str, out_dir: str | Path, parity_segment
     model = InfiniTransformer(InfiniConfig.from_name(preset, **({"n_layers": n_layers} if n_layers else {}))).eval()
     t0 = time.perf_counter()
     try:
+        extra = {"full_logits": True} if full_logits and v.format == "executorch" else {}
         manifest, report = v.export(model, out_dir, parity_segments=parity_segments,
-                                    max_batch=DEFAULT_MAX_BATCH[v.format], progress=False, log=None)
+                                    max_batch=DEFAULT_MAX_BATCH[v.format], progress=False, log=None, **extra)
     except MemoryError:
         return {"error": "MemoryError: over the address-space limit", "peak_rss_mb": round(peak_rss_mb())}
     return {"seconds_with_parity": round(time.perf_counter() - t0, 1),
@@ -39,12 +41,13 @@ def export_preset(preset: str, variant: str, out_dir: str | Path, parity_segment
 
 
 def measure(preset: str, variant: str, work: str | Path, parity_segments: int = 2, n_layers: int | None = None,
-            limit_gb: float = 10.0) -> dict:
+            limit_gb: float = 10.0, full_logits: bool = False) -> dict:
     """``export_preset`` in a worker process limited to ``limit_gb`` of address space, with its wall and CPU
     time; a failed export is a row with ``error``."""
     out_dir = Path(work) / f"{preset}-{variant}"
     cmd = [*WORKER, "real-size", "--preset", preset, "--variant", variant, "--out", str(out_dir),
-           "--parity-segments", str(parity_segments)] + (["--n-layers", str(n_layers)] if n_layers else [])
+           "--parity-segments", str(parity_segments)] + (["--n-layers", str(n_layers)] if n_layers else []) \
+        + (["--full-logits"] if full_logits else [])
     log(f"{variant}: {' '.join(cmd[1:])}")
     t0, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     res = run_json(cmd, timeout=None, limit_gb=limit_gb)

@@ -92,6 +92,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--parity-segments", type=int, default=2)
     p.add_argument("--n-layers", type=int, default=None)
+    p.add_argument("--full-logits", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "export":
         out = run_export_jobs(args.checkpoint, json.loads(Path(args.jobs).read_text()), args.threads)
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
         out = run_baseline(args)
     else:
         from .real_size import export_preset
-        out = export_preset(args.preset, args.variant, args.out, args.parity_segments, args.n_layers)
+        out = export_preset(args.preset, args.variant, args.out, args.parity_segments, args.n_layers, args.full_logits)
     sys.stdout.flush()
     print(json.dumps(out, default=float))
     return 0
