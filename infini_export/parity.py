@@ -193,7 +193,8 @@ def validate(backend, module: torch.nn.Module, *, precision: str = "float32", se
     tol = tolerance_for(getattr(backend, "name", "?"), precision)
     full = getattr(backend, "has_full", True)
     report = ParityReport(backend.name, precision, segments, batch, asdict(tol), logits="all" if full else "last")
-    art, ref = (backend, EagerBackend(module)) if full else (_LastProgram(backend), _LastRow(EagerBackend(module)))
+    eager = EagerBackend(module)
+    art, ref = (backend, eager) if full else (_LastProgram(backend), _LastRow(eager))
     failures = report.failures
     if manifest is not None:  # names first
         if manifest.input_names != spec.input_names():
@@ -213,7 +214,6 @@ def validate(backend, module: torch.nn.Module, *, precision: str = "float32", se
             reps = -(-segments * N // tokens.shape[1])
             tokens = np.tile(tokens, (1, reps))
         tokens = tokens[:, :segments * N]
-    eager = ref.backend if not full else ref
     init = [t.numpy() for t in _flat_init(module, tokens.shape[0])]
     state_art, state_ref = [t.copy() for t in init], [t.copy() for t in init]
     it = range(segments)

@@ -67,12 +67,6 @@ class DecodeInfo:
                                         for io in self.outputs)
 
     @property
-    def full_logits(self) -> bool:
-        """Whether the program file holds the segment step with all its logits. An ExecuTorch program may carry
-        only its last-token and decode methods (``program.method`` null); all logits then come from decode calls."""
-        return self.data["program"].get("method", "") is not None
-
-    @property
     def input_names(self) -> list[str]:
         return [io["name"] for io in self.inputs]
 

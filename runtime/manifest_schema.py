@@ -160,7 +160,7 @@ def check_manifest(d) -> None:
         _check_decode(d["decode"], files, seg, vocab, names)
     if d.get("last_logits") is not None:
         _check_last_logits(d["last_logits"], files, inputs, outputs, vocab)
-    if "method" in program and program["method"] is None and (d.get("decode") is None or d.get("last_logits") is None):
+    if program.get("method", "") is None and (d.get("decode") is None or d.get("last_logits") is None):
         _fail("program.method", None, "a method name: a program without its full-logits method needs the decode "
                                       "and the last-token programs (all logits come from decode calls)")
     if "shared_weights" in d:
