@@ -35,6 +35,7 @@ from infini_export.protocol import FlatDecode, FlatStep, FlatStepLast, check_pro
 from runtime.atomic import atomic_write
 
 from .artifact import build_manifest
+from .executorch_lower import default_jobs, lower_methods
 from .memory_plan import measure_memory
 from .quantize import DEFAULT_BLOCK_SIZE, check_int4_shapes, check_quantize, quantize_linears_8da4w
 from .quantize_lookup import PTE_LOOKUP_OP, describe_pte_lookup, fuse_int8_lookup, quantize_embeddings_int8
@@ -55,11 +56,6 @@ _SCHEMES = {"int8": "XNNPACKQuantizer PT2E: int8 dynamic per-tensor activations,
             "int4": "torchao quantize_(Int8DynamicActivationIntxWeightConfig(int4, PerGroup)): 8da4w, int8 dynamic "
                     "per-token activations, int4 symmetric group-wise weights, nn.Linear; the embedding lookup's "
                     "table int8 per row (embedding_byte, embedding_lookup)"}
-
-# bookkeeping ops that are not computation: never counted as "outside the delegate"
-_NOT_OPS = {"getitem", "sym_size.int", "sym_size", "_assert_scalar", "sym_constrain_range_for_size",
-            "mul", "add", "sub", "floordiv", "ge", "le", "eq"}
-
 
 # ---- graph pass ------------------------------------------------------------------------------
 def canonicalize_dynamic_shapes(gm: torch.fx.GraphModule):
@@ -214,33 +210,11 @@ def _quantize_int8(flat: nn.Module, example: tuple, dynamic_shapes: dict | None)
     return ep, dict(consumers)
 
 
-# ---- delegation report -----------------------------------------------------------------------
-def delegation_report(edge_program) -> dict:
-    """Delegate partitions and the operators left to the portable kernels (op name -> count)."""
-    gm = edge_program.graph_module
-    outside: Counter = Counter()
-    partitions = 0
-    for node in gm.graph.nodes:
-        if node.op != "call_function":
-            continue
-        name = getattr(node.target, "__name__", str(node.target))
-        if name == "executorch_call_delegate":
-            partitions += 1
-            continue
-        short = name.split("::")[-1]
-        for prefix in ("aten.", "aten_", "dim_order_ops."):
-            short = short[len(prefix):] if short.startswith(prefix) else short
-        if short in _NOT_OPS:
-            continue
-        outside[short] += 1
-    return {"delegate_partitions": partitions, "non_delegated_ops": dict(sorted(outside.items()))}
-
-
 # ---- export ----------------------------------------------------------------------------------
 def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate: str = "xnnpack",
                       quantize: str | None = None, max_batch: int = 64, verbose: bool = False,
                       block_size: int = DEFAULT_BLOCK_SIZE, decode_chunk: int = DECODE_CHUNK,
-                      full_logits: bool | None = None) -> dict:
+                      full_logits: bool | None = None, jobs: int | None = None) -> dict:
     """Export ``module.step`` to ``out_dir/model.pte``; return the manifest (not yet written).
 
     ``quantize``: None, ``"int8"`` or ``"int4"`` (8da4w, weight groups of ``block_size``; the shapes are
@@ -248,6 +222,8 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
     is planned for that many; the runtime splits longer chunks). ``full_logits``: also export ``forward``, the
     segment step with all its logits. None (the default): only where a session needs it, i.e. unless the program
     has the last-token method and an XNNPACK ``decode`` method (batch 1), which serve every session call.
+    ``jobs``: processes that lower the methods side by side (``exporters.executorch_lower``); None: one per method,
+    up to the cores available; 1: all in this process.
     """
     if not isinstance(decode_chunk, int) or isinstance(decode_chunk, bool) or decode_chunk < 1:
         raise ValueError(f"decode_chunk must be an integer >= 1, got {decode_chunk!r}")
@@ -260,8 +236,8 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
         check_int4_shapes(module, block_size)
     if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
         raise ValueError(f"max_batch must be an integer >= 1, got {max_batch!r}")
-    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
-
+    if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
+        raise ValueError(f"jobs must be an integer >= 1 or None, got {jobs!r}")
     spec = check_protocol(module)
     # the full-logits method costs a third of the export time and memory plan of its own for (B, N, V) logits
     # (262 MB at N = 2048, V = 32000); a session reads all logits from decode calls without it
@@ -315,33 +291,29 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
         t = stage_done("torch.export" + (" + int8 quantization" if quantize == "int8" else ""), t0)
         # XNNPACK takes the decode method at a static batch only (with a dynamic one it refuses a partition whose
         # output is also its input); with --max-batch > 1 the decode method runs on the portable kernels
-        partitioner = {name: [xnnpack_partitioner()]
-                       if delegate == "xnnpack" and (name != DECODE_METHOD or max_batch == 1) else []
-                       for name in programs}
+        partitioners = {name: [xnnpack_partitioner()]
+                        if delegate == "xnnpack" and (name != DECODE_METHOD or max_batch == 1) else []
+                        for name in programs}
         passes = [canonicalize_dynamic_shapes] + ([fuse_int8_lookup] if quantize == "int4" else [])
-        edge = to_edge_transform_and_lower(programs, transform_passes=passes,
-                                           partitioner=partitioner,
-                                           compile_config=EdgeCompileConfig(_check_ir_validity=False))
-        reports = {name: delegation_report(edge.exported_program(name)) for name in programs}
-        report = reports[METHOD if full_logits else LAST_METHOD]
-        t = stage_done("to_edge_transform_and_lower", t)
         # the decode method reads its inputs where the caller holds them (not memory-planned), so a call does not
         # copy the whole K/V cache (at 110M / N = 2048: 150 MB) into the method's arena first
-        from executorch.exir.passes import MemoryPlanningPass
-        planning = {name: MemoryPlanningPass(alloc_graph_input=name != DECODE_METHOD) for name in programs}
-        et_program = edge.to_executorch(ExecutorchBackendConfig(extract_delegate_segments=True,
-                                                                memory_planning_pass=planning))
-        t = stage_done("to_executorch", t)
-    lookup_kernels = {name: sum(1 for n in et_program.exported_program(name).graph.nodes
-                                if n.op == "call_function" and PTE_LOOKUP_OP in str(n.target)) for name in programs}
+        lowered = lower_methods(programs, partitioners, passes, {name: name != DECODE_METHOD for name in programs},
+                                jobs=default_jobs(len(programs)) if jobs is None else jobs)
+        for name, seconds in lowered.stages.items():
+            stages[name] = seconds
+            log.info(f"executorch export: {name} {seconds}s")
+        t = time.perf_counter()
+    reports = lowered.reports
+    report = reports[METHOD if full_logits else LAST_METHOD]
+    lookup_kernels = {name: sum(c for op, c in lowered.kernels[name].items() if PTE_LOOKUP_OP in op)
+                      for name in programs}
     for name, (_, _, _, mspec) in methods.items():
-        n_in = len(et_program.exported_program(name).graph_signature.user_inputs)
-        n_out = len(et_program.exported_program(name).graph_signature.user_outputs)
+        n_in, n_out = lowered.io[name]
         if (n_in, n_out) != (len(mspec.input_names()), len(mspec.output_names())):
             raise RuntimeError(f"the ExecuTorch method {name!r} has {n_in} inputs and {n_out} outputs, the module "
                                f"has {len(mspec.input_names())} and {len(mspec.output_names())} (an in-place state "
                                "update adds outputs: updates must be out of place)")
-    atomic_write(out_dir / MODEL_FILE, lambda f: f.write(et_program.buffer))
+    atomic_write(out_dir / MODEL_FILE, lambda f: f.write(lowered.buffer))
     stage_done("write", t)
     seconds = round(time.perf_counter() - t0, 2)
     summary = (f"executorch export ({delegate}{', ' + quantize if quantize else ''}): {report['delegate_partitions']} "
@@ -376,7 +348,9 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
                   "decode_chunk": decode_chunk,
                   "quantization_scheme": _SCHEMES.get(quantize),
                   **({"int4_block_size": block_size} if quantize == "int4" else {}),
-                  "export_seconds": seconds, "stage_seconds": stages})
+                  "export_seconds": seconds, "stage_seconds": stages,
+                  "lowering": {"processes": lowered.processes, "method_seconds": lowered.method_seconds,
+                               "peak_mb": lowered.peak_mb}})
     manifest["memory"] = measure_memory(out_dir / MODEL_FILE)  # every method's planned memory, the weights
     manifest["embedding_lookup"] = describe_pte_lookup(module, lookup_kernels)
     if manifest.get("decode") is not None:

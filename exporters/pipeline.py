@@ -31,13 +31,15 @@ def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "on
                     quantize: str | None = None, delegate: str = "xnnpack", parity_segments: int = 64,
                     max_batch: int = 64, progress: bool = True, log=print,
                     block_size: int = DEFAULT_BLOCK_SIZE, table_rows: int = 6,
-                    attention_rows: int | None = None, full_logits: bool | None = None) -> tuple[dict, ParityReport]:
+                    attention_rows: int | None = None, full_logits: bool | None = None,
+                    jobs: int | None = None) -> tuple[dict, ParityReport]:
     """Export ``module`` into ``out_dir`` and validate it; raises ``ExportParityError`` on a parity failure.
 
     ``block_size`` is the int4 block (group) size; ``table_rows`` the segments the logged parity table shows;
     ``attention_rows`` (ONNX) the query rows per block of the segment programs' local attention (None: the
     exporter's default); ``full_logits`` (ExecuTorch) whether the program also has the full-logits method (None:
-    only where a session needs it, see ``export_executorch``).
+    only where a session needs it, see ``export_executorch``); ``jobs`` (ExecuTorch) the processes that lower its
+    methods side by side (None: one per method up to the cores available; 1: in this process).
     An ExecuTorch manifest also records the planned memory of every method (``exporters.memory_plan``).
     """
     out_dir = Path(out_dir)
@@ -49,6 +51,8 @@ def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "on
         raise ValueError(f"attention_rows applies to ONNX exports, not {fmt!r}")
     if full_logits is not None and fmt != "executorch":
         raise ValueError(f"full_logits applies to ExecuTorch exports; a {fmt!r} artifact always has all logits")
+    if jobs is not None and fmt != "executorch":
+        raise ValueError(f"jobs applies to ExecuTorch exports, not {fmt!r}")
     if quantize == "int4":  # before anything is written
         check_int4_shapes(module, block_size)
     if fmt == "onnx":
@@ -58,7 +62,7 @@ def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "on
     else:
         from .executorch import export_executorch
         manifest = export_executorch(module, out_dir, delegate=delegate, quantize=quantize, max_batch=max_batch,
-                                     block_size=block_size, full_logits=full_logits)
+                                     block_size=block_size, full_logits=full_logits, jobs=jobs)
     write_manifest(out_dir, manifest)
     gc.collect()  # the export's graphs (reference cycles, GBs at 110M) go before the parity run allocates
     session = InfiniSession.open(out_dir)

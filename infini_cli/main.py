@@ -70,6 +70,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise ValueError("--attention-rows applies to --format onnx only")
     if args.full_logits and args.format != "executorch":
         raise ValueError("--full-logits applies to --format executorch only (ONNX artifacts always have all logits)")
+    if args.jobs is not None and args.format != "executorch":
+        raise ValueError("--jobs applies to --format executorch only")
 
     module = _load_module(args)
     try:
@@ -78,7 +80,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
                                            max_batch=args.max_batch or DEFAULT_MAX_BATCH[args.format],
                                            block_size=args.block_size or DEFAULT_BLOCK_SIZE,
                                            attention_rows=args.attention_rows,
-                                           full_logits=True if args.full_logits else None)
+                                           full_logits=True if args.full_logits else None, jobs=args.jobs)
     except ExportParityError as exc:
         print(f"export wrote {args.output} but its parity check FAILED; the manifest records the failure: {exc}",
               file=sys.stderr)
@@ -197,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ExecuTorch: also export the 'forward' method, a whole segment's logits in one call (memory "
                         "planned for batch x segment_len x vocab logits). Without it a batch-1 program has the "
                         "last-token and decode methods, and all logits come from decode calls")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="ExecuTorch: processes that lower the program's methods side by side, each with a share of "
+                        "the memory (default: one per method, up to the cores available; 1: one process)")
     p.add_argument("--parity-segments", type=int, default=64, help="segments compared after export")
     p.add_argument("--max-batch", type=int, default=None,
                    help="largest batch the artifact accepts (default: 64 for ONNX, a dynamic axis; 1 for "

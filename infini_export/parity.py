@@ -193,7 +193,7 @@ def validate(backend, module: torch.nn.Module, *, precision: str = "float32", se
     tol = tolerance_for(getattr(backend, "name", "?"), precision)
     full = getattr(backend, "has_full", True)
     report = ParityReport(backend.name, precision, segments, batch, asdict(tol), logits="all" if full else "last")
-    eager = EagerBackend(module)
+    eager = _FirstStepKept(EagerBackend(module))
     art, ref = (backend, eager) if full else (_LastProgram(backend), _LastRow(eager))
     failures = report.failures
     if manifest is not None:  # names first
@@ -234,7 +234,7 @@ def validate(backend, module: torch.nn.Module, *, precision: str = "float32", se
         failures.extend(report.last["failures"])
     if decode_segments > 0 and getattr(backend, "has_decode", False):
         report.decode = validate_decode(backend, module, tol, segments=decode_segments, batch=batch, seed=seed,
-                                        chunk=decode_chunk, progress=progress)
+                                        chunk=decode_chunk, progress=progress, eager=eager)
         failures.extend(report.decode["failures"])
     rows = report.per_segment
     if rows:
@@ -256,6 +256,28 @@ def validate(backend, module: torch.nn.Module, *, precision: str = "float32", se
         if top1 < tol.min_top1 and full:
             failures.append(f"top-1 agreement {top1:.4f} is below the tolerance {tol.min_top1}")
     return report
+
+
+class _FirstStepKept:
+    """The eager backend keeping its first segment step: every check starts with the same segment from the initial
+    state (the main loop, the last-token check, the decode check), and at 110M / N = 2048 a step costs ~10 s.
+    A call with other tokens or another state runs the model."""
+
+    def __init__(self, eager: EagerBackend):
+        self.eager, self.name, self._first = eager, eager.name, None
+
+    def __getattr__(self, name):
+        return getattr(self.eager, name)
+
+    def run(self, ids, state):
+        key = [np.ascontiguousarray(a).tobytes() for a in (ids, *state)]
+        if self._first is not None and self._first[0] == key:
+            logits, new_state = self._first[1]
+            return logits.copy(), [t.copy() for t in new_state]
+        logits, new_state = self.eager.run(ids, state)
+        if self._first is None:
+            self._first = (key, (logits.copy(), [t.copy() for t in new_state]))
+        return logits, new_state
 
 
 class _LastProgram:

@@ -40,10 +40,11 @@ def decode_calls(tokens: int, segment_len: int, sizes: tuple[int, ...]) -> list[
 
 
 def validate_decode(backend, module: torch.nn.Module, tol, *, segments: int = 3, batch: int = 1,
-                    seed: int = 0, chunk: int | tuple[int, ...] = 1, progress: bool = False) -> dict:
+                    seed: int = 0, chunk: int | tuple[int, ...] = 1, progress: bool = False, eager=None) -> dict:
     """Drive ``backend.run_decode`` over ``segments`` segments in calls of ``chunk`` tokens (a tuple: call lengths
     taken in turn) against the eager *segment step*: each call's logits against the step's logits at the same
-    positions, the memory unchanged inside a segment, and at each boundary the state against the step's; return
+    positions, the memory unchanged inside a segment, and at each boundary the state against the step's (``eager``:
+    the reference backend to use, by default an ``EagerBackend`` of ``module``); return
     ``{"tokens", "calls", "chunk", "boundaries", "logits_max_abs", "state_max_rel", "top1", "wiring", "failures"}``."""
     spec, dspec = module.step_spec(), module.decode_spec()
     N, names = spec.segment_len, [s.name for s in dspec.state]
@@ -55,7 +56,7 @@ def validate_decode(backend, module: torch.nn.Module, tol, *, segments: int = 3,
         sizes = tuple(min(c, exported.max_chunk) for c in sizes)
     seg_names = [s.name for s in spec.state]
     seg_at = [names.index(n) for n in seg_names]  # where each segment-state tensor sits in the decode state
-    eager = EagerBackend(module)
+    eager = EagerBackend(module) if eager is None else eager
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, spec.vocab_size, size=(batch, segments * N), dtype=np.int64)
     st_a, cache_a = _init(module, batch)

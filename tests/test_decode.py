@@ -435,3 +435,29 @@ def test_failed_feed_across_a_boundary_restores_the_cache_rows_in_use(onnx_artif
     ref = InfiniSession.open(art)
     ref.feed(np.arange(5))
     np.testing.assert_array_equal(s.feed(np.arange(7)), ref.feed(np.arange(7)))
+
+
+def test_parity_runs_the_first_segment_step_once(onnx_artifacts, monkeypatch):
+    """The main loop and the decode check both start with the first segment from the initial state: the eager
+    reference runs it once, and still runs every other segment (a reference that is reused where the tokens or
+    the state differ would pass a wrong artifact)."""
+    from infini_export import parity
+
+    model, art = onnx_artifacts["delta"]
+    calls = []
+
+    class Counting(EagerBackend):
+        def run(self, ids, state):
+            calls.append(ids[0, :4].tolist())
+            return super().run(ids, state)
+
+    monkeypatch.setattr(parity, "EagerBackend", Counting)
+    s = InfiniSession.open(art)
+    N = model.cfg.segment_len
+    rep = parity.validate(s.backend, model, segments=2, decode_segments=2, decode_chunk=(1, 5), last_segments=0,
+                          progress=False)
+    assert rep.passed, rep.failures
+    # segments 0 and 1 in the main loop; the decode check's segment 0 is the kept step; only the first is kept, so
+    # its segment 1 runs again
+    assert len(calls) == 3 and calls[0] != calls[1] and calls[2] == calls[1], calls
+    assert rep.decode["calls"] == len(decode_calls(2 * N, N, (1, 5)))

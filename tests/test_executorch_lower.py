@@ -1,0 +1,93 @@
+"""Methods lowered in processes of their own and merged into one program: the same program as one process makes,
+and every way a lowering process can fail named in the parent."""
+import os
+
+import numpy as np
+import pytest
+
+from exporters import executorch_lower
+from exporters.executorch_lower import Lowered, lower_methods
+from exporters.pte_merge import PteMergeError, merge_programs
+from runtime import InfiniSession
+from tests.conftest import make_model
+from tests.et_artifacts import FP32, get
+
+BATCH1 = ("linear", FP32, 1)
+
+
+def test_processes_make_the_program_one_process_makes(et_artifacts, tmp_path):
+    """The fixture's batch-1 program was lowered one method per process and merged; lowered in one process the
+    same model gives the same methods, plans and numbers, and its weights once."""
+    from exporters.executorch import export_executorch
+    from exporters.artifact import write_manifest
+
+    model, art, manifest, _ = get(et_artifacts, BATCH1)
+    assert manifest["exporter"]["lowering"]["processes"] == 2
+    assert set(manifest["exporter"]["lowering"]["method_seconds"]) == {"step_last", "decode"}
+    one = export_executorch(make_model("linear"), tmp_path / "one", max_batch=1, jobs=1)
+    write_manifest(tmp_path / "one", one)
+    assert one["exporter"]["lowering"]["processes"] == 1
+    assert one["memory"]["methods"] == manifest["memory"]["methods"]  # every method's plan, input and output bytes
+    # the weights are stored once in the merged program (the embedding table is read by two methods)
+    assert abs(manifest["memory"]["weights_bytes"] - one["memory"]["weights_bytes"]) < 1024
+    assert one["exporter"]["non_delegated_ops"] == manifest["exporter"]["non_delegated_ops"]
+    ids = np.random.default_rng(3).integers(0, model.cfg.vocab_size, size=(1, 2 * model.cfg.segment_len + 5))
+    merged, single = InfiniSession.open(art), InfiniSession.open(tmp_path / "one")
+    np.testing.assert_array_equal(merged.feed(ids), single.feed(ids))  # decode calls, then step_last below
+    for name, a in merged.state.items():
+        np.testing.assert_array_equal(a, single.state[name], err_msg=name)
+    np.testing.assert_array_equal(merged.stream(ids), single.stream(ids))  # whole segments through step_last
+
+
+def test_merging_a_method_twice_is_refused(et_artifacts):
+    _, art, _, _ = get(et_artifacts, BATCH1)
+    blob = (art / "model.pte").read_bytes()
+    with pytest.raises(PteMergeError, match="method 'step_last' is in more than one program"):
+        merge_programs([blob, blob])
+
+
+def test_merging_named_data_that_differs_is_refused(et_artifacts):
+    from executorch.exir._serialize._program import deserialize_pte_binary, serialize_pte_binary
+
+    _, art, _, _ = get(et_artifacts, BATCH1)
+    blob = (art / "model.pte").read_bytes()
+    other = deserialize_pte_binary(blob)
+    for plan in other.program.execution_plan:
+        plan.name += "_other"
+    key, entry = next(iter(other.named_data.pte_data.items()))
+    other.named_data.buffers[entry.buffer_index] = bytes(len(other.named_data.buffers[entry.buffer_index]))
+    changed = bytes(serialize_pte_binary(other, extract_delegate_segments=True))
+    with pytest.raises(PteMergeError, match=f"named data '{key}' differs"):
+        merge_programs([blob, changed])
+
+
+def _fake_programs():
+    return {"step_last": "program a", "decode": "program b"}
+
+
+def test_a_failing_lowering_process_is_named(monkeypatch):
+    def fail(programs, *args):
+        if "decode" in programs:
+            raise NotImplementedError("no kernel for decode")
+        return Lowered(b"", {}, {}, {})
+
+    monkeypatch.setattr(executorch_lower, "_lower", fail)  # the forked processes inherit it
+    with pytest.raises(RuntimeError, match=r"lowering the method 'decode' failed \(NotImplementedError\)"
+                                           r"(.|\n)*no kernel for decode"):
+        lower_methods(_fake_programs(), {}, [], {}, jobs=2)
+
+
+def test_a_lowering_process_that_dies_is_named(monkeypatch):
+    def die(programs, *args):
+        if "decode" in programs:
+            os._exit(9)  # as a process killed for memory: no result, no traceback
+        return Lowered(b"", {}, {}, {})
+
+    monkeypatch.setattr(executorch_lower, "_lower", die)
+    with pytest.raises(RuntimeError, match="the process lowering 'decode' exited with code 9 without a result"):
+        lower_methods(_fake_programs(), {}, [], {}, jobs=2)
+
+
+def test_jobs_is_checked():
+    with pytest.raises(ValueError, match="jobs must be an integer >= 1"):
+        lower_methods(_fake_programs(), {}, [], {}, jobs=0)
