@@ -214,7 +214,7 @@ def _quantize_int8(flat: nn.Module, example: tuple, dynamic_shapes: dict | None)
 def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate: str = "xnnpack",
                       quantize: str | None = None, max_batch: int = 64, verbose: bool = False,
                       block_size: int = DEFAULT_BLOCK_SIZE, decode_chunk: int = DECODE_CHUNK,
-                      full_logits: bool | None = None, jobs: int | None = None) -> dict:
+                      full_logits: bool | None = None, jobs: int | None = None, progress: bool = False) -> dict:
     """Export ``module.step`` to ``out_dir/model.pte``; return the manifest (not yet written).
 
     ``quantize``: None, ``"int8"`` or ``"int4"`` (8da4w, weight groups of ``block_size``; the shapes are
@@ -223,7 +223,7 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
     segment step with all its logits. None (the default): only where a session needs it, i.e. unless the program
     has the last-token method and an XNNPACK ``decode`` method (batch 1), which serve every session call.
     ``jobs``: processes that lower the methods side by side (``exporters.executorch_lower``); None: one per method,
-    up to the cores available; 1: all in this process.
+    up to the cores available; 1: all in this process. ``progress``: a bar of the methods lowered, on a terminal.
     """
     if not isinstance(decode_chunk, int) or isinstance(decode_chunk, bool) or decode_chunk < 1:
         raise ValueError(f"decode_chunk must be an integer >= 1, got {decode_chunk!r}")
@@ -298,7 +298,7 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
         # the decode method reads its inputs where the caller holds them (not memory-planned), so a call does not
         # copy the whole K/V cache (at 110M / N = 2048: 150 MB) into the method's arena first
         lowered = lower_methods(programs, partitioners, passes, {name: name != DECODE_METHOD for name in programs},
-                                jobs=default_jobs(len(programs)) if jobs is None else jobs)
+                                jobs=default_jobs(len(programs)) if jobs is None else jobs, progress=progress)
         for name, seconds in lowered.stages.items():
             stages[name] = seconds
             log.info(f"executorch export: {name} {seconds}s")

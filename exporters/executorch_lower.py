@@ -80,11 +80,12 @@ def default_jobs(n_methods: int) -> int:
 
 
 def lower_methods(programs: dict, partitioners: dict, passes: list, planned_inputs: dict[str, bool], *,
-                  jobs: int = 1) -> Lowered:
+                  jobs: int = 1, progress: bool = False) -> Lowered:
     """Lower ``programs`` (method -> ExportedProgram) to one ExecuTorch program.
 
     ``partitioners``: method -> list of partitioners; ``passes``: edge transform passes; ``planned_inputs``: method
     -> whether its inputs are memory-planned (copied into its arena by a call). ``jobs``: processes (1: here).
+    ``progress``: a bar of the methods lowered, on a terminal (with ``jobs > 1``).
     """
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
@@ -93,7 +94,7 @@ def lower_methods(programs: dict, partitioners: dict, passes: list, planned_inpu
                          "children: pass jobs=1")
     if jobs == 1 or len(programs) == 1:
         return _lower(programs, partitioners, passes, planned_inputs)
-    return _lower_forked(programs, partitioners, passes, planned_inputs, jobs)
+    return _lower_forked(programs, partitioners, passes, planned_inputs, jobs, progress)
 
 
 def _lower(programs, partitioners, passes, planned_inputs) -> Lowered:
@@ -151,13 +152,17 @@ def _pss_mb(pids) -> float:
     return total / 1024.0
 
 
-def _lower_forked(programs, partitioners, passes, planned_inputs, jobs) -> Lowered:
+def _lower_forked(programs, partitioners, passes, planned_inputs, jobs, progress) -> Lowered:
+    from tqdm import tqdm
+
     ctx = multiprocessing.get_context("fork")
     pending = sorted(programs, key=lambda n: n not in _SLOWEST_FIRST)
     running: dict = {}
     results: dict[str, Lowered] = {}
     peak = 0.0
     t0 = time.perf_counter()
+    bar = tqdm(total=len(programs), desc=f"lowering in {min(jobs, len(programs))} processes", unit="method",
+               leave=False, disable=None if progress else True)
     with tempfile.TemporaryDirectory(prefix="infini-lower-") as tmp:
         try:
             while pending or running:
@@ -170,15 +175,19 @@ def _lower_forked(programs, partitioners, passes, planned_inputs, jobs) -> Lower
                     running[name] = (proc, path)
                 done = multiprocessing.connection.wait([p.sentinel for p, _ in running.values()], timeout=1.0)
                 peak = max(peak, _pss_mb([os.getpid(), *(p.pid for p, _ in running.values())]))
+                bar.set_postfix_str(", ".join(running), refresh=False)
+                bar.refresh()
                 for name, (proc, path) in list(running.items()):
                     if proc.sentinel not in done:
                         continue
                     proc.join()
                     del running[name]
                     results[name] = _collect(name, proc, path)
+                    bar.update()
                     log.info(f"executorch export: lowered {name} in {results[name].method_seconds[name]}s "
                              "(its own process)")
         finally:  # on a failure the other processes are stopped before their folder goes
+            bar.close()
             for proc, _ in running.values():
                 proc.terminate()
                 proc.join()

@@ -62,7 +62,7 @@ def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "on
     else:
         from .executorch import export_executorch
         manifest = export_executorch(module, out_dir, delegate=delegate, quantize=quantize, max_batch=max_batch,
-                                     block_size=block_size, full_logits=full_logits, jobs=jobs)
+                                     block_size=block_size, full_logits=full_logits, jobs=jobs, progress=progress)
     write_manifest(out_dir, manifest)
     gc.collect()  # the export's graphs (reference cycles, GBs at 110M) go before the parity run allocates
     session = InfiniSession.open(out_dir)

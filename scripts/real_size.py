@@ -30,6 +30,9 @@ def main() -> int:
     p.add_argument("--parity-segments", type=int, default=2)
     p.add_argument("--full-logits", action="store_true",
                    help="ExecuTorch: also export the full-logits method (forward)")
+    p.add_argument("--jobs", type=lambda t: [int(x) for x in t.split(",")], default=[None],
+                   help="ExecuTorch: processes that lower the methods, a comma list to compare (e.g. 1,2; default: "
+                        "the exporter's, one per method up to the cores)")
     p.add_argument("--limit-gb", type=float, default=10.0, help="address-space limit of each export process")
     p.add_argument("--work", default="out/real_size", help="where the artifacts are written")
     p.add_argument("--out", default="docs/real_size.json")
@@ -38,11 +41,12 @@ def main() -> int:
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.is_file() else {}
     key = args.preset + (f" (n_layers={args.n_layers})" if args.n_layers else "")
-    for v in variants:
+    runs = [(v, j) for v in variants for j in (args.jobs if v.format == "executorch" else [None])]
+    for v, jobs in runs:
         row = measure(args.preset, v.name, args.work, args.parity_segments, args.n_layers, args.limit_gb,
-                      args.full_logits)
+                      args.full_logits, jobs)
         print(json.dumps(row, default=float), flush=True)
-        results.setdefault(key, {})[v.name] = row
+        results.setdefault(key, {})[v.name + (f" (jobs={jobs})" if jobs else "")] = row
         text = json.dumps(results, indent=2, default=float) + "\n"
         atomic_write(out, lambda f: f.write(text.encode()))
     return 0

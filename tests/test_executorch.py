@@ -388,6 +388,8 @@ def test_export_arguments_are_checked(tmp_path):
         export_executorch(model, tmp_path, max_batch=0)
     with pytest.raises(ValueError, match="full_logits=False needs the last-token and decode methods"):
         export_executorch(model, tmp_path, quantize="int8", max_batch=4, full_logits=False)  # no int8 decode
+    with pytest.raises(ValueError, match="jobs must be an integer >= 1 or None, got 0"):
+        export_executorch(model, tmp_path, jobs=0)
     assert not list(tmp_path.iterdir())
 
 
@@ -404,17 +406,20 @@ def test_a_program_without_full_logits_needs_decode_and_last(et_artifacts):
 
 def test_cli_plans_executorch_for_batch_one_unless_told(monkeypatch, tmp_path):
     """``export --format executorch`` passes max_batch=1 (ONNX: 64) unless --max-batch is given, and the
-    full-logits method only with --full-logits (refused for ONNX, which always has all logits)."""
+    full-logits method only with --full-logits (refused for ONNX, which always has all logits); --jobs reaches the
+    exporter (ExecuTorch only)."""
     import exporters.pipeline as pipeline
     from infini_cli import main as cli
     seen = []
 
     def fake_export(module, out, fmt, **kw):
-        seen.append((fmt, kw["max_batch"], kw["full_logits"]))
+        seen.append((fmt, kw["max_batch"], kw["full_logits"], kw["jobs"]))
         raise ValueError("stop here")
     monkeypatch.setattr(pipeline, "export_artifact", fake_export)
     monkeypatch.setattr(cli, "_load_module", lambda args: make_model("delta"))
     for argv in (["--format", "executorch"], ["--format", "onnx"], ["--format", "executorch", "--max-batch", "4"],
-                 ["--format", "executorch", "--full-logits"], ["--format", "onnx", "--full-logits"]):
+                 ["--format", "executorch", "--full-logits"], ["--format", "onnx", "--full-logits"],
+                 ["--format", "executorch", "--jobs", "1"], ["--format", "onnx", "--jobs", "2"]):
         assert cli.main(["export", "ckpt", "-o", str(tmp_path / "x"), *argv]) == 2
-    assert seen == [("executorch", 1, None), ("onnx", 64, None), ("executorch", 4, None), ("executorch", 1, True)]
+    assert seen == [("executorch", 1, None, None), ("onnx", 64, None, None), ("executorch", 4, None, None),
+                    ("executorch", 1, True, None), ("executorch", 1, None, 1)]

@@ -12,12 +12,12 @@ from .proc import WORKER, log, run_json
 
 
 def export_preset(preset: str, variant: str, out_dir: str | Path, parity_segments: int = 2,
-                  n_layers: int | None = None, full_logits: bool = False) -> dict:
+                  n_layers: int | None = None, full_logits: bool = False, jobs: int | None = None) -> dict:
     """Export ``preset`` (random weights, seed 0) as ``variant`` in this process; what it cost and produced.
     ``peak_rss_mb``: the larger of this process's peak and the sampled memory of it and its lowering processes.
 
     ExecuTorch variants are planned for batch 1 (the command line's default), with the full-logits method only
-    with ``full_logits``."""
+    with ``full_logits``, their methods lowered by ``jobs`` processes (None: the exporter's default)."""
     import torch
 
     from exporters.pipeline import DEFAULT_MAX_BATCH
@@ -30,6 +30,8 @@ def export_preset(preset: str, variant: str, out_dir: str | Path, parity_segment
     t0 = time.perf_counter()
     try:
         extra = {"full_logits": True} if full_logits and v.format == "executorch" else {}
+        if jobs is not None and v.format == "executorch":
+            extra["jobs"] = jobs
         manifest, report = v.export(model, out_dir, parity_segments=parity_segments,
                                     max_batch=DEFAULT_MAX_BATCH[v.format], progress=False, log=None, **extra)
     except MemoryError:
@@ -47,13 +49,13 @@ def export_preset(preset: str, variant: str, out_dir: str | Path, parity_segment
 
 
 def measure(preset: str, variant: str, work: str | Path, parity_segments: int = 2, n_layers: int | None = None,
-            limit_gb: float = 10.0, full_logits: bool = False) -> dict:
+            limit_gb: float = 10.0, full_logits: bool = False, jobs: int | None = None) -> dict:
     """``export_preset`` in a worker process limited to ``limit_gb`` of address space, with its wall and CPU
     time; a failed export is a row with ``error``."""
-    out_dir = Path(work) / f"{preset}-{variant}"
+    out_dir = Path(work) / (f"{preset}-{variant}" + (f"-jobs{jobs}" if jobs else ""))
     cmd = [*WORKER, "real-size", "--preset", preset, "--variant", variant, "--out", str(out_dir),
            "--parity-segments", str(parity_segments)] + (["--n-layers", str(n_layers)] if n_layers else []) \
-        + (["--full-logits"] if full_logits else [])
+        + (["--full-logits"] if full_logits else []) + (["--lower-jobs", str(jobs)] if jobs else [])
     log(f"{variant}: {' '.join(cmd[1:])}")
     t0, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     res = run_json(cmd, timeout=None, limit_gb=limit_gb)

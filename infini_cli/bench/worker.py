@@ -93,6 +93,7 @@ def main(argv=None) -> int:
     p.add_argument("--parity-segments", type=int, default=2)
     p.add_argument("--n-layers", type=int, default=None)
     p.add_argument("--full-logits", action="store_true")
+    p.add_argument("--lower-jobs", type=int, default=None)
     args = parser.parse_args(argv)
     if args.command == "export":
         out = run_export_jobs(args.checkpoint, json.loads(Path(args.jobs).read_text()), args.threads)
@@ -101,7 +102,8 @@ def main(argv=None) -> int:
         out = run_baseline(args)
     else:
         from .real_size import export_preset
-        out = export_preset(args.preset, args.variant, args.out, args.parity_segments, args.n_layers, args.full_logits)
+        out = export_preset(args.preset, args.variant, args.out, args.parity_segments, args.n_layers, args.full_logits,
+                            args.lower_jobs)
     sys.stdout.flush()
     print(json.dumps(out, default=float))
     return 0
