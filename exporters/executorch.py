@@ -2,7 +2,8 @@
 
 torch.export of ``FlatStep`` (batch dynamic up to ``max_batch``, as ExecuTorch plans memory for an upper
 bound; ``max_batch=1`` gives a static batch-1 program, the least memory) -> ``to_edge_transform_and_lower`` (XNNPACK partitioner, or none for the portable kernels) ->
-``to_executorch`` -> ``out_dir/model.pte``. A ``.pte`` carries no I/O names: the program's inputs are
+``to_executorch`` -> ``out_dir/model.pte``, each method lowered in a process of its own where there are cores for
+it, and the programs merged into one (``exporters.executorch_lower``). A ``.pte`` carries no I/O names: the program's inputs are
 ``(input_ids, *state)`` and its outputs ``(logits, *new_state)`` in the manifest's positional order.
 
 Before partitioning, one graph pass (``canonicalize_dynamic_shapes``) rewrites what the dynamic batch makes
@@ -298,7 +299,8 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
         # the decode method reads its inputs where the caller holds them (not memory-planned), so a call does not
         # copy the whole K/V cache (at 110M / N = 2048: 150 MB) into the method's arena first
         lowered = lower_methods(programs, partitioners, passes, {name: name != DECODE_METHOD for name in programs},
-                                jobs=default_jobs(len(programs)) if jobs is None else jobs, progress=progress)
+                                jobs=default_jobs(len(programs)) if jobs is None else jobs, progress=progress,
+                                workdir=out_dir)
         for name, seconds in lowered.stages.items():
             stages[name] = seconds
             log.info(f"executorch export: {name} {seconds}s")
@@ -335,7 +337,8 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
         exporter={"path": "torch.export -> to_edge_transform_and_lower"
                           + ("(XnnpackPartitioner, merged to a fixed point)" if delegate == "xnnpack"
                              else "(portable kernels)")
-                          + " -> to_executorch",
+                          + " -> to_executorch"
+                          + (" (a process per method, the programs merged)" if lowered.processes > 1 else ""),
                   "executorch": getattr(et_version, "__version__", None),
                   "transform_passes": [p.__name__ for p in passes],
                   "untied_weights": untied,

@@ -80,12 +80,14 @@ def default_jobs(n_methods: int) -> int:
 
 
 def lower_methods(programs: dict, partitioners: dict, passes: list, planned_inputs: dict[str, bool], *,
-                  jobs: int = 1, progress: bool = False) -> Lowered:
+                  jobs: int = 1, progress: bool = False, workdir: str | Path | None = None) -> Lowered:
     """Lower ``programs`` (method -> ExportedProgram) to one ExecuTorch program.
 
     ``partitioners``: method -> list of partitioners; ``passes``: edge transform passes; ``planned_inputs``: method
     -> whether its inputs are memory-planned (copied into its arena by a call). ``jobs``: processes (1: here).
-    ``progress``: a bar of the methods lowered, on a terminal (with ``jobs > 1``).
+    ``progress``: a bar of the methods lowered, on a terminal (with ``jobs > 1``). ``workdir``: where the processes
+    leave their programs for the merge, in a temporary folder removed afterwards (None: the system's temporary
+    folder, which may be memory-backed: the exporter passes the artifact folder).
     """
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
@@ -94,7 +96,7 @@ def lower_methods(programs: dict, partitioners: dict, passes: list, planned_inpu
                          "children: pass jobs=1")
     if jobs == 1 or len(programs) == 1:
         return _lower(programs, partitioners, passes, planned_inputs)
-    return _lower_forked(programs, partitioners, passes, planned_inputs, jobs, progress)
+    return _lower_forked(programs, partitioners, passes, planned_inputs, jobs, progress, workdir)
 
 
 def _lower(programs, partitioners, passes, planned_inputs) -> Lowered:
@@ -152,7 +154,7 @@ def _pss_mb(pids) -> float:
     return total / 1024.0
 
 
-def _lower_forked(programs, partitioners, passes, planned_inputs, jobs, progress) -> Lowered:
+def _lower_forked(programs, partitioners, passes, planned_inputs, jobs, progress, workdir) -> Lowered:
     from tqdm import tqdm
 
     ctx = multiprocessing.get_context("fork")
@@ -163,7 +165,7 @@ def _lower_forked(programs, partitioners, passes, planned_inputs, jobs, progress
     t0 = time.perf_counter()
     bar = tqdm(total=len(programs), desc=f"lowering in {min(jobs, len(programs))} processes", unit="method",
                leave=False, disable=None if progress else True)
-    with tempfile.TemporaryDirectory(prefix="infini-lower-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=".lowering-", dir=workdir) as tmp:
         try:
             while pending or running:
                 while pending and len(running) < jobs:
