@@ -194,7 +194,11 @@ def _lower_forked(programs, partitioners, passes, planned_inputs, jobs, progress
                 proc.terminate()
                 proc.join()
         t1 = time.perf_counter()
-        buffer = merge_programs([results[n].buffer for n in programs])
+        try:
+            buffer = merge_programs([results[n].buffer for n in programs])
+        except (ImportError, AttributeError) as exc:  # ExecuTorch's (private) serializer moved: lower here instead
+            log.warning("merging the lowered methods is unavailable (%s); lowering them in this process", exc)
+            return _lower(programs, partitioners, passes, planned_inputs)
     t2 = time.perf_counter()
     merged = Lowered(buffer, {}, {}, {}, processes=min(jobs, len(programs)), peak_mb=round(peak))
     for name in programs:

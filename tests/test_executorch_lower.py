@@ -91,3 +91,22 @@ def test_a_lowering_process_that_dies_is_named(monkeypatch):
 def test_jobs_is_checked():
     with pytest.raises(ValueError, match="jobs must be an integer >= 1"):
         lower_methods(_fake_programs(), {}, [], {}, jobs=0)
+
+
+def test_without_the_merge_the_methods_are_lowered_here(monkeypatch):
+    """Should ExecuTorch's serializer move (the merge uses its private module), the export still completes: the
+    methods are lowered again in this process, as with jobs=1."""
+    calls = []
+
+    def lower(programs, *args):
+        calls.append((os.getpid(), tuple(programs)))
+        return Lowered(b"program", {}, {}, {})
+
+    def moved(blobs):
+        raise ImportError("cannot import name 'deserialize_pte_binary'")
+
+    monkeypatch.setattr(executorch_lower, "_lower", lower)
+    monkeypatch.setattr(executorch_lower, "merge_programs", moved)
+    out = lower_methods(_fake_programs(), {}, [], {}, jobs=2)
+    assert out.buffer == b"program" and out.processes == 1
+    assert calls == [(os.getpid(), ("step_last", "decode"))]  # the forked processes' calls are not seen here
