@@ -270,13 +270,13 @@ class _FirstStepKept:
         return getattr(self.eager, name)
 
     def run(self, ids, state):
-        key = [np.ascontiguousarray(a).tobytes() for a in (ids, *state)]
-        if self._first is not None and self._first[0] == key:
-            logits, new_state = self._first[1]
-            return logits.copy(), [t.copy() for t in new_state]
+        if self._first is not None:
+            inputs, (logits, new_state) = self._first
+            if len(state) == len(inputs) - 1 and all(np.array_equal(a, b) for a, b in zip(inputs, (ids, *state))):
+                return logits.copy(), [t.copy() for t in new_state]
         logits, new_state = self.eager.run(ids, state)
         if self._first is None:
-            self._first = (key, (logits.copy(), [t.copy() for t in new_state]))
+            self._first = ([np.array(a) for a in (ids, *state)], (logits.copy(), [t.copy() for t in new_state]))
         return logits, new_state
 
 
