@@ -1,6 +1,6 @@
-"""The command line and the tools built on every layer below it (demo, benchmarks).
+"""The command line and the demo.
 
 Layers, each importing only the ones before it:
-``runtime`` (torch-free) <- ``infini_export`` (model, state, protocol, parity, tasks, training)
-<- ``exporters`` (ONNX, ExecuTorch) <- ``infini_cli``.
+``runtime`` (torch-free) <- ``infini_export`` (model, state, protocol, parity) <- ``exporters`` (ONNX, ExecuTorch)
+<- ``tasks`` (passkey) <- ``training`` <- ``infini_cli``; ``benchmarks/`` (not installed) sits above them all.
 """

@@ -144,7 +144,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_passkey(args: argparse.Namespace) -> int:
-    from infini_export.passkey_eval import main as passkey_main
+    from tasks.passkey_eval import main as passkey_main
     return passkey_main(args)
 
 

@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # before numpy / torch load
         os.environ[var] = str(args.threads)
-    from infini_cli.bench.run import default_cache, parse_backends, parse_configs, run
+    from benchmarks.run import default_cache, parse_backends, parse_configs, run
     from runtime.measure import parse_length
 
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"

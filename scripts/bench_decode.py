@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from infini_cli.bench.decode import measure, write
+from benchmarks.decode import measure, write
 from runtime.measure import parse_length
 
 
@@ -44,7 +44,7 @@ def main() -> int:
         from exporters.pipeline import export_unchecked
         arts.append(export_unchecked(preset, Path(args.cache) / (args.name[i] if i < len(args.name) else preset)))
     if args.positions or args.context_segments:
-        from infini_cli.bench import decode_positions as bp
+        from benchmarks import decode_positions as bp
         out = {"threads": args.threads}
         if args.positions:
             out["positions"] = bp.positions(arts, [int(x) for x in args.positions.split(",")], tokens=args.new_tokens,
@@ -61,7 +61,7 @@ def main() -> int:
     results = [measure(a, new_tokens=args.new_tokens, rerun_tokens=args.rerun_tokens, rounds=args.rounds,
                        contexts=contexts, threads=args.threads) for a in arts]
     if args.lucidrains:
-        from infini_cli.bench.decode import lucidrains_comparison
+        from benchmarks.decode import lucidrains_comparison
         results.append({"lucidrains": lucidrains_comparison(Path(args.cache), new_tokens=args.new_tokens,
                                                             rounds=args.rounds, threads=args.threads or 1)})
     write(results, Path(args.out))

@@ -7,7 +7,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from infini_cli.bench.matmul_nbits import measure
+from benchmarks.matmul_nbits import measure
 
 
 def main() -> None:

@@ -1,11 +1,11 @@
-"""The benchmark's measurement processes (``infini_cli.bench.worker``), each printing one JSON line.
+"""The benchmark's measurement processes (``bench.worker``), each printing one JSON line.
 
     python scripts/bench_memory.py export --checkpoint CKPT --jobs JOBS.json [--threads T]
     python scripts/bench_memory.py baseline --preset small --segment-len 128 --tokens 32768 --budget 60
 """
 import sys
 
-from infini_cli.bench.worker import main
+from benchmarks.worker import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from infini_cli.bench.prefill import compare_entry, last_program_speed, planned_memory, plot, segment_speed, stream_rss
+from benchmarks.prefill import compare_entry, last_program_speed, planned_memory, plot, segment_speed, stream_rss
 from runtime.measure import parse_length
 
 

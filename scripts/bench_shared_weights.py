@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from infini_cli.bench.decode import sharing_child
+from benchmarks.decode import sharing_child
 
 
 def main() -> int:

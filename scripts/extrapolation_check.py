@@ -8,7 +8,7 @@ question: the prompt's last segment then the answer, teacher-forced. At ``--sour
 extrapolated state for the full length, asks the same question from it, and at the end compares that state with
 the real one, layer by layer. Both of the lever's modes are measured: ``first-order`` (k times the source
 segment's increment) and ``doubling`` (``grow_filler``: the increment re-measured from the growing state).
-The library behind it: ``infini_export.training.proxy.extrapolation_check``.
+The library behind it: ``training.proxy.extrapolation_check``.
 
     python scripts/extrapolation_check.py --checkpoint models/passkey-small            # 1M tokens, 8 prompts
     python scripts/extrapolation_check.py --checkpoint models/passkey-small --length 128K --prompts 4
@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from infini_export import load_checkpoint
-    from infini_export.training.proxy import extrapolation_check, extrapolation_table
-    from infini_export.training.report import write_json
+    from training.proxy import extrapolation_check, extrapolation_table
+    from training.report import write_json
     torch.set_num_threads(args.threads)
     try:
         res = extrapolation_check(load_checkpoint(args.checkpoint).eval(), args.length, args.prompts, args.source,

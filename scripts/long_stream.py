@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from infini_cli.bench.long_stream import plot, run
+from benchmarks.long_stream import plot, run
 from runtime.atomic import atomic_write
 from runtime.measure import parse_length
 

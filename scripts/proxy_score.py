@@ -6,7 +6,7 @@ the filler is added by the training lever's doubling steps (``grow_filler``, ``-
 question and the answer, teacher-forced. About 110 segment runs per prompt instead of 8,192 at 1M. ``score`` is
 the mean over prompts of the lowest p(correct digit); EM is teacher-forced exact match. Also per answer token
 (the space, then the five digits): the mean p, and how many prompts have their lowest p there.
-The library behind it: ``infini_export.training.proxy.long_proxy``.
+The library behind it: ``training.proxy.long_proxy``.
 
     python scripts/proxy_score.py models/passkey-small models/passkey-small/ingredients/{G,H,I} --prompts 64
 """
@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from infini_export import load_checkpoint
-    from infini_export.training.proxy import long_proxy
-    from infini_export.training.report import write_json
+    from training.proxy import long_proxy
+    from training.report import write_json
     torch.set_num_threads(args.threads)
     rows = []
     print(f"| checkpoint | proxy score | mean p | EM | mean p per answer token (space, digits 1-5) | prompts whose "

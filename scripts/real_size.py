@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from exporters.variants import VARIANTS, variants_argument
-from infini_cli.bench.real_size import measure
+from benchmarks.real_size import measure
 from runtime.atomic import atomic_write
 
 

@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from infini_cli.bench.memory import stream_run
+from benchmarks.memory import stream_run
 from runtime.measure import parse_length
 
 

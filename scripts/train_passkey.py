@@ -21,7 +21,7 @@ goes into the state entering the needle's segment (a share F of the rows that co
 ``--extrapolate-mode doubling`` replaces ``k * dM`` by doubling Euler steps that re-run the filler from the
 growing state (``grow_filler``); with ``--extrapolate-block 7`` each step runs 7 segments of the row's filler, and
 the state lands within ~1% of a real 1M-token stream's (``scripts/extrapolation_check.py --block 7``).
-The library behind this command line: ``infini_export.training``.
+The library behind this command line: ``training``.
 
 Choosing what ships: ``--ema D`` keeps an exponential moving average of the weights (``torch.optim.swa_utils``,
 decay D per step); model.safetensors, the held-out evaluations and the proxy then use the averaged weights (the
@@ -53,9 +53,9 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from infini_export.training.config import TrainingSetupError, add_arguments, from_arguments
-    from infini_export.training.evaluate import evaluate_checkpoint
-    from infini_export.training.loop import train
+    from training.config import TrainingSetupError, add_arguments, from_arguments
+    from training.evaluate import evaluate_checkpoint
+    from training.loop import train
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(ap)

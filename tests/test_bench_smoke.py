@@ -155,7 +155,7 @@ def test_unknown_variant_names_the_choices(text):
 
 
 def test_compare_entries_carry_session_options():
-    from infini_cli.bench.prefill import compare_entry
+    from benchmarks.prefill import compare_entry
     assert compare_entry("out/a") == ("a", "out/a", {})
     label, folder, options = compare_entry("out/a@execution_order=default@low_memory=true")
     assert folder == "out/a" and options == {"execution_order": "default", "low_memory": True}

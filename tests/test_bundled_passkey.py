@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infini_export.tasks import passkey as pk
+from tasks import passkey as pk
 
 BUNDLED = Path(os.environ.get("INFINI_BUNDLED", Path(__file__).resolve().parent.parent / "models" / "passkey-small"))
 DEPTHS = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.85, 1.0]

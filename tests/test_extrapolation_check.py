@@ -16,7 +16,7 @@ def _env():
 
 def _check(ckpt, *args, **kw):
     from infini_export import load_checkpoint
-    from infini_export.training.proxy import extrapolation_check
+    from training.proxy import extrapolation_check
     return extrapolation_check(load_checkpoint(ckpt).eval(), *args, **kw)
 
 
@@ -31,7 +31,7 @@ def tiny_ckpt(tmp_path_factory):
 
 def test_streamed_probe_matches_the_whole_prompt(tiny_ckpt):
     from infini_export import load_checkpoint
-    from infini_export.tasks import passkey as P
+    from tasks import passkey as P
     L, B, seed = 512, 3, 5
     res = _check(tiny_ckpt, L, B, 64, seed, progress=False)
     assert [r["tokens"] for r in res["real"]] == [80, 272, 512]  # 4, 16 segments (+ the tail), then the full prompt
@@ -50,7 +50,7 @@ def test_streamed_probe_matches_the_whole_prompt(tiny_ckpt):
 
 
 def test_extrapolated_state_is_reported_against_the_real_one(tiny_ckpt):
-    from infini_export.training.proxy import extrapolation_table
+    from training.proxy import extrapolation_table
     res = _check(tiny_ckpt, 512, 2, 64, 5, progress=False)
     ext = res["extrapolated"]
     assert ext["tokens"] == 512 and ext["from_tokens"] == 80
@@ -78,7 +78,7 @@ def test_proxy_score_script_reports_the_training_proxy(tiny_ckpt, tmp_path):
     rows = json.loads(out.read_text())
     assert len(rows) == 2 and rows[0]["score"] == rows[1]["score"]
     from infini_export import load_checkpoint
-    from infini_export.training.proxy import long_proxy
+    from training.proxy import long_proxy
     ref = long_proxy(load_checkpoint(tiny_ckpt), 1024, 2, 5, source=256, block=3)
     assert rows[0]["score"] == pytest.approx(ref["score"], rel=1e-6) and rows[0]["exact_match"] == ref["exact_match"]
     assert f"| {tiny_ckpt} | {ref['score']:.3f} |" in proc.stdout

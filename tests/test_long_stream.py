@@ -1,7 +1,7 @@
 """CI's version of the very-long-stream run: 200K tokens, eager vs ONNX side by side."""
 import pytest
 
-from infini_cli.bench.long_stream import run
+from benchmarks.long_stream import run
 
 
 @pytest.mark.parametrize("update", ["linear", "delta"])

@@ -43,7 +43,7 @@ def test_the_runtime_order_frees_each_layers_keys_and_values_before_the_next_lay
 
     from exporters.artifact import write_manifest
     from exporters.onnx import export_onnx
-    from infini_cli.bench.activations import activation_peak
+    from benchmarks.activations import activation_peak
     from infini_export import InfiniConfig, InfiniTransformer
     from runtime.backends.ort import EXECUTION_ORDERS, OrtBackend
     assert inspect.signature(OrtBackend).parameters["execution_order"].default == EXECUTION_ORDERS[0]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from infini_export.tasks import passkey as pk
+from tasks import passkey as pk
 
 ROOT = Path(__file__).resolve().parent.parent
 LENGTHS, DEPTHS, TRIALS, SEED = [256, 301], [0.0, 1.0], 2, 7

@@ -3,9 +3,9 @@ format describes; the evaluation's length parsing and table."""
 import numpy as np
 import pytest
 
-from infini_export.passkey_eval import table
+from tasks.passkey_eval import table
 from runtime.measure import parse_length
-from infini_export.tasks import passkey as pk
+from tasks import passkey as pk
 
 
 def _reference_text(length: int, depth: float, key: str, instruction: bool = True) -> str:

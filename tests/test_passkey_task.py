@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from infini_export.tasks import passkey as P
+from tasks import passkey as P
 
 
 def test_format_instruction_needle_question():
@@ -226,7 +226,7 @@ def test_task_module_imports_without_torch():
     import sys
     from pathlib import Path
     root = Path(__file__).resolve().parent.parent
-    code = ("import sys; from infini_export.tasks import passkey as P; P.make_batch(2, 300, 0.5, 0); "
+    code = ("import sys; from tasks import passkey as P; P.make_batch(2, 300, 0.5, 0); "
             "assert 'torch' not in sys.modules, 'importing the passkey task loaded torch'")
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -1,4 +1,4 @@
-"""scripts/train_passkey.py and infini_export.training: a 2-step --quick run writes a loadable checkpoint and a
+"""scripts/train_passkey.py and training: a 2-step --quick run writes a loadable checkpoint and a
 report; the eager session streams; the state-extrapolation lever, the proxy and the losses."""
 import dataclasses
 import json
@@ -20,7 +20,7 @@ def _library():
     """The training library's modules, by the names the tests use."""
     from types import SimpleNamespace
 
-    from infini_export.training import extrapolation, losses, proxy, session
+    from training import extrapolation, losses, proxy, session
     return SimpleNamespace(EagerSession=session.EagerSession, extrapolation_plan=extrapolation.extrapolation_plan,
                            forward_extrapolated=extrapolation.forward_extrapolated,
                            filler_block=extrapolation.filler_block, grow_filler=extrapolation.grow_filler,
@@ -77,7 +77,7 @@ def test_state_extrapolation_lever():
     changes what the answer reads."""
     mod = _library()
     from infini_export import InfiniConfig, InfiniTransformer
-    from infini_export.tasks import passkey as P
+    from tasks import passkey as P
     torch.manual_seed(0)
     model = InfiniTransformer(InfiniConfig.from_name("tiny", update="linear")).eval()
     N = model.cfg.segment_len
@@ -102,7 +102,7 @@ def _needle_at_end(update: str):
     """A tiny model, 3 prompts with the needle at the end, and a before-the-needle extrapolation plan for them."""
     mod = _library()
     from infini_export import InfiniConfig, InfiniTransformer
-    from infini_export.tasks import passkey as P
+    from tasks import passkey as P
     torch.manual_seed(0)
     model = InfiniTransformer(InfiniConfig.from_name("tiny", update=update)).eval()
     N = model.cfg.segment_len
@@ -174,7 +174,7 @@ def test_filler_block_continues_the_prompt_and_a_block_step_is_exact():
     an m-segment block and k = m is exactly the block run once (the delta rule)."""
     mod = _library()
     from infini_export import InfiniConfig, InfiniTransformer
-    from infini_export.tasks import passkey as P
+    from tasks import passkey as P
     torch.manual_seed(0)
     model = InfiniTransformer(InfiniConfig.from_name("tiny", update="delta")).eval()
     N = model.cfg.segment_len
@@ -237,7 +237,7 @@ def test_long_proxy_is_the_extrapolation_checks_doubling_row(tmp_path):
     torch.manual_seed(0)
     model = InfiniTransformer(InfiniConfig.from_name("tiny")).eval()
     save_checkpoint(model, tmp_path)
-    from infini_export.training.proxy import extrapolation_check
+    from training.proxy import extrapolation_check
     ref = extrapolation_check(model, 1024, 3, 256, 5, progress=False, block=3)["doubling"]
     got = mod.long_proxy(model, 1024, 3, 5, source=256, block=3)
     assert got["score"] == pytest.approx(ref["p_correct_min_token"], rel=1e-5)
@@ -315,7 +315,7 @@ def test_every_setting_is_an_option_and_bad_settings_are_refused_by_name():
     import argparse
     from dataclasses import fields
 
-    from infini_export.training.config import TrainConfig, TrainingSetupError, add_arguments, from_arguments
+    from training.config import TrainConfig, TrainingSetupError, add_arguments, from_arguments
     ap = argparse.ArgumentParser()
     add_arguments(ap)
     assert from_arguments(ap.parse_args([])) == TrainConfig()

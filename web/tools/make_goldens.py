@@ -105,7 +105,7 @@ def text_continuation(art: Path, n: int = 40) -> dict:
 
 
 def passkey_prompts(out: Path) -> list[dict]:
-    from infini_export.tasks import passkey as pk
+    from tasks import passkey as pk
 
     out.mkdir(parents=True, exist_ok=True)
     cases = []

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # the source tree, put first on the children's PYTHONPATH
-WORKER = [sys.executable, "-m", "infini_cli.bench.worker"]  # export jobs and the full-attention baseline
+WORKER = [sys.executable, "-m", "benchmarks.worker"]  # export jobs and the full-attention baseline
 # the torch-free streaming command whose peak RSS is measured
 RUN_STREAM = [sys.executable, "-m", "infini_cli", "run"]
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import time
 
-from ..checkpoint import load_checkpoint
-from ..tasks import passkey as P
+from infini_export.checkpoint import load_checkpoint
+from tasks import passkey as P
 from .report import eval_table, log, write_json
 from .session import EagerSession
 

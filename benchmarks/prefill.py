@@ -1,7 +1,7 @@
 """Prefill with and without the last-token program: segment tokens/s side by side, peak RSS of streaming in
 fresh torch-free processes, and an ExecuTorch program's planned memory per method against its weights.
 
-``python -m infini_cli.bench.prefill --child ART TOKENS [--full] [--threads T]`` is the child process of
+``python -m benchmarks.prefill --child ART TOKENS [--full] [--threads T]`` is the child process of
 ``stream_rss``: it streams random tokens and prints one JSON line.
 """
 from __future__ import annotations
@@ -127,7 +127,7 @@ def stream_rss(artifact: str | Path, tokens: int, use_last: bool = True, threads
     """Stream ``tokens`` random tokens through ``artifact`` in a fresh process (torch-free for ONNX): its peak RSS
     (VmHWM), tokens/s and the weight bytes. ``options``: backend options for ``InfiniSession.open`` (JSON values)."""
     root = Path(__file__).resolve().parents[2]  # the folder holding this package, for the child's imports
-    cmd = [sys.executable, "-m", "infini_cli.bench.prefill", "--child", str(artifact), str(tokens)]
+    cmd = [sys.executable, "-m", "benchmarks.prefill", "--child", str(artifact), str(tokens)]
     cmd += ([] if use_last else ["--full"]) + (["--threads", str(threads)] if threads else [])
     cmd += ["--options", json.dumps(options)] if options else []
     env = {**os.environ, "INFINI_EXPORT_NO_TORCH": "1",

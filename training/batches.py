@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from ..tasks import passkey as P
+from tasks import passkey as P
 
 
 def next_length(cur: int, max_len: int) -> int:

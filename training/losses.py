@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..tasks import passkey as P
+from tasks import passkey as P
 from .extrapolation import Extrapolation, forward_extrapolated
 
 

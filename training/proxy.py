@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..tasks import passkey as P
+from tasks import passkey as P
 from .extrapolation import extrapolate_first_order, filler_block, grow_filler
 
 

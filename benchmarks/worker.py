@@ -1,13 +1,13 @@
 """The benchmark's measurement processes; each command prints one JSON line (its last line on stdout).
 
-    python -m infini_cli.bench.worker export --checkpoint CKPT --jobs JOBS.json [--threads T]
+    python -m benchmarks.worker export --checkpoint CKPT --jobs JOBS.json [--threads T]
         export the checkpoint once per job ({variant, out, parity_segments}); one process for all the jobs
         of the list (the full benchmark gives one job per process)
-    python -m infini_cli.bench.worker baseline --preset small --segment-len 128 --tokens 32768 --budget 60
+    python -m benchmarks.worker baseline --preset small --segment-len 128 --tokens 32768 --budget 60
         stream random tokens through a plain causal transformer of the same width and depth as the preset,
         eager torch + F.scaled_dot_product_attention, in chunks of segment_len with a growing KV cache;
         stops early (and says so) when the time budget or the KV-cache memory limit is exceeded
-    python -m infini_cli.bench.worker real-size --preset base-32k --variant onnx-int4 --out DIR
+    python -m benchmarks.worker real-size --preset base-32k --variant onnx-int4 --out DIR
         export a preset (random weights) as one variant: time, sizes, planned memory (``real_size.measure``)
 
 Peak RSS is ``runtime.measure.peak_rss_mb`` (this process's VmHWM).

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..state import LayerMemory
-from ..tasks import passkey as P
+from infini_export.state import LayerMemory
+from tasks import passkey as P
 
 
 def extrapolate_first_order(state, prev, k: float) -> tuple:

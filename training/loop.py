@@ -15,8 +15,8 @@ import torch
 
 from runtime.atomic import atomic_write
 
-from .. import InfiniConfig, InfiniTransformer, load_checkpoint, save_checkpoint
-from ..tasks import passkey as P
+from infini_export import InfiniConfig, InfiniTransformer, load_checkpoint, save_checkpoint
+from tasks import passkey as P
 from .batches import hard_rows, heldout_sets, make_train_batch, next_length
 from .config import TrainConfig, TrainingSetupError
 from .evaluate import evaluate_heldout

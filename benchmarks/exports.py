@@ -41,7 +41,7 @@ def source_key(seed: int) -> str:
     """What an exported artifact depends on: model and exporter sources, library versions, seed, schema."""
     h = hashlib.sha256(json.dumps([SCHEMA, seed, versions()], sort_keys=True).encode())
     files = sorted((ROOT / "exporters").glob("*.py")) + [ROOT / "infini_export" / f"{m}.py" for m in (
-        "config", "model", "protocol", "state", "checkpoint")] + [ROOT / "infini_cli" / "bench" / "worker.py"]
+        "config", "model", "protocol", "state", "checkpoint")] + [ROOT / "benchmarks" / "worker.py"]
     for f in files:
         if f.exists():
             h.update(str(f.relative_to(ROOT)).encode())

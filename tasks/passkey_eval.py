@@ -15,7 +15,7 @@ import numpy as np
 
 from runtime.measure import parse_length, peak_rss_mb
 
-from .tasks import passkey as pk
+from . import passkey as pk
 
 DEFAULT_LENGTHS = "4K,32K,128K,1M"
 DEFAULT_DEPTHS = "0,0.5,1"
@@ -165,8 +165,8 @@ def open_any(model_path: str, backend: str | None):
     if (Path(model_path) / "manifest.json").is_file():
         from runtime.session import InfiniSession
         return InfiniSession.open(model_path, backend=backend)
-    from .checkpoint import load_checkpoint
-    from .eager import eager_session
+    from infini_export.checkpoint import load_checkpoint
+    from infini_export.eager import eager_session
     return eager_session(load_checkpoint(model_path))
 
 

@@ -5,7 +5,7 @@ import argparse
 from dataclasses import MISSING, dataclass, field, fields
 
 from runtime.measure import parse_length
-from ..tasks import passkey as P
+from tasks import passkey as P
 
 
 class TrainingSetupError(ValueError):
