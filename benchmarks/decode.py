@@ -53,12 +53,12 @@ def measure(artifact: Path, *, new_tokens: int = 64, rerun_tokens: int = 8, prom
         rerun += _decode_ms(slow, rerun_tokens, r)
         log(f"round {r + 1}/{rounds}: decode {np.median(dec):.2f} ms/token, segment re-run "
             f"{np.median(rerun):.2f} ms/token")
-    man = fast.manifest.data
-    weight_bytes = sum(f["bytes"] for k, f in man["files"].items() if k == "weights")
+    man = fast.manifest
+    weight_bytes = sum(f.bytes for k, f in man.files.items() if k == "weights")
     bw = copy_bandwidth()
     bound = bw / 2 / weight_bytes if weight_bytes else float("nan")  # tokens/s if each token reads every weight once
     out = {"artifact": str(artifact), "segment_len": N, "vocab_size": V,
-           "model": man.get("model", {}).get("config"), "weights_bytes": weight_bytes,
+           "model": man.model.get("config"), "weights_bytes": weight_bytes,
            "decode_ms_median": float(np.median(dec)), "rerun_ms_median": float(np.median(rerun)),
            "decode_tok_s": 1000 / float(np.median(dec)), "rerun_tok_s": 1000 / float(np.median(rerun)),
            "speedup": float(np.median(rerun) / np.median(dec)), "copy_bandwidth_gb_s": bw / 1e9,
@@ -157,8 +157,7 @@ def lucidrains_comparison(out_dir: Path, new_tokens: int = 128, rounds: int = 2,
     wrapper = InfiniTransformerWrapper(theirs, segment_length=segment_len).eval()
     adapter = LucidrainsStep(theirs, segment_len).eval()
     art = out_dir / "lucidrains-small"
-    with adapter.cache_attention_op():
-        in_place = adapter.decode_spec().cache_output == "whole"
+    in_place = "fused" in adapter.decode_forms()
     if not (art / "manifest.json").is_file() or Manifest.load(art).decode.cache_in_place != in_place:
         export_artifact(adapter, art, "onnx", parity_segments=4, progress=False, log=None)
     ours = InfiniSession.open(art, threads=threads)

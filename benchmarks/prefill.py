@@ -87,9 +87,9 @@ def last_program_speed(artifacts: list, repeats: int = 5, threads: int | None = 
     rate = max(g["gflops"] for g in gemm) * 1e9
     out = {"gemm_flops_per_s": rate, "gemm_n": gemm_n, "repeats": repeats, "threads": threads, "artifacts": []}
     for a, s, secs, opts in zip(artifacts, sessions, seconds, options):
-        man = s.manifest.data
-        rows = man["exporter"].get("attention_rows", 0)
-        fpt = flops_per_token(InfiniConfig.from_dict(man["model"]["config"]), last_only=True, attention_rows=rows)
+        man = s.manifest
+        rows = man.exporter.get("attention_rows", 0)
+        fpt = flops_per_token(InfiniConfig.from_dict(man.model["config"]), last_only=True, attention_rows=rows)
         tok_s = s.segment_len / statistics.median(secs)
         out["artifacts"].append({"artifact": str(a), "options": opts, "attention_rows": rows, "seconds": secs,
                                  "tok_s": tok_s,
@@ -116,10 +116,10 @@ def compare_entry(text: str) -> tuple[str, str, dict]:
 
 def weight_bytes(manifest: Manifest) -> int:
     """The bytes of the weights an artifact loads: ExecuTorch's measured constants, else the ONNX weight file."""
-    if manifest.data.get("memory"):
-        return int(manifest.data["memory"]["weights_bytes"])
-    files = manifest.data["files"]
-    return int(files["weights"]["bytes"] if "weights" in files else files["program"]["bytes"])
+    if manifest.memory:
+        return int(manifest.memory["weights_bytes"])
+    files = manifest.files
+    return int(files["weights"].bytes if "weights" in files else files["program"].bytes)
 
 
 def stream_rss(artifact: str | Path, tokens: int, use_last: bool = True, threads: int | None = None,
@@ -153,7 +153,7 @@ def _child(artifact: str, tokens: int, use_last: bool, threads: int | None, opti
 def planned_memory(artifact: str | Path) -> dict:
     """An ExecuTorch artifact's planned memory per method (manifest ``memory``), each also as a share of the
     weight bytes."""
-    memory = Manifest.load(artifact).data.get("memory")
+    memory = Manifest.load(artifact).memory
     if not memory:
         raise ValueError(f"{artifact} has no planned-memory record (an ExecuTorch artifact has one)")
     w = memory["weights_bytes"]

@@ -34,22 +34,19 @@ from torch import nn
 
 from infini_export.protocol import FlatDecode, FlatStep, FlatStepLast, check_protocol, has_decode, has_step_last
 from runtime.atomic import atomic_write
+from runtime.manifest import Manifest
 
 from .artifact import build_manifest
 from .executorch_lower import default_jobs, lower_methods
 from .memory_plan import measure_memory
-from .quantize import DEFAULT_BLOCK_SIZE, check_int4_shapes, check_quantize, quantize_linears_8da4w
+from .options import DECODE_CHUNK, ExportOptions
+from .quantize import check_int4_shapes, quantize_linears_8da4w
 from .quantize_lookup import PTE_LOOKUP_OP, describe_pte_lookup, fuse_int8_lookup, quantize_embeddings_int8
 
 MODEL_FILE = "model.pte"
 METHOD = "forward"
 DECODE_METHOD = "decode"
-# the most tokens one decode call takes: ExecuTorch plans a method's memory for its largest input and output, and
-# at 2047 tokens (N = 2048, V = 32000) the decode method's plan was 1.44 GB, 262 MB of it logits
-DECODE_CHUNK = 128
 LAST_METHOD = "step_last"
-DELEGATES = ("xnnpack", "none")
-QUANTIZE = (None, "int8", "int4")
 
 log = logging.getLogger(__name__)
 _SCHEMES = {"int8": "XNNPACKQuantizer PT2E: int8 dynamic per-tensor activations, int8 symmetric per-channel "
@@ -214,9 +211,9 @@ def _quantize_int8(flat: nn.Module, example: tuple, dynamic_shapes: dict | None)
 # ---- export ----------------------------------------------------------------------------------
 def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate: str = "xnnpack",
                       quantize: str | None = None, max_batch: int = 64, verbose: bool = False,
-                      block_size: int = DEFAULT_BLOCK_SIZE, decode_chunk: int = DECODE_CHUNK,
-                      full_logits: bool | None = None, jobs: int | None = None, progress: bool = False) -> dict:
-    """Export ``module.step`` to ``out_dir/model.pte``; return the manifest (not yet written).
+                      block_size: int | None = None, decode_chunk: int = DECODE_CHUNK,
+                      full_logits: bool | None = None, jobs: int | None = None, progress: bool = False) -> Manifest:
+    """Export ``module.step`` to ``out_dir/model.pte``; return the manifest (not yet written: ``manifest.write()``).
 
     ``quantize``: None, ``"int8"`` or ``"int4"`` (8da4w, weight groups of ``block_size``; the shapes are
     checked before anything is written). ``decode_chunk``: the most tokens one ``decode`` call takes (its memory
@@ -226,19 +223,19 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
     ``jobs``: processes that lower the methods side by side (``exporters.executorch_lower``); None: one per method,
     up to the cores available; 1: all in this process. ``progress``: a bar of the methods lowered, on a terminal.
     """
-    if not isinstance(decode_chunk, int) or isinstance(decode_chunk, bool) or decode_chunk < 1:
-        raise ValueError(f"decode_chunk must be an integer >= 1, got {decode_chunk!r}")
-    if delegate not in DELEGATES:
-        raise ValueError(f"delegate must be one of {DELEGATES}, got {delegate!r}")
-    check_quantize(quantize, block_size)
-    if quantize and delegate != "xnnpack":
-        raise ValueError(f"quantize={quantize!r} is an XNNPACK scheme: it needs delegate='xnnpack'")
+    options = ExportOptions("executorch", quantize=quantize, block_size=block_size, delegate=delegate,
+                            max_batch=max_batch, full_logits=full_logits, jobs=jobs, decode_chunk=decode_chunk)
     if quantize == "int4":
-        check_int4_shapes(module, block_size)
-    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
-        raise ValueError(f"max_batch must be an integer >= 1, got {max_batch!r}")
-    if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
-        raise ValueError(f"jobs must be an integer >= 1 or None, got {jobs!r}")
+        check_int4_shapes(module, options.block_size)
+    return build_executorch(module, Path(out_dir), options, verbose, progress)
+
+
+def build_executorch(module, out_dir: Path, options: ExportOptions, verbose: bool = False,
+                     progress: bool = False) -> Manifest:
+    """The ExecuTorch build (untie, quantize, export, lower, write) with checked ``options``."""
+    delegate, quantize, max_batch, block_size = options.delegate, options.quantize, options.max_batch, \
+        options.block_size
+    full_logits, jobs, decode_chunk = options.full_logits, options.jobs, options.decode_chunk
     spec = check_protocol(module)
     # the full-logits method costs a third of the export time and memory plan of its own for (B, N, V) logits
     # (262 MB at N = 2048, V = 32000); a session reads all logits from decode calls without it
@@ -250,7 +247,6 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
         raise ValueError("full_logits=False needs the last-token and decode methods beside it, and this program has "
                          f"{'no' if not with_last else 'a'} last-token and {'no' if not with_decode else 'a'} decode "
                          "method (the decode method of an int8/int4 program needs max_batch=1)")
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     exported_module, untied = untie_linear_from_embedding(module)
     int4_linears: list = []
@@ -327,8 +323,10 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
     from executorch import version as et_version
     decode = {"format": "pte", "file": "program", "method": DECODE_METHOD, "delegate": delegate} \
         if DECODE_METHOD in methods else None
-    manifest = build_manifest(
-        module, spec, backend="executorch",
+    return build_manifest(
+        module, spec, backend="executorch", memory=measure_memory(out_dir / MODEL_FILE),  # the planned memory
+        embedding_lookup=describe_pte_lookup(module, lookup_kernels),
+        decode_max_chunk=methods[DECODE_METHOD][0].max_chunk(decode_chunk) if DECODE_METHOD in methods else None,
         program={"format": "pte", "file": "program", "method": METHOD if full_logits else None, "delegate": delegate},
         files={"program": MODEL_FILE}, directory=out_dir, max_batch=max_batch, quantization=quantize,
         decode_program=decode,
@@ -354,8 +352,3 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
                   "export_seconds": seconds, "stage_seconds": stages,
                   "lowering": {"processes": lowered.processes, "method_seconds": lowered.method_seconds,
                                "peak_mb": lowered.peak_mb}})
-    manifest["memory"] = measure_memory(out_dir / MODEL_FILE)  # every method's planned memory, the weights
-    manifest["embedding_lookup"] = describe_pte_lookup(module, lookup_kernels)
-    if manifest.get("decode") is not None:
-        manifest["decode"]["max_chunk"] = methods[DECODE_METHOD][0].max_chunk(decode_chunk)
-    return manifest

@@ -1,7 +1,6 @@
 """ONNX export of the segment step (torch.onnx dynamo path + onnxscript optimizer)."""
 from __future__ import annotations
 
-import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -11,21 +10,21 @@ import torch
 from onnx_ir.passes.common import CommonSubexpressionEliminationPass, RemoveUnusedNodesPass
 
 from infini_export.protocol import FlatDecode, FlatStep, FlatStepLast, check_protocol, has_decode, has_step_last
+from runtime.manifest import Manifest
 
 from .artifact import build_manifest
 from .onnx_attention_blocks import block_local_attention
-from .onnx_fusions import FUSED_OPSET, cache_attention_translation, fuse
+from .onnx_fusions import FUSED_OPSET, fuse
+from .onnx_gqa import cache_attention_translation, choose_decode_form
 from .onnx_tied import lookup_from_transposed
 from .onnx_weights import write_shared
-from .quantize import DEFAULT_BLOCK_SIZE, check_int4_shapes, check_quantize, quantize_onnx_int4
+from .options import ATTENTION_ROWS, ExportOptions
+from .quantize import check_int4_shapes, quantize_onnx_int4
 from .quantize_lookup import describe_onnx_lookup
 
 MODEL_FILE = "model.onnx"
 DECODE_FILE = "decode.onnx"
 LAST_FILE = "step_last.onnx"
-# query rows per block of the segment programs' local attention (longer segments only): at N = 2048 a quarter of
-# the score memory per block and ~44% fewer attention FLOPs than one (T, T) block (docs/real_size.md)
-ATTENTION_ROWS = 256
 
 
 def _quantize_int8(src: Path, dst: Path) -> list[str]:
@@ -63,13 +62,6 @@ def _trace(flat: torch.nn.Module, example: tuple, input_names: list, output_name
     return program.model_proto, fusions
 
 
-def _fused_decode(module: torch.nn.Module):
-    """The module's ``cache_attention_op`` context (the decode program's local attention as one op that
-    onnxruntime runs as ``GroupQueryAttention`` on the valid cache rows, in place), or a null context."""
-    ctx = getattr(module, "cache_attention_op", None)
-    return ctx() if ctx is not None else contextlib.nullcontext()
-
-
 def _quantized(model: onnx.ModelProto, quantize: str | None, tmp: Path, name: str, module: torch.nn.Module,
                block_size: int) -> tuple[onnx.ModelProto, int]:
     if quantize is None:
@@ -82,11 +74,12 @@ def _quantized(model: onnx.ModelProto, quantize: str | None, tmp: Path, name: st
 
 
 def export_onnx(module: torch.nn.Module, out_dir: str | Path, *, quantize: str | None = None,
-                max_batch: int = 64, verbose: bool = False, block_size: int = DEFAULT_BLOCK_SIZE,
-                attention_rows: int = ATTENTION_ROWS) -> dict:
+                max_batch: int = 64, verbose: bool = False, block_size: int | None = None,
+                attention_rows: int = ATTENTION_ROWS) -> Manifest:
     """Trace ``module.step`` (and ``module.decode`` / ``module.step_last`` where the module has them) into
     ``out_dir``: ``model.onnx``, ``decode.onnx``, ``step_last.onnx`` and their shared ``weights.bin``; return the
-    manifest (not yet written).
+    manifest (not yet written: ``manifest.write()``). The decode program's attention is onnxruntime's
+    ``GroupQueryAttention`` where it applies, else standard ops (``onnx_gqa.choose_decode_form``).
 
     ``quantize``: None, ``"int8"`` (dynamic int8 MatMuls) or ``"int4"`` (4-bit ``MatMulNBits`` weights in
     blocks of ``block_size`` along in_features, the embedding lookup's table int8; shapes are checked before
@@ -94,17 +87,19 @@ def export_onnx(module: torch.nn.Module, out_dir: str | Path, *, quantize: str |
     ``attention_rows``: the segment programs' local attention in blocks of this many query rows where segments
     are longer (``onnx_attention_blocks``); 0 keeps one (T, T) block.
     """
-    check_quantize(quantize, block_size)
+    options = ExportOptions("onnx", quantize=quantize, block_size=block_size, max_batch=max_batch,
+                            attention_rows=attention_rows)
     if quantize == "int4":
-        check_int4_shapes(module, block_size)
-    if not isinstance(attention_rows, int) or isinstance(attention_rows, bool) or attention_rows < 0:
-        raise ValueError(f"attention_rows must be an integer >= 0 (0: one block), got {attention_rows!r}")
-    with _fused_decode(module):  # the decode program and its manifest entries see the fused form
-        return _export(module, Path(out_dir), quantize, max_batch, verbose, block_size, attention_rows)
+        check_int4_shapes(module, options.block_size)
+    return build_onnx(module, Path(out_dir), options, verbose)
 
 
-def _export(module, out_dir: Path, quantize, max_batch: int, verbose: bool, block_size: int, rows: int) -> dict:
+def build_onnx(module, out_dir: Path, options: ExportOptions, verbose: bool = False) -> Manifest:
+    """The ONNX build (trace, rewrite, quantize, write) with checked ``options``; ``export_onnx`` without the checks."""
+    quantize, max_batch, block_size, rows = options.quantize, options.max_batch, options.block_size, \
+        options.attention_rows
     spec = check_protocol(module)
+    form, form_why = choose_decode_form(module) if has_decode(module) else (None, None)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     flat = FlatStep(module).eval()
@@ -116,7 +111,7 @@ def _export(module, out_dir: Path, quantize, max_batch: int, verbose: bool, bloc
         models[LAST_FILE], fusions["step_last"] = _trace(last, last.example_inputs(2), spec.input_names(),
                                                          spec.output_names(), last.dynamic_shapes(max_batch), verbose)
     if has_decode(module):
-        dec = FlatDecode(module).eval()
+        dec = FlatDecode(module, form).eval()
         whole = dec.spec.cache_output == "whole"
         models[DECODE_FILE], fusions["decode"] = _trace(dec, dec.example_inputs(2), dec.spec.input_names(),
                                                         dec.spec.output_names(), dec.dynamic_shapes(max(max_batch, 2)),
@@ -144,13 +139,15 @@ def _export(module, out_dir: Path, quantize, max_batch: int, verbose: bool, bloc
         decode = {"format": "onnx", "file": "decode_program"}
     if LAST_FILE in models:
         files["last_program"] = LAST_FILE
-    manifest = build_manifest(
+    return build_manifest(
         module, spec, backend="onnxruntime", program=program, files=files, decode_program=decode,
+        decode_form=form, embedding_lookup=describe_onnx_lookup(models[MODEL_FILE]),  # what the token lookup reads
         last_program={"format": "onnx", "file": "last_program"} if LAST_FILE in models else None,
         directory=out_dir, max_batch=max_batch, quantization=quantize,
         shared_weights={"file": "weights", "graphs": {file_keys[g]: t for g, t in weights["graphs"].items()}},
         exporter={"path": "torch.onnx.export(dynamo=True) + onnxscript optimizer + exporters.onnx_fusions",
                   "opset": FUSED_OPSET, "fusions": fusions, "attention_rows": rows,
+                  **({"decode_form": {"form": form, "why": form_why}} if form else {}),
                   "shared_weights": {k: v for k, v in weights.items() if k != "graphs"},
                   "export_seconds": round(time.perf_counter() - t0, 2), "quantized_nodes": quantized,
                   **({"int4_block_size": block_size,
@@ -158,5 +155,3 @@ def _export(module, out_dir: Path, quantize, max_batch: int, verbose: bool, bloc
                                              "weights (MatMulNBits), float32 activations, nn.Linear MatMuls; "
                                              "the embedding lookup's table int8 (embedding_lookup)"}
                      if quantize == "int4" else {})})
-    manifest["embedding_lookup"] = describe_onnx_lookup(models[MODEL_FILE])  # what the token lookup reads
-    return manifest

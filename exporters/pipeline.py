@@ -1,83 +1,153 @@
-"""Export -> write artifact -> reopen with the runtime -> parity -> manifest with the measured parity."""
+"""Export as named stages: prepare -> build -> validate -> publish.
+
+- **prepare**: check the options once (``ExportOptions``), put the module in eval mode, check int4 shapes, make a
+  work folder beside the target;
+- **build**: the format's own stages (ONNX: trace, rewrite, quantize, write; ExecuTorch: untie, quantize, export,
+  lower, write) into the work folder; the typed manifest, not yet written;
+- **validate**: open the work folder with the runtime and compare it with the eager model (``parity``); left out
+  with ``parity_segments=0``;
+- **publish**: the manifest written once (parity and every stage's seconds included), the work folder moved into
+  place. A stage that raises before publish leaves the target as it was; an exception in the parity run is
+  recorded as a failed parity and raised after publishing (the runtime warns when it opens such an artifact).
+"""
 from __future__ import annotations
 
 import gc
+import os
+import shutil
+import time
 from pathlib import Path
 
 import torch
 
 from infini_export.parity import ParityReport, validate
+from runtime.backends import open_backend
+from runtime.manifest import MANIFEST_FILE, Manifest, ParityRecord
 from runtime.session import InfiniSession
 
-from .artifact import write_manifest
-from .quantize import DEFAULT_BLOCK_SIZE, check_int4_shapes, check_quantize
+from .options import DEFAULT_MAX_BATCH, FORMATS, ExportOptions  # noqa: F401  (re-exported for the command line)
+from .quantize import check_int4_shapes
 
-FORMATS = ("onnx", "executorch")
-# the batch bound ``infini-export export`` gives unless told: ONNX keeps a dynamic axis; ExecuTorch plans
-# its memory for the bound, so a device program is planned for one sequence (``export_artifact`` itself
-# keeps 64 for both unless told, as its callers expect)
-DEFAULT_MAX_BATCH = {"onnx": 64, "executorch": 1}
+STAGES = ("prepare", "build", "validate", "publish")
 
 
 class ExportParityError(RuntimeError):
     """The exported artifact does not match the eager model; the manifest records the failure."""
 
-    def __init__(self, report: ParityReport):
-        super().__init__(f"parity failed: {len(report.failures)} failures, first: {report.failures[:3]}")
+    def __init__(self, report: ParityReport | None, error: str | None = None):
+        first = error or (report.failures[:3] if report is not None else "")
+        count = len(report.failures) if report is not None else 1
+        super().__init__(f"parity failed: {count} failures, first: {first}")
         self.report = report
 
 
 def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "onnx", *,
                     quantize: str | None = None, delegate: str = "xnnpack", parity_segments: int = 64,
-                    max_batch: int = 64, progress: bool = True, log=print,
-                    block_size: int = DEFAULT_BLOCK_SIZE, table_rows: int = 6,
-                    attention_rows: int | None = None, full_logits: bool | None = None,
-                    jobs: int | None = None) -> tuple[dict, ParityReport]:
-    """Export ``module`` into ``out_dir`` and validate it; raises ``ExportParityError`` on a parity failure.
+                    max_batch: int = 64, progress: bool = True, log=print, block_size: int | None = None,
+                    table_rows: int = 6, attention_rows: int | None = None, full_logits: bool | None = None,
+                    jobs: int | None = None) -> tuple[Manifest, ParityReport | None]:
+    """Export ``module`` into ``out_dir`` in stages and validate it; raises ``ExportParityError`` on a parity failure.
 
-    ``block_size`` is the int4 block (group) size; ``table_rows`` the segments the logged parity table shows;
-    ``attention_rows`` (ONNX) the query rows per block of the segment programs' local attention (None: the
-    exporter's default); ``full_logits`` (ExecuTorch) whether the program also has the full-logits method (None:
-    only where a session needs it, see ``export_executorch``); ``jobs`` (ExecuTorch) the processes that lower its
-    methods side by side (None: one per method up to the cores available; 1: in this process).
-    An ExecuTorch manifest also records the planned memory of every method (``exporters.memory_plan``).
+    The options are ``ExportOptions``'s (``block_size``: int4 group size; ``attention_rows``: ONNX query rows per
+    attention block; ``full_logits``, ``jobs``: ExecuTorch). ``parity_segments=0`` leaves the validate stage out
+    (the report is then None). ``table_rows``: the segments the logged parity table shows. An ExecuTorch manifest
+    also records the planned memory of every method (``exporters.memory_plan``).
     """
+    clock = _Stages()
+    options = ExportOptions(fmt, quantize=quantize, block_size=block_size, delegate=delegate, max_batch=max_batch,
+                            attention_rows=attention_rows, full_logits=full_logits, jobs=jobs,
+                            parity_segments=parity_segments)
     out_dir = Path(out_dir)
     module = module.eval()
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
-    check_quantize(quantize, block_size)
-    if attention_rows is not None and fmt != "onnx":
-        raise ValueError(f"attention_rows applies to ONNX exports, not {fmt!r}")
-    if full_logits is not None and fmt != "executorch":
-        raise ValueError(f"full_logits applies to ExecuTorch exports; a {fmt!r} artifact always has all logits")
-    if jobs is not None and fmt != "executorch":
-        raise ValueError(f"jobs applies to ExecuTorch exports, not {fmt!r}")
-    if quantize == "int4":  # before anything is written
-        check_int4_shapes(module, block_size)
-    if fmt == "onnx":
-        from .onnx import export_onnx
-        rows = {} if attention_rows is None else {"attention_rows": attention_rows}
-        manifest = export_onnx(module, out_dir, quantize=quantize, max_batch=max_batch, block_size=block_size, **rows)
-    else:
-        from .executorch import export_executorch
-        manifest = export_executorch(module, out_dir, delegate=delegate, quantize=quantize, max_batch=max_batch,
-                                     block_size=block_size, full_logits=full_logits, jobs=jobs, progress=progress)
-    write_manifest(out_dir, manifest)
-    gc.collect()  # the export's graphs (reference cycles, GBs at 110M) go before the parity run allocates
-    session = InfiniSession.open(out_dir)
-    report = validate(session.backend, module, precision=quantize or manifest["weights_dtype"], segments=parity_segments,
-                      manifest=session.manifest, progress=progress, **decode_parity(manifest["segment_len"]))
-    manifest["parity"] = {"tolerance": report.tolerance, "segments": parity_segments, "passed": report.passed,
-                          "measured": report.summary, "failures": report.failures[:50],
-                          "decode": {k: v for k, v in report.decode.items() if k != "failures"} or None,
-                          "last_logits": {k: v for k, v in report.last.items() if k != "failures"} or None}
-    write_manifest(out_dir, manifest)
-    if log:
+    if options.quantize == "int4":  # before anything is written
+        check_int4_shapes(module, options.block_size)
+    work = _work_folder(out_dir)
+    try:
+        clock.done("prepare")
+        manifest = _build(module, work, options, progress)
+        clock.done("build")
+        report, parity = None, None
+        if options.parity_segments:
+            gc.collect()  # the export's graphs (reference cycles, GBs at 110M) go before the parity run allocates
+            report, parity = _validate(module, manifest, options, progress)
+            clock.done("validate")
+        exporter = {**manifest.exporter, "stages": clock.seconds}
+        manifest = manifest.replace(parity=parity, exporter=exporter)
+        manifest.write(work)
+        _publish(work, out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    manifest = manifest.replace(directory=out_dir)
+    if log and report is not None:
         log(report.table(rows=table_rows))
-    if not report.passed:
-        raise ExportParityError(report)
+    if parity is not None and not parity.passed:
+        raise ExportParityError(report, parity.error)
     return manifest, report
+
+
+class _Stages:
+    """Seconds per stage, in the order they ran."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._t, 2)
+        self._t = now
+
+
+def _work_folder(out_dir: Path) -> Path:
+    """A fresh folder beside ``out_dir`` (same file system, so publishing is a rename). ``out_dir`` may be missing,
+    empty or an earlier artifact; a folder of other files is refused before anything is written."""
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir())
+                                                      and not (out_dir / MANIFEST_FILE).is_file())):
+        raise ValueError(f"{out_dir} exists and is not an artifact folder (no {MANIFEST_FILE}); export into a new or "
+                         "empty folder, or an earlier artifact's, which it replaces")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    return work
+
+
+def _build(module, work: Path, options: ExportOptions, progress: bool) -> Manifest:
+    if options.format == "onnx":
+        from .onnx import build_onnx
+        return build_onnx(module, work, options)
+    from .executorch import build_executorch
+    return build_executorch(module, work, options, progress=progress)
+
+
+def _validate(module, manifest: Manifest, options: ExportOptions, progress: bool):
+    """``(report, ParityRecord)``; an exception in the run is recorded as a failed parity (report None)."""
+    try:
+        manifest.verify_files()
+        session = InfiniSession(manifest, open_backend(manifest.backend, manifest))
+        report = validate(session.backend, module, precision=options.precision, segments=options.parity_segments,
+                          manifest=manifest, progress=progress, **decode_parity(manifest.segment_len))
+    except Exception as exc:  # the runtime or the reference failed: recorded, raised after publishing
+        error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:500] if str(exc) else ''}"
+        return None, ParityRecord(passed=False, segments=options.parity_segments, error=error)
+    return report, ParityRecord(
+        passed=report.passed, segments=options.parity_segments, tolerance=report.tolerance,
+        measured=report.summary, failures=tuple(report.failures[:50]),
+        decode={k: v for k, v in report.decode.items() if k != "failures"} or None,
+        last_logits={k: v for k, v in report.last.items() if k != "failures"} or None)
+
+
+def _publish(work: Path, out_dir: Path) -> None:
+    """``work`` becomes ``out_dir``; an earlier artifact there is removed only after the new one is in place."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        out_dir.rename(old)
+    work.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def decode_parity(segment_len: int) -> dict:
@@ -90,19 +160,15 @@ def decode_parity(segment_len: int) -> dict:
     return {"decode_segments": 2, "decode_chunk": (1, segment_len // 16 - 1)}
 
 
-def export_unchecked(config: str, out_dir: str | Path, fmt: str = "onnx", seed: int = 0) -> Path:
-    """Export a preset (or a config as JSON text) with random weights and no parity check (for speed and memory
-    measurements only); an existing artifact in ``out_dir`` is reused."""
+def export_preset(config: str, out_dir: str | Path, fmt: str = "onnx", seed: int = 0, **options) -> Path:
+    """Export a preset (or a config as JSON text) with random weights and no parity run (for speed and memory
+    measurements); an existing artifact in ``out_dir`` is reused."""
     from infini_export import InfiniConfig, InfiniTransformer
 
     out_dir = Path(out_dir)
-    if (out_dir / "manifest.json").is_file():
+    if (out_dir / MANIFEST_FILE).is_file():
         return out_dir
     torch.manual_seed(seed)
     cfg = InfiniConfig.from_json(config) if config.lstrip().startswith("{") else InfiniConfig.from_name(config)
-    module = InfiniTransformer(cfg).eval()
-    if fmt != "onnx":
-        raise ValueError("export_unchecked writes ONNX artifacts")
-    from .onnx import export_onnx
-    write_manifest(out_dir, export_onnx(module, out_dir))
+    export_artifact(InfiniTransformer(cfg), out_dir, fmt, parity_segments=0, log=None, progress=False, **options)
     return out_dir

@@ -1,7 +1,6 @@
 """``infini-export info ART`` for an artifact folder: files, weights, state and (ExecuTorch) planned memory."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 MANIFEST_FILE = "manifest.json"
@@ -10,17 +9,6 @@ MANIFEST_FILE = "manifest.json"
 def is_artifact(path: str | Path) -> bool:
     """An artifact folder is recognised by its manifest.json."""
     return (Path(path) / MANIFEST_FILE).is_file()
-
-
-def _state_bytes(manifest: dict, batch: int = 1) -> int:
-    sizes = {"float32": 4, "float16": 2, "float64": 8, "int64": 8, "int32": 4}
-    total = 0
-    for s in manifest["state"]:
-        n = sizes.get(s["dtype"], 4)
-        for d in s["shape"]:
-            n *= batch if d == "batch" else int(d)
-        total += n
-    return total
 
 
 def _onnx_weights_bytes(path: Path) -> int:
@@ -35,22 +23,39 @@ def _onnx_weights_bytes(path: Path) -> int:
     return total
 
 
+def parity_status(manifest) -> str:
+    """One line on the export's parity run: passed, failed (and why), or never run."""
+    p = manifest.parity
+    if p is None:
+        return "never run (this artifact was not validated against its model)"
+    if p.passed:
+        return f"passed over {p.segments} segments"
+    why = p.error or (p.failures[0] if p.failures else "")
+    return f"FAILED ({why[:160]})" if why else "FAILED"
+
+
 def describe_artifact(path: str | Path) -> dict:
-    """The facts ``info`` prints, as a dict: format, quantization, files, weights, state, planned memory."""
+    """The facts ``info`` prints, as a dict: format, quantization, files, weights, state, parity, planned memory."""
+    from runtime.manifest import Manifest
+
     path = Path(path)
-    manifest = json.loads((path / MANIFEST_FILE).read_text())
-    program = manifest["program"]
-    info = {"artifact": str(path), "format": program["format"], "backend": manifest["backend"],
-            "quantization": manifest.get("quantization"), "segment_len": manifest["segment_len"],
-            "vocab_size": manifest["vocab_size"], "max_batch": manifest["batch"]["max"],
-            "files": {k: v["bytes"] for k, v in manifest["files"].items()},
-            "state_bytes_batch1": _state_bytes(manifest), "parity_passed": (manifest.get("parity") or {}).get("passed"),
-            "embedding_lookup": manifest.get("embedding_lookup")}
-    program_file = path / manifest["files"][program["file"]]["path"]
-    if program["format"] == "onnx":
+    manifest = Manifest.load(path)
+    dec = manifest.decode
+    info = {"artifact": str(path), "format": manifest.program.format, "backend": manifest.backend,
+            "quantization": manifest.quantization, "segment_len": manifest.segment_len,
+            "vocab_size": manifest.vocab_size, "max_batch": manifest.max_batch,
+            "files": {k: v.bytes for k, v in manifest.files.items()},
+            "state_bytes_batch1": sum(e.nbytes(1) for e in manifest.state),
+            "parity_passed": None if manifest.parity is None else manifest.parity.passed,
+            "parity": parity_status(manifest),
+            "decode": None if dec is None else {"form": dec.form, "max_chunk": dec.max_chunk,
+                                                "cache_in_place": dec.cache_in_place},
+            "embedding_lookup": manifest.embedding_lookup}
+    program_file = manifest.program_path()
+    if manifest.program.format == "onnx":
         info["weights_bytes"] = _onnx_weights_bytes(program_file)
     else:
-        memory = manifest.get("memory")
+        memory = manifest.memory
         if memory is None:  # a manifest written before memory was recorded: measure the file
             from exporters.memory_plan import measure_memory
             memory = measure_memory(program_file)
@@ -63,8 +68,12 @@ def print_artifact(info: dict) -> None:
     """Readable form of ``describe_artifact``."""
     print(f"artifact: {info['artifact']} ({info['format']}, {info['backend']}, "
           f"{info['quantization'] or 'no quantization'}; segments of {info['segment_len']}, vocab "
-          f"{info['vocab_size']}, batch <= {info['max_batch']}; parity "
-          f"{ {True: 'passed', False: 'FAILED', None: 'not recorded'}[info['parity_passed']]})")
+          f"{info['vocab_size']}, batch <= {info['max_batch']})")
+    print(f"parity: {info['parity']}")
+    if info["decode"] is not None:
+        d = info["decode"]
+        print(f"decode program: local attention {d['form'] or 'rows'}, up to {d['max_chunk']} tokens a call, cache "
+              f"{'written in place' if d['cache_in_place'] else 'rows returned'}")
     for key, size in info["files"].items():
         print(f"  file {key:<15} {size:>14,} bytes")
     print(f"weights:                {info['weights_bytes']:>14,} bytes")

@@ -61,34 +61,24 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from exporters.pipeline import DEFAULT_MAX_BATCH, ExportParityError, export_artifact
-    from exporters.quantize import DEFAULT_BLOCK_SIZE
-
-    if args.block_size is not None and args.quantize != "int4":
-        raise ValueError("--block-size applies to --quantize int4 only")
-    if args.attention_rows is not None and args.format != "onnx":
-        raise ValueError("--attention-rows applies to --format onnx only")
-    if args.full_logits and args.format != "executorch":
-        raise ValueError("--full-logits applies to --format executorch only (ONNX artifacts always have all logits)")
-    if args.jobs is not None and args.format != "executorch":
-        raise ValueError("--jobs applies to --format executorch only")
+    from exporters.options import DEFAULT_MAX_BATCH
+    from exporters.pipeline import ExportParityError, export_artifact
 
     module = _load_module(args)
     try:
         manifest, report = export_artifact(module, args.output, args.format, quantize=args.quantize,
                                            delegate=args.delegate, parity_segments=args.parity_segments,
                                            max_batch=args.max_batch or DEFAULT_MAX_BATCH[args.format],
-                                           block_size=args.block_size or DEFAULT_BLOCK_SIZE,
-                                           attention_rows=args.attention_rows,
+                                           block_size=args.block_size, attention_rows=args.attention_rows,
                                            full_logits=True if args.full_logits else None, jobs=args.jobs)
     except ExportParityError as exc:
         print(f"export wrote {args.output} but its parity check FAILED; the manifest records the failure: {exc}",
               file=sys.stderr)
         return 1
-    files = ", ".join(f"{v['path']} ({v['bytes']:,} B)" for v in manifest["files"].values())
+    files = ", ".join(f"{v.path} ({v.bytes:,} B)" for v in manifest.files.values())
     precision = f" {args.quantize}" if args.quantize else ""
-    print(f"exported {args.format}{precision} to {args.output}: {files}; parity passed over {args.parity_segments} "
-          "segments")
+    checked = f"parity passed over {args.parity_segments} segments" if report is not None else "no parity run"
+    print(f"exported {args.format}{precision} to {args.output}: {files}; {checked}")
     return 0
 
 
@@ -104,7 +94,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     tokens = None
     if args.tokens:
         tokens = np.frombuffer(Path(args.tokens).read_bytes(), dtype=np.uint8).astype(np.int64)
-    precision = session.manifest.data.get("quantization") or session.manifest.data.get("weights_dtype", "float32")
+    precision = session.manifest.quantization or session.manifest.weights_dtype
     report = validate(session.backend, module, precision=precision, segments=args.segments, batch=args.batch,
                       seed=args.seed, tokens=tokens, manifest=session.manifest,
                       decode_segments=args.decode_segments, decode_chunk=args.decode_chunk)

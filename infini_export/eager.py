@@ -52,12 +52,11 @@ class EagerBackend:
 def eager_manifest(module: torch.nn.Module, backend: str = "eager") -> Manifest:
     """The manifest of a module that was not exported (the eager reference, driven by the same session)."""
     spec = check_protocol(module)
-    doc = manifest_document(spec, backend=backend, program=TORCH_PROGRAM, fingerprint=model_fingerprint(module, spec),
-                            max_batch=1 << 16, weights_dtype=weights_dtype(module),
-                            decode_spec=module.decode_spec() if has_decode(module) else None,
-                            decode_program=TORCH_PROGRAM,
-                            last_program=TORCH_PROGRAM if has_step_last(module) else None)
-    return Manifest.from_dict(doc, None)
+    return manifest_document(spec, backend=backend, program=TORCH_PROGRAM, fingerprint=model_fingerprint(module, spec),
+                             max_batch=1 << 16, weights_dtype=weights_dtype(module),
+                             decode_spec=module.decode_spec() if has_decode(module) else None,
+                             decode_program=TORCH_PROGRAM,
+                             last_program=TORCH_PROGRAM if has_step_last(module) else None)
 
 
 def eager_session(module: torch.nn.Module, batch_size: int = 1) -> InfiniSession:

@@ -1,7 +1,8 @@
-"""The manifest document (``manifest.json``): the one builder, torch-free.
+"""The manifest (``manifest.json``): the one builder, torch-free.
 
 Exporters call it with what they measured of the module (fingerprint, dtypes) and the files they wrote; the eager
-reference calls it for a manifest with no files. ``runtime.manifest.Manifest`` is its reader and checker.
+reference calls it for a manifest with no files. It returns ``runtime.manifest.Manifest``, the typed document that
+is also its only reader, checker and writer.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import datetime
 import platform
 from importlib import metadata
 
-from runtime.manifest import FORMAT, FORMAT_VERSION
+from runtime.manifest import FORMAT, FORMAT_VERSION, Manifest
 
 _LIBS = ("torch", "onnx", "onnxruntime", "onnxscript", "executorch", "torchao", "numpy", "infini-export")
 TORCH_PROGRAM = {"format": "torch", "file": None}  # the eager module itself: nothing on disk
@@ -45,8 +46,10 @@ def io_entries(spec, batch_symbol: str = "batch", logits_dtype: str = "float32")
 
 
 def decode_entries(dspec, program: dict, vocab_size: int, batch_symbol: str = "batch",
-                   logits_dtype: str = "float32") -> dict:
-    """The manifest's ``decode`` section: the decode program's I/O in graph order and how to drive it."""
+                   logits_dtype: str = "float32", max_chunk: int | None = None, form: str | None = None) -> dict:
+    """The manifest's ``decode`` section: the decode program's I/O in graph order and how to drive it: at most
+    ``max_chunk`` tokens a call (default: ``max_tokens - 1``; a whole segment goes through the segment step), the
+    local attention's ``form`` as exported."""
     ins, outs = dspec.input_names(), dspec.output_names()
     n = len(dspec.state)
     inputs = [{"name": ins[0], "role": "ids", "dtype": "int64", "shape": [batch_symbol, "tokens"]},
@@ -66,8 +69,11 @@ def decode_entries(dspec, program: dict, vocab_size: int, batch_symbol: str = "b
                         "dtype": s.dtype, "shape": row_shape})
         entry = {"name": s.name, "input": i_name, "output": o_name, "dtype": s.dtype, "shape": shape}
         (state if is_state else cache).append(entry if is_state else {**entry, "axis": 2})
-    return {"program": program, "max_tokens": dspec.max_tokens,
-            "position": ins[1], "inputs": inputs, "outputs": outputs, "state": state, "cache": cache}
+    out = {"program": program, "max_tokens": dspec.max_tokens,
+           "max_chunk": max(1, dspec.max_tokens - 1) if max_chunk is None else max_chunk,
+           "cache_in_place": whole and bool(cache),
+           "position": ins[1], "inputs": inputs, "outputs": outputs, "state": state, "cache": cache}
+    return out if form is None else {**out, "form": form}
 
 
 def last_logits_entries(inputs: list, outputs: list, program: dict, vocab_size: int) -> dict:
@@ -81,12 +87,17 @@ def manifest_document(spec, *, backend: str, program: dict, fingerprint: str, ma
                       logits_dtype: str = "float32", weights_dtype: str | list[str] = "float32",
                       files: dict | None = None, initial_state="zeros", quantization: str | None = None,
                       exporter: dict | None = None, decode_spec=None, decode_program: dict | None = None,
-                      shared_weights: dict | None = None, last_program: dict | None = None) -> dict:
-    """The manifest as a dict (see ``runtime.manifest`` for every field).
+                      shared_weights: dict | None = None, last_program: dict | None = None,
+                      decode_max_chunk: int | None = None, decode_form: str | None = None,
+                      embedding_lookup: dict | None = None, memory: dict | None = None, extra: dict | None = None,
+                      directory=None) -> Manifest:
+    """The typed manifest (see ``runtime.manifest`` for every field), checked as a whole.
 
     ``spec`` is the module's ``StepSpec``; ``files`` maps key -> {"path", "sha256", "bytes"}; ``decode_spec`` with
-    ``decode_program`` adds the ``decode`` section; ``shared_weights`` the table of weights stored once;
-    ``last_program`` the ``last_logits`` section (the segment step with the last token's logits only)."""
+    ``decode_program`` adds the ``decode`` section (``decode_max_chunk``, ``decode_form``: how it was exported);
+    ``shared_weights`` the table of weights stored once; ``last_program`` the ``last_logits`` section (the segment
+    step with the last token's logits only); ``embedding_lookup`` and ``memory`` what the exporter measured of
+    its programs; ``extra`` further sections (tokenizer, generation) as JSON; ``directory`` the artifact folder."""
     inputs, outputs, state = io_entries(spec, logits_dtype=logits_dtype)
     doc = {
         "format": FORMAT,
@@ -111,9 +122,14 @@ def manifest_document(spec, *, backend: str, program: dict, fingerprint: str, ma
         "parity": None,
     }
     if decode_spec is not None and decode_program is not None:
-        doc["decode"] = decode_entries(decode_spec, decode_program, spec.vocab_size, logits_dtype=logits_dtype)
+        doc["decode"] = decode_entries(decode_spec, decode_program, spec.vocab_size, logits_dtype=logits_dtype,
+                                       max_chunk=decode_max_chunk, form=decode_form)
     if last_program is not None:
         doc["last_logits"] = last_logits_entries(inputs, outputs, last_program, spec.vocab_size)
     if shared_weights:
         doc["shared_weights"] = shared_weights
-    return doc
+    if embedding_lookup is not None:
+        doc["embedding_lookup"] = embedding_lookup
+    if memory is not None:
+        doc["memory"] = memory
+    return Manifest.from_dict({**doc, **(extra or {})}, directory)

@@ -4,7 +4,6 @@ Equation numbers follow Munkhdalai et al. 2024 (arXiv 2404.07143v2), summarised 
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -13,7 +12,7 @@ from torch import nn
 
 from .attention import cache_attention, causal_attention
 from .config import InfiniConfig
-from .state import (DecodeSpec, LayerCache, LayerDecodeState, LayerMemory, StepSpec, layer_decode_specs,
+from .state import (DecodeSpec, LayerCache, LayerDecodeState, LayerMemory, StepSpec, check_form, layer_decode_specs,
                     layer_state_specs)
 
 STATE_DTYPE = torch.float32
@@ -210,7 +209,6 @@ class InfiniTransformer(nn.Module):
         causal = torch.full((N, N), float("-inf")).triu(1)  # (N, N)
         self.register_buffer("causal_mask", causal, persistent=False)
         self.register_buffer("cache_slots", torch.arange(N), persistent=False)  # (N,): decode's visible slots
-        self._fused_decode = False  # see ``cache_attention_op``
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -275,24 +273,20 @@ class InfiniTransformer(nn.Module):
         return x, tuple(new_state)
 
     # ---- the decode protocol: token-level generation inside a segment ---------------------------
-    def decode_spec(self) -> DecodeSpec:
+    def decode_forms(self) -> tuple[str, ...]:
+        """The decode forms this model can take: ``"rows"`` always; ``"fused"`` with float32 weights."""
+        return ("rows", "fused") if self.embed.weight.dtype == torch.float32 else ("rows",)
+
+    def decode_spec(self, form: str = "rows") -> DecodeSpec:
+        """The decode program's I/O. ``form="fused"``: each layer's local attention is one
+        ``infini::cache_attention`` op and the cache outputs are the whole caches with the new rows written in
+        (``cache_output == "whole"``), which the ONNX exporter maps to onnxruntime's ``GroupQueryAttention`` that
+        updates a cache in place; ``"rows"``: the chunk's rows. Everything else is the same program."""
+        check_form(form, self.decode_forms())
         cfg = self.cfg
         cache_dtype = str(self.embed.weight.dtype).replace("torch.", "")
         state, cache = layer_decode_specs(cfg.n_layers, cfg.n_heads, cfg.d_head, cfg.segment_len, cache_dtype)
-        return DecodeSpec(cfg.segment_len, state, cache, "whole" if self._fused_decode else "rows")
-
-    @contextlib.contextmanager
-    def cache_attention_op(self):
-        """While active (and the weights are float32), ``decode`` runs each layer's local attention as one
-        ``infini::cache_attention`` op and returns the whole caches with the new rows written in (the spec's
-        ``cache_output == "whole"``), which the ONNX exporter maps to onnxruntime's ``GroupQueryAttention``
-        that updates a cache in place. Everything else is the same program."""
-        before = self._fused_decode
-        self._fused_decode = self.embed.weight.dtype == torch.float32
-        try:
-            yield
-        finally:
-            self._fused_decode = before
+        return DecodeSpec(cfg.segment_len, state, cache, "whole" if form == "fused" else "rows")
 
     def init_decode_state(self, batch_size: int, device=None) -> tuple[tuple[LayerDecodeState, ...], tuple[LayerCache, ...]]:
         """The decode state at the start of a segment (zero pending write) and an empty cache."""
@@ -310,13 +304,14 @@ class InfiniTransformer(nn.Module):
         return tuple(dec), tuple(cache)
 
     def decode(self, input_ids: torch.Tensor, position: torch.Tensor, state: tuple[LayerDecodeState, ...],
-               cache: tuple[LayerCache, ...]):
+               cache: tuple[LayerCache, ...], form: str = "rows"):
         """Tokens p..p+T-1 of the current segment: ``(input_ids (B, T), position (1,) int64, state, cache) ->
         (logits (B, T, V), new_state, cache_rows)`` with ``T <= segment_len - p``.
 
         Pure. The caller writes ``cache_rows[i]`` (B, H, T, dh) into ``cache[i]`` at ``[:, :, p:p+T]`` and
         moves to ``p + T``, or to 0 when that is ``segment_len``: the returned state has then folded the
         segment's write into memory, equal (to rounding) to what ``step`` returns for the whole segment.
+        ``form``: as in ``decode_spec`` (``"fused"`` returns the whole caches instead of the rows).
         """
         if not torch.compiler.is_compiling():
             self.check_decode_inputs(input_ids, position, state, cache)
@@ -324,7 +319,7 @@ class InfiniTransformer(nn.Module):
         new_state, rows = [], []
         consts = (self.rope_cos, self.rope_sin, self.rope_rot_t, self.causal_mask, self.cache_slots)
         B, T = input_ids.shape  # the fused form's last valid row, once for every layer
-        last = (position + (T - 1)).to(torch.int32).expand(B) if self._fused_decode else None
+        last = (position + (T - 1)).to(torch.int32).expand(B) if form == "fused" else None
         for block, st, c in zip(self.blocks, state, cache):
             x, st, r = block.decode(x, position, st, c, *consts, last)
             new_state.append(st)

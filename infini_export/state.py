@@ -83,6 +83,15 @@ class StepSpec:
         return {present_name(s.name): past_name(s.name) for s in self.state}
 
 
+DECODE_FORMS = ("rows", "fused")  # how a decode program's local attention is written (``decode_spec(form)``)
+
+
+def check_form(form: str, supported: tuple[str, ...]) -> None:
+    """``ValueError`` unless ``form`` is one of the decode forms a module ``supported``."""
+    if form not in supported:
+        raise ValueError(f"decode form {form!r} is not one this model takes; expected one of {supported}")
+
+
 @dataclass(frozen=True)
 class DecodeSpec:
     """The decode program's I/O, in graph order: a chunk of 1..N-p tokens at position p of a segment.

@@ -167,6 +167,13 @@ def check_manifest(d) -> None:
         _check_shared_weights(d["shared_weights"], files)
     if d.get("embedding_lookup") is not None:
         _check_embedding_lookup(d["embedding_lookup"])
+    if d.get("parity") is not None:
+        parity = _typed("parity", d["parity"], dict)
+        if not isinstance(parity.get("passed"), bool):
+            _fail("parity.passed", parity.get("passed"), "true or false")
+    for key in ("exporter", "model", "memory"):
+        if d.get(key) is not None:
+            _typed(key, d[key], dict)
 
 
 def _decode_ios(where: str, value, first: tuple) -> list[dict]:
@@ -202,6 +209,8 @@ def _check_decode(dec, files: dict, seg: int, vocab: int, segment_names: list) -
     chunk = dec.get("max_chunk", seg)
     if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= seg:
         _fail("decode.max_chunk", chunk, f"an integer in [1, segment_len ({seg})]")
+    if dec.get("form") is not None:
+        _str("decode.form", dec["form"])
     inputs = _decode_ios("decode.inputs", dec.get("inputs"), ("ids", "position"))
     outputs = _decode_ios("decode.outputs", dec.get("outputs"), ("logits",))
     if dec.get("position") != inputs[1]["name"] or inputs[1]["dtype"] != "int64" or inputs[1]["shape"] != [1]:
@@ -215,6 +224,9 @@ def _check_decode(dec, files: dict, seg: int, vocab: int, segment_names: list) -
                             f"{len(inputs)} inputs and {len(outputs)} outputs; expected 2 + and 1 + their number")
     # the cache outputs: every one the chunk's rows (cache-rows) or every one the whole cache (cache-out)
     cache_out = "cache-out" if cache and outputs[1 + len(state)].get("role") == "cache-out" else "cache-rows"
+    if "cache_in_place" in dec and dec["cache_in_place"] is not (cache_out == "cache-out" and bool(cache)):
+        _fail("decode.cache_in_place", dec["cache_in_place"],
+              f"{cache_out == 'cache-out' and bool(cache)} (the cache outputs' role is {cache_out!r})")
     for kind, entries, ins, outs, roles in (("state", state, inputs[2:2 + len(state)], outputs[1:1 + len(state)],
                                              ("state-in", "state-out")),
                                             ("cache", cache, inputs[2 + len(state):], outputs[1 + len(state):],

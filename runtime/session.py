@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .backends import open_backend
 from .errors import ArtifactError, InfiniRuntimeError, InputError, StateError
-from .manifest import Manifest
+from .manifest import Manifest, ParityWarning
 from . import state_files
 from .sampling import sample
 from .statefile import read_npz
@@ -60,20 +61,26 @@ class InfiniSession:
         sizes and hashes, load the program(s) and check their I/O against the manifest. Nothing is allocated for
         the state before all of that passed. ``use_decode=False`` ignores the artifact's decode program (a partial
         segment is then re-run padded); ``use_last=False`` ignores its last-token program (every segment then
-        computes all its logits)."""
+        computes all its logits). An artifact whose parity run failed or never ran opens with a ``ParityWarning``."""
         manifest = Manifest.load(artifact_dir)
         _check_state_budget(manifest, batch_size, max_state_bytes)
         if verify:
             manifest.verify_files()
+        if not manifest.validated:  # a user may be handed a folder whose export failed its check
+            p = manifest.parity
+            why = "its parity run never ran" if p is None else \
+                f"its parity run failed ({(p.error or (p.failures[0] if p.failures else ''))[:200]})"
+            warnings.warn(f"artifact {artifact_dir}: {why}; its outputs were not shown to match the model's "
+                          "(infini-export validate checks it)", ParityWarning, stacklevel=2)
         name = backend or manifest.backend
         return cls(manifest, open_backend(name, manifest, **backend_options), batch_size, use_decode, max_state_bytes,
                    use_last)
 
     def _load_initial_state(self) -> list[np.ndarray]:
-        init = self.manifest.data.get("initial_state", "zeros")
-        if init == "zeros":
+        init = self.manifest.initial_state_file
+        if init is None:
             return [np.zeros(e.concrete_shape(1), dtype=e.dtype) for e in self._entries]
-        arrays, _ = read_npz(self.manifest.file_path(init["file"]),
+        arrays, _ = read_npz(self.manifest.file_path(init),
                              {e.name: (e.concrete_shape(1), e.dtype) for e in self._entries}, meta=None,
                              error=ArtifactError)
         return [arrays[e.name] for e in self._entries]

@@ -41,8 +41,8 @@ def main() -> int:
     args = p.parse_args()
     arts = [Path(a) for a in args.artifacts]
     for i, preset in enumerate(args.export):
-        from exporters.pipeline import export_unchecked
-        arts.append(export_unchecked(preset, Path(args.cache) / (args.name[i] if i < len(args.name) else preset)))
+        from exporters.pipeline import export_preset
+        arts.append(export_preset(preset, Path(args.cache) / (args.name[i] if i < len(args.name) else preset)))
     if args.positions or args.context_segments:
         from benchmarks import decode_positions as bp
         out = {"threads": args.threads}

@@ -37,8 +37,8 @@ def main() -> int:
     p.add_argument("--out", default="out/bench_prefill")
     args = p.parse_args()
     if args.onnx and args.preset and not Path(args.onnx, "manifest.json").is_file():
-        from exporters.pipeline import export_unchecked
-        export_unchecked(args.preset, args.onnx)
+        from exporters.pipeline import export_preset
+        export_preset(args.preset, args.onnx)
     arts = {name: a for name, a in (("onnx", args.onnx), ("executorch", args.pte)) if a}
     results: dict = {"threads": args.threads, "speed": {}, "rss": {}, "planned_memory": None}
     if args.compare:

@@ -37,7 +37,7 @@ def _export_job(update, variant, max_batch, out_dir):
             return json.loads(cached.read_text())
         manifest, report = get_variant(variant).export(make_model(update), out_dir, max_batch=max_batch,
                                                        parity_segments=SEGMENTS, progress=False, log=None)
-        result = {"manifest": manifest, "report": report.to_dict(), "error": None}
+        result = {"manifest": manifest.to_dict(), "report": report.to_dict(), "error": None}
         if CACHE_ENV in os.environ:
             cached.write_text(json.dumps(result, default=float))
         return result

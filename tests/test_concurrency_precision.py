@@ -44,6 +44,7 @@ def test_float16_weights_float32_state_validated(tmp_path):
     model = make_model("delta").half()
     manifest, report = export_artifact(model, tmp_path / "fp16", "onnx", parity_segments=20, progress=False,
                                        log=None)
+    manifest = manifest.to_dict()
     assert report.passed, report.failures
     assert manifest["weights_dtype"] == "float16"
     assert all(s["dtype"] == "float32" for s in manifest["state"])

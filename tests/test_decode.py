@@ -81,7 +81,7 @@ def test_exported_decode_parity_and_manifest(onnx_artifacts, update):
     assert s.decoding and dec.max_tokens == model.cfg.segment_len
     assert [e.name for e in dec.state][:4] == ["memory.0", "norm.0", "pending_memory.0", "pending_norm.0"]
     assert all(e.dtype == "float32" for e in dec.state)  # the state stays float32
-    parity = s.manifest.data["parity"]["measured"]
+    parity = s.manifest.to_dict()["parity"]["measured"]
     assert parity is not None
     rep = validate_decode(s.backend, model, tolerance_for("onnxruntime", "float32"), segments=3, batch=2)
     assert rep["failures"] == [] and rep["boundaries"] == 3 and rep["calls"] == 3 * model.cfg.segment_len
@@ -243,7 +243,7 @@ def test_executorch_decode_method(et_artifact, onnx_artifacts):
     model, art = et_artifact
     s = InfiniSession.open(art)
     assert s.decoding and s.manifest.decode.program["method"] == "decode"
-    assert s.manifest.data["parity"]["passed"] and s.manifest.data["parity"]["decode"]["calls"] == 48
+    assert s.manifest.to_dict()["parity"]["passed"] and s.manifest.to_dict()["parity"]["decode"]["calls"] == 48
     rep = validate_decode(s.backend, model, tolerance_for("executorch", "float32"), segments=3)
     assert rep["failures"] == [] and rep["top1"] == 1.0
     prompt = np.random.default_rng(5).integers(0, 256, 23)
@@ -269,24 +269,26 @@ def test_adapter_decode_equals_its_step(name):
 
 @pytest.mark.parametrize("name", ["linear", "delta_learned"])
 def test_adapter_fused_decode_equals_its_masked_decode(name):
-    """In ``cache_attention_op`` the adapter's decode takes the whole caches and returns them with the chunk's rows
-    written in (their interleaved rotary inside one op): the same logits, state and rows as the masked form."""
+    """In the fused form the adapter's decode takes the whole caches and returns them with the chunk's rows written in
+    (their interleaved rotary inside one op): the same logits, state and rows as the masked form."""
     from test_adapter_lucidrains import SEG, make_theirs
     from infini_export.adapters.lucidrains import LucidrainsStep
     from infini_export.state import flatten_state
     adapter = LucidrainsStep(make_theirs(name), SEG).eval()
     ids = torch.randint(0, adapter.vocab_size, (2, 2 * SEG + 5), generator=torch.Generator().manual_seed(2))
     ref_logits, ref_state = _decode_all(adapter, ids, [1, 3, 2])
-    with adapter.cache_attention_op():
-        fused = adapter.decode_spec().cache_output == "whole"
-        assert fused == (adapter.dim_head % 16 == 0)  # GroupQueryAttention's rotary: dim_head / 2 a multiple of 8
+    fused = "fused" in adapter.decode_forms()
+    assert fused == (adapter.dim_head % 16 == 0)  # GroupQueryAttention's rotary: dim_head / 2 a multiple of 8
+    form = "fused" if fused else "rows"
+    assert adapter.decode_spec(form).cache_output == ("whole" if fused else "rows")
+    if True:
         state, cache = adapter.init_decode_state(2)
         out, t, k = [], 0, 0
         with torch.no_grad():
             while t < ids.shape[1]:
                 p = t % SEG
                 n = min([1, 3, 2][k % 3], SEG - p, ids.shape[1] - t)
-                logits, state, rows = adapter.decode(ids[:, t:t + n], torch.tensor([p]), state, cache)
+                logits, state, rows = adapter.decode(ids[:, t:t + n], torch.tensor([p]), state, cache, form=form)
                 if fused:  # the whole caches: rows before p as given, p..p+n-1 the chunk's
                     for c, r in zip(flatten_state(cache), flatten_state(rows)):
                         assert torch.equal(r[:, :, :p], c[:, :, :p]) and r.shape == c.shape
@@ -297,7 +299,7 @@ def test_adapter_fused_decode_equals_its_masked_decode(name):
                                   for c, r in zip(cache, rows))
                 out.append(logits)
                 t, k = t + n, k + 1
-    assert adapter.decode_spec().cache_output == "rows"  # the context is left
+    assert adapter.decode_spec().cache_output == "rows"  # the default form is the rows
     torch.testing.assert_close(torch.cat(out, 1), ref_logits, atol=1e-5, rtol=1e-5)
     for a, b in zip(flatten_state(state), flatten_state(ref_state)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
@@ -313,6 +315,7 @@ def test_adapter_decode_exports_with_parity(tmp_path, name):
     from infini_export.adapters.lucidrains import LucidrainsStep
     adapter = LucidrainsStep(make_theirs(name), SEG).eval()
     manifest, report = export_artifact(adapter, tmp_path, "onnx", parity_segments=4, progress=False, log=None)
+    manifest = manifest.to_dict()
     assert report.decode["failures"] == [] and report.decode["boundaries"] == 3
     assert "has_memory" in [e["name"] for e in manifest["decode"]["state"]]
     fused = adapter.dim_head % 16 == 0
@@ -344,7 +347,7 @@ def test_shared_weights_table_is_checked(onnx_artifacts, tmp_path):
     model, art = onnx_artifacts["linear"]
     s = InfiniSession.open(art)
     assert s.backend.shared_weights  # both graphs take their weights from one mapping of weights.bin
-    graphs = s.manifest.data["shared_weights"]["graphs"]
+    graphs = s.manifest.to_dict()["shared_weights"]["graphs"]
     assert set(graphs) == {"program", "decode_program", "last_program"}
     shared = {e[0] for e in graphs["program"]} & {e[0] for e in graphs["decode_program"]}
     assert any("lm_head" in n or "embed" in n for n in shared)  # the same buffers serve both graphs

@@ -16,11 +16,10 @@ CHUNK = 4
 
 @pytest.fixture(scope="module")
 def chunked(tmp_path_factory):
-    from exporters.artifact import write_manifest
     from exporters.executorch import export_executorch
     model = make_model("delta")
     art = tmp_path_factory.mktemp("pte_chunk4")
-    write_manifest(art, export_executorch(model, art, max_batch=1, decode_chunk=CHUNK, full_logits=True))
+    export_executorch(model, art, max_batch=1, decode_chunk=CHUNK, full_logits=True).write()
     return model, art
 
 

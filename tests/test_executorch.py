@@ -317,7 +317,7 @@ def test_manifest_of_another_model_is_refused(et_artifacts, tmp_path, other):
     man = build_manifest(other_model, other_model.step_spec(), backend="executorch",
                          program={"format": "pte", "file": "program", "method": "forward", "delegate": "xnnpack"},
                          files={"program": "model.pte"}, directory=bad, max_batch=64)
-    (bad / "manifest.json").write_text(json.dumps(man))
+    (bad / "manifest.json").write_text(json.dumps(man.to_dict()))
     with pytest.raises(ArtifactError, match="another model"):
         InfiniSession.open(bad)
 

@@ -19,13 +19,13 @@ def test_processes_make_the_program_one_process_makes(et_artifacts, tmp_path):
     """The fixture's batch-1 program was lowered one method per process and merged; lowered in one process the
     same model gives the same methods, plans and numbers, and its weights once."""
     from exporters.executorch import export_executorch
-    from exporters.artifact import write_manifest
 
     model, art, manifest, _ = get(et_artifacts, BATCH1)
     assert manifest["exporter"]["lowering"]["processes"] == 2
     assert set(manifest["exporter"]["lowering"]["method_seconds"]) == {"step_last", "decode"}
     one = export_executorch(make_model("linear"), tmp_path / "one", max_batch=1, jobs=1)
-    write_manifest(tmp_path / "one", one)
+    one.write()
+    one = one.to_dict()
     assert one["exporter"]["lowering"]["processes"] == 1
     assert one["memory"]["methods"] == manifest["memory"]["methods"]  # every method's plan, input and output bytes
     # the weights are stored once in the merged program (the embedding table is read by two methods)

@@ -78,7 +78,7 @@ def test_onnx_last_program_in_manifest_parity_and_stream(onnx_artifacts, update)
     assert last.program == {"format": "onnx", "file": "last_program"}
     assert last.outputs[0]["shape"] == ["batch", 1, model.cfg.vocab_size]
     assert [o["name"] for o in last.outputs] == s.manifest.output_names
-    parity = s.manifest.data["parity"]["last_logits"]
+    parity = s.manifest.to_dict()["parity"]["last_logits"]
     assert parity["segments"] == 8 and parity["wiring"]["passed"]
     rep = validate_last(s.backend, EagerBackend(model), model.step_spec(),
                         np.random.default_rng(2).integers(0, 256, (1, 5 * model.cfg.segment_len)),
@@ -186,6 +186,7 @@ def test_adapter_last_program_exports_with_parity(tmp_path):
     from exporters.pipeline import export_artifact
     adapter = _adapter("linear")
     manifest, report = export_artifact(adapter, tmp_path, "onnx", parity_segments=3, progress=False, log=None)
+    manifest = manifest.to_dict()
     assert report.last["failures"] == [] and report.last["wiring"]["passed"]
     assert manifest["parity"]["last_logits"]["segments"] == 3
     _stream_matches_full_step(tmp_path)

@@ -109,6 +109,7 @@ def artifacts(theirs, tmp_path_factory):
             out = tmp_path_factory.mktemp(f"lucidrains_{name}_{weights}_{fmt}")
             manifest, report = export_artifact(adapter, out, fmt, delegate=delegate_for(weights),
                                                parity_segments=20, progress=False, log=None)
+            manifest = manifest.to_dict()
             assert report.passed, report.failures  # the pipeline's own check (artifact vs adapter eager)
             cache[key] = (out, manifest)
         return cache[key]

@@ -63,6 +63,7 @@ def rnn_artifact(tmp_path_factory):
     model = TinyRNN().eval()
     out = tmp_path_factory.mktemp("tiny_rnn_onnx")
     manifest, report = export_artifact(model, out, "onnx", parity_segments=30, progress=False, log=None)
+    manifest = manifest.to_dict()
     return model, out, manifest, report
 
 

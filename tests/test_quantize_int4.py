@@ -24,6 +24,7 @@ def int4_onnx(tmp_path_factory):
     out = tmp_path_factory.mktemp("int4") / "art"
     manifest, report = export_artifact(model, out, "onnx", quantize="int4", parity_segments=40, progress=False,
                                        log=None)
+    manifest = manifest.to_dict()
     return model, out, manifest, report
 
 
@@ -63,11 +64,12 @@ def test_int4_smaller_than_int8_and_fp32(int4_onnx, onnx_artifacts, tmp_path):
     _, fp32_art = onnx_artifacts["delta"]
     int8, _ = export_artifact(make_model("delta"), tmp_path / "int8", "onnx", quantize="int8", parity_segments=2,
                               progress=False, log=None)
+    int8 = int8.to_dict()
     size = lambda art: sum(f.stat().st_size for f in art.iterdir() if f.suffix in (".onnx", ".bin"))  # noqa: E731
     assert size(out) < size(tmp_path / "int8") < size(fp32_art)
     # the lookup table: float32 in fp32 and int8 artifacts (the fp32 one stored once, transposed, as the LM head
     # reads it), int8 in int4 ones
-    fp32_lookup = InfiniSession.open(fp32_art).manifest.data["embedding_lookup"]
+    fp32_lookup = InfiniSession.open(fp32_art).manifest.to_dict()["embedding_lookup"]
     assert (fp32_lookup["dtype"], fp32_lookup["shape"], fp32_lookup["bytes"]) == ("float32", [256, 32], 4 * 256 * 32)
     assert (int8["embedding_lookup"]["dtype"], manifest["embedding_lookup"]["dtype"]) == ("float32", "int8")
 

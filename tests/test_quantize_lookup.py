@@ -51,8 +51,8 @@ def int4(model, tmp_path_factory):
         for bits in (32, quantize_lookup.DEFAULT_LOOKUP_BITS):
             patch.setattr(quantize_lookup, "DEFAULT_LOOKUP_BITS", bits)
             art = tmp_path_factory.mktemp(f"int4_lookup{bits}")
-            out[bits] = (art, *get_variant("onnx-int4").export(model, art, parity_segments=2, progress=False,
-                                                                log=None))
+            manifest, report = get_variant("onnx-int4").export(model, art, parity_segments=2, progress=False, log=None)
+            out[bits] = (art, manifest.to_dict(), report)
     finally:
         patch.undo()
     return out

@@ -47,7 +47,7 @@ configuration of tests/test_adapter_lucidrains.py, random and trained; the tests
 
 The decode program (``decode``, a chunk of tokens inside a segment) keeps the segment's rotated keys and values in a
 cache. Eager, and wherever the fused form does not apply, each layer attends over all N cache slots with a mask
-and returns the chunk's rows. For the ONNX export (``cache_attention_op``: float32 weights, ``dim_head`` a multiple
+and returns the chunk's rows. For the ONNX export (``decode_spec("fused")``: float32 weights, ``dim_head`` a multiple
 of 16) each layer's local attention is one ``infini::packed_cache_attention`` op on their packed ``to_qkv`` output,
 which becomes onnxruntime's ``GroupQueryAttention``: their interleaved rotary inside (``rotary_interleaved=1``, cos
 and sin tables precomputed per layer from their frequencies), only the p + T valid rows read, the new rows written
@@ -55,7 +55,6 @@ into the cache in place. The memory read, gate, write and feed-forward are the s
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 from pathlib import Path
@@ -66,7 +65,7 @@ from torch import nn
 
 from ..attention import packed_cache_attention
 from ..state import (DecodeSpec, LayerCache, LayerDecodeState, LayerMemory, StateTensorSpec, StepSpec,
-                     layer_decode_specs, layer_state_specs)
+                     check_form, layer_decode_specs, layer_state_specs)
 
 STATE_DTYPE = torch.float32
 HAS_MEMORY = "has_memory"
@@ -129,12 +128,11 @@ class LucidrainsStep(nn.Module):
         # their causal mask, a constant: ones((T, T)).triu(1), True = masked
         mask = torch.ones((segment_len, segment_len), dtype=torch.bool).triu(1)
         self.register_buffer("causal_mask", mask, persistent=False)
-        # the decode program's rotary tables, cos and sin (N, dim_head / 2) per layer (see ``cache_attention_op``):
+        # the decode program's rotary tables, cos and sin (N, dim_head / 2) per layer (``decode_spec("fused")``):
         # one buffer each, so that each is a constant of the exported graph rather than a slice of one
         for i, (cos, sin) in enumerate(self._decode_rotary_tables()):
             self.register_buffer(f"rotary_cos_{i}", cos, persistent=False)
             self.register_buffer(f"rotary_sin_{i}", sin, persistent=False)
-        self._fused_decode = False
 
     # ---- the step protocol ---------------------------------------------------------------------
     def step_spec(self) -> StepSpec:
@@ -281,31 +279,29 @@ class LucidrainsStep(nn.Module):
         return out, keys.transpose(-1, -2) @ diff_values, keys.sum(dim=2), past_kv, past_norm
 
     # ---- the decode protocol -------------------------------------------------------------------
-    def decode_spec(self) -> DecodeSpec:
+    def decode_forms(self) -> tuple[str, ...]:
+        """``"rows"`` always; ``"fused"`` with float32 weights and ``dim_head`` a multiple of 16."""
+        fits = self.model.token_emb.weight.dtype == torch.float32 and self.dim_head % FUSED_HEAD_MULTIPLE == 0
+        return ("rows", "fused") if fits else ("rows",)
+
+    def decode_spec(self, form: str = "rows") -> DecodeSpec:
+        """The decode program's I/O. ``form="fused"``: each layer's local attention is one
+        ``infini::packed_cache_attention`` op on their packed ``to_qkv`` output and the cache outputs are the whole
+        caches with the new rows written in (``cache_output == "whole"``); the ONNX exporter maps the op to
+        onnxruntime's ``GroupQueryAttention`` (``rotary_interleaved=1``: their rotary rotates adjacent pairs) that
+        updates the cache in place. The op scales the rotated scores where their code scales q before rotating it:
+        the same up to rounding. Asking for the fused spec takes the rotary tables from their frequencies as they
+        are now (weights may have been loaded after wrapping)."""
+        check_form(form, self.decode_forms())
+        if form == "fused":
+            with torch.no_grad():
+                for i, (cos, sin) in enumerate(self._decode_rotary_tables()):
+                    getattr(self, f"rotary_cos_{i}").copy_(cos)
+                    getattr(self, f"rotary_sin_{i}").copy_(sin)
         dtype = str(self.model.token_emb.weight.dtype).replace("torch.", "")
         state, cache = layer_decode_specs(self.depth, self.heads, self.dim_head, self.segment_len, dtype)
         return DecodeSpec(self.segment_len, state + (StateTensorSpec(HAS_MEMORY, ("batch", 1)),), cache,
-                          "whole" if self._fused_decode else "rows")
-
-    @contextlib.contextmanager
-    def cache_attention_op(self):
-        """While active (float32 weights, ``dim_head`` a multiple of 16), ``decode`` runs each layer's local
-        attention as one ``infini::packed_cache_attention`` op on their packed ``to_qkv`` output and returns the
-        whole caches with the new rows written in (``cache_output == "whole"``); the ONNX exporter maps the op to
-        onnxruntime's ``GroupQueryAttention`` (``rotary_interleaved=1``: their rotary rotates adjacent pairs) that
-        updates the cache in place. The op scales the rotated scores where their code scales q before rotating it:
-        the same up to rounding. Everything else is the same program."""
-        before = self._fused_decode
-        fits = self.model.token_emb.weight.dtype == torch.float32 and self.dim_head % FUSED_HEAD_MULTIPLE == 0
-        if fits:  # their frequencies as they are now (weights may have been loaded after wrapping)
-            for i, (cos, sin) in enumerate(self._decode_rotary_tables()):
-                getattr(self, f"rotary_cos_{i}").copy_(cos)
-                getattr(self, f"rotary_sin_{i}").copy_(sin)
-        self._fused_decode = fits
-        try:
-            yield
-        finally:
-            self._fused_decode = before
+                          "whole" if form == "fused" else "rows")
 
     @torch.no_grad()
     def _decode_rotary_tables(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -335,7 +331,7 @@ class LucidrainsStep(nn.Module):
                     for m in layers)
         return (*dec, has_memory), tuple(LayerCache(empty(), empty()) for _ in layers)
 
-    def decode(self, input_ids: torch.Tensor, position: torch.Tensor, state, cache):
+    def decode(self, input_ids: torch.Tensor, position: torch.Tensor, state, cache, form: str = "rows"):
         """Tokens p..p+T-1 of the current segment (see ``infini_export.state.DecodeSpec``); pure."""
         if not torch.compiler.is_compiling():
             p, T = int(position[0]), input_ids.shape[-1]
@@ -349,14 +345,15 @@ class LucidrainsStep(nn.Module):
         (B, T), N = input_ids.shape, self.segment_len
         at_end = position + T == N  # (1,) bool: the segment's last chunk
         x = self.model.token_emb(input_ids)  # (B, T, D)
-        if self._fused_decode:  # the fused form's last valid row, once for every layer
+        fused = form == "fused"
+        if fused:  # the fused form's last valid row, once for every layer
             last = (position + (T - 1)).to(torch.int32).expand(B)
         else:
             positions = position + torch.arange(T, device=input_ids.device)  # (T,)
             visible = (torch.arange(N, device=input_ids.device) >= position)  # (N,) True = masked (not yet written)
         new_layers, rows = [], []
         for i, ((attn, ff), st, c) in enumerate(zip(self.model.layers, layers, cache)):
-            if self._fused_decode:
+            if fused:
                 xn = attn.norm(x)  # (B, T, D)
                 qkv = attn.to_qkv(xn)  # (B, T, 3 * H * d): (qkv h d), what GroupQueryAttention takes packed
                 heads = qkv.reshape(B, T, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)  # (3, B, H, T, d)
@@ -374,7 +371,7 @@ class LucidrainsStep(nn.Module):
                 local = a[..., :N] @ c.value + a[..., N:] @ v  # (B, H, T, d)
                 rows.append(LayerCache(k_rot, v))
             out, dkv, dnorm, past_kv, past_norm = self._memory(attn, xn, q, k, v, local, st.memory, st.norm, use_mem,
-                                                               heads_first=not self._fused_decode)
+                                                               heads_first=not fused)
             x = out + x
             x = self._feed_forward(ff, x) + x
             pend_kv, pend_norm = st.pending_memory + dkv, st.pending_norm + dnorm

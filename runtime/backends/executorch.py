@@ -141,12 +141,12 @@ def _check_method_io(method: _Method, name: str, inputs: list, outputs: list) ->
     bounds: dict = {}
     for kind, infos, listed in (("input", method.inputs, inputs), ("output", method.outputs, outputs)):
         for i, ((code, sizes), io) in enumerate(zip(infos, listed)):
-            dtype, shape = _SCALAR_TYPES.get(code, f"scalar type {code}"), io["shape"]
+            dtype, shape = _SCALAR_TYPES.get(code, f"scalar type {code}"), io.shape
             fixed_ok = len(sizes) == len(shape) and all(
                 isinstance(d, str) or int(d) == s for d, s in zip(shape, sizes))
-            if dtype != io["dtype"] or not fixed_ok:
+            if dtype != io.dtype or not fixed_ok:
                 raise ArtifactError(f"the {name!r} method's {kind} {i} is {dtype} {list(sizes)}, the manifest's "
-                                    f"{io['name']!r} is {io['dtype']} {shape} (a manifest from another model?)")
+                                    f"{io.name!r} is {io.dtype} {list(shape)} (a manifest from another model?)")
             for d, s in zip(shape, sizes):
                 if isinstance(d, str):
                     bounds.setdefault(d, set()).add(s)
@@ -172,15 +172,15 @@ class ExecuTorchBackend(SegmentPrograms):
     name = "executorch"
 
     def __init__(self, manifest, threads: int | None = None, engine: str = "auto"):
-        program = manifest.data["program"]
-        if program.get("format") != "pte":
-            raise ManifestError(f"manifest program format is {program.get('format')!r}; the executorch backend "
+        program = manifest.program
+        if program.format != "pte":
+            raise ManifestError(f"manifest program format is {program.format!r}; the executorch backend "
                                 "runs 'pte'")
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise InputError(f"threads must be None or an integer >= 1, got {threads!r}")
         self.manifest = manifest
-        self.method_name = program.get("method", "forward")  # None: the program has no full-logits method
-        self.delegate = program.get("delegate")
+        self.method_name = program.method  # None: the program has no full-logits method
+        self.delegate = program.delegate
         self.engine = _make_engine(engine, threads)
         path = manifest.program_path()
         try:
@@ -188,23 +188,23 @@ class ExecuTorchBackend(SegmentPrograms):
         except OSError as exc:
             raise ArtifactError(f"cannot read the ExecuTorch program {path}: {exc}") from exc
         _check_header(path, data)
-        dec = manifest.decode if manifest.decode is not None and manifest.decode.program.get("format") == "pte" else None
+        dec = manifest.decode if manifest.decode is not None and manifest.decode.program.format == "pte" else None
         last = manifest.last_logits
-        last = last if last is not None and last.program.get("format") == "pte" else None
+        last = last if last is not None and last.program.format == "pte" else None
         self._decode_program = self._last_program = None
         try:
             names = self.engine.load(data)
             if self.method_name is not None and self.method_name in names:
                 self._step_program = self.engine.method(self.method_name)
-            if dec is not None and dec.program.get("method") in names:
-                self._decode_program = self.engine.method(dec.program["method"])
-            if last is not None and last.program.get("method") in names:
-                self._last_program = self.engine.method(last.program["method"])
+            if dec is not None and dec.program.method in names:
+                self._decode_program = self.engine.method(dec.program.method)
+            if last is not None and last.program.method in names:
+                self._last_program = self.engine.method(last.program.method)
         except Exception as exc:  # an ExecuTorch error code: truncated, corrupt, or an incompatible version
             raise ArtifactError(f"ExecuTorch ({self.engine.name} {self.engine.version}) cannot load {path} "
                                 f"({len(data)} bytes): {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}"
                                 " (truncated, corrupt, or written by an incompatible ExecuTorch)") from exc
-        wanted = [m for m in [self.method_name] + [x.program.get("method") for x in (dec, last) if x is not None]
+        wanted = [m for m in [self.method_name] + [x.program.method for x in (dec, last) if x is not None]
                   if m is not None]
         if any(m not in names for m in wanted):
             raise ArtifactError(f"{path} has the methods {names}, the manifest names {wanted}")
@@ -218,21 +218,21 @@ class ExecuTorchBackend(SegmentPrograms):
         man = self.manifest
         bounds: dict = {}
         if self._step_program is not None:
-            bounds = _check_method_io(self._step_program, self.method_name, man.data["inputs"], man.data["outputs"])
+            bounds = _check_method_io(self._step_program, self.method_name, man.inputs, man.outputs)
         if self._decode_program is not None:
             dec = man.decode
-            _check_method_io(self._decode_program, dec.program["method"], dec.inputs, dec.outputs)
+            _check_method_io(self._decode_program, dec.program.method, dec.inputs, dec.outputs)
         if self._last_program is not None:
             last = man.last_logits
-            last_bounds = _check_method_io(self._last_program, last.program["method"], last.inputs, last.outputs)
+            last_bounds = _check_method_io(self._last_program, last.program.method, last.inputs, last.outputs)
             bounds = bounds or last_bounds
         # the planned size of a dynamic axis is its upper bound
         self.max_batch = min(bounds["batch"]) if bounds.get("batch") else 1
         if self.max_batch < man.max_batch:
             raise ArtifactError(f"the program accepts batches up to {self.max_batch}, the manifest promises "
                                 f"{man.max_batch}")
-        self._shapes = [tuple(io["shape"]) for io in man.data["inputs"]]
-        self._dtypes = [np.dtype(io["dtype"]) for io in man.data["inputs"]]
+        self._shapes = [io.shape for io in man.inputs]
+        self._dtypes = [np.dtype(io.dtype) for io in man.inputs]
 
     # ---- one segment ---------------------------------------------------------------------------
     def _check_inputs(self, arrays: list) -> None:
@@ -242,10 +242,10 @@ class ExecuTorchBackend(SegmentPrograms):
         if not 1 <= batch <= self.max_batch:
             raise InputError(f"batch size {batch} is outside what this ExecuTorch program accepts: 1 to "
                              f"{self.max_batch} (the bound it was exported with)")
-        for arr, shape, dtype, io in zip(arrays, self._shapes, self._dtypes, self.manifest.data["inputs"]):
+        for arr, shape, dtype, io in zip(arrays, self._shapes, self._dtypes, self.manifest.inputs):
             want = tuple(batch if d == "batch" else int(d) for d in shape)
             if arr.shape != want or arr.dtype != dtype:
-                raise InputError(f"input {io['name']!r} is {arr.dtype} {arr.shape}, the program takes {dtype} {want}")
+                raise InputError(f"input {io.name!r} is {arr.dtype} {arr.shape}, the program takes {dtype} {want}")
 
     def _run(self, method, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         arrays = [np.asarray(ids), *(np.asarray(s) for s in state)]
@@ -253,9 +253,9 @@ class ExecuTorchBackend(SegmentPrograms):
         arrays = [np.ascontiguousarray(a) for a in arrays]
         with self._lock:
             outs = method.run(arrays)
-        if len(outs) != len(self.manifest.data["outputs"]):
+        if len(outs) != len(self.manifest.outputs):
             raise ArtifactError(f"the program returned {len(outs)} outputs, the manifest lists "
-                                f"{len(self.manifest.data['outputs'])}")
+                                f"{len(self.manifest.outputs)}")
         return outs[0], outs[1:]
 
     # ---- the decode method -----------------------------------------------------------------------

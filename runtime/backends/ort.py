@@ -33,16 +33,16 @@ def check_graph_io(manifest, graph_inputs, graph_outputs, inputs: list | None = 
     """The graph's own I/O (onnxruntime ``NodeArg``s: name, type, shape) against the manifest's (the segment step's,
     or ``inputs``/``outputs`` of another program), in order: names, dtypes, ranks and every fixed dim; the manifest's
     batch axis must be free in the graph."""
-    for kind, graph_io, listed in (("input", graph_inputs, manifest.data["inputs"] if inputs is None else inputs),
-                                   ("output", graph_outputs, manifest.data["outputs"] if outputs is None else outputs)):
+    for kind, graph_io, listed in (("input", graph_inputs, manifest.inputs if inputs is None else inputs),
+                                   ("output", graph_outputs, manifest.outputs if outputs is None else outputs)):
         got = [(io.name, _ORT_TYPES.get(io.type, io.type), len(io.shape)) for io in graph_io]
-        want = [(io["name"], io["dtype"], len(io["shape"])) for io in listed]
+        want = [(io.name, io.dtype, len(io.shape)) for io in listed]
         if got != want:
             raise ArtifactError(f"the ONNX graph's {kind}s {got} do not match the manifest's {want}")
         for io, entry in zip(graph_io, listed):
-            if not all(_dims_match(g, d, manifest.max_batch) for g, d in zip(io.shape, entry["shape"])):
+            if not all(_dims_match(g, d, manifest.max_batch) for g, d in zip(io.shape, entry.shape)):
                 raise ArtifactError(f"the ONNX graph's {kind} {io.name!r} has shape {list(io.shape)}, the "
-                                    f"manifest says {entry['shape']} (a manifest from another model?)")
+                                    f"manifest says {list(entry.shape)} (a manifest from another model?)")
 
 
 EXECUTION_ORDERS = ("priority_based", "default")
@@ -62,8 +62,8 @@ class OrtBackend(SegmentPrograms):
         ort = import_onnxruntime()
         order = ort_execution_order(ort, execution_order)
 
-        if manifest.data["program"]["format"] != "onnx":
-            raise ManifestError(f"manifest program format is {manifest.data['program']['format']!r}; "
+        if manifest.program.format != "onnx":
+            raise ManifestError(f"manifest program format is {manifest.program.format!r}; "
                                 "the onnxruntime backend runs 'onnx'")
         self.manifest = manifest
         self.denormal_as_zero = denormal_as_zero
@@ -73,8 +73,8 @@ class OrtBackend(SegmentPrograms):
         self._shared = shared  # the OrtValues must outlive the sessions that use them
         self.shared_weights = bool(shared)
 
-        quantized = manifest.data.get("quantization") is not None
-        lookup_tensors = set((manifest.data.get("embedding_lookup") or {}).get("tensors", []))
+        quantized = manifest.quantization is not None
+        lookup_tensors = set((manifest.embedding_lookup or {}).get("tensors", []))
 
         self.shared_names: dict[str, list[str]] = {}  # files key -> the initializers handed to that graph
 
@@ -120,14 +120,13 @@ class OrtBackend(SegmentPrograms):
             check_graph_io(manifest, session.get_inputs(), session.get_outputs(), inputs, outputs)
             return session
 
-        self.session = checked(manifest.data["program"]["file"])
+        self.session = checked(manifest.program.file)
         self.input_names = manifest.input_names
         self.output_names = manifest.output_names
         dec = manifest.decode
         self.decode_session = None
-        if dec is not None and dec.program.get("format") == "onnx":
-            self.decode_session = self._load(ort, manifest.file_path(dec.program["file"]),
-                                             options(dec.program["file"]))
+        if dec is not None and dec.program.format == "onnx":
+            self.decode_session = self._load(ort, manifest.file_path(dec.program.file), options(dec.program.file))
             check_graph_io(manifest, self.decode_session.get_inputs(), self.decode_session.get_outputs(),
                            dec.inputs, dec.outputs)
             self._decode_in, self._decode_out = dec.input_names, dec.output_names
@@ -138,8 +137,8 @@ class OrtBackend(SegmentPrograms):
             self._bindings = threading.local()  # per thread: the in-place program's binding (see ``_binding``)
         last = manifest.last_logits
         self.last_session = None
-        if last is not None and last.program.get("format") == "onnx":
-            self.last_session = checked(last.program["file"], last.inputs, last.outputs)
+        if last is not None and last.program.format == "onnx":
+            self.last_session = checked(last.program.file, last.inputs, last.outputs)
 
     def _binding(self, bufs: list[np.ndarray]) -> "_CacheBinding":
         """This thread's binding of the decode program with its caches bound to ``bufs``, made again only when the

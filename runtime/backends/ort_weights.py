@@ -10,14 +10,14 @@ from ..errors import ArtifactError
 
 def shared_initializers(manifest, ort) -> tuple[dict, object]:
     """``({files key: [(name, OrtValue), ...]}, the mapping to keep alive)``; empty without ``shared_weights``."""
-    sw = manifest.data.get("shared_weights")
+    sw = manifest.shared_weights
     if not sw:
         return {}, None
-    path = manifest.file_path(sw["file"])
+    path = manifest.file_path(sw.file)
     size = path.stat().st_size
     buf = np.memmap(path, dtype=np.uint8, mode="c") if size else np.zeros(0, np.uint8)  # private, never written
     out = {}
-    for key, entries in sw["graphs"].items():
+    for key, entries in sw.graphs.items():
         values = []
         for entry in entries:
             try:

@@ -18,11 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def export(module, out: Path) -> Path:
     """``module`` (eval mode) to ``out``: model.onnx (+ decode.onnx, weights.bin) and manifest.json."""
-    from exporters.artifact import write_manifest
-    from exporters.onnx import export_onnx
+    from exporters.pipeline import export_artifact
 
-    manifest = export_onnx(module.eval(), out)
-    write_manifest(out, manifest)
+    export_artifact(module, out, "onnx", parity_segments=0, log=None, progress=False)
     return out
 
 
