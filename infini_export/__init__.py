@@ -17,7 +17,6 @@ _EXPORTS = {
     "LayerMemory": ".state",
     "StepSpec": ".state",
     "StateTensorSpec": ".state",
-    "io_names": ".state",
     "save_checkpoint": ".checkpoint",
     "load_checkpoint": ".checkpoint",
     "average_checkpoints": ".checkpoint",

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from runtime.backends.programs import SegmentPrograms
 from runtime.manifest import Manifest
 from runtime.session import InfiniSession
 
@@ -12,41 +13,29 @@ from .manifest import TORCH_PROGRAM, manifest_document
 from .protocol import FlatDecode, FlatStep, FlatStepLast, check_protocol, has_decode, has_step_last
 
 
-class EagerBackend:
-    """Runs ``module.step`` through ``FlatStep`` on numpy in, numpy out, like an exported program."""
+class EagerBackend(SegmentPrograms):
+    """Runs the module's flat programs (``FlatStep``, ``FlatStepLast``, ``FlatDecode``) on numpy in, numpy out, like
+    an exported artifact (``runtime.backends.protocol.Backend``)."""
 
     name = "eager"
 
     def __init__(self, module: torch.nn.Module):
-        self.flat = FlatStep(module).eval()
-        self.flat_decode = FlatDecode(module).eval() if has_decode(module) else None
-        self.flat_last = FlatStepLast(module).eval() if has_step_last(module) else None
-
-    @property
-    def has_last(self) -> bool:
-        return self.flat_last is not None
+        self.flat = self._step_program = FlatStep(module).eval()
+        self.flat_decode = self._decode_program = FlatDecode(module).eval() if has_decode(module) else None
+        self.flat_last = self._last_program = FlatStepLast(module).eval() if has_step_last(module) else None
 
     @torch.no_grad()
-    def run_last(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """The segment step with the last token's logits only: ``(logits (B, 1, V), new state list)``."""
-        outs = self.flat_last(torch.from_numpy(ids), *(torch.from_numpy(s) for s in state))
+    def _run(self, program, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        outs = program(torch.from_numpy(ids), *(torch.from_numpy(s) for s in state))
         return outs[0].float().numpy(), [t.numpy() for t in outs[1:]]
-
-    @property
-    def has_decode(self) -> bool:
-        return self.flat_decode is not None
 
     @torch.no_grad()
     def run_decode(self, ids: np.ndarray, position: int, state: list[np.ndarray], cache: list[np.ndarray]):
+        """One decode call: ``(logits (B, T, V), new state list, cache rows list)``."""
         outs = self.flat_decode(torch.from_numpy(ids), torch.tensor([position], dtype=torch.int64),
                                 *(torch.from_numpy(a) for a in (*state, *cache)))
         n = len(state)
         return outs[0].float().numpy(), [t.numpy() for t in outs[1:1 + n]], [t.numpy() for t in outs[1 + n:]]
-
-    @torch.no_grad()
-    def run(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        outs = self.flat(torch.from_numpy(ids), *(torch.from_numpy(s) for s in state))
-        return outs[0].float().numpy(), [t.numpy() for t in outs[1:]]
 
 
 def eager_manifest(module: torch.nn.Module, backend: str = "eager") -> Manifest:

@@ -190,8 +190,8 @@ def validate(backend, module: torch.nn.Module, *, precision: str = "float32", se
     and state (0: skip). An artifact without the full-logits program is compared segment by segment through its
     last-token program (last logits and state), and token by token through its decode program."""
     spec = check_protocol(module)
-    tol = tolerance_for(getattr(backend, "name", "?"), precision)
-    full = getattr(backend, "has_full", True)
+    tol = tolerance_for(backend.name, precision)
+    full = backend.has_full
     report = ParityReport(backend.name, precision, segments, batch, asdict(tol), logits="all" if full else "last")
     eager = _FirstStepKept(EagerBackend(module))
     art, ref = (backend, eager) if full else (_LastProgram(backend), _LastRow(eager))
@@ -229,12 +229,14 @@ def validate(backend, module: torch.nn.Module, *, precision: str = "float32", se
     if segments >= 2:
         report.wiring = check_wiring(art, spec, tokens[:, :N], tokens[:, N:2 * N], [t.copy() for t in init])
         failures.extend(report.wiring["failures"])
-    if full and min(segments, last_segments) > 0 and getattr(backend, "has_last", False) and has_step_last(module):
+    if full and min(segments, last_segments) > 0 and backend.has_last and has_step_last(module):
         report.last = validate_last(backend, eager, spec, tokens[:, :min(segments, last_segments) * N], init, tol)
         failures.extend(report.last["failures"])
-    if decode_segments > 0 and getattr(backend, "has_decode", False):
+    if decode_segments > 0 and backend.has_decode:
+        dec = None if manifest is None else manifest.decode
         report.decode = validate_decode(backend, module, tol, segments=decode_segments, batch=batch, seed=seed,
-                                        chunk=decode_chunk, progress=progress, eager=eager)
+                                        chunk=decode_chunk, progress=progress, eager=eager,
+                                        max_chunk=None if dec is None else dec.max_chunk)
         failures.extend(report.decode["failures"])
     rows = report.per_segment
     if rows:

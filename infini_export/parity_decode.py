@@ -40,20 +40,21 @@ def decode_calls(tokens: int, segment_len: int, sizes: tuple[int, ...]) -> list[
 
 
 def validate_decode(backend, module: torch.nn.Module, tol, *, segments: int = 3, batch: int = 1,
-                    seed: int = 0, chunk: int | tuple[int, ...] = 1, progress: bool = False, eager=None) -> dict:
+                    seed: int = 0, chunk: int | tuple[int, ...] = 1, progress: bool = False, eager=None,
+                    max_chunk: int | None = None) -> dict:
     """Drive ``backend.run_decode`` over ``segments`` segments in calls of ``chunk`` tokens (a tuple: call lengths
     taken in turn) against the eager *segment step*: each call's logits against the step's logits at the same
     positions, the memory unchanged inside a segment, and at each boundary the state against the step's (``eager``:
-    the reference backend to use, by default an ``EagerBackend`` of ``module``); return
+    the reference backend to use, by default an ``EagerBackend`` of ``module``; ``max_chunk``: the most tokens the
+    program takes a call, from its manifest); return
     ``{"tokens", "calls", "chunk", "boundaries", "logits_max_abs", "state_max_rel", "top1", "wiring", "failures"}``."""
     spec, dspec = module.step_spec(), module.decode_spec()
     N, names = spec.segment_len, [s.name for s in dspec.state]
-    exported = getattr(getattr(backend, "manifest", None), "decode", None)
     sizes = (chunk,) if isinstance(chunk, int) else tuple(chunk)
     if not sizes or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in sizes):
         raise ValueError(f"chunk must be an integer >= 1 or a tuple of them, got {chunk!r}")
-    if exported is not None:  # a program planned for fewer tokens
-        sizes = tuple(min(c, exported.max_chunk) for c in sizes)
+    if max_chunk is not None:  # a program planned for fewer tokens
+        sizes = tuple(min(c, max_chunk) for c in sizes)
     seg_names = [s.name for s in spec.state]
     seg_at = [names.index(n) for n in seg_names]  # where each segment-state tensor sits in the decode state
     eager = EagerBackend(module) if eager is None else eager

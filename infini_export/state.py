@@ -142,12 +142,6 @@ def layer_state_specs(n_layers: int, n_heads: int, d_head: int) -> tuple[StateTe
     return tuple(specs)
 
 
-def io_names(cfg) -> tuple[list[str], list[str]]:
-    """(input names, output names) of the step graph of an ``InfiniConfig``."""
-    spec = StepSpec(cfg.vocab_size, cfg.segment_len, layer_state_specs(cfg.n_layers, cfg.n_heads, cfg.d_head))
-    return spec.input_names(), spec.output_names()
-
-
 def flatten_state(state) -> list[torch.Tensor]:
     """Depth-first flattening of nested tuples (NamedTuples included) of tensors."""
     if isinstance(state, torch.Tensor):

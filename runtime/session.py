@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from .backends import open_backend
+from .backends.protocol import check_backend
 from .errors import ArtifactError, InfiniRuntimeError, InputError, StateError
 from .manifest import Manifest, ParityWarning
-from . import state_files
+from . import state_file
+from .npz_reader import read_npz
 from .sampling import sample
-from .statefile import read_npz
+from .snapshot import Snapshot, checked_decode_arrays
 
 DEFAULT_MAX_STATE_BYTES = 2 << 30  # a sanity bound on the state a manifest may ask for (override at open)
 
@@ -34,12 +36,13 @@ class InfiniSession:
         self._entries = manifest.state
         self.segment_len = manifest.segment_len
         self.vocab_size = manifest.vocab_size
-        dec = manifest.decode if use_decode and getattr(backend, "has_decode", False) else None
+        check_backend(backend)
+        dec = manifest.decode if use_decode and backend.has_decode else None
         self._decode = dec
         # the last-token program: whole segments whose logits only the last token needs (stream, prefill)
-        self._use_last = bool(use_last and getattr(backend, "has_last", False))
+        self._use_last = bool(use_last and backend.has_last)
         # without the full-logits program (an ExecuTorch program's default), all logits come from decode calls
-        self._full = bool(getattr(backend, "has_full", True))
+        self._full = backend.has_full
         if not self._full and dec is None:
             raise InputError(f"the {backend.name} artifact has no segment program with all logits, so a session "
                              "needs its decode program: open it with use_decode=True, or re-export with --full-logits")
@@ -97,7 +100,7 @@ class InfiniSession:
         return self._decode is not None
 
     def _reset(self, batch_size: int) -> None:
-        self._check_batch(batch_size)
+        self.check_batch(batch_size)
         self.batch_size = batch_size
         self._state = [np.ascontiguousarray(np.repeat(s, batch_size, axis=0)) for s in self._initial]
         self._pending = np.zeros((batch_size, 0), dtype=np.int64)
@@ -118,7 +121,8 @@ class InfiniSession:
     def _segment_state(self, state: list[np.ndarray]) -> list[np.ndarray]:
         return state if self._decode is None else [state[k] for k in self._seg_idx]
 
-    def _check_batch(self, batch_size) -> None:
+    def check_batch(self, batch_size) -> None:
+        """``InputError`` unless ``batch_size`` is one this artifact and the state budget allow."""
         _check_batch(self.manifest, batch_size, self.max_state_bytes)
 
     def reset(self, batch_size: int | None = None) -> None:
@@ -172,6 +176,33 @@ class InfiniSession:
         self.__dict__.update(twin.__dict__)
         self.tokens_consumed = consumed
 
+    def snapshot(self) -> Snapshot:
+        """Copies of everything the session holds between calls (what ``save_state`` writes, ``restore`` takes)."""
+        if self._decode is None:
+            state = {e.name: s.copy() for e, s in zip(self._entries, self._state)}
+            return Snapshot(state, self._pending.copy(), self.tokens_consumed)
+        p = self.position
+        return Snapshot({e.name: s.copy() for e, s in zip(self._decode.state, self._state)}, self._pending.copy(),
+                        self.tokens_consumed, {e.name: c[:, :, :p].copy() for e, c in zip(self._decode.cache, self._cache)},
+                        None if self._last is None else np.array(self._last, dtype=np.float32))
+
+    def restore(self, snap: Snapshot) -> None:
+        """Back to a ``snapshot()`` of a session of this model (checked; nothing changes if it fails). A snapshot
+        without the decode state (``cache`` None) continues through ``set_state``."""
+        if self._decode is None or snap.cache is None:
+            self.set_state(snap.state, snap.pending, snap.tokens_consumed)
+            return
+        self._checked_state({e.name: snap.state.get(e.name) for e in self._entries})
+        batch = np.asarray(snap.state[self._entries[0].name]).shape[0]
+        pend = self._checked_ids(snap.pending, batch)
+        if pend.shape[1] >= self.segment_len:
+            raise StateError(f"pending tokens must be fewer than segment_len={self.segment_len}, got {pend.shape[1]}")
+        state, cache = checked_decode_arrays(Snapshot(snap.state, pend, 0, snap.cache, snap.last_logits),
+                                             self._decode, batch, self.vocab_size)
+        self._state, self._cache, self._pending, self.batch_size = state, cache, pend, batch
+        self._last = None if snap.last_logits is None else snap.last_logits.astype(np.float32)
+        self.tokens_consumed = int(snap.tokens_consumed)
+
     def _checked_state(self, state) -> tuple[list[np.ndarray], int]:
         if not isinstance(state, dict):
             raise StateError(f"state must be a dict of arrays by name, got {type(state).__name__}")
@@ -180,7 +211,7 @@ class InfiniSession:
             raise StateError(f"state has tensors {sorted(state)}, this model expects {sorted(names)}")
         first = np.asarray(state[names[0]])
         batch = first.shape[0] if first.ndim else 0
-        self._check_batch(batch)
+        self.check_batch(batch)
         out = []
         for e in self._entries:
             arr = state[e.name]
@@ -202,14 +233,14 @@ class InfiniSession:
 
         With a decode program the file holds the decode state too (version 2: the pending write, the cache
         rows of the current segment and the last logits), so a resumed session continues bit for bit."""
-        return state_files.save(self, Path(path))
+        return state_file.save(self, Path(path))
 
     def load_state(self, path: str | os.PathLike) -> None:
         """Load a file written by ``save_state`` of the *same model*; anything else raises ``StateError``, and the
         session is unchanged. Every member is checked from its header before any data is read. A version-1 file
         (segment state + pending tokens) opened with a decode program is continued by running its pending tokens
         through the decode program."""
-        state_files.load(self, Path(path))
+        state_file.load(self, Path(path))
 
     # ---- streaming -----------------------------------------------------------------------------
     def _checked_ids(self, ids, batch: int | None) -> np.ndarray:

@@ -3,7 +3,6 @@ import pytest
 import torch
 
 from infini_export import InfiniConfig, InfiniTransformer, LayerMemory, load_checkpoint, save_checkpoint
-from infini_export.state import io_names
 from tests.conftest import make_model
 
 
@@ -176,11 +175,12 @@ def test_checkpoint_mismatch_lists_every_key(tmp_path):
 
 
 def test_io_names_single_source():
-    cfg = InfiniConfig.from_name("tiny")
-    ins, outs = io_names(cfg)
+    spec = make_model().step_spec()
+    ins, outs = spec.input_names(), spec.output_names()
     assert ins == ["input_ids", "past_memory.0", "past_norm.0", "past_memory.1", "past_norm.1"]
     assert outs == ["logits", "present_memory.0", "present_norm.0", "present_memory.1", "present_norm.1"]
-    assert make_model().step_spec().input_names() == ins
+    assert [n for n in ins[1:]] == [f"past_{s.name}" for s in spec.state]  # one template names both ends
+    assert [n for n in outs[1:]] == [f"present_{s.name}" for s in spec.state]
 
 
 def test_train_steps_lower_loss():

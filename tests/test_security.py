@@ -14,7 +14,7 @@ import pytest
 from runtime import (ArtifactError, InfiniSession, InputError, Manifest, ManifestError, StateError,
                      UnsafePathError)
 from runtime.manifest import sha256_file
-from runtime.statefile import read_npz
+from runtime.npz_reader import read_npz
 from tests.guards import PEAK_RSS_RESETTABLE, opened_files, peak_rss_growth, reads_under
 from tests.manifest_fuzz import base_manifest
 from tests.statefile_fuzz import split

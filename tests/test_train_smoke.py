@@ -20,8 +20,9 @@ def _library():
     """The training library's modules, by the names the tests use."""
     from types import SimpleNamespace
 
-    from training import extrapolation, losses, proxy, session
-    return SimpleNamespace(EagerSession=session.EagerSession, extrapolation_plan=extrapolation.extrapolation_plan,
+    from infini_export.eager import eager_session
+    from training import extrapolation, losses, proxy
+    return SimpleNamespace(EagerSession=eager_session, extrapolation_plan=extrapolation.extrapolation_plan,
                            forward_extrapolated=extrapolation.forward_extrapolated,
                            filler_block=extrapolation.filler_block, grow_filler=extrapolation.grow_filler,
                            long_proxy=proxy.long_proxy, weighted_answer_loss=losses.weighted_answer_loss)
@@ -55,7 +56,7 @@ def test_eager_session_streams_like_the_full_model():
     ids = torch.randint(0, 256, (2, 75))
     with torch.no_grad():
         ref, _ = model(ids)
-    session = mod.EagerSession(model, batch_size=2)
+    session = mod.EagerSession(model, batch_size=2)  # the one eager session: the runtime's, over the eager model
     pieces, start = [], 0
     for n in (5, 11, 16, 1, 30, 12):  # crosses segment boundaries at every possible phase
         pieces.append(session.feed(ids[:, start:start + n].numpy()))

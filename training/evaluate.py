@@ -4,16 +4,16 @@ from __future__ import annotations
 import time
 
 from infini_export.checkpoint import load_checkpoint
+from infini_export.eager import eager_session
 from tasks import passkey as P
 from .report import eval_table, log, write_json
-from .session import EagerSession
 
 
 def evaluate_heldout(model, sets, batch_size: int) -> dict:
     """Exact match over the held-out ``sets`` (``batches.heldout_sets``), in sub-batches of ``batch_size``."""
     was_training = model.training
     model.eval()
-    session = EagerSession(model)
+    session = eager_session(model)
     cells, correct, total = {}, 0, 0
     for (length, depth), batch in sets:
         res = P.score_batch(session, batch, batch_size=batch_size)
@@ -29,7 +29,7 @@ def evaluate_checkpoint(tc) -> dict:
     ``tc.eval_depths``, ``tc.eval_prompts`` prompts each (streamed, never materialised); prints a table and writes
     ``tc.eval_json`` when set. Returns ``{(length, depth): PasskeyScore}``."""
     model = load_checkpoint(tc.out).eval()
-    session = EagerSession(model)
+    session = eager_session(model)
     rows = {}
     t0 = time.time()
     for length in tc.eval_lengths:

@@ -7,7 +7,8 @@ from ..errors import InputError
 
 
 class DecodeCallCheck:
-    """``check_decode_call`` for one decode program, the expected shapes and dtypes worked out once per batch size
+    """The checks of a decode call's inputs for one decode program (``InputError`` naming the first input the program
+    would not accept), the expected shapes and dtypes worked out once per batch size
     (a decode call per token: the check runs as often as the program)."""
 
     _KEEP = 8  # batch sizes remembered
@@ -50,7 +51,3 @@ class DecodeCallCheck:
                     raise InputError(f"decode {kind} tensor {e.name!r} is {getattr(a, 'dtype', type(a).__name__)} "
                                      f"{getattr(a, 'shape', '')}, the program takes {e.dtype} {shape}")
 
-
-def check_decode_call(dec, ids: np.ndarray, position, state: list, cache: list) -> None:
-    """Raise ``InputError`` naming the first input that the decode program would not accept."""
-    DecodeCallCheck(dec)(ids, position, state, cache)

@@ -7,8 +7,8 @@ from ..errors import InputError
 
 
 class SegmentPrograms:
-    """``run`` / ``has_last`` / ``run_last`` / ``has_decode`` for a backend holding ``_step_program`` (the segment
-    step), ``_last_program`` (the last-token step) and ``_decode_program`` (None where the artifact has none)."""
+    """``run`` / ``run_last`` and the capabilities of ``protocol.Backend`` for a backend holding ``_step_program``
+    (the segment step), ``_last_program`` (the last-token step) and ``_decode_program`` (None where it has none)."""
 
     _step_program = None
     _last_program = None
@@ -33,6 +33,7 @@ class SegmentPrograms:
 
     @property
     def has_last(self) -> bool:
+        """Whether the artifact has the segment step with the last token's logits only."""
         return self._last_program is not None
 
     def run_last(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -41,4 +42,5 @@ class SegmentPrograms:
 
     @property
     def has_decode(self) -> bool:
+        """Whether the artifact has a decode program."""
         return self._decode_program is not None
