@@ -4,7 +4,7 @@ Since 1.29 the Linux / macOS / Android wheels start a telemetry uploader when on
 thread that writes a device id and an SQLite event cache under ``~/.cache/Microsoft/DeveloperTools`` and,
 about 9 s later, spawns threads that resolve the upload endpoint. Those threads get their own malloc arenas:
 a one-off 0.6-1.7 MB step in resident memory that made a 1M-token stream look 1-2% bigger than a 4K one
-(measured: docs/benchmarks.md). A device runtime should neither phone home nor write files the user did not
+(measured: docs/design.md). A device runtime should neither phone home nor write files the user did not
 ask for, so ``ORT_DISABLE_TELEMETRY=1`` (onnxruntime's full opt-out, read once at import) is the default
 here; set ``ORT_DISABLE_TELEMETRY=0`` to keep onnxruntime's own default.
 """

@@ -87,7 +87,7 @@ def _telemetry_files(code: str, home, **env) -> list[str]:
 
 def test_onnxruntime_telemetry_is_off_unless_the_user_turns_it_on(onnx_artifacts, tmp_path):
     """onnxruntime >= 1.29 starts a telemetry uploader at import (device id + event cache on disk, network
-    threads ~9 s later: the RSS step of docs/benchmarks.md). Our runtime imports it with that off; a user's
+    threads ~9 s later: the RSS step of docs/design.md). Our runtime imports it with that off; a user's
     ORT_DISABLE_TELEMETRY=0 is respected."""
     _, art = onnx_artifacts["delta"]
     run = f"import numpy as np, runtime\nruntime.InfiniSession.open({str(art)!r}).feed(np.arange(40) % 256)\n"
