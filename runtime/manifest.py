@@ -13,6 +13,7 @@ from typing import Any
 from .errors import ArtifactError, ManifestError
 from .manifest_schema import BATCH, DTYPE_BYTES, FORMAT, FORMAT_VERSION, ROLES, check_manifest  # noqa: F401
 from .paths import confine
+from .tokenizer_section import GenerationDefaults, TokenizerInfo, generation_defaults, tokenizer_info
 
 MANIFEST_FILE = "manifest.json"
 MAX_MANIFEST_BYTES = 256 << 10  # real ones are 5-100 KB; parsed JSON can take ~25x its size
@@ -132,6 +133,16 @@ class Manifest:
         """The last-token program, or None for an artifact without it (every segment then gives all logits)."""
         d = self.data.get("last_logits")
         return None if d is None else LastLogitsInfo(d["program"], d["inputs"], d["outputs"])
+
+    @property
+    def tokenizer(self) -> TokenizerInfo | None:
+        """The ``tokenizer`` section (``runtime.tokenizer_section``), or None for an artifact of token ids only."""
+        return tokenizer_info(self.data)
+
+    @property
+    def generation(self) -> GenerationDefaults:
+        """The ``generation`` section: the defaults of text generation (built-in ones where it has none)."""
+        return generation_defaults(self.data)
 
     @property
     def full_logits(self) -> bool:

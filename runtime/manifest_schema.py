@@ -6,6 +6,7 @@ import reprlib
 
 from .errors import ManifestError
 from .paths import check_relative
+from .tokenizer_section import check_text_sections
 
 FORMAT = "infini-export"
 FORMAT_VERSION = 1
@@ -167,6 +168,7 @@ def check_manifest(d) -> None:
         _check_shared_weights(d["shared_weights"], files)
     if d.get("embedding_lookup") is not None:
         _check_embedding_lookup(d["embedding_lookup"])
+    check_text_sections(d)  # tokenizer, generation
 
 
 def _decode_ios(where: str, value, first: tuple) -> list[dict]:
