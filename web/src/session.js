@@ -489,15 +489,15 @@ export class InfiniSession {
       topP: options.topP === undefined ? defaults.topP : options.topP, seed: options.seed ?? null });
     const stops = checkStop(options.stop);
     if (this.batchSize !== 1) throw new InputError(`text generation runs one sequence: this session has batch size ${this.batchSize}; reset(1) first`);
-    const ids = tok.encode(prompt, { addBos: tok.addBos && this.tokensConsumed === 0 });
-    if (ids.length === 0) {
-      throw new InputError(`the prompt ${JSON.stringify(prompt.slice(0, 40))} encodes to no tokens; generation needs at least one`);
-    }
     const eos = new Set(tok.eos);
     const release = await this._acquire();
     const saved = { batchSize: this.batchSize, _state: this._state, _pending: this._pending, _cache: this._cache,
       _last: this._last, tokensConsumed: this.tokensConsumed };
     try {
+      const ids = tok.encode(prompt, { addBos: tok.addBos && this.tokensConsumed === 0 });  // bos on a fresh session
+      if (ids.length === 0) {
+        throw new InputError(`the prompt ${JSON.stringify(prompt.slice(0, 40))} encodes to no tokens; generation needs at least one`);
+      }
       const rng = new Rng(opts.seed);
       let last = /** @type {FloatTensor} */ (await this._advance([ids], 'last')).data;
       const stream = new TextStream(tok, ids);

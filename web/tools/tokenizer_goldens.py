@@ -272,8 +272,10 @@ def text_cases(small: Path, out: Path, cases: dict) -> dict:
                                    {"vocab_size": 256, "bos": None, "eos": [], "add_bos": False},
                                    {"max_new_tokens": 40, "temperature": 0.0, "top_k": 0, "top_p": 1.0})
     prompt = "There is an important info hidden inside a lot of irrelevant text. The grass is green. The sky is"
-    small_cases = [generate_text(small_art, prompt, 40, []),
-                   generate_text(small_art, "The grass is green. The sky is blue. The sun is", 40, [". The", "\n"])]
+    small_cases = [generate_text(small_art, prompt, 40, [])]
+    second = "The grass is green. The sky is blue. The sun is"
+    free = generate_text(small_art, second, 40, [])["text"]  # a stop string from inside it: generation stops there
+    small_cases.append(generate_text(small_art, second, 40, [free[8:12]] if len(free) >= 12 else ["\n"]))
     bpe_json = (out / cases["bpe"]["tokenizer"]).read_text()
     vocab = cases["bpe"]["vocab_size"]
     tiny = export_tiny_bpe(out, vocab)
