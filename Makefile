@@ -4,23 +4,62 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-web web web-deps browser venv clean
+.PHONY: demo test test-web web web-deps browser venv venv312 wheels clean
 
 # set-up prints one line; pip's own output goes to $(VENV)/install.log (shown in full if it fails)
-$(STAMP): pyproject.toml
+# the runtime (its own distribution, runtime/pyproject.toml) first: the toolchain depends on infini-runtime
+$(STAMP): pyproject.toml runtime/pyproject.toml
 	@echo "setting up $(VENV) (torch 2.13.0 CPU, executorch, onnxruntime; log: $(VENV)/install.log)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@( $(PY) -m pip install -q --upgrade pip && \
 	   $(PY) -m pip install -q torch==2.13.0 && \
+	   $(PY) -m pip install -q -e ./runtime && \
 	   $(PY) -m pip install -q -e ".[test]" ) > $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
 	@touch $(STAMP)
+
+# the two wheels in dist/: infini_runtime-*.whl (torch-free, `infini-run`) and infini_export-*.whl (the toolchain).
+# The runtime is built from a copy of its folder: a build leaves build/ and *.egg-info/ in the folder it reads.
+RUNTIME_SOURCES := runtime/pyproject.toml $(wildcard runtime/*.py runtime/*/*.py)
+build_runtime_wheel = tmp=$$(mktemp -d) && cp -r runtime $$tmp/ && rm -rf $$tmp/runtime/build $$tmp/runtime/*.egg-info && $(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(1) $$tmp/runtime; rc=$$?; rm -rf $$tmp; exit $$rc
+
+wheels: $(STAMP)
+	@mkdir -p dist && rm -f dist/infini_runtime-*.whl dist/infini_export-*.whl
+	@$(call build_runtime_wheel,$(abspath dist))
+	@$(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist . && rm -rf build
+	@ls -l dist/*.whl
+
+# Python 3.12 with the runtime wheel and its [executorch] extra (executorch-numpy-runtime: wheels for >= 3.12 only):
+# the torch-free ExecuTorch engine's test runs in it. Without a python3.12 the test is skipped, saying why (CI: fails).
+# (the first python3.12 that runs: a pyenv shim on PATH may not, where 3.12 is installed but not selected)
+ifndef PYTHON312
+PYTHON312 := $(firstword $(foreach p,python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12.*/bin/python3.12),\
+               $(shell $(p) -c 'import sys; print(sys.executable)' 2>/dev/null)))
+endif
+VENV312 := $(VENV)/py312
+STAMP312 := $(VENV312)/.installed
+
+ifeq ($(PYTHON312),)
+$(STAMP312):
+	@echo "no python3.12 here: the torch-free ExecuTorch test will be skipped"; test -z "$$CI"
+else
+$(STAMP312): $(STAMP) $(RUNTIME_SOURCES)
+	@echo "setting up $(VENV312) (Python 3.12, infini-runtime[executorch]; log: $(VENV312).log)"
+	@( test -x $(VENV312)/bin/python || $(PYTHON312) -m venv $(VENV312) ) > $(VENV312).log 2>&1
+	@( wheels=$$(mktemp -d) && ( $(call build_runtime_wheel,$$wheels) ) && whl=$$(ls $$wheels/*.whl) && \
+	   $(VENV312)/bin/python -m pip install -q "$$whl[executorch]" && \
+	   $(VENV312)/bin/python -m pip install -q --no-deps --force-reinstall "$$whl"; \
+	   rc=$$?; rm -rf $$wheels; exit $$rc ) >> $(VENV312).log 2>&1 || (cat $(VENV312).log; exit 1)
+	@touch $(STAMP312)
+endif
+
+venv312: $(STAMP312)
 
 venv: $(STAMP)
 
 demo: $(STAMP)
 	@$(VENV)/bin/infini-export demo
 
-test: $(STAMP)
+test: $(STAMP) $(STAMP312)
 	$(PY) -m pytest -q tests
 	$(MAKE) test-web
 
@@ -53,4 +92,4 @@ web: $(WEB_DEPS) $(WEB_ARTIFACT)/manifest.json
 	$(PY) web/tools/serve.py --port 8000 --directory .
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info runtime/build runtime/*.egg-info

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from infini_cli.run import random_tokens
+from runtime.cli.run import random_tokens
 from runtime.manifest import Manifest
 from runtime.measure import peak_rss_mb
 from runtime.session import InfiniSession

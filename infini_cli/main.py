@@ -6,14 +6,12 @@ import json
 import sys
 from pathlib import Path
 
+from runtime.cli.main import add_commands, run_command
+
 from .quiet import silence_third_party
 
 TORCH_COMMANDS = ("export", "validate", "demo", "average")  # the commands that load torch anyway
 
-
-
-LOW_MEMORY_HELP = ("onnxruntime: allocate every activation when produced and free it after its last use (no arena, no "
-                   "buffer reuse): a lower peak resident memory, slower segments")
 
 def _load_module(args: argparse.Namespace):
     """Our checkpoint folder, or a model trained elsewhere through an adapter (``--from``)."""
@@ -30,19 +28,20 @@ def _load_module(args: argparse.Namespace):
     return load_checkpoint(args.checkpoint)
 
 
+def _measure_memory(pte_path):
+    from exporters.memory_plan import measure_memory
+    return measure_memory(pte_path)
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .info import describe_artifact, is_artifact, print_artifact
+    from runtime.cli.info import is_artifact, main as info_main
+
     from infini_export.checkpoint import load_checkpoint
 
-    if is_artifact(args.checkpoint):
-        info = describe_artifact(args.checkpoint)
-        if args.json:
-            print(json.dumps(info, indent=2))
-        else:
-            print_artifact(info)
-        return 0
+    if is_artifact(args.path):  # the artifact half is the runtime's (infini-run info)
+        return info_main(args, _measure_memory)
 
-    model = load_checkpoint(args.checkpoint)
+    model = load_checkpoint(args.path)
     cfg = model.cfg
     per_layer = 4 * cfg.state_numbers_per_layer()
     info = {"config": cfg.to_dict(), "parameters": model.num_parameters(), "state_bytes_per_layer": per_layer,
@@ -51,7 +50,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"checkpoint: {args.checkpoint}")
+    print(f"checkpoint: {args.path}")
     for key, value in cfg.to_dict().items():
         print(f"  {key:<15} {value}")
     print(f"parameters:      {info['parameters']:,}")
@@ -123,16 +122,6 @@ def _cmd_average(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from .run import run_stream
-    return run_stream(args)
-
-
-def _cmd_generate(args: argparse.Namespace) -> int:
-    from .generate import main as generate_main
-    return generate_main(args)
-
-
 def _cmd_passkey(args: argparse.Namespace) -> int:
     from tasks.passkey_eval import main as passkey_main
     return passkey_main(args)
@@ -159,12 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="infini-export", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("info", help="a checkpoint's config, parameters and state size; or an artifact's files, "
-                                    "weights, state and (ExecuTorch) planned memory per method")
-    p.add_argument("checkpoint", metavar="PATH", help="checkpoint folder (config.json + model.safetensors) or "
-                                                      "artifact folder (manifest.json)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_cmd_info)
+    add_commands(sub, info_help="a checkpoint's config, parameters and state size; or an artifact's files, weights, "
+                                "state and (ExecuTorch) planned memory per method",
+                 info_path_help="checkpoint folder (config.json + model.safetensors) or artifact folder (manifest.json)",
+                 info_func=_cmd_info)  # info, run, generate: the runtime's (infini-run), one definition
 
     p = sub.add_parser("average", help="average checkpoints of one config parameter by parameter (a model soup)")
     p.add_argument("checkpoints", nargs="+", help="checkpoint folders (config.json + model.safetensors), 2 or more")
@@ -213,40 +200,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-chunk", type=int, default=1, help="tokens per decode call in that check")
     p.set_defaults(func=_cmd_validate)
 
-    p = sub.add_parser("run", help="stream a text or random tokens through an artifact in constant memory")
-    p.add_argument("artifact")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--text", help="a file, streamed as bytes (byte-level vocabularies)")
-    src.add_argument("--random-tokens", type=int, help="stream N random tokens")
-    p.add_argument("--backend", choices=["onnxruntime", "executorch"], default=None)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--low-memory", action="store_true", help=LOW_MEMORY_HELP)
-    p.add_argument("--chunk", type=int, default=None, help="tokens per feed call (default: 16 segments)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--snapshot", help="save the state here (atomically) every --snapshot-every segments")
-    p.add_argument("--snapshot-every", type=int, default=0)
-    p.add_argument("--resume", help="a state file from --snapshot: continue the stream from there")
-    p.add_argument("--save-final", help="save the final state here")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_run)
-
-    p = sub.add_parser("generate", help="generate tokens after a prompt (decode program: one call per token)")
-    p.add_argument("artifact")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--prompt", help="the prompt text (bytes, for byte-level vocabularies)")
-    src.add_argument("--prompt-file", help="a file whose bytes are the prompt")
-    src.add_argument("--random-prompt", type=int, metavar="N", help="N random token ids (any vocabulary)")
-    p.add_argument("-n", "--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", choices=["onnxruntime", "executorch"], default=None)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--low-memory", action="store_true", help=LOW_MEMORY_HELP)
-    p.add_argument("--quiet", action="store_true", help="print only the speed line")
-    p.set_defaults(func=_cmd_generate)
-
     p = sub.add_parser("passkey", help="passkey retrieval accuracy at long lengths, with the memory-off control")
     p.add_argument("model", help="an artifact folder (manifest.json) or a checkpoint folder (eager torch)")
     p.add_argument("--lengths", default=None, help="comma-separated, K/M suffixes (default 4K,32K,128K,1M; with "
@@ -282,12 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in TORCH_COMMANDS:
         import torch  # noqa: F401  (torch sets its loggers' levels when imported: silence after that)
     silence_third_party()
-    from runtime.errors import InfiniRuntimeError
-    try:
-        return int(args.func(args) or 0)
-    except (InfiniRuntimeError, ValueError, FileNotFoundError) as exc:
-        print(f"infini-export {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command("infini-export", args)
 
 
 if __name__ == "__main__":

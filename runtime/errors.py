@@ -23,3 +23,11 @@ class InputError(InfiniRuntimeError):
 
 class StateError(InfiniRuntimeError):
     """A state (in memory or in a file) does not belong to this model or is malformed."""
+
+
+class NoTokenizerError(InputError):
+    """A text call (encode, decode, generate_text) on an artifact exported without a tokenizer."""
+
+
+class TokenizerError(ArtifactError):
+    """A tokenizer file is too big, not JSON, not a tokenizer, or does not fit the model's vocabulary."""

@@ -17,6 +17,7 @@ from .manifest_schema import BATCH, DTYPE_BYTES, FORMAT, FORMAT_VERSION, ROLES, 
 from .manifest_types import (DecodeInfo, FileEntry, LastLogitsInfo, ParityRecord, ProgramRef,  # noqa: F401
                              SharedWeights, StateEntry, TensorIO, _entries, _ios)
 from .paths import confine
+from .tokenizer_section import GenerationDefaults, TokenizerInfo, generation_defaults, tokenizer_info
 
 MANIFEST_FILE = "manifest.json"
 MAX_MANIFEST_BYTES = 256 << 10  # real ones are 5-100 KB; parsed JSON can take ~25x its size
@@ -45,7 +46,7 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 KNOWN_KEYS = ("format", "format_version", "backend", "program", "model", "model_fingerprint", "segment_len",
               "vocab_size", "batch", "inputs", "outputs", "state", "state_map", "initial_state", "weights_dtype",
               "quantization", "files", "exporter", "parity", "decode", "last_logits", "shared_weights",
-              "embedding_lookup", "memory")
+              "embedding_lookup", "memory", "tokenizer", "generation")
 
 
 class ParityWarning(UserWarning):
@@ -81,6 +82,8 @@ class Manifest:
     shared_weights: SharedWeights | None = None  # ONNX weights stored once for every graph
     embedding_lookup: dict | None = None  # what the token lookup's table is stored as
     memory: dict | None = None  # ExecuTorch: every method's planned memory and the weights' bytes
+    tokenizer: TokenizerInfo | None = None  # the tokenizer shipped in the artifact (None: token ids only)
+    generation: GenerationDefaults = field(default_factory=GenerationDefaults)  # text generation's defaults
     state_map: dict = field(default_factory=dict)  # which state output feeds which input at the next step
     format_version: int = FORMAT_VERSION
     extra: dict = field(default_factory=dict)  # further top-level sections, kept as read
@@ -155,7 +158,8 @@ class Manifest:
             decode=None if opt("decode") is None else DecodeInfo.from_json(d["decode"]),
             last_logits=None if opt("last_logits") is None else LastLogitsInfo.from_json(d["last_logits"]),
             shared_weights=None if not opt("shared_weights") else SharedWeights.from_json(d["shared_weights"]),
-            embedding_lookup=opt("embedding_lookup"), memory=opt("memory"), state_map=opt("state_map") or {},
+            embedding_lookup=opt("embedding_lookup"), memory=opt("memory"), tokenizer=tokenizer_info(d),
+            generation=generation_defaults(d), state_map=opt("state_map") or {},
             format_version=d["format_version"], extra={k: v for k, v in d.items() if k not in KNOWN_KEYS},
             directory=None if directory is None else Path(directory))
 
@@ -180,6 +184,10 @@ class Manifest:
         for key in ("embedding_lookup", "memory"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.tokenizer is not None:
+            out["tokenizer"] = self.tokenizer.to_dict()
+        if self.tokenizer is not None or self.generation != GenerationDefaults():  # the exporter writes both
+            out["generation"] = self.generation.to_dict()
         return strict_json({**out, **self.extra})
 
     def replace(self, **changes) -> "Manifest":

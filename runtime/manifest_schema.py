@@ -6,6 +6,7 @@ import reprlib
 
 from .errors import ManifestError
 from .paths import check_relative
+from .tokenizer_section import check_text_sections
 
 FORMAT = "infini-export"
 FORMAT_VERSION = 1
@@ -174,6 +175,7 @@ def check_manifest(d) -> None:
     for key in ("exporter", "model", "memory"):
         if d.get(key) is not None:
             _typed(key, d[key], dict)
+    check_text_sections(d)  # tokenizer, generation
 
 
 def _decode_ios(where: str, value, first: tuple) -> list[dict]:

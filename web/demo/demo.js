@@ -1,5 +1,6 @@
 // The demo page: a passkey prompt of a chosen length streamed through the bundled model, and free text.
 import * as ort from '../node_modules/onnxruntime-web/dist/ort.wasm.min.mjs';
+import * as tokenizers from '../node_modules/@huggingface/tokenizers/dist/tokenizers.min.mjs';
 import { InfiniSession } from '../src/index.js';
 import { ANSWER_LEN, PasskeyPrompt, isCorrect } from '../src/passkey.js';
 import { memorySample, formatBytes } from './memory.js';
@@ -10,7 +11,7 @@ const ARTIFACT = params.get('artifact') ?? '../../out/web-onnx/';
 const LENGTHS = { '4K': 4096, '32K': 32768, '128K': 131072, '256K': 262144, '1M': 1048576 };
 
 /** What the page did, for people and for the browser test. */
-const demo = /** @type {any} */ ({ ready: false, running: false, result: null, error: null, generated: null });
+const demo = /** @type {any} */ ({ ready: false, running: false, result: null, error: null, generated: null, pieces: 0 });
 /** @type {any} */ (window).demo = demo;
 
 // one WebAssembly thread unless ?threads=N on a cross-origin-isolated page (make web serves it so): on a
@@ -28,11 +29,15 @@ async function init() {
     if (value !== null) $(name).value = value;
   }
   $('key').value = params.get('key') ?? randomKey();
-  session = await InfiniSession.open(new URL(ARTIFACT, location.href), { ort });
+  session = await InfiniSession.open(new URL(ARTIFACT, location.href), { ort, tokenizers });
   const cfg = session.manifest.data.model?.config ?? {};
   $('model').textContent = `model ${session.manifest.fingerprint.slice(0, 12)}: ${cfg.n_layers} layers, ${cfg.n_heads} heads, ` +
     `segment ${session.segmentLen} tokens; sha256 ${session.artifact.verified ? 'verified' : 'not checked (no WebCrypto)'}; ` +
-    `${session.decoding ? 'decode program' : 'segment step only'}; WebAssembly threads: ${demo.threads}`;
+    `${session.decoding ? 'decode program' : 'segment step only'}; ` +
+    `${session.tokenizer ? `tokenizer of ${session.tokenizer.vocabSize.toLocaleString()} tokens` : 'no tokenizer (text as bytes)'}; ` +
+    `WebAssembly threads: ${demo.threads}`;
+  if (session.tokenizer) $('count').value = String(session.manifest.generation.maxNewTokens);
+  else $('stop').disabled = true;
   $('state').textContent = `${formatBytes(session.stateBytes)} (constant)`;
   $('status').textContent = 'ready';
   $('run').disabled = false; $('generate').disabled = false;
@@ -101,15 +106,29 @@ function describeMemory(samples) {
 
 async function generateText() {
   $('generate').disabled = true;
+  demo.generated = null; demo.pieces = 0;
+  const out = $('generated');
+  out.textContent = '';
   try {
-    const text = new TextEncoder().encode($('text').value);
     const twin = session.fork();
     await twin.reset(1);
     const temperature = Number($('temperature').value) || 0;
-    const out = await twin.generate(text, { maxNewTokens: Math.max(1, Number($('count').value) | 0), temperature,
-      topK: temperature ? 40 : null, seed: temperature ? Date.now() : null });
-    const generated = new TextDecoder().decode(Uint8Array.from(out[0]));
-    $('generated').textContent = generated;
+    const opts = { maxNewTokens: Math.max(1, Number($('count').value) | 0), temperature,
+      topK: temperature ? 40 : null, seed: temperature ? Date.now() : null };
+    let generated = '';
+    if (twin.tokenizer) {  // text as it comes, piece by piece
+      const stop = $('stop').value ? [$('stop').value.replaceAll('\\n', '\n')] : [];
+      const t0 = performance.now();
+      for await (const piece of twin.generateTextIter($('text').value, { ...opts, stop })) {
+        generated += piece; demo.pieces++;
+        out.append(piece);
+        $('genstats').textContent = `${demo.pieces} pieces, ${((performance.now() - t0) / 1000).toFixed(2)} s`;
+      }
+    } else {  // an artifact without a tokenizer: the bundled model reads bytes
+      const ids = await twin.generate(new TextEncoder().encode($('text').value), opts);
+      generated = new TextDecoder().decode(Uint8Array.from(ids[0]));
+      out.textContent = generated;
+    }
     demo.generated = generated;
   } catch (err) {
     $('generated').textContent = `error: ${err}`;

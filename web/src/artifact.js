@@ -1,10 +1,11 @@
 // Opening an artifact: manifest.json checked, files size- and sha256-verified, the program loaded.
-import { ArtifactError, ManifestError, StateError } from './errors.js';
+import { ArtifactError, ManifestError, StateError, TokenizerError } from './errors.js';
 import { canHash, sha256Hex } from './hash.js';
 import { MANIFEST_FILE, Manifest, concreteShape } from './manifest.js';
 import { readNpyData, readNpyHeader } from './npy.js';
 import { OrtProgram } from './backend_ort.js';
 import { memberData, readZipDirectory } from './zip.js';
+import { MAX_TOKENIZER_BYTES, TextTokenizer } from './tokenizer.js';
 
 /**
  * @typedef {object} OpenOptions
@@ -12,6 +13,9 @@ import { memberData, readZipDirectory } from './zip.js';
  * @property {boolean} [verify]          check every listed file's size and sha256 (default true)
  * @property {object} [sessionOptions]   passed to ort.InferenceSession.create
  * @property {boolean} [useDecode]       load the artifact's decode program where it has one (default true)
+ * @property {any} [tokenizers]          the @huggingface/tokenizers module (default: imported by that name when the
+ *                                       artifact has a tokenizer)
+ * @property {number} [maxTokenizerBytes] refuse a larger tokenizer.json (default 64 MiB)
  */
 
 /**
@@ -22,6 +26,7 @@ import { memberData, readZipDirectory } from './zip.js';
  * @property {Float32Array[]} initial      initial state for batch 1, per manifest state entry
  * @property {Map<string, Uint8Array>} files  file bytes by files key (programs, weights, ...)
  * @property {boolean} verified           whether sha256 was checked (false where the platform cannot hash)
+ * @property {TextTokenizer | null} tokenizer  the artifact's tokenizer (manifest.tokenizer), when it has one
  */
 
 /**
@@ -31,7 +36,7 @@ import { memberData, readZipDirectory } from './zip.js';
  * @returns {Promise<LoadedArtifact>}
  */
 export async function loadArtifact(source, options) {
-  const { ort, verify = true, sessionOptions = {}, useDecode = true } = options;
+  const { ort, verify = true, sessionOptions = {}, useDecode = true, maxTokenizerBytes = MAX_TOKENIZER_BYTES } = options;
   if (!ort || typeof ort.InferenceSession?.create !== 'function' || typeof ort.Tensor !== 'function') {
     throw new TypeError('options.ort must be the onnxruntime-web or onnxruntime-node module');
   }
@@ -42,11 +47,16 @@ export async function loadArtifact(source, options) {
     throw new ManifestError(`manifest program format is ${JSON.stringify(program.format)}; this runtime runs 'onnx'`);
   }
   const hashing = verify && canHash();
+  const tokSpec = manifest.tokenizer;
   /** @type {Map<string, Uint8Array>} */
   const files = new Map();
   for (const [key, entry] of Object.entries(manifest.data.files)) {  // every file: programs, their weights, ...
-    const bytes = await source.read(entry.path);
     const where = `${source.where}${entry.path}`;
+    if (key === tokSpec?.file && entry.bytes !== undefined && entry.bytes > maxTokenizerBytes) {
+      throw new TokenizerError(`the manifest lists ${where} with ${entry.bytes} bytes, more than the ${maxTokenizerBytes} ` +
+        'allowed for a tokenizer (options.maxTokenizerBytes); not read');
+    }
+    const bytes = await source.read(entry.path);
     if (verify && entry.bytes !== undefined && bytes.length !== entry.bytes) {
       throw new ArtifactError(`artifact file ${where} has ${bytes.length} bytes, the manifest says ${entry.bytes} (truncated or replaced)`);
     }
@@ -60,9 +70,11 @@ export async function loadArtifact(source, options) {
     files.set(key, bytes);
   }
   const initial = initialState(manifest, files);
+  const tokenizer = tokSpec ? await TextTokenizer.fromBytes(/** @type {Uint8Array} */ (files.get(tokSpec.file)), tokSpec,
+    { where: `${source.where}${manifest.file(tokSpec.file).path}`, maxBytes: maxTokenizerBytes, module: options.tokenizers }) : null;
   const load = (/** @type {string} */ key, /** @type {{inputs: any[], outputs: any[]}} */ io) => {
     // the other files (e.g. weights.bin) are the graph's external data, by their path in the folder
-    const externalData = Object.entries(manifest.data.files).filter(([k]) => k !== key)
+    const externalData = Object.entries(manifest.data.files).filter(([k]) => k !== key && k !== tokSpec?.file)
       .map(([k, e]) => ({ path: e.path, data: /** @type {Uint8Array} */ (files.get(k)) }));
     return OrtProgram.load(ort, /** @type {Uint8Array} */ (files.get(key)), io, manifest.file(key).path,
       { ...sessionOptions, externalData });
@@ -70,7 +82,7 @@ export async function loadArtifact(source, options) {
   const step = await load(program.file, { inputs: manifest.data.inputs, outputs: manifest.data.outputs });
   const spec = manifest.decode;
   const decode = spec && useDecode ? await load(spec.file, { inputs: spec.inputs, outputs: spec.outputs }) : null;
-  return { manifest, program: step, decode, initial, files, verified: hashing };
+  return { manifest, program: step, decode, initial, files, verified: hashing, tokenizer };
 }
 
 /**

@@ -20,3 +20,9 @@ export class InputError extends InfiniRuntimeError {}
 
 /** A state (in memory or in a file) does not belong to this model or is malformed. */
 export class StateError extends InfiniRuntimeError {}
+
+/**
+ * The artifact's tokenizer is absent (a text call on an artifact without one), too large, unreadable, or does not
+ * fit the manifest or the model.
+ */
+export class TokenizerError extends ArtifactError {}

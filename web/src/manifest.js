@@ -2,6 +2,7 @@
 import { ManifestError } from './errors.js';
 import { checkRelativePath } from './paths.js';
 import { parseDecodeSpec } from './decode_spec.js';
+import { parseGeneration, parseTokenizerSpec } from './tokenizer.js';
 
 export const FORMAT = 'infini-export';
 export const FORMAT_VERSION = 1;
@@ -102,6 +103,14 @@ export class Manifest {
     return this.data.decode === undefined || this.data.decode === null ? null : parseDecodeSpec(this.data.decode, this);
   }
 
+  /** The tokenizer section (tokenizer.json's files key, bos, eos, add_bos), when the manifest has one (else null). */
+  get tokenizer() {
+    return this.data.tokenizer === undefined || this.data.tokenizer === null ? null : parseTokenizerSpec(this.data.tokenizer, this);
+  }
+
+  /** Generation defaults: the generation section, or this runtime's defaults where it has none. */
+  get generation() { return parseGeneration(this.data.generation); }
+
   _check() {
     /** @type {any} */
     const d = this.data;
@@ -165,6 +174,7 @@ export class Manifest {
       throw new ManifestError(`manifest batch ${JSON.stringify(batch)} has no integer max >= 1`);
     }
     if (d.decode !== undefined && d.decode !== null) parseDecodeSpec(d.decode, this);
+    void this.tokenizer; void this.generation;  // checked here: a bad section fails at open
   }
 }
 

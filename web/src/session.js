@@ -1,16 +1,28 @@
 // InfiniSession: the stateful loop over an exported segment step (mirrors runtime/session.py).
 import { loadArtifact } from './artifact.js';
-import { InfiniRuntimeError, InputError, StateError } from './errors.js';
+import { InfiniRuntimeError, InputError, StateError, TokenizerError } from './errors.js';
 import { checkIds } from './ids.js';
 import { concreteShape, sizeOf } from './manifest.js';
 import { Rng, argmax, checkSampling, sampleToken } from './sampling.js';
 import { urlSource } from './source.js';
 import { decodeStateFile, encodeStateFile } from './state_file.js';
 import { advanceDecode, cacheFromRows, cacheRowsOf } from './decode.js';
+import { StopMatcher, TextStream, checkStop } from './tokenizer.js';
 
 /**
  * A float32 result: ``data`` in row-major order with shape ``dims``.
  * @typedef {{data: Float32Array, dims: number[]}} FloatTensor
+ */
+
+/**
+ * Options of the text calls; each defaults to the manifest's ``generation`` section.
+ * @typedef {object} TextOptions
+ * @property {number} [maxNewTokens]
+ * @property {number} [temperature]  0: greedy
+ * @property {number | null} [topK]
+ * @property {number | null} [topP]
+ * @property {number | null} [seed]
+ * @property {string | string[]} [stop]  generation ends before the first of these strings (left out of the text)
  */
 
 /**
@@ -47,7 +59,9 @@ export class InfiniSession {
     this._cache = [];
     /** @type {Float32Array | null} logits (B, V) of the last token consumed */ this._last = null;
     /** @type {number} */ this.tokensConsumed = 0;
-    this._lock = { tail: Promise.resolve() };
+    /** The artifact's tokenizer (text in and out), or null when it has none. */
+    this.tokenizer = artifact.tokenizer ?? null;
+    this._lock = { tail: Promise.resolve(), paused: false };
     this._resetNow(batchSize);
   }
 
@@ -120,6 +134,10 @@ export class InfiniSession {
    * @template T @param {() => Promise<T>} fn @returns {Promise<T>}
    */
   _exclusive(fn) {
+    if (this._lock.paused) {
+      return Promise.reject(new InputError('a generateTextIter loop is running on this session or one of its forks ' +
+        '(they share the programs): finish or break out of the loop before another call'));
+    }
     const result = this._lock.tail.then(fn, fn);
     this._lock.tail = result.then(() => undefined, () => undefined);
     return result;
@@ -404,6 +422,128 @@ export class InfiniSession {
         throw err;
       }
     });
+  }
+
+  // ---- text ----------------------------------------------------------------------------------------
+
+  /** @returns {import('./tokenizer.js').TextTokenizer} */
+  _needTokenizer() {
+    if (!this.tokenizer) {
+      throw new TokenizerError("this artifact has no tokenizer (its manifest has no 'tokenizer' section): text calls need an " +
+        'artifact exported with a tokenizer.json; use token ids with feed, stream and generate');
+    }
+    return this.tokenizer;
+  }
+
+  /**
+   * Token ids of ``text`` with the artifact's tokenizer (``bos`` first when its manifest says ``add_bos``).
+   * @param {string} text
+   * @returns {number[]}
+   */
+  encode(text) { return this._needTokenizer().encode(text); }
+
+  /**
+   * Text of token ids with the artifact's tokenizer.
+   * @param {ArrayLike<number | bigint>} ids
+   * @param {{skipSpecialTokens?: boolean}} [options]  leave out special tokens (default true, as Python's)
+   * @returns {string}
+   */
+  decode(ids, options) { return this._needTokenizer().decode(ids, options); }
+
+  /**
+   * Feed the text ``prompt`` and continue it: the text generated, up to an eos token or a stop string (left out),
+   * or ``maxNewTokens`` tokens; the pieces of ``generateTextIter`` joined (as the Python runtime's ``generate_text``).
+   * @param {string} prompt
+   * @param {TextOptions} [options]  defaults: the manifest's generation section
+   * @returns {Promise<string>}
+   */
+  async generateText(prompt, options) {
+    const iter = this.generateTextIter(prompt, options);
+    for (;;) {
+      const r = await iter.next();
+      if (r.done) return r.value;
+    }
+  }
+
+  /**
+   * Like ``generateText``, yielding the text as tokens come: each piece whole characters (an incomplete one waits
+   * for its next token; a possible beginning of a stop string waits until decided); the iterator's return value is
+   * the whole text. The prompt is encoded with ``bos`` first where the manifest says ``add_bos`` and the session is
+   * fresh (a continuation gets none). The session continues from where it was (the prompt and every generated
+   * token, an eos too, are consumed); breaking out of the loop keeps what was generated. Other calls on the
+   * session (and its forks) wait until the loop ends; made from inside the loop, they throw InputError. If
+   * generation fails, the session is left as it was before the call.
+   * @param {string} prompt
+   * @param {TextOptions} [options]
+   * @returns {AsyncGenerator<string, string, undefined>}
+   */
+  async *generateTextIter(prompt, options = {}) {
+    const tok = this._needTokenizer();
+    if (typeof prompt !== 'string') throw new InputError(`prompt must be a string, got ${prompt === null ? 'null' : typeof prompt}`);
+    if (typeof options !== 'object' || options === null) throw new InputError('options must be an object');
+    const defaults = this.manifest.generation;
+    const n = options.maxNewTokens ?? defaults.maxNewTokens;
+    if (!(Number.isInteger(n) && n >= 0)) throw new InputError(`maxNewTokens must be an integer >= 0, got ${JSON.stringify(n)}`);
+    const opts = checkSampling({ temperature: options.temperature ?? defaults.temperature,
+      topK: options.topK === undefined ? defaults.topK : options.topK,
+      topP: options.topP === undefined ? defaults.topP : options.topP, seed: options.seed ?? null });
+    const stops = checkStop(options.stop);
+    if (this.batchSize !== 1) throw new InputError(`text generation runs one sequence: this session has batch size ${this.batchSize}; reset(1) first`);
+    const eos = new Set(tok.eos);
+    const release = await this._acquire();
+    const saved = { batchSize: this.batchSize, _state: this._state, _pending: this._pending, _cache: this._cache,
+      _last: this._last, tokensConsumed: this.tokensConsumed };
+    try {
+      const ids = tok.encode(prompt, { addBos: tok.addBos && this.tokensConsumed === 0 });  // bos on a fresh session
+      if (ids.length === 0) {
+        throw new InputError(`the prompt ${JSON.stringify(prompt.slice(0, 40))} encodes to no tokens; generation needs at least one`);
+      }
+      const rng = new Rng(opts.seed);
+      let last = /** @type {FloatTensor} */ (await this._advance([ids], 'last')).data;
+      const stream = new TextStream(tok, ids);
+      const stop = new StopMatcher(stops);
+      let text = '';
+      for (let i = 0; i < n && !stop.done; i++) {
+        const t = opts.temperature === 0 ? argmax(last) : sampleToken(last, opts, rng);
+        last = /** @type {FloatTensor} */ (await this._advance([[t]], 'last')).data;
+        if (eos.has(t)) break;
+        const piece = stop.push(stream.push(t));
+        if (piece) { text += piece; yield* this._paused(piece); }
+      }
+      if (!stop.done) {  // the end: what was held back for an incomplete character or a possible stop string
+        const rest = stop.push(stream.flush()) + stop.end();
+        if (rest) { text += rest; yield* this._paused(rest); }
+      }
+      return text;
+    } catch (err) {
+      Object.assign(this, saved);  // nothing is written in place: the saved arrays are as they were
+      throw err;
+    } finally {
+      release();
+    }
+  }
+
+  /**
+   * Yield ``piece`` with the session marked busy: calls made while the caller holds the piece throw.
+   * @param {string} piece
+   */
+  async *_paused(piece) {
+    this._lock.paused = true;
+    try { yield piece; } finally { this._lock.paused = false; }
+  }
+
+  /**
+   * Wait for every earlier call, then hold the session until the returned function is called.
+   * @returns {Promise<() => void>}
+   */
+  async _acquire() {
+    if (this._lock.paused) await this._exclusive(async () => undefined);  // throws the message above
+    /** @type {() => void} */ let release = () => {};
+    const gate = new Promise((ok) => { release = () => ok(undefined); });
+    const ready = this._lock.tail;
+    this._lock.tail = ready.then(() => gate);
+    await ready;
+    return release;
   }
 
   /** Logits of the last token consumed (re-run from a copy of the pending tokens if not kept). */

@@ -53,6 +53,35 @@ describe('demo page in headless Chromium', { skip: chromium ? false : 'no Chromi
     assert.equal(generated, Buffer.from(text.tokens).toString('utf8'));
     console.log(`# ${LENGTH} passkey in Chromium: ${JSON.stringify(demo.result.answer)}, ${Math.round(demo.result.tokensPerSecond)} tok/s`);
   });
+
+  it('with a tokenizer, the free-text box streams generateTextIter pieces: the Python runtime\'s text', { timeout: 10 * 60 * 1000 }, async () => {
+    const { artifact: textArtifact, cases } = goldens().tokenizer.text.small;
+    const rel = textArtifact.startsWith(ROOT) ? textArtifact.slice(ROOT.length + 1) : null;
+    assert.ok(rel, `the artifact ${textArtifact} must lie inside the repository to be served`);
+    const page = await browser.newPage();
+    await page.setViewport({ width: 1000, height: 900 });
+    const errors = [];
+    page.on('pageerror', (/** @type {Error} */ e) => errors.push(String(e)));
+    await page.goto(`${server.url}web/demo/?artifact=${encodeURIComponent(`../../${rel}/`)}`);
+    await page.waitForFunction('window.demo && (window.demo.ready || window.demo.error)', { timeout: 5 * 60 * 1000, polling: 200 });
+    assert.equal(await page.evaluate('window.demo.error'), null);
+    assert.match(await page.$eval('#model', (/** @type {any} */ el) => el.textContent), /tokenizer of 256 tokens/);
+    for (const c of cases) {
+      await page.$eval('#text', (/** @type {any} */ el, /** @type {string} */ v) => { el.value = v; }, c.prompt);
+      await page.$eval('#count', (/** @type {any} */ el, /** @type {number} */ v) => { el.value = String(v); }, c.max_new_tokens);
+      await page.$eval('#stop', (/** @type {any} */ el, /** @type {string} */ v) => { el.value = v; }, c.stop[0] ?? '');
+      await page.click('#generate');
+      await page.waitForFunction('window.demo.generated !== null', { timeout: 120000, polling: 100 });
+      const { generated, pieces } = /** @type {any} */ (await page.evaluate('({generated: window.demo.generated, pieces: window.demo.pieces})'));
+      assert.equal(generated, c.text);
+      assert.ok(pieces > 1, `the text came in ${pieces} piece(s)`);
+      assert.equal(await page.$eval('#generated', (/** @type {any} */ el) => el.textContent), c.text);
+    }
+    const shot = await page.screenshot({ type: 'png' });
+    if (process.env.INFINI_SCREENSHOT_TEXT) writeFileSync(process.env.INFINI_SCREENSHOT_TEXT, shot);
+    assert.ok(pngInfo(Buffer.from(shot)).distinctRows > 50);
+    assert.deepEqual(errors, []);
+  });
 });
 
 /**

@@ -5,7 +5,9 @@ every token's logits over >= 64 segments (ending in a partial segment), with the
 without it (partial segments re-run padded), the state files the Python runtime saves after them
 (version 2 with the decode state, version 1 without), a greedy continuation, a top-k/top-p sampling distribution as the Python
 sampler computes it, a compressed copy of the state file (which a runtime must refuse), passkey
-prompts of tasks/passkey.py, and a greedy continuation of a short text by the bundled model.
+prompts of tasks/passkey.py, and a greedy continuation of a short text by the bundled model; and, in text/,
+the tokenizer goldens of tokenizer_goldens.py (Python ``tokenizers`` ids of mixed text, greedy text continuations
+of artifacts with a tokenizer).
 
     python web/tools/make_goldens.py --small out/web-onnx --out out/web-goldens
 """
@@ -22,7 +24,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 
-VERSION = 5  # bump when what is written changes
+VERSION = 6  # bump when what is written changes
 TEXT_PROMPT = "There is an important info hidden inside a lot of irrelevant text. The grass is green. The sky is"
 
 
@@ -126,6 +128,7 @@ def code_hash(small: Path) -> str:
         for path in sorted((ROOT / folder).rglob("*.py")):
             h.update(str(path.relative_to(ROOT)).encode() + path.read_bytes())
     h.update(Path(__file__).read_bytes())
+    h.update((Path(__file__).parent / "tokenizer_goldens.py").read_bytes())
     return h.hexdigest()
 
 
@@ -151,6 +154,9 @@ def main(argv=None) -> int:
         "small": reference(small, out / "small-ref", segments=64, partial=37, batch=1, seed=1),
         "tiny": reference(tiny, out / "tiny-ref", segments=80, partial=5, batch=2, seed=2),
     }, "passkey": passkey_prompts(out / "passkey"), "text": text_continuation(small)}
+    import tokenizer_goldens  # beside this file
+
+    index["tokenizer"] = {"dir": "text", **tokenizer_goldens.write(small, out / "text")}
     index_path.write_text(json.dumps(index, indent=2) + "\n")
     print(f"goldens written to {out}")
     return 0

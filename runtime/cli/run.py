@@ -1,4 +1,4 @@
-"""``infini-export run``: stream a file or random tokens through an artifact, with snapshots and resume."""
+"""``run``: stream a file or random tokens through an artifact, with snapshots and resume; a JSON summary on stdout."""
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +10,7 @@ from typing import Iterator
 
 import numpy as np
 
-from runtime.measure import peak_rss_mb
+from ..measure import peak_rss_mb
 
 GEN_CHUNK = 4096  # random tokens are drawn per block of this size, so any offset can be regenerated
 
@@ -41,10 +41,40 @@ def session_options(args) -> dict:
             **({"low_memory": True} if getattr(args, "low_memory", False) else {})}
 
 
-def run_stream(args) -> int:
-    from runtime.session import InfiniSession
+def open_session(args):
+    """The artifact of ``args.artifact`` opened with the command line's backend options."""
+    from ..session import InfiniSession
+    return InfiniSession.open(args.artifact, backend=args.backend, **session_options(args))
 
-    session = InfiniSession.open(args.artifact, backend=args.backend, **session_options(args))
+
+class _Progress:
+    """A progress line on stderr where tqdm is not installed (it is not a runtime requirement)."""
+
+    def __init__(self, total: int, initial: int):
+        self.total, self.n, self._shown = total, initial, 0.0
+
+    def update(self, n: int) -> None:
+        self.n += n
+        if time.monotonic() - self._shown >= 0.5 or self.n >= self.total:
+            self._shown = time.monotonic()
+            print(f"\rstreaming: {100 * self.n / max(self.total, 1):3.0f}% {self.n:,}/{self.total:,} tok",
+                  end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        print(file=sys.stderr)
+
+
+def _progress(total: int, initial: int):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _Progress(total, initial)
+    return tqdm(total=total, initial=initial, unit="tok", unit_scale=True, desc="streaming", file=sys.stderr)
+
+
+def run_stream(args) -> int:
+    """Run ``run`` for parsed arguments (``args.py``): prints the JSON summary, returns the exit code."""
+    session = open_session(args)
     N = session.segment_len
     if args.resume:
         session.load_state(args.resume)
@@ -57,10 +87,7 @@ def run_stream(args) -> int:
     else:
         total = args.random_tokens
         source = random_tokens(total, session.vocab_size, args.seed, start, chunk)
-    bar = None
-    if not args.quiet:
-        from tqdm import tqdm
-        bar = tqdm(total=total, initial=start, unit="tok", unit_scale=True, desc="streaming", file=sys.stderr)
+    bar = None if args.quiet else _progress(total, start)
     t0, last, snaps = time.perf_counter(), None, 0
     every = args.snapshot_every
     for ids in source:

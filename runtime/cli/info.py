@@ -1,7 +1,11 @@
-"""``infini-export info ART`` for an artifact folder: files, weights, state and (ExecuTorch) planned memory."""
+"""``info ART`` for an artifact folder: files, weights, state and (ExecuTorch) planned memory, read without torch."""
 from __future__ import annotations
 
 from pathlib import Path
+
+from ..errors import ManifestError
+from ..manifest import Manifest
+from .onnx_weights import onnx_weights_bytes
 
 MANIFEST_FILE = "manifest.json"
 
@@ -9,18 +13,6 @@ MANIFEST_FILE = "manifest.json"
 def is_artifact(path: str | Path) -> bool:
     """An artifact folder is recognised by its manifest.json."""
     return (Path(path) / MANIFEST_FILE).is_file()
-
-
-def _onnx_weights_bytes(path: Path) -> int:
-    """Bytes of the ONNX graph's initializers (its weights, quantized or not)."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(path), load_external_data=True)
-    total = 0
-    for init in model.graph.initializer:
-        total += len(init.raw_data) if init.raw_data else numpy_helper.to_array(init).nbytes
-    return total
 
 
 def parity_status(manifest) -> str:
@@ -34,11 +26,16 @@ def parity_status(manifest) -> str:
     return f"FAILED ({why[:160]})" if why else "FAILED"
 
 
-def describe_artifact(path: str | Path) -> dict:
-    """The facts ``info`` prints, as a dict: format, quantization, files, weights, state, parity, planned memory."""
-    from runtime.manifest import Manifest
+def describe_artifact(path: str | Path, measure_memory=None) -> dict:
+    """The facts ``info`` prints, as a dict: format, quantization, files, weights, state, parity, decode form,
+    planned memory.
 
+    An ExecuTorch manifest written before planned memory was recorded has none; ``measure_memory(pte_path)``
+    (the exporter's, which needs executorch) measures it where given, else the memory and weights are ``None``.
+    """
     path = Path(path)
+    if not is_artifact(path):
+        raise ManifestError(f"{path} is not an artifact folder: expected {MANIFEST_FILE} in it")
     manifest = Manifest.load(path)
     dec = manifest.decode
     info = {"artifact": str(path), "format": manifest.program.format, "backend": manifest.backend,
@@ -53,14 +50,13 @@ def describe_artifact(path: str | Path) -> dict:
             "embedding_lookup": manifest.embedding_lookup}
     program_file = manifest.program_path()
     if manifest.program.format == "onnx":
-        info["weights_bytes"] = _onnx_weights_bytes(program_file)
+        info["weights_bytes"] = onnx_weights_bytes(program_file)
     else:
         memory = manifest.memory
-        if memory is None:  # a manifest written before memory was recorded: measure the file
-            from exporters.memory_plan import measure_memory
+        if memory is None and measure_memory is not None:  # written before memory was recorded: measure the file
             memory = measure_memory(program_file)
         info["memory"] = memory
-        info["weights_bytes"] = memory["weights_bytes"]
+        info["weights_bytes"] = memory["weights_bytes"] if memory else None
     return info
 
 
@@ -76,13 +72,33 @@ def print_artifact(info: dict) -> None:
               f"{'written in place' if d['cache_in_place'] else 'rows returned'}")
     for key, size in info["files"].items():
         print(f"  file {key:<15} {size:>14,} bytes")
-    print(f"weights:                {info['weights_bytes']:>14,} bytes")
+    weights = info["weights_bytes"]
+    print(f"weights:                {weights:>14,} bytes" if weights is not None else
+          "weights:                not recorded in this manifest")
     lookup = info.get("embedding_lookup") or {}
     if lookup.get("dtype"):
         print(f"lookup table:           {lookup['bytes']:>14,} bytes ({lookup['dtype']} {lookup['shape']}"
               f"{', ' + lookup['scheme'] if lookup.get('scheme') else ''}; {lookup['ops']})")
     print(f"state (batch 1):        {info['state_bytes_batch1']:>14,} bytes")
-    if "memory" in info:
-        from exporters.memory_plan import format_memory
+    if info.get("memory"):
         for line in format_memory(info["memory"]):
             print(line)
+
+
+def format_memory(memory: dict) -> list[str]:
+    """Human-readable lines of the manifest's ``memory`` entry (the exporter's memory plan)."""
+    lines = [f"weights (constants, all methods): {memory['weights_bytes']:>14,} bytes"]
+    for name, m in memory["methods"].items():
+        lines.append(f"method {name!r}: planned {m['planned_bytes']:,} bytes in {m['planned_buffers']} buffer(s); "
+                     f"inputs {m['input_bytes']:,} B, outputs {m['output_bytes']:,} B")
+    return lines
+
+
+def main(args, measure_memory=None) -> int:
+    """Run ``info`` for parsed arguments (``args.py``) on an artifact folder (``measure_memory``: see above)."""
+    info = describe_artifact(args.path, measure_memory)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print_artifact(info)
+    return 0
