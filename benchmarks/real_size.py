@@ -37,14 +37,14 @@ def export_preset(preset: str, variant: str, out_dir: str | Path, parity_segment
     except MemoryError:
         return {"error": "MemoryError: over the address-space limit", "peak_rss_mb": round(peak_rss_mb())}
     # ExecuTorch methods lowered in processes of their own: their memory with this process's, sampled while they ran
-    lowering = manifest["exporter"].get("lowering") or {}
+    lowering = manifest.exporter.get("lowering") or {}
     peak = max(peak_rss_mb(), lowering.get("peak_mb") or 0)
     return {"seconds_with_parity": round(time.perf_counter() - t0, 1),
-            "export_seconds": manifest["exporter"].get("export_seconds"), "parameters": model.num_parameters(),
-            "files": {k: f["bytes"] for k, f in manifest["files"].items()}, "memory": manifest.get("memory"),
-            "max_batch": manifest["batch"]["max"], "peak_rss_mb": round(peak),
+            "export_seconds": manifest.exporter.get("export_seconds"), "parameters": model.num_parameters(),
+            "files": {k: f.bytes for k, f in manifest.files.items()}, "memory": manifest.memory,
+            "max_batch": manifest.max_batch, "peak_rss_mb": round(peak),
             "process_peak_rss_mb": round(peak_rss_mb()), "lowering": lowering or None,
-            "stage_seconds": manifest["exporter"].get("stage_seconds"),
+            "stage_seconds": {**manifest.exporter.get("stage_seconds", {}), **manifest.exporter.get("stages", {})},
             "parity": {"passed": report.passed, "segments": parity_segments, **report.summary}}
 
 

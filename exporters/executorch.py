@@ -27,6 +27,7 @@ import copy
 import logging
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -232,50 +233,116 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
 
 def build_executorch(module, out_dir: Path, options: ExportOptions, verbose: bool = False,
                      progress: bool = False) -> Manifest:
-    """The ExecuTorch build (untie, quantize, export, lower, write) with checked ``options``."""
-    delegate, quantize, max_batch, block_size = options.delegate, options.quantize, options.max_batch, \
-        options.block_size
-    full_logits, jobs, decode_chunk = options.full_logits, options.jobs, options.decode_chunk
+    """The ExecuTorch build with checked ``options``, in stages: plan the methods, prepare the module (untie,
+    int4), assemble the methods, ``torch.export`` (+ int8), lower (XNNPACK or portable, a process per method),
+    check the methods' I/O, write, describe. Each stage's seconds go into the manifest."""
+    clock = _Clock()
     spec = check_protocol(module)
-    # the full-logits method costs a third of the export time and memory plan of its own for (B, N, V) logits
-    # (262 MB at N = 2048, V = 32000); a session reads all logits from decode calls without it
+    plan = _plan(module, options)
+    exported_module, untied, int4_linears = _prepare(module, options)
+    methods = _assemble(exported_module, spec, options, plan)
+    clock.done("prepare")
+    programs, quantized = _trace(methods, options.quantize)
+    clock.done("torch.export" + (" + int8 quantization" if options.quantize == "int8" else ""))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lowered, passes = _lower(programs, options, progress, out_dir)
+    clock.merge(lowered.stages)
+    _check_method_io(methods, lowered)
+    atomic_write(out_dir / MODEL_FILE, lambda f: f.write(lowered.buffer))
+    clock.done("write")
+    report = lowered.reports[METHOD if plan.full_logits else LAST_METHOD]
+    summary = (f"executorch export ({options.delegate}{', ' + options.quantize if options.quantize else ''}): "
+               f"{report['delegate_partitions']} delegate partition(s); outside the delegate: "
+               f"{report['non_delegated_ops'] or 'nothing'}; {clock.total}s")
+    log.info(summary)
+    if verbose:
+        print(summary)
+    lookup_kernels = {name: sum(c for op, c in lowered.kernels[name].items() if PTE_LOOKUP_OP in op)
+                      for name in programs}
+    exporter = _exporter_record(options, lowered, passes, untied, report, list(methods), quantized,
+                                len(int4_linears), clock)
+    return _describe(module, spec, out_dir, options, methods, lookup_kernels, exporter)
+
+
+class _Clock:
+    """Seconds per stage of the build, logged as they end."""
+
+    def __init__(self):
+        self.t0 = self._t = time.perf_counter()
+        self.stages: dict[str, float] = {}
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.stages[name] = round(now - self._t, 2)
+        log.info(f"executorch export: {name} {self.stages[name]}s")
+        self._t = now
+
+    def merge(self, stages: dict) -> None:
+        for name, seconds in stages.items():
+            self.stages[name] = seconds
+            log.info(f"executorch export: {name} {seconds}s")
+        self._t = time.perf_counter()
+
+    @property
+    def total(self) -> float:
+        return round(time.perf_counter() - self.t0, 2)
+
+
+@dataclass(frozen=True)
+class _MethodPlan:
+    full_logits: bool  # the segment step with all its logits (``forward``)
+    with_last: bool  # the last token's logits only (``step_last``)
+    with_decode: bool  # the decode program (``decode``)
+
+
+def _plan(module, options: ExportOptions) -> _MethodPlan:
+    """Which methods the program gets. The full-logits method costs a third of the export time and a memory plan
+    of its own for (B, N, V) logits (262 MB at N = 2048, V = 32000); a session reads all logits from decode calls
+    without it. The decode method of an int8/int4 program needs batch 1 (XNNPACK; the portable kernels have no
+    int8 kernels)."""
     with_last = has_step_last(module)
-    with_decode = has_decode(module) and (max_batch == 1 or quantize is None)
-    if full_logits is None:
-        full_logits = not (with_last and with_decode and max_batch == 1)
-    elif not full_logits and not (with_last and with_decode):
+    with_decode = has_decode(module) and (options.max_batch == 1 or options.quantize is None)
+    full = options.full_logits
+    if full is None:
+        full = not (with_last and with_decode and options.max_batch == 1)
+    elif not full and not (with_last and with_decode):
         raise ValueError("full_logits=False needs the last-token and decode methods beside it, and this program has "
                          f"{'no' if not with_last else 'a'} last-token and {'no' if not with_decode else 'a'} decode "
                          "method (the decode method of an int8/int4 program needs max_batch=1)")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    return _MethodPlan(full, with_last, with_decode)
+
+
+def _prepare(module, options: ExportOptions):
+    """``(module to export, untied linears, int4 linears)``: the LM head untied from the embedding; with int4,
+    torchao's 8da4w on the linears and the lookup's table int8 (before export)."""
     exported_module, untied = untie_linear_from_embedding(module)
     int4_linears: list = []
-    if quantize == "int4":  # before export: torchao swaps each linear weight for a quantized tensor
-        exported_module, int4_linears = quantize_linears_8da4w(exported_module, block_size)
-        quantize_embeddings_int8(exported_module)  # the lookup's table int8 (the LM head is untied above)
+    if options.quantize == "int4":
+        exported_module, int4_linears = quantize_linears_8da4w(exported_module, options.block_size)
+        quantize_embeddings_int8(exported_module)  # the LM head is untied above
+    return exported_module, untied, int4_linears
+
+
+def _assemble(exported_module, spec, options: ExportOptions, plan: _MethodPlan) -> dict:
+    """``{method: (flat module, example inputs, dynamic shapes, spec)}``. Batch 1 only gives a static program
+    (ExecuTorch plans every buffer, and XNNPACK sizes its tensors, for the largest batch allowed); else the batch is
+    dynamic in [1, max]. The methods share one program, so the weights are stored once."""
+    B = options.max_batch
     flat = FlatStep(exported_module).eval()
-    # batch 1 only: a static program (ExecuTorch plans every buffer, and XNNPACK sizes its tensors, for the
-    # largest batch allowed, so a small bound is less memory at load time); else batch dynamic in [1, max]
-    example = flat.example_inputs(1 if max_batch == 1 else 2)
-    dynamic = None if max_batch == 1 else flat.dynamic_shapes(max_batch)
-    methods = {METHOD: (flat, example, dynamic, spec)} if full_logits else {}
-    if with_last:  # the last token's logits only: its own memory plan, without the (B, N, V) buffer
+    example = flat.example_inputs(1 if B == 1 else 2)
+    dynamic = None if B == 1 else flat.dynamic_shapes(B)
+    methods = {METHOD: (flat, example, dynamic, spec)} if plan.full_logits else {}
+    if plan.with_last:  # its own memory plan, without the (B, N, V) buffer
         methods[LAST_METHOD] = (FlatStepLast(exported_module).eval(), example, dynamic, spec)
-    # a further method in the same program (the weights are stored once). XNNPACK takes it at batch 1 only; under
-    # a dynamic batch it runs on the portable kernels, which have no int8 kernels: then it is left out
-    if with_decode:
+    if plan.with_decode:
         dec = FlatDecode(exported_module).eval()
-        methods[DECODE_METHOD] = (dec, dec.example_inputs(1 if max_batch == 1 else 2),
-                                  dec.dynamic_shapes(max_batch, decode_chunk), dec.spec)
-    t0 = time.perf_counter()
-    stages: dict[str, float] = {}  # stage -> seconds, in the manifest: where an export's time goes
+        methods[DECODE_METHOD] = (dec, dec.example_inputs(1 if B == 1 else 2),
+                                  dec.dynamic_shapes(B, options.decode_chunk), dec.spec)
+    return methods
 
-    def stage_done(name: str, since: float) -> float:
-        now = time.perf_counter()
-        stages[name] = round(now - since, 2)
-        log.info(f"executorch export: {name} {stages[name]}s")
-        return now
 
+def _trace(methods: dict, quantize: str | None) -> tuple[dict, dict]:
+    """``torch.export`` of every method (with int8: through the PT2E quantizer); ``(programs, quantized ops)``."""
     quantized: dict = {}
     programs = {}
     with torch.no_grad():
@@ -285,70 +352,68 @@ def build_executorch(module, out_dir: Path, options: ExportOptions, verbose: boo
                 quantized = quantized or counts
             else:
                 programs[name] = torch.export.export(mod, ex, dynamic_shapes=dyn, strict=False)
-        t = stage_done("torch.export" + (" + int8 quantization" if quantize == "int8" else ""), t0)
-        # XNNPACK takes the decode method at a static batch only (with a dynamic one it refuses a partition whose
-        # output is also its input); with --max-batch > 1 the decode method runs on the portable kernels
-        partitioners = {name: [xnnpack_partitioner()]
-                        if delegate == "xnnpack" and (name != DECODE_METHOD or max_batch == 1) else []
-                        for name in programs}
-        passes = [canonicalize_dynamic_shapes] + ([fuse_int8_lookup] if quantize == "int4" else [])
-        # the decode method reads its inputs where the caller holds them (not memory-planned), so a call does not
-        # copy the whole K/V cache (at 110M / N = 2048: 150 MB) into the method's arena first
+    return programs, quantized
+
+
+def _lower(programs: dict, options: ExportOptions, progress: bool, workdir: Path):
+    """Every method through ``to_edge_transform_and_lower`` and ``to_executorch`` (``executorch_lower``). XNNPACK
+    takes the decode method at a static batch only (with a dynamic one it refuses a partition whose output is also
+    its input); the decode method reads its inputs where the caller holds them (not memory-planned), so a call does
+    not copy the whole K/V cache (150 MB at 110M / N = 2048) into the method's arena first."""
+    partitioners = {name: [xnnpack_partitioner()]
+                    if options.delegate == "xnnpack" and (name != DECODE_METHOD or options.max_batch == 1) else []
+                    for name in programs}
+    passes = [canonicalize_dynamic_shapes] + ([fuse_int8_lookup] if options.quantize == "int4" else [])
+    with torch.no_grad():
         lowered = lower_methods(programs, partitioners, passes, {name: name != DECODE_METHOD for name in programs},
-                                jobs=default_jobs(len(programs)) if jobs is None else jobs, progress=progress,
-                                workdir=out_dir)
-        for name, seconds in lowered.stages.items():
-            stages[name] = seconds
-            log.info(f"executorch export: {name} {seconds}s")
-        t = time.perf_counter()
-    reports = lowered.reports
-    report = reports[METHOD if full_logits else LAST_METHOD]
-    lookup_kernels = {name: sum(c for op, c in lowered.kernels[name].items() if PTE_LOOKUP_OP in op)
-                      for name in programs}
+                                jobs=default_jobs(len(programs)) if options.jobs is None else options.jobs,
+                                progress=progress, workdir=workdir)
+    return lowered, passes
+
+
+def _check_method_io(methods: dict, lowered) -> None:
     for name, (_, _, _, mspec) in methods.items():
         n_in, n_out = lowered.io[name]
         if (n_in, n_out) != (len(mspec.input_names()), len(mspec.output_names())):
             raise RuntimeError(f"the ExecuTorch method {name!r} has {n_in} inputs and {n_out} outputs, the module "
                                f"has {len(mspec.input_names())} and {len(mspec.output_names())} (an in-place state "
                                "update adds outputs: updates must be out of place)")
-    atomic_write(out_dir / MODEL_FILE, lambda f: f.write(lowered.buffer))
-    stage_done("write", t)
-    seconds = round(time.perf_counter() - t0, 2)
-    summary = (f"executorch export ({delegate}{', ' + quantize if quantize else ''}): {report['delegate_partitions']} "
-               f"delegate partition(s); outside the delegate: {report['non_delegated_ops'] or 'nothing'}; "
-               f"{seconds}s")
-    log.info(summary)
-    if verbose:
-        print(summary)
+
+
+def _exporter_record(options: ExportOptions, lowered, passes, untied, report, methods, quantized, n_int4,
+                     clock: _Clock) -> dict:
+    """The manifest's ``exporter`` entry: how the program was made and what each stage cost."""
     from executorch import version as et_version
-    decode = {"format": "pte", "file": "program", "method": DECODE_METHOD, "delegate": delegate} \
-        if DECODE_METHOD in methods else None
+
+    q = options.quantize
+    return {"path": "torch.export -> to_edge_transform_and_lower"
+                    + ("(XnnpackPartitioner, merged to a fixed point)" if options.delegate == "xnnpack"
+                       else "(portable kernels)")
+                    + " -> to_executorch"
+                    + (" (a process per method, the programs merged)" if lowered.processes > 1 else ""),
+            "executorch": getattr(et_version, "__version__", None),
+            "transform_passes": [p.__name__ for p in passes], "untied_weights": untied, **report,
+            "methods": methods, "decode_delegation": lowered.reports.get(DECODE_METHOD),
+            "step_last_delegation": lowered.reports.get(LAST_METHOD),
+            "quantized_linears": n_int4 if q == "int4" else quantized.get("linear.default", 0),
+            "quantized_op_types": quantized, "decode_chunk": options.decode_chunk,
+            "quantization_scheme": _SCHEMES.get(q), **({"int4_block_size": options.block_size} if q == "int4" else {}),
+            "export_seconds": clock.total, "stage_seconds": clock.stages,
+            "lowering": {"processes": lowered.processes, "method_seconds": lowered.method_seconds,
+                         "peak_mb": lowered.peak_mb}}
+
+
+def _describe(module, spec, out_dir: Path, options: ExportOptions, methods: dict, lookup_kernels: dict,
+              exporter: dict) -> Manifest:
+    """The manifest of the written program: its methods, planned memory and lookup table."""
+    def ref(method):
+        return {"format": "pte", "file": "program", "method": method, "delegate": options.delegate}
     return build_manifest(
         module, spec, backend="executorch", memory=measure_memory(out_dir / MODEL_FILE),  # the planned memory
         embedding_lookup=describe_pte_lookup(module, lookup_kernels),
-        decode_max_chunk=methods[DECODE_METHOD][0].max_chunk(decode_chunk) if DECODE_METHOD in methods else None,
-        program={"format": "pte", "file": "program", "method": METHOD if full_logits else None, "delegate": delegate},
-        files={"program": MODEL_FILE}, directory=out_dir, max_batch=max_batch, quantization=quantize,
-        decode_program=decode,
-        last_program={"format": "pte", "file": "program", "method": LAST_METHOD, "delegate": delegate}
-        if LAST_METHOD in methods else None,
-        exporter={"path": "torch.export -> to_edge_transform_and_lower"
-                          + ("(XnnpackPartitioner, merged to a fixed point)" if delegate == "xnnpack"
-                             else "(portable kernels)")
-                          + " -> to_executorch"
-                          + (" (a process per method, the programs merged)" if lowered.processes > 1 else ""),
-                  "executorch": getattr(et_version, "__version__", None),
-                  "transform_passes": [p.__name__ for p in passes],
-                  "untied_weights": untied,
-                  **report,
-                  "methods": list(methods),
-                  "decode_delegation": reports.get(DECODE_METHOD),
-                  "step_last_delegation": reports.get(LAST_METHOD),
-                  "quantized_linears": len(int4_linears) if quantize == "int4" else quantized.get("linear.default", 0),
-                  "quantized_op_types": quantized,
-                  "decode_chunk": decode_chunk,
-                  "quantization_scheme": _SCHEMES.get(quantize),
-                  **({"int4_block_size": block_size} if quantize == "int4" else {}),
-                  "export_seconds": seconds, "stage_seconds": stages,
-                  "lowering": {"processes": lowered.processes, "method_seconds": lowered.method_seconds,
-                               "peak_mb": lowered.peak_mb}})
+        decode_max_chunk=methods[DECODE_METHOD][0].max_chunk(options.decode_chunk) if DECODE_METHOD in methods
+        else None,
+        program=ref(METHOD if METHOD in methods else None), files={"program": MODEL_FILE}, directory=out_dir,
+        max_batch=options.max_batch, quantization=options.quantize,
+        decode_program=ref(DECODE_METHOD) if DECODE_METHOD in methods else None,
+        last_program=ref(LAST_METHOD) if LAST_METHOD in methods else None, exporter=exporter)

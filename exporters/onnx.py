@@ -63,19 +63,20 @@ def _trace(flat: torch.nn.Module, example: tuple, input_names: list, output_name
 
 
 def _quantized(model: onnx.ModelProto, quantize: str | None, tmp: Path, name: str, module: torch.nn.Module,
-               block_size: int) -> tuple[onnx.ModelProto, int]:
+               block_size: int, portable: bool) -> tuple[onnx.ModelProto, int]:
     if quantize is None:
         return model, 0
     src, dst = tmp / f"{name}.fp32.onnx", tmp / f"{name}.{quantize}.onnx"
     onnx.save(model, str(src))
-    nodes = _quantize_int8(src, dst) if quantize == "int8" else list(quantize_onnx_int4(src, dst, module, block_size))
+    nodes = _quantize_int8(src, dst) if quantize == "int8" else \
+        list(quantize_onnx_int4(src, dst, module, block_size, portable=portable))
     onnx.checker.check_model(str(dst), full_check=True)
     return onnx.load(str(dst)), len(nodes)
 
 
 def export_onnx(module: torch.nn.Module, out_dir: str | Path, *, quantize: str | None = None,
                 max_batch: int = 64, verbose: bool = False, block_size: int | None = None,
-                attention_rows: int = ATTENTION_ROWS) -> Manifest:
+                attention_rows: int = ATTENTION_ROWS, ops: str | None = None) -> Manifest:
     """Trace ``module.step`` (and ``module.decode`` / ``module.step_last`` where the module has them) into
     ``out_dir``: ``model.onnx``, ``decode.onnx``, ``step_last.onnx`` and their shared ``weights.bin``; return the
     manifest (not yet written: ``manifest.write()``). The decode program's attention is onnxruntime's
@@ -85,10 +86,11 @@ def export_onnx(module: torch.nn.Module, out_dir: str | Path, *, quantize: str |
     blocks of ``block_size`` along in_features, the embedding lookup's table int8; shapes are checked before
     anything is written).
     ``attention_rows``: the segment programs' local attention in blocks of this many query rows where segments
-    are longer (``onnx_attention_blocks``); 0 keeps one (T, T) block.
+    are longer (``onnx_attention_blocks``); 0 keeps one (T, T) block. ``ops``: ``"onnxruntime"`` (default) or
+    ``"portable"`` (standard ONNX ops only: the decode program in rows form, int4 as DequantizeLinear + MatMul).
     """
     options = ExportOptions("onnx", quantize=quantize, block_size=block_size, max_batch=max_batch,
-                            attention_rows=attention_rows)
+                            attention_rows=attention_rows, ops=ops)
     if quantize == "int4":
         check_int4_shapes(module, options.block_size)
     return build_onnx(module, Path(out_dir), options, verbose)
@@ -99,7 +101,7 @@ def build_onnx(module, out_dir: Path, options: ExportOptions, verbose: bool = Fa
     quantize, max_batch, block_size, rows = options.quantize, options.max_batch, options.block_size, \
         options.attention_rows
     spec = check_protocol(module)
-    form, form_why = choose_decode_form(module) if has_decode(module) else (None, None)
+    form, form_why = choose_decode_form(module, options.ops) if has_decode(module) else (None, None)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     flat = FlatStep(module).eval()
@@ -123,7 +125,8 @@ def build_onnx(module, out_dir: Path, options: ExportOptions, verbose: bool = Fa
     quantized = 0
     with tempfile.TemporaryDirectory() as tmp:
         for name in list(models):
-            models[name], n = _quantized(models[name], quantize, Path(tmp), name, module, block_size)
+            models[name], n = _quantized(models[name], quantize, Path(tmp), name, module, block_size,
+                                         options.ops == "portable")
             quantized += n
     for name in models:  # a tied embedding table stored once, as the LM head reads it
         lookup_from_transposed(models[name])
@@ -146,7 +149,9 @@ def build_onnx(module, out_dir: Path, options: ExportOptions, verbose: bool = Fa
         directory=out_dir, max_batch=max_batch, quantization=quantize,
         shared_weights={"file": "weights", "graphs": {file_keys[g]: t for g, t in weights["graphs"].items()}},
         exporter={"path": "torch.onnx.export(dynamo=True) + onnxscript optimizer + exporters.onnx_fusions",
-                  "opset": FUSED_OPSET, "fusions": fusions, "attention_rows": rows,
+                  "opset": FUSED_OPSET, "fusions": fusions, "attention_rows": rows, "ops": options.ops,
+                  "contrib_ops": sorted({f"{n.domain}::{n.op_type}" for m in models.values() for n in m.graph.node
+                                         if n.domain not in ("", "ai.onnx")}),
                   **({"decode_form": {"form": form, "why": form_why}} if form else {}),
                   "shared_weights": {k: v for k, v in weights.items() if k != "graphs"},
                   "export_seconds": round(time.perf_counter() - t0, 2), "quantized_nodes": quantized,

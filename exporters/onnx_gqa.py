@@ -18,9 +18,12 @@ def _head_size(module) -> int:
     return int(spec.cache[0].shape[-1])  # (batch, heads, N, head_size)
 
 
-def choose_decode_form(module) -> tuple[str, str]:
-    """``(form, why)``: ``"fused"`` where the module takes it and GroupQueryAttention accepts its head size, else
-    ``"rows"``, with the reason in words (recorded in the manifest and shown by ``info``)."""
+def choose_decode_form(module, ops: str = "onnxruntime") -> tuple[str, str]:
+    """``(form, why)``: ``"fused"`` where onnxruntime's ops are allowed (``ops``), the module takes it and
+    GroupQueryAttention accepts its head size, else ``"rows"``, with the reason in words (recorded in the manifest
+    and shown by ``info``)."""
+    if ops == "portable":
+        return "rows", "portable export: standard ONNX ops only (no GroupQueryAttention)"
     if "fused" not in decode_forms(module):
         return "rows", "the model has no fused decode form for these weights (float32 weights only)"
     head = _head_size(module)

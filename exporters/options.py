@@ -8,6 +8,9 @@ from .quantize import DEFAULT_BLOCK_SIZE, check_quantize
 
 FORMATS = ("onnx", "executorch")
 DELEGATES = ("xnnpack", "none")  # ExecuTorch: the XNNPACK delegate, or ExecuTorch's portable kernels
+# ONNX: "onnxruntime" lets the graphs use onnxruntime's contrib ops where they apply (GroupQueryAttention in the
+# decode program, MatMulNBits for int4); "portable" keeps to the standard ONNX operator set (any ONNX runtime)
+OPS = ("onnxruntime", "portable")
 # the batch bound unless told: ONNX keeps a dynamic axis; ExecuTorch plans its memory for the bound, so a device
 # program is planned for one sequence
 DEFAULT_MAX_BATCH = {"onnx": 64, "executorch": 1}
@@ -38,6 +41,7 @@ class ExportOptions:
     jobs: int | None = None  # ExecuTorch: processes lowering methods side by side (None: one per method and core)
     decode_chunk: int = DECODE_CHUNK  # ExecuTorch: the most tokens one decode call takes
     parity_segments: int = 64  # consecutive segments the parity run compares (0: no parity run)
+    ops: str | None = None  # ONNX: "onnxruntime" (contrib ops where they apply) or "portable" (None: "onnxruntime")
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -58,6 +62,13 @@ class ExportOptions:
             if not onnx:
                 raise ValueError(f"attention_rows applies to ONNX exports, not {self.format!r}")
             _int("attention_rows", self.attention_rows, 0)
+        if self.ops is None and onnx:
+            object.__setattr__(self, "ops", OPS[0])
+        elif self.ops is not None:
+            if not onnx:
+                raise ValueError(f"ops applies to ONNX exports, not {self.format!r}")
+            if self.ops not in OPS:
+                raise ValueError(f"ops must be one of {OPS}, got {self.ops!r}")
         if self.full_logits is not None and onnx:
             raise ValueError("full_logits applies to ExecuTorch exports; an ONNX artifact always has all logits")
         if self.jobs is not None:

@@ -128,9 +128,10 @@ def fold_weight_transposes(model) -> list[str]:
 
 
 def quantize_onnx_int4(src: Path, dst: Path, module: nn.Module, block_size: int,
-                       lookup_bits: int | None = None) -> dict[str, str]:
-    """Write ``dst``: ``src`` with the linear layers' MatMuls as 4-bit ``MatMulNBits`` and the embedding lookup's
-    table in ``lookup_bits`` (``exporters.quantize_lookup``; 8 unless told); returns {node: linear} of the quantized
+                       lookup_bits: int | None = None, portable: bool = False) -> dict[str, str]:
+    """Write ``dst``: ``src`` with the linear layers' MatMuls as 4-bit ``MatMulNBits`` (``portable``: the standard
+    ops' form, a blocked ``DequantizeLinear`` of 4-bit weights before each MatMul) and the embedding lookup's table
+    in ``lookup_bits`` (``exporters.quantize_lookup``; 8 unless told); returns {node: linear} of the quantized
     MatMuls."""
     import onnx
 
@@ -139,6 +140,7 @@ def quantize_onnx_int4(src: Path, dst: Path, module: nn.Module, block_size: int,
     from . import quantize_lookup
 
     import_onnxruntime()
+    from onnxruntime.quantization import QuantFormat
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # a line per node
@@ -152,7 +154,8 @@ def quantize_onnx_int4(src: Path, dst: Path, module: nn.Module, block_size: int,
     # dequantizing every weight block to float32 on the fly (the LM head of base-32k at M=1: 4.2 vs 9.8 ms,
     # the same error against fp32 as level 0, since the 4-bit weights dominate it)
     quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=False, accuracy_level=4,
-                                     nodes_to_exclude=others, op_types_to_quantize=("MatMul",))
+                                     nodes_to_exclude=others, op_types_to_quantize=("MatMul",),
+                                     quant_format=QuantFormat.QDQ if portable else QuantFormat.QOperator)
     quantizer.process()
     quantizer.model.save_model_to_file(str(dst))  # 4-bit weights: far under protobuf's 2 GB at these sizes
     return targets

@@ -69,7 +69,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
                                            delegate=args.delegate, parity_segments=args.parity_segments,
                                            max_batch=args.max_batch or DEFAULT_MAX_BATCH[args.format],
                                            block_size=args.block_size, attention_rows=args.attention_rows,
-                                           full_logits=True if args.full_logits else None, jobs=args.jobs)
+                                           full_logits=True if args.full_logits else None, jobs=args.jobs,
+                                           ops=args.ops)
     except ExportParityError as exc:
         print(f"export wrote {args.output} but its parity check FAILED; the manifest records the failure: {exc}",
               file=sys.stderr)
@@ -171,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-rows", type=int, default=None,
                    help="ONNX: the segment programs' local attention in blocks of this many query rows, for "
                         "segments longer than that (default 256; 0: one block of T x T scores)")
+    p.add_argument("--ops", choices=["onnxruntime", "portable"], default=None,
+                   help="ONNX: 'onnxruntime' (default) uses its contrib ops where they apply (GroupQueryAttention in "
+                        "the decode program, MatMulNBits for int4); 'portable' keeps to standard ONNX ops")
     p.add_argument("--delegate", choices=["xnnpack", "none"], default="xnnpack", help="ExecuTorch delegate")
     p.add_argument("--full-logits", action="store_true",
                    help="ExecuTorch: also export the 'forward' method, a whole segment's logits in one call (memory "

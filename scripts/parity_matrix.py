@@ -64,7 +64,7 @@ def main() -> int:
             results[name] = {"passed": report.passed, "summary": report.summary, "wiring": report.wiring,
                              "failures": report.failures[:10], "tolerance": report.tolerance,
                              "seconds": round(time.perf_counter() - t0, 1),
-                             "file_bytes": sum(f["bytes"] for f in manifest["files"].values())}
+                             "file_bytes": sum(f.bytes for f in manifest.files.values())}
     doc = {"model": source, "segments": args.segments, "segment_len": model.cfg.segment_len, "results": results}
     text = json.dumps(doc, indent=2, default=float) + "\n"
     atomic_write(out / "parity.json", lambda f: f.write(text.encode()))
