@@ -5,7 +5,7 @@ import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { ArtifactError, InputError, TokenizerError } from '../src/errors.js';
+import { ArtifactError, InputError, NoTokenizerError, TokenizerError } from '../src/errors.js';
 import { goldens, open, orts } from './helpers.js';
 
 const index = goldens();
@@ -85,13 +85,14 @@ describe('text calls', () => {
     assert.equal(s.tokensConsumed, n + s.encode(' more').length - 1 + 2);
   });
 
-  it('on an artifact without a tokenizer every text call throws TokenizerError saying so', async () => {
+  it('on an artifact without a tokenizer every text call throws NoTokenizerError saying so', async () => {
     const s = await open(index.models.tiny.artifact, ort);
     assert.equal(s.tokenizer, null);
-    assert.throws(() => s.encode('hi'), (/** @type {any} */ e) => e instanceof TokenizerError && /no tokenizer/.test(e.message));
-    assert.throws(() => s.decode([1]), TokenizerError);
+    assert.throws(() => s.encode('hi'), (/** @type {any} */ e) => e instanceof NoTokenizerError && e instanceof InputError &&
+      /no tokenizer/.test(e.message));
+    assert.throws(() => s.decode([1]), NoTokenizerError);
     await assert.rejects(s.generateText('hi'), /no tokenizer/);
-    await assert.rejects(s.generateTextIter('hi').next(), TokenizerError);
+    await assert.rejects(s.generateTextIter('hi').next(), NoTokenizerError);
   });
 
   const bad = {
