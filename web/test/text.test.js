@@ -131,6 +131,23 @@ describe('text calls', () => {
     }
   });
 
+  it('a backend failure in the middle of generation leaves the session as it was', async () => {
+    const s = await open(tiny.artifact, ort);
+    await s.stream(s.encode('some context'));
+    const before = snapshot(s);
+    const program = /** @type {any} */ (s.artifact.decode);
+    const run = program.run.bind(program);
+    let calls = 0;
+    program.run = (/** @type {any} */ feeds) => (++calls === 6 ? Promise.reject(new Error('device lost')) : run(feeds));
+    const pieces = [];
+    await assert.rejects((async () => { for await (const p of s.generateTextIter(' and more', { maxNewTokens: 20 })) pieces.push(p); })(),
+      /device lost/);
+    program.run = run;
+    assert.ok(calls === 6);
+    assert.equal(snapshot(s), before);
+    assert.ok(await s.generateText('x', { maxNewTokens: 2 }) !== undefined);  // usable: the session is not held
+  });
+
   it('a batch of two is refused for text', async () => {
     const s = await open(tiny.artifact, ort, 2);
     await assert.rejects(s.generateText('x'), /batch size 2/);
