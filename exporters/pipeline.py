@@ -11,6 +11,7 @@ from runtime.session import InfiniSession
 
 from .artifact import write_manifest
 from .quantize import DEFAULT_BLOCK_SIZE, check_int4_shapes, check_quantize
+from .tokenizer import tokenizer_plan
 
 FORMATS = ("onnx", "executorch")
 # the batch bound ``infini-export export`` gives unless told: ONNX keeps a dynamic axis; ExecuTorch plans
@@ -32,7 +33,7 @@ def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "on
                     max_batch: int = 64, progress: bool = True, log=print,
                     block_size: int = DEFAULT_BLOCK_SIZE, table_rows: int = 6,
                     attention_rows: int | None = None, full_logits: bool | None = None,
-                    jobs: int | None = None) -> tuple[dict, ParityReport]:
+                    jobs: int | None = None, tokenizer=None) -> tuple[dict, ParityReport]:
     """Export ``module`` into ``out_dir`` and validate it; raises ``ExportParityError`` on a parity failure.
 
     ``block_size`` is the int4 block (group) size; ``table_rows`` the segments the logged parity table shows;
@@ -41,6 +42,8 @@ def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "on
     only where a session needs it, see ``export_executorch``); ``jobs`` (ExecuTorch) the processes that lower its
     methods side by side (None: one per method up to the cores available; 1: in this process).
     An ExecuTorch manifest also records the planned memory of every method (``exporters.memory_plan``).
+    ``tokenizer`` (a ``tokenizer.json`` path or an ``exporters.tokenizer.TokenizerPlan``) is checked against the
+    model's vocabulary before anything is written and copied into the artifact (``exporters.tokenizer``).
     """
     out_dir = Path(out_dir)
     module = module.eval()
@@ -55,6 +58,7 @@ def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "on
         raise ValueError(f"jobs applies to ExecuTorch exports, not {fmt!r}")
     if quantize == "int4":  # before anything is written
         check_int4_shapes(module, block_size)
+    text = tokenizer_plan(tokenizer, module.step_spec().vocab_size)  # before anything is written
     if fmt == "onnx":
         from .onnx import export_onnx
         rows = {} if attention_rows is None else {"attention_rows": attention_rows}
@@ -63,6 +67,8 @@ def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "on
         from .executorch import export_executorch
         manifest = export_executorch(module, out_dir, delegate=delegate, quantize=quantize, max_batch=max_batch,
                                      block_size=block_size, full_logits=full_logits, jobs=jobs, progress=progress)
+    if text is not None:
+        text.attach(out_dir, manifest)  # tokenizer.json, its files entry, the tokenizer and generation sections
     write_manifest(out_dir, manifest)
     gc.collect()  # the export's graphs (reference cycles, GBs at 110M) go before the parity run allocates
     session = InfiniSession.open(out_dir)

@@ -81,12 +81,14 @@ def manifest_document(spec, *, backend: str, program: dict, fingerprint: str, ma
                       logits_dtype: str = "float32", weights_dtype: str | list[str] = "float32",
                       files: dict | None = None, initial_state="zeros", quantization: str | None = None,
                       exporter: dict | None = None, decode_spec=None, decode_program: dict | None = None,
-                      shared_weights: dict | None = None, last_program: dict | None = None) -> dict:
+                      shared_weights: dict | None = None, last_program: dict | None = None,
+                      tokenizer: dict | None = None, generation: dict | None = None) -> dict:
     """The manifest as a dict (see ``runtime.manifest`` for every field).
 
     ``spec`` is the module's ``StepSpec``; ``files`` maps key -> {"path", "sha256", "bytes"}; ``decode_spec`` with
     ``decode_program`` adds the ``decode`` section; ``shared_weights`` the table of weights stored once;
-    ``last_program`` the ``last_logits`` section (the segment step with the last token's logits only)."""
+    ``last_program`` the ``last_logits`` section (the segment step with the last token's logits only);
+    ``tokenizer`` and ``generation`` those sections (``runtime.tokenizer_section``; the tokenizer's file in files)."""
     inputs, outputs, state = io_entries(spec, logits_dtype=logits_dtype)
     doc = {
         "format": FORMAT,
@@ -116,4 +118,5 @@ def manifest_document(spec, *, backend: str, program: dict, fingerprint: str, ma
         doc["last_logits"] = last_logits_entries(inputs, outputs, last_program, spec.vocab_size)
     if shared_weights:
         doc["shared_weights"] = shared_weights
+    doc.update({k: v for k, v in (("tokenizer", tokenizer), ("generation", generation)) if v is not None})
     return doc

@@ -9,7 +9,7 @@ import numpy as np
 from .backends import open_backend
 from .errors import ArtifactError, InfiniRuntimeError, InputError, StateError
 from .manifest import Manifest
-from . import state_files
+from . import state_files, text
 from .sampling import sample
 from .statefile import read_npz
 
@@ -386,6 +386,36 @@ class InfiniSession:
             tok = sample(last, temperature, top_k, top_p, rng)  # (B,)
             last = self.stream(tok[:, None])
             yield tok
+
+    # ---- text (runtime.text) ------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        """The artifact's ``runtime.tokenizer.Tokenizer`` (sha256-checked on first use); ``NoTokenizerError``
+        where the artifact has none."""
+        return text.session_tokenizer(self)
+
+    def encode(self, prompt: str) -> np.ndarray:
+        """Token ids (int64, 1-D) of ``prompt``, with the manifest's ``bos`` prepended when it says ``add_bos``."""
+        return self.tokenizer.encode(prompt)
+
+    def decode(self, ids) -> str:
+        """The text of token ids (1-D)."""
+        return self.tokenizer.decode(ids)
+
+    def generate_text(self, prompt: str, max_new_tokens: int | None = None, temperature: float | None = None,
+                      top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                      stop=()) -> str:
+        """Feed ``prompt`` (text) and return the generated text; None takes the manifest's ``generation`` default
+        (top_k 0 / top_p 1: no filter). Stops at an end-of-text id, at a ``stop`` string (not included) or after
+        ``max_new_tokens`` tokens. Batch size 1; if it fails, the session is as it was."""
+        return "".join(self.generate_text_iter(prompt, max_new_tokens, temperature, top_k, top_p, seed, stop))
+
+    def generate_text_iter(self, prompt: str, max_new_tokens: int | None = None, temperature: float | None = None,
+                           top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                           stop=()) -> "text.TextGeneration":
+        """Like ``generate_text``, yielding text pieces as they become stable (never inside a character, never a
+        possible beginning of a stop string); the iterator records the ids, why it stopped and the timings."""
+        return text.generate_text_iter(self, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop)
 
     def _snapshot(self) -> dict:
         """What ``_restore`` needs to undo any number of calls: the cache rows in use are copied (the calls
