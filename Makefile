@@ -7,11 +7,12 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test test-web web web-deps browser venv venv312 wheels clean
 
 # set-up prints one line; pip's own output goes to $(VENV)/install.log (shown in full if it fails)
-# the runtime (its own distribution, runtime/pyproject.toml) first: the toolchain depends on infini-runtime
+# the runtime (its own distribution, runtime/pyproject.toml) first: the toolchain depends on infini-runtime;
+# setuptools >= 77 builds the wheels here (make wheels, the 3.12 environment, the wheel's test: no build isolation)
 $(STAMP): pyproject.toml runtime/pyproject.toml
 	@echo "setting up $(VENV) (torch 2.13.0 CPU, executorch, onnxruntime; log: $(VENV)/install.log)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@( $(PY) -m pip install -q --upgrade pip && \
+	@( $(PY) -m pip install -q --upgrade pip "setuptools>=77" && \
 	   $(PY) -m pip install -q torch==2.13.0 && \
 	   $(PY) -m pip install -q -e ./runtime && \
 	   $(PY) -m pip install -q -e ".[test]" ) > $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)

@@ -161,64 +161,57 @@ def graph_nodes(path: Path) -> dict:
 
 def run(preset: str, *, contexts: list[tuple[int, int]], precisions=PRECISIONS, rounds: int = 2,
         new_tokens: int = 32, threads: int = 2, chunk: int = 2048, peer_python: str, cache: Path,
-        log=log) -> dict:
-    """Build / export both sides, then ``rounds`` alternating rounds; returns the JSON record."""
+        log=log, on_precision=None) -> dict:
+    """Per precision: build / export both sides, then ``rounds`` alternating rounds (the order swapped every
+    round); ``on_precision(record)`` after each precision (the record so far). Returns the JSON record."""
     from infini_export import InfiniConfig
 
     cfg = InfiniConfig.from_name(preset)
-    load_start = [round(x, 2) for x in os.getloadavg()]
     t_start = time.time()
-    models = {}
-    for prec in precisions:
-        models[("theirs", prec)] = ensure_theirs(cfg, preset, cache, prec, peer_python, threads, log=log)
-        models[("ours", prec)] = ensure_ours(preset, cache, prec, log=log)
+    record = {"preset": preset, "config": cfg.to_dict(), "llama": llama_config(cfg),
+              "llama_parameters": llama_parameters(llama_config(cfg)),
+              "contexts": [context_label(p, t) for p, t in contexts], "context_tokens": [p + t for p, t in contexts],
+              "precisions": [], "rounds": rounds, "new_tokens": new_tokens, "threads": threads, "their_chunk": chunk,
+              "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t_start)),
+              "read_bandwidth_bytes_s": [], "models": {}, "runs": {}, "graphs": {}, "files_bytes": {},
+              "versions": _versions(peer_python)}
     env_ours = {**os.environ, "INFINI_EXPORT_NO_TORCH": "1"}
-    jobs = {}
-    for (side, prec), path in models.items():
-        job = {"contexts": contexts, "new_tokens": new_tokens, "threads": threads, "label": prec,
-               "vocab": cfg.vocab_size}
-        if side == "ours":
-            jobs[(side, prec)] = (job | {"artifact": str(path), "chunk": 16 * cfg.segment_len}, sys.executable,
-                                  env_ours)
-        else:
-            jobs[(side, prec)] = (job | {"model": str(path), "chunk": chunk}, peer_python, None)
-    runs: dict = {f"{s}-{p}": [] for s, p in jobs}
-    bandwidth = []
-    steps, done = rounds * len(jobs), 0
-    for r in range(rounds):
-        for k, prec in enumerate(precisions):
-            order = SIDES if (r + k) % 2 == 0 else SIDES[::-1]
-            for side in order:
-                job, python, env = jobs[(side, prec)]
+    for prec in precisions:
+        models = {"theirs": ensure_theirs(cfg, preset, cache, prec, peer_python, threads, log=log),
+                  "ours": ensure_ours(preset, cache, prec, log=log)}
+        base = {"contexts": contexts, "new_tokens": new_tokens, "threads": threads, "label": prec,
+                "vocab": cfg.vocab_size}
+        jobs = {"ours": (base | {"artifact": str(models["ours"]), "chunk": 16 * cfg.segment_len}, sys.executable,
+                         env_ours),
+                "theirs": (base | {"model": str(models["theirs"]), "chunk": chunk}, peer_python, None)}
+        for side in SIDES:
+            record["runs"][f"{side}-{prec}"] = []
+            record["models"][f"{side}-{prec}"] = str(models[side])
+            record["files_bytes"][f"{side}-{prec}"] = sum(
+                f.stat().st_size for f in models[side].iterdir() if f.is_file() and f.suffix in (".onnx", ".data", ".bin"))
+        record["graphs"][f"ours-{prec}"] = graph_nodes(models["ours"] / "decode.onnx")
+        record["graphs"][f"theirs-{prec}"] = graph_nodes(models["theirs"] / "model.onnx")
+        for r in range(rounds):
+            for side in (SIDES if r % 2 == 0 else SIDES[::-1]):
+                job, python, env = jobs[side]
                 t0 = time.perf_counter()
                 res = _child(side, job, python, env=env)
-                done += 1
                 res["round"] = r
-                runs[f"{side}-{prec}"].append(res)
-                log(f"[{done}/{steps}] round {r + 1}/{rounds} {side} {prec}: " + ", ".join(
+                record["runs"][f"{side}-{prec}"].append(res)
+                log(f"{prec} round {r + 1}/{rounds} {side}: " + ", ".join(
                     f"{context_label(c['prefix'], c['tail'])} {c['decode_ms_median']:.1f} ms/token"
                     for c in res["contexts"]) + f"; peak RSS {res['peak_rss_mb']:.0f} MB "
                     f"({time.perf_counter() - t0:.0f} s)")
-        bandwidth.append(read_bandwidth(threads=threads))
-        log(f"read bandwidth, {threads} threads: {bandwidth[-1] / 1e9:.1f} GB/s")
-    record = {"preset": preset, "config": cfg.to_dict() if hasattr(cfg, "to_dict") else vars(cfg),
-              "llama": llama_config(cfg), "llama_parameters": llama_parameters(llama_config(cfg)),
-              "contexts": [context_label(p, t) for p, t in contexts], "context_tokens": [p + t for p, t in contexts],
-              "precisions": list(precisions), "rounds": rounds, "new_tokens": new_tokens, "threads": threads,
-              "their_chunk": chunk, "loadavg_start": load_start, "loadavg_end": [round(x, 2) for x in os.getloadavg()],
-              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t_start)),
-              "minutes": round((time.time() - t_start) / 60, 1), "read_bandwidth_bytes_s": bandwidth,
-              "models": {f"{s}-{p}": str(m) for (s, p), m in models.items()}, "runs": runs,
-              "versions": _versions(peer_python)}
-    record["graphs"] = {}
-    for prec in precisions:
-        record["graphs"][f"ours-{prec}"] = graph_nodes(models[("ours", prec)] / "decode.onnx")
-        record["graphs"][f"theirs-{prec}"] = graph_nodes(models[("theirs", prec)] / "model.onnx")
-    record["files_bytes"] = {f"{s}-{p}": sum(f.stat().st_size for f in m.iterdir() if f.is_file()
-                                             and f.suffix in (".onnx", ".data", ".bin"))
-                             for (s, p), m in models.items()}
-    record["summary"] = summarize(record)
-    record["bandwidth"] = bandwidth_fraction(record, cfg)
+            record["read_bandwidth_bytes_s"].append(read_bandwidth(threads=threads))
+            log(f"read bandwidth, {threads} threads: {record['read_bandwidth_bytes_s'][-1] / 1e9:.1f} GB/s")
+        record["precisions"].append(prec)
+        record["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+        record["minutes"] = round((time.time() - t_start) / 60, 1)
+        record["summary"] = summarize(record)
+        record["bandwidth"] = bandwidth_fraction(record, cfg)
+        if on_precision:
+            on_precision(record)
     return record
 
 

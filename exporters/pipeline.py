@@ -1,9 +1,9 @@
 """Export as named stages: prepare -> build -> validate -> publish.
 
-- **prepare**: check the options once (``ExportOptions``), put the module in eval mode, check int4 shapes, make a
-  work folder beside the target;
+- **prepare**: check the options once (``ExportOptions``), put the module in eval mode, check int4 shapes and the
+  tokenizer against the model's vocabulary (``exporters.tokenizer``), make a work folder beside the target;
 - **build**: the format's own stages (ONNX: trace, rewrite, quantize, write; ExecuTorch: untie, quantize, export,
-  lower, write) into the work folder; the typed manifest, not yet written;
+  lower, write) into the work folder, the tokenizer copied beside them; the typed manifest, not yet written;
 - **validate**: open the work folder with the runtime and compare it with the eager model (``parity``); left out
   with ``parity_segments=0``;
 - **publish**: the manifest written once (parity and every stage's seconds included), the work folder moved into
@@ -27,6 +27,7 @@ from runtime.session import InfiniSession
 
 from .options import DEFAULT_MAX_BATCH, FORMATS, ExportOptions  # noqa: F401  (re-exported for the command line)
 from .quantize import check_int4_shapes
+from .tokenizer import tokenizer_plan
 
 STAGES = ("prepare", "build", "validate", "publish")
 
@@ -45,13 +46,17 @@ def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "on
                     quantize: str | None = None, delegate: str = "xnnpack", parity_segments: int = 64,
                     max_batch: int = 64, progress: bool = True, log=print, block_size: int | None = None,
                     table_rows: int = 6, attention_rows: int | None = None, full_logits: bool | None = None,
-                    jobs: int | None = None, ops: str | None = None) -> tuple[Manifest, ParityReport | None]:
+                    jobs: int | None = None, ops: str | None = None,
+                    tokenizer=None) -> tuple[Manifest, ParityReport | None]:
     """Export ``module`` into ``out_dir`` in stages and validate it; raises ``ExportParityError`` on a parity failure.
 
     The options are ``ExportOptions``'s (``block_size``: int4 group size; ``attention_rows``: ONNX query rows per
-    attention block; ``ops``: ONNX "onnxruntime" or "portable"; ``full_logits``, ``jobs``: ExecuTorch). ``parity_segments=0`` leaves the validate stage out
+    attention block; ``ops``: ONNX "onnxruntime" or "portable"; ``full_logits``, ``jobs``: ExecuTorch).
+    ``parity_segments=0`` leaves the validate stage out
     (the report is then None). ``table_rows``: the segments the logged parity table shows. An ExecuTorch manifest
-    also records the planned memory of every method (``exporters.memory_plan``).
+    also records the planned memory of every method (``exporters.memory_plan``). ``tokenizer`` (a
+    ``tokenizer.json`` path or an ``exporters.tokenizer.TokenizerPlan``) is checked against the model's vocabulary
+    before anything is written and copied into the artifact with its manifest sections.
     """
     clock = _Stages()
     options = ExportOptions(fmt, quantize=quantize, block_size=block_size, delegate=delegate, max_batch=max_batch,
@@ -61,10 +66,13 @@ def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "on
     module = module.eval()
     if options.quantize == "int4":  # before anything is written
         check_int4_shapes(module, options.block_size)
+    text = tokenizer_plan(tokenizer, module.step_spec().vocab_size)
     work = _work_folder(out_dir)
     try:
         clock.done("prepare")
         manifest = _build(module, work, options, progress)
+        if text is not None:
+            manifest = text.attach(manifest)  # tokenizer.json, its files entry, the tokenizer and generation sections
         clock.done("build")
         report, parity = None, None
         if options.parity_segments:

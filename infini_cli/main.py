@@ -63,14 +63,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from exporters.options import DEFAULT_MAX_BATCH
     from exporters.pipeline import ExportParityError, export_artifact
 
+    from exporters.tokenizer import cli_tokenizer
+
     module = _load_module(args)
+    tokenizer = cli_tokenizer(args, module.step_spec().vocab_size)  # checked before anything is written
     try:
         manifest, report = export_artifact(module, args.output, args.format, quantize=args.quantize,
                                            delegate=args.delegate, parity_segments=args.parity_segments,
                                            max_batch=args.max_batch or DEFAULT_MAX_BATCH[args.format],
                                            block_size=args.block_size, attention_rows=args.attention_rows,
                                            full_logits=True if args.full_logits else None, jobs=args.jobs,
-                                           ops=args.ops)
+                                           ops=args.ops, tokenizer=tokenizer)
     except ExportParityError as exc:
         print(f"export wrote {args.output} but its parity check FAILED; the manifest records the failure: {exc}",
               file=sys.stderr)
@@ -183,6 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=None,
                    help="ExecuTorch: processes that lower the program's methods side by side, each with a share of "
                         "the memory (default: one per method, up to the cores available; 1: one process)")
+    p.add_argument("--tokenizer", metavar="TOKENIZER_JSON",
+                   help="a Hugging Face tokenizer.json to ship in the artifact (default: the checkpoint folder's "
+                        "tokenizer.json, if any); refused unless the model's vocab_size >= its largest id + 1")
+    p.add_argument("--bos-token", metavar="TOKEN", help="the token the runtime prepends to a prompt, or 'none' "
+                                                        "(default: <bos>, <s>, ... among the special tokens, "
+                                                        "prepended where the tokenizer itself prepends it)")
+    p.add_argument("--eos-token", metavar="TOKEN", action="append",
+                   help="a token that ends generation (repeatable; 'none': no such token; default: every one of "
+                        "<eos>, </s>, <|endoftext|>, ... among the special tokens)")
     p.add_argument("--parity-segments", type=int, default=64, help="segments compared after export")
     p.add_argument("--max-batch", type=int, default=None,
                    help="largest batch the artifact accepts (default: 64 for ONNX, a dynamic axis; 1 for "

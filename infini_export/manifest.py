@@ -89,15 +89,16 @@ def manifest_document(spec, *, backend: str, program: dict, fingerprint: str, ma
                       exporter: dict | None = None, decode_spec=None, decode_program: dict | None = None,
                       shared_weights: dict | None = None, last_program: dict | None = None,
                       decode_max_chunk: int | None = None, decode_form: str | None = None,
-                      embedding_lookup: dict | None = None, memory: dict | None = None, extra: dict | None = None,
-                      directory=None) -> Manifest:
+                      embedding_lookup: dict | None = None, memory: dict | None = None, tokenizer: dict | None = None,
+                      generation: dict | None = None, directory=None) -> Manifest:
     """The typed manifest (see ``runtime.manifest`` for every field), checked as a whole.
 
     ``spec`` is the module's ``StepSpec``; ``files`` maps key -> {"path", "sha256", "bytes"}; ``decode_spec`` with
     ``decode_program`` adds the ``decode`` section (``decode_max_chunk``, ``decode_form``: how it was exported);
     ``shared_weights`` the table of weights stored once; ``last_program`` the ``last_logits`` section (the segment
     step with the last token's logits only); ``embedding_lookup`` and ``memory`` what the exporter measured of
-    its programs; ``extra`` further sections (tokenizer, generation) as JSON; ``directory`` the artifact folder."""
+    its programs; ``tokenizer`` and ``generation`` those sections (``runtime.tokenizer_section``; the tokenizer's
+    file in files); ``directory`` the artifact folder."""
     inputs, outputs, state = io_entries(spec, logits_dtype=logits_dtype)
     doc = {
         "format": FORMAT,
@@ -132,4 +133,5 @@ def manifest_document(spec, *, backend: str, program: dict, fingerprint: str, ma
         doc["embedding_lookup"] = embedding_lookup
     if memory is not None:
         doc["memory"] = memory
-    return Manifest.from_dict({**doc, **(extra or {})}, directory)
+    doc.update({k: v for k, v in (("tokenizer", tokenizer), ("generation", generation)) if v is not None})
+    return Manifest.from_dict(doc, directory)

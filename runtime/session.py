@@ -11,7 +11,7 @@ from .backends import open_backend
 from .backends.protocol import check_backend
 from .errors import ArtifactError, InfiniRuntimeError, InputError, StateError
 from .manifest import Manifest, ParityWarning
-from . import state_file
+from . import state_file, text
 from .npz_reader import read_npz
 from .sampling import sample
 from .snapshot import Snapshot, checked_decode_arrays
@@ -178,19 +178,20 @@ class InfiniSession:
 
     def snapshot(self) -> Snapshot:
         """Copies of everything the session holds between calls (what ``save_state`` writes, ``restore`` takes)."""
-        if self._decode is None:
-            state = {e.name: s.copy() for e, s in zip(self._entries, self._state)}
-            return Snapshot(state, self._pending.copy(), self.tokens_consumed)
-        p = self.position
-        return Snapshot({e.name: s.copy() for e, s in zip(self._decode.state, self._state)}, self._pending.copy(),
-                        self.tokens_consumed, {e.name: c[:, :, :p].copy() for e, c in zip(self._decode.cache, self._cache)},
-                        None if self._last is None else np.array(self._last, dtype=np.float32))
+        dec, p = self._decode, self.position
+        names = [e.name for e in (self._entries if dec is None else dec.state)]
+        cache = None if dec is None else {e.name: c[:, :, :p].copy() for e, c in zip(dec.cache, self._cache)}
+        return Snapshot(dict(zip(names, (s.copy() for s in self._state))), self._pending.copy(), self.tokens_consumed,
+                        cache, None if self._last is None else np.array(self._last, dtype=np.float32))
 
     def restore(self, snap: Snapshot) -> None:
         """Back to a ``snapshot()`` of a session of this model (checked; nothing changes if it fails). A snapshot
         without the decode state (``cache`` None) continues through ``set_state``."""
         if self._decode is None or snap.cache is None:
             self.set_state(snap.state, snap.pending, snap.tokens_consumed)
+            last = snap.last_logits
+            if last is not None and isinstance(last, np.ndarray) and last.shape == (self.batch_size, self.vocab_size):
+                self._last = last.astype(np.float32)
             return
         self._checked_state({e.name: snap.state.get(e.name) for e in self._entries})
         batch = np.asarray(snap.state[self._entries[0].name]).shape[0]
@@ -425,20 +426,35 @@ class InfiniSession:
             last = self.stream(tok[:, None])
             yield tok
 
-    def _snapshot(self) -> dict:
-        """What ``_restore`` needs to undo any number of calls: the cache rows in use are copied (the calls
-        write rows in place, and past a segment boundary over the rows in use)."""
-        snap = {k: self.__dict__[k] for k in ("_state", "_pending", "_last", "tokens_consumed", "batch_size")}
-        if self._decode is not None:
-            snap["_rows"] = [c[:, :, :self.position].copy() for c in self._cache]
-        return snap
+    # ---- text (runtime.text) ------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        """The artifact's ``runtime.tokenizer.Tokenizer`` (sha256-checked on first use); ``NoTokenizerError``
+        where the artifact has none."""
+        return text.session_tokenizer(self)
 
-    def _restore(self, snap: dict) -> None:
-        rows = snap.pop("_rows", None)
-        self.__dict__.update(snap)
-        if rows is not None:
-            for c, r in zip(self._cache, rows):
-                c[:, :, :r.shape[2]] = r
+    def encode(self, prompt: str) -> np.ndarray:
+        """Token ids (int64, 1-D) of ``prompt``, with the manifest's ``bos`` prepended when it says ``add_bos``."""
+        return self.tokenizer.encode(prompt)
+
+    def decode(self, ids) -> str:
+        """The text of token ids (1-D)."""
+        return self.tokenizer.decode(ids)
+
+    def generate_text(self, prompt: str, max_new_tokens: int | None = None, temperature: float | None = None,
+                      top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                      stop=()) -> str:
+        """Feed ``prompt`` (text) and return the generated text; None takes the manifest's ``generation`` default
+        (top_k 0 / top_p 1: no filter). Stops at an end-of-text id, at a ``stop`` string (not included) or after
+        ``max_new_tokens`` tokens. Batch size 1; if it fails, the session is as it was."""
+        return "".join(self.generate_text_iter(prompt, max_new_tokens, temperature, top_k, top_p, seed, stop))
+
+    def generate_text_iter(self, prompt: str, max_new_tokens: int | None = None, temperature: float | None = None,
+                           top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                           stop=()) -> "text.TextGeneration":
+        """Like ``generate_text``, yielding text pieces as they become stable (never inside a character, never a
+        possible beginning of a stop string); the iterator records the ids, why it stopped and the timings."""
+        return text.generate_text_iter(self, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop)
 
     def _last_logits(self) -> np.ndarray:
         if self._last is not None:

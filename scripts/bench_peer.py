@@ -43,7 +43,8 @@ def main() -> int:
     record = peer.run(args.preset, contexts=peer.parse_contexts(args.contexts),
                       precisions=[x for x in args.precisions.split(",") if x], rounds=args.rounds,
                       new_tokens=args.new_tokens, threads=args.threads, chunk=args.chunk,
-                      peer_python=str(Path(args.peer_python).absolute()), cache=Path(args.cache).absolute())
+                      peer_python=str(Path(args.peer_python).absolute()), cache=Path(args.cache).absolute(),
+                      on_precision=lambda rec: peer.write(rec, Path(args.out)))  # each precision as it completes
     paths = peer.write(record, Path(args.out))
     print(peer.table(record))
     if record["bandwidth"]:

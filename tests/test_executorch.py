@@ -339,19 +339,6 @@ def test_manifest_program_problems(et_artifacts, tmp_path):
     assert InfiniSession.open(art, engine="pybindings").backend.engine.name == "pybindings"
 
 
-def test_numpy_engine_matches_pybindings(et_artifacts):
-    """The torch-free engine (executorch-numpy-runtime, where installed: Python >= 3.12) gives the same numbers."""
-    pytest.importorskip("executorch_numpy_runtime")
-    for job in (("delta", FP32), ("delta", PORTABLE), ("delta", INT8)):
-        _, art, _, _ = get(et_artifacts, job)
-        ids = np.random.default_rng(9).integers(0, 256, 300)
-        a, b = InfiniSession.open(art, engine="pybindings"), InfiniSession.open(art, engine="numpy")
-        assert b.backend.engine.name == "numpy"
-        np.testing.assert_allclose(b.feed(ids), a.feed(ids), rtol=0, atol=1e-5)
-        for name, value in a.state.items():
-            np.testing.assert_allclose(b.state[name], value, rtol=1e-5, atol=1e-5)
-
-
 def test_runtime_package_stays_torch_free(et_artifacts):
     """Importing the runtime (and this backend's module) never imports torch; opening a .pte says what it needs."""
     _, art, _, _ = get(et_artifacts, ("delta", FP32))

@@ -21,8 +21,8 @@ export class InputError extends InfiniRuntimeError {}
 /** A state (in memory or in a file) does not belong to this model or is malformed. */
 export class StateError extends InfiniRuntimeError {}
 
-/**
- * The artifact's tokenizer is absent (a text call on an artifact without one), too large, unreadable, or does not
- * fit the manifest or the model.
- */
+/** The artifact's tokenizer is too large, unreadable, or does not fit the manifest or the model. */
 export class TokenizerError extends ArtifactError {}
+
+/** A text call (encode, decode, generateText) on an artifact without a tokenizer. */
+export class NoTokenizerError extends InputError {}

@@ -1,6 +1,6 @@
 // InfiniSession: the stateful loop over an exported segment step (mirrors runtime/session.py).
 import { loadArtifact } from './artifact.js';
-import { InfiniRuntimeError, InputError, StateError, TokenizerError } from './errors.js';
+import { InfiniRuntimeError, InputError, NoTokenizerError, StateError } from './errors.js';
 import { checkIds } from './ids.js';
 import { concreteShape, sizeOf } from './manifest.js';
 import { Rng, argmax, checkSampling, sampleToken } from './sampling.js';
@@ -429,7 +429,7 @@ export class InfiniSession {
   /** @returns {import('./tokenizer.js').TextTokenizer} */
   _needTokenizer() {
     if (!this.tokenizer) {
-      throw new TokenizerError("this artifact has no tokenizer (its manifest has no 'tokenizer' section): text calls need an " +
+      throw new NoTokenizerError("this artifact has no tokenizer (its manifest has no 'tokenizer' section): text calls need an " +
         'artifact exported with a tokenizer.json; use token ids with feed, stream and generate');
     }
     return this.tokenizer;

@@ -5,7 +5,7 @@ import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { ArtifactError, InputError, TokenizerError } from '../src/errors.js';
+import { ArtifactError, InputError, NoTokenizerError, TokenizerError } from '../src/errors.js';
 import { goldens, open, orts } from './helpers.js';
 
 const index = goldens();
@@ -85,13 +85,14 @@ describe('text calls', () => {
     assert.equal(s.tokensConsumed, n + s.encode(' more').length - 1 + 2);
   });
 
-  it('on an artifact without a tokenizer every text call throws TokenizerError saying so', async () => {
+  it('on an artifact without a tokenizer every text call throws NoTokenizerError saying so', async () => {
     const s = await open(index.models.tiny.artifact, ort);
     assert.equal(s.tokenizer, null);
-    assert.throws(() => s.encode('hi'), (/** @type {any} */ e) => e instanceof TokenizerError && /no tokenizer/.test(e.message));
-    assert.throws(() => s.decode([1]), TokenizerError);
+    assert.throws(() => s.encode('hi'), (/** @type {any} */ e) => e instanceof NoTokenizerError && e instanceof InputError &&
+      /no tokenizer/.test(e.message));
+    assert.throws(() => s.decode([1]), NoTokenizerError);
     await assert.rejects(s.generateText('hi'), /no tokenizer/);
-    await assert.rejects(s.generateTextIter('hi').next(), TokenizerError);
+    await assert.rejects(s.generateTextIter('hi').next(), NoTokenizerError);
   });
 
   const bad = {
@@ -128,6 +129,23 @@ describe('text calls', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  it('a backend failure in the middle of generation leaves the session as it was', async () => {
+    const s = await open(tiny.artifact, ort);
+    await s.stream(s.encode('some context'));
+    const before = snapshot(s);
+    const program = /** @type {any} */ (s.artifact.decode);
+    const run = program.run.bind(program);
+    let calls = 0;
+    program.run = (/** @type {any} */ feeds) => (++calls === 6 ? Promise.reject(new Error('device lost')) : run(feeds));
+    const pieces = [];
+    await assert.rejects((async () => { for await (const p of s.generateTextIter(' and more', { maxNewTokens: 20 })) pieces.push(p); })(),
+      /device lost/);
+    program.run = run;
+    assert.ok(calls === 6);
+    assert.equal(snapshot(s), before);
+    assert.ok(await s.generateText('x', { maxNewTokens: 2 }) !== undefined);  // usable: the session is not held
   });
 
   it('a batch of two is refused for text', async () => {

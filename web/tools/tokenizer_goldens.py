@@ -303,6 +303,10 @@ def text_cases(small: Path, out: Path, cases: dict) -> dict:
 
 def write(small: Path, out: Path) -> dict:
     """Every tokenizer golden into ``out``; returns the index entry."""
+    try:
+        import tokenizers  # noqa: F401
+    except ImportError:
+        raise SystemExit("the tokenizer goldens need the tokenizers library: .venv/bin/pip install tokenizers") from None
     out.mkdir(parents=True, exist_ok=True)
     lines = mixed_lines()
     cases = encode_cases(out, lines)

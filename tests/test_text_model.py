@@ -1,0 +1,101 @@
+"""The text model: the standard library's split by file, the byte-fallback tokenizer, the bundled checkpoint's
+held-out score, and a smoke run of the text training loop (loss goes down, the run resumes)."""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks import text as T
+from tasks import text_eval as E
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLE = ROOT / "models" / "text-small"
+
+
+def _split():
+    return json.loads((BUNDLE / "split.json").read_text())
+
+
+def test_split_is_disjoint_and_follows_the_path_hash():
+    split = _split()
+    train, held = set(split["train"]), set(split["heldout"])
+    assert train and held and not train & held
+    assert all(T.is_heldout(p) for p in held) and not any(T.is_heldout(p) for p in train)
+    assert 0.01 < len(held) / (len(train) + len(held)) < 0.1
+    assert all(not p.startswith("/") and ".." not in p for p in train | held)
+
+
+def test_split_is_deterministic_and_excludes_tests_and_binary_files(tmp_path):
+    files = {"a.py": "x = 1\n", "pkg/b.py": "def f():\n    return 2\n", "test/test_c.py": "assert 1\n",
+             "pkg/tests/d.py": "pass\n", "e.py": "\x00\x01binary", "f.py": ""}
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    (tmp_path / "g.py").write_bytes(b"\xff\xfe not utf-8")
+    one, two = T.make_split(tmp_path), T.make_split(tmp_path)
+    assert one == two
+    assert sorted(one["train"] + one["heldout"]) == ["a.py", "pkg/b.py"]
+    assert sum(one["excluded"].values()) == 5
+    # a file's side depends on its path only
+    assert T.is_heldout("fnmatch.py") == ("fnmatch.py" in _split()["heldout"])
+
+
+@pytest.mark.parametrize("text", ["", "def f(x):\n\treturn x ** 2  # squared\n", "é 你好 🙂 \x00\x7f\r\n \u2028",
+                                  "".join(chr(c) for c in range(0, 0x3000, 7))])
+def test_tokenizer_round_trips_any_text(text):
+    tok = T.load_tokenizer(BUNDLE)
+    enc = tok.encode(text)
+    assert enc.ids[0] == tok.token_to_id(T.BOS) == 0
+    assert tok.decode(enc.ids) == text
+    assert max(enc.ids) < tok.get_vocab_size()
+
+
+def test_tokenizer_has_special_and_byte_tokens():
+    tok = T.load_tokenizer(BUNDLE)
+    assert 4096 <= tok.get_vocab_size() <= 8192
+    assert tok.token_to_id(T.BOS) == 0 and tok.token_to_id(T.EOS) == 1
+    assert all(tok.token_to_id(b) is not None for b in T.BYTE_TOKENS)
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # arbitrary code points, unseen in training, come back through byte fallback
+        s = "".join(chr(int(c)) for c in rng.integers(0x80, 0x10FFFF, 12) if not 0xD800 <= c < 0xE000)
+        assert tok.decode(tok.encode(s).ids) == s
+    tb = E.token_bytes(tok)
+    ids = tok.encode("a b\u00e9\U0001F642").ids
+    assert tb[ids].sum() == len("a b\u00e9\U0001F642".encode("utf-8"))
+
+
+def test_bundled_checkpoint_scores_below_the_uniform_bound():
+    from infini_export import load_checkpoint
+    model = load_checkpoint(BUNDLE).eval()
+    tok = T.load_tokenizer(BUNDLE)
+    assert model.cfg.vocab_size == tok.get_vocab_size()
+    split = _split()
+    text = T.read_texts(T.stdlib_root(), split["heldout"][:1])
+    ids = T.encode_texts(tok, text)[:2 * model.cfg.segment_len + 1]
+    bits = E.eager_bits(model, ids)
+    bpb = E.bits_per_byte(bits, ids, E.token_bytes(tok))
+    uniform = math.log2(model.cfg.vocab_size) * (len(ids) - 1) / E.token_bytes(tok)[ids[1:]].sum()
+    assert math.isfinite(bpb) and bpb < 0.5 * uniform
+
+
+def test_training_smoke_run_learns_and_resumes(tmp_path):
+    from training.text_config import TextTrainConfig
+    from training.text_loop import train_text
+
+    full = _split()
+    data = tmp_path / "data"
+    data.mkdir()
+    small = dict(full, train=full["train"][:6], heldout=full["heldout"][:1])
+    (data / "split.json").write_text(json.dumps(small))
+    (data / "tokenizer.json").write_bytes((BUNDLE / "tokenizer.json").read_bytes())
+    kw = dict(out=str(tmp_path / "run"), data=str(data), cache=str(tmp_path / "cache"), root=str(T.stdlib_root()),
+              preset="tiny", lr=1e-2, warmup=1, batch=4, segments=2, eval_tokens=256, log_every=0.0, minutes=0.0)
+    rep = train_text(TextTrainConfig(**kw, steps=12), argv=["smoke"])
+    losses = [h["loss"] for h in rep["history"]]
+    assert rep["steps"] == 12 and np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.3
+    assert (tmp_path / "run" / "model.safetensors").is_file() and (tmp_path / "run" / "tokenizer.json").is_file()
+    rep2 = train_text(TextTrainConfig(**kw, steps=14, resume=True), argv=["smoke", "--resume"])
+    assert rep2["steps"] == 14 and len(rep2["runs"]) == 2
+    assert rep2["history"][:12] == rep["history"]
