@@ -112,7 +112,7 @@ def test_an_end_of_text_id_stops_generation(art, reference, tmp_path):
     _, folder, _ = art
     prompt, ids, text = reference
     j = next(j for j in range(3, len(ids)) if ids[j] not in ids[:j])  # the first time this id comes
-    man = InfiniSession.open(folder).manifest.data
+    man = InfiniSession.open(folder).manifest.to_dict()
     stop_at = copy_with(folder, tmp_path / "eos", tokenizer={**man["tokenizer"], "eos": [ids[j]]})
     hf = InfiniSession.open(stop_at).tokenizer
     s = InfiniSession.open(stop_at)
@@ -176,7 +176,7 @@ def test_bad_text_calls_are_refused_and_change_nothing(art, tmp_path):
             with pytest.raises(InputError):
                 call(**kwargs)
             assert _unchanged(s, before), kwargs
-    man = s.manifest.data
+    man = s.manifest.to_dict()
     nobos = copy_with(folder, tmp_path / "nobos", tokenizer={**man["tokenizer"], "add_bos": False})
     fresh = InfiniSession.open(nobos)
     with pytest.raises(InputError, match="encodes to no tokens"):

@@ -40,7 +40,7 @@ def _altered(onnx_artifacts, tmp_path, program, name):
     model, art = onnx_artifacts["delta"]
     bad = tmp_path / "art"
     shutil.copytree(art, bad)
-    _disconnect(bad / InfiniSession.open(art).manifest.data["files"][program]["path"], name)
+    _disconnect(bad / InfiniSession.open(art).manifest.files[program].path, name)
     rehash_manifest(bad)
     return model, InfiniSession.open(bad)
 

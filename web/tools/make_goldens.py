@@ -50,10 +50,11 @@ def export_small(art: Path) -> Path:
     if (art / "manifest.json").is_file():
         return art
     from infini_export.checkpoint import load_checkpoint
-    from export_artifact import checkpoint_tokenizer, export  # beside this file (the script's folder is first on sys.path)
+    from exporters.tokenizer import find_tokenizer
+    from export_artifact import export  # beside this file (the script's folder is first on sys.path)
 
     checkpoint = ROOT / "models" / "passkey-small"
-    return export(load_checkpoint(checkpoint), art, checkpoint_tokenizer(checkpoint))
+    return export(load_checkpoint(checkpoint), art, find_tokenizer(None, checkpoint))
 
 
 class _RecordingRng:

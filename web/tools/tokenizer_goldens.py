@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
-import inspect
 import json
 import random
 import shutil
@@ -185,61 +183,32 @@ def encode_cases(out: Path, lines: list[str]) -> dict:
 
 
 def with_tokenizer(art: Path, dest: Path, tokenizer_json: str, section: dict, generation: dict) -> Path:
-    """A copy of the artifact ``art`` in ``dest`` with tokenizer.json and the manifest's tokenizer sections."""
+    """A copy of the artifact ``art`` in ``dest`` with tokenizer.json and the manifest's tokenizer sections, attached
+    as the exporter attaches them."""
+    from exporters.tokenizer import FILE_KEY, TokenizerPlan
+    from runtime.manifest import Manifest
+    from runtime.tokenizer_section import TOKENIZER_FORMAT, GenerationDefaults, TokenizerInfo
+
     if dest.exists():
         shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    man = json.loads((art / "manifest.json").read_text())
-    for entry in man["files"].values():
-        target = dest / entry["path"]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(art / entry["path"], target)
-    data = tokenizer_json.encode()
-    (dest / "tokenizer.json").write_bytes(data)
-    man["files"]["tokenizer"] = {"path": "tokenizer.json", "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    man["tokenizer"] = {"file": "tokenizer", "format": "huggingface-tokenizers", **section}
-    man["generation"] = generation
-    (dest / "manifest.json").write_text(json.dumps(man, indent=2) + "\n")
+    shutil.copytree(art, dest)
+    manifest = Manifest.load(dest)
+    info = TokenizerInfo.from_dict({"file": FILE_KEY, "format": TOKENIZER_FORMAT, **section}, {FILE_KEY: None},
+                                   manifest.vocab_size)
+    TokenizerPlan(tokenizer_json.encode(), info, GenerationDefaults.from_dict(generation)).attach(manifest).write()
     return dest
 
 
 def generate_text(art: Path, prompt: str, max_new_tokens: int, stop: list[str]) -> dict:
-    """Greedy continuation of ``prompt`` by the Python runtime: its ``generate_text`` where it has one, else
-    greedy ids (``generate_iter``) decoded with the tokenizer, stopping at an eos id or a stop string."""
-    from tokenizers import Tokenizer
-
+    """Greedy continuation of ``prompt`` by the Python runtime's ``generate_text``, and its greedy ids."""
     from runtime import InfiniSession
 
     session = InfiniSession.open(art)
-    man = json.loads((art / "manifest.json").read_text())
-    spec = man["tokenizer"]
-    tok = Tokenizer.from_file(str(art / man["files"][spec["file"]]["path"]))
-    ids = tok.encode(prompt, add_special_tokens=False).ids
-    if spec.get("add_bos") and spec.get("bos") is not None:
-        ids = [spec["bos"]] + ids
+    ids = [int(i) for i in session.encode(prompt)]
     greedy = [int(t[0]) for t in InfiniSession.open(art).generate_iter(np.array([ids]), max_new_tokens)]
-    if hasattr(session, "generate_text"):
-        params = inspect.signature(session.generate_text).parameters
-        kwargs = {"max_new_tokens": max_new_tokens, "temperature": 0.0}
-        if stop:
-            kwargs["stop"] = stop
-        text = session.generate_text(prompt, **{k: v for k, v in kwargs.items() if k in params})
-        return {"prompt": prompt, "max_new_tokens": max_new_tokens, "stop": stop, "prompt_ids": ids,
-                "greedy_ids": greedy, "text": text, "by": "InfiniSession.generate_text"}
-    eos = set(spec.get("eos") or [])
-    out: list[int] = []
-    text = ""
-    for t in greedy:
-        if t in eos:
-            break
-        out.append(t)
-        text = tok.decode(out, skip_special_tokens=True)
-        hits = [text.find(s) for s in stop if s in text]
-        if hits:
-            text = text[:min(hits)]
-            break
+    text = session.generate_text(prompt, max_new_tokens=max_new_tokens, temperature=0.0, stop=stop or ())
     return {"prompt": prompt, "max_new_tokens": max_new_tokens, "stop": stop, "prompt_ids": ids,
-            "greedy_ids": greedy, "text": text, "by": "generate_iter + tokenizers"}
+            "greedy_ids": greedy, "text": text, "by": "InfiniSession.generate_text"}
 
 
 def export_tiny_bpe(out: Path, vocab_size: int) -> Path:
@@ -264,8 +233,9 @@ def export_tiny_bpe(out: Path, vocab_size: int) -> Path:
 
 def text_cases(small: Path, out: Path, cases: dict) -> dict:
     """Artifacts with tokenizers and the Python runtime's greedy text continuations on them."""
-    small_man = json.loads((small / "manifest.json").read_text())
-    if "tokenizer" in small_man:  # the exporter's own tokenizer
+    from runtime.manifest import Manifest
+
+    if Manifest.load(small).tokenizer is not None:  # the exporter's own tokenizer
         small_art = small
     else:
         small_art = with_tokenizer(small, out / "small-bytes", (out / cases["bytes"]["tokenizer"]).read_text(),
@@ -325,5 +295,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     sys.exit(main())
