@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from infini_export.parity import ParityReport, validate
+from infini_export.protocol import check_protocol
 from runtime.backends import open_backend
 from runtime.manifest import MANIFEST_FILE, Manifest, ParityRecord
 from runtime.session import InfiniSession
@@ -66,7 +67,8 @@ def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "on
     module = module.eval()
     if options.quantize == "int4":  # before anything is written
         check_int4_shapes(module, options.block_size)
-    text = tokenizer_plan(tokenizer, module.step_spec().vocab_size)
+    spec = check_protocol(module)  # a module that breaks the protocol is refused here, before anything is written
+    text = tokenizer_plan(tokenizer, spec.vocab_size)
     work = _work_folder(out_dir)
     try:
         clock.done("prepare")

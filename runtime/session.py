@@ -397,11 +397,11 @@ class InfiniSession:
         The session continues from where it was: the prompt and the generated tokens are consumed. With a
         decode program each new token costs one decode call. If it fails, the session is as it was.
         """
-        saved = self._snapshot()
+        saved = self.snapshot()
         try:
             toks = list(self.generate_iter(prompt_ids, max_new_tokens, temperature, top_k, top_p, seed))
         except BaseException:
-            self._restore(saved)
+            self.restore(saved)
             raise
         return np.stack(toks, axis=1) if toks else np.zeros((self.batch_size, 0), dtype=np.int64)
 

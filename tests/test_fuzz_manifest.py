@@ -14,6 +14,7 @@ from runtime.backends.ort import check_graph_io
 from runtime.manifest import sha256_file
 from tests.guards import PEAK_RSS_RESETTABLE, opened_files, peak_rss_growth, reads_under
 from tests.manifest_fuzz import apply, base_manifest, graph_io, make_trap_folder, mutations, path_values
+from tests.no_program import NoProgram
 
 RSS_BOUND = 16 << 20
 BATCH = 20  # cases per hypothesis example: generation, not the case, dominates the cost of an example
@@ -66,7 +67,7 @@ def test_fuzzed_manifests_are_opened_or_refused_with_a_typed_error(traps, fuzz_c
         m.verify_files()
         m.program_path()  # what a backend opens
         check_graph_io(m, *graph)
-        InfiniSession(m, None)  # bounds, then allocates the state and reads an initial-state file if named
+        InfiniSession(m, NoProgram())  # bounds, then allocates the state and reads an initial-state file if named
         for path in m.check_paths().values():
             assert os.path.realpath(path).startswith(real_art + os.sep)
 

@@ -13,6 +13,7 @@ from runtime import InfiniRuntimeError, InfiniSession, Manifest
 from tests.guards import PEAK_RSS_RESETTABLE, opened_files, peak_rss_growth, reads_under
 from tests.manifest_fuzz import base_manifest
 from tests.statefile_fuzz import apply_byte_edit, apply_member_edit, byte_edit, join, member_edit, split
+from tests.no_program import NoProgram
 
 RSS_BOUND = 16 << 20
 BATCH, CASES = 20, 3000
@@ -22,7 +23,7 @@ BATCH, CASES = 20, 3000
 def session_and_file(tmp_path_factory):
     """A session of the tiny layout (no program needed: load_state never runs it) and a state file it wrote."""
     folder = tmp_path_factory.mktemp("state_fuzz")
-    s = InfiniSession(Manifest.from_dict(base_manifest()), None)
+    s = InfiniSession(Manifest.from_dict(base_manifest()), NoProgram())
     rng = np.random.default_rng(0)
     s.set_state({k: rng.standard_normal(v.shape).astype(np.float32) for k, v in s.state.items()},
                 np.array([[1, 2, 3, 4, 5]]), 37)

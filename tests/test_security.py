@@ -18,6 +18,7 @@ from runtime.npz_reader import read_npz
 from tests.guards import PEAK_RSS_RESETTABLE, opened_files, peak_rss_growth, reads_under
 from tests.manifest_fuzz import base_manifest
 from tests.statefile_fuzz import split
+from tests.no_program import NoProgram
 
 RSS_BOUND = 16 << 20
 needs_rss = pytest.mark.skipif(not PEAK_RSS_RESETTABLE, reason="needs Linux /proc/self/clear_refs")
@@ -176,7 +177,7 @@ def _bomb_members(npy_header: bytes, zeros: int):
 
 @needs_rss
 def test_a_decompression_bomb_state_file_is_refused_before_inflating(tmp_path, monkeypatch):
-    s = InfiniSession(Manifest.from_dict(base_manifest()), None)
+    s = InfiniSession(Manifest.from_dict(base_manifest()), NoProgram())
     s.set_state(s.state, np.array([[1, 2, 3]]), 3)
     s.save_state(tmp_path / "good.npz")
     members = [(name, zipfile.ZIP_STORED, zlib.crc32(data), len(data), data)
