@@ -32,17 +32,19 @@ def build_runtime_wheel(dist: Path) -> Path:
 
 
 def device_env(venv: Path, wheel: Path, python: str = sys.executable, constraints: Path | None = None,
-               with_pip: bool = False) -> Path:
+               with_pip: bool = False, compile: bool = True) -> Path:
     """A new virtual environment at ``venv`` with ``wheel`` installed from PyPI's requirements; its python.
 
     Without ``with_pip`` the environment gets no pip of its own: this process's pip installs into it
-    (``pip --python``), which saves installing pip.
+    (``pip --python``), which saves installing pip. ``compile=False``: no byte-compiling of every installed
+    module (half the install time; what is imported is compiled when first imported).
     """
     venv = Path(venv)
     subprocess.run([python, "-m", "venv", *([] if with_pip else ["--without-pip"]), str(venv)], check=True)
     py = venv / "bin" / "python"
     pip = [str(py), "-m", "pip"] if with_pip else [sys.executable, "-m", "pip", "--python", str(py)]
-    res = subprocess.run([*pip, "install", "-q", "--find-links", str(Path(wheel).parent),
+    res = subprocess.run([*pip, "install", "-q", *([] if compile else ["--no-compile"]),
+                          "--find-links", str(Path(wheel).parent),
                           *(["-c", str(constraints)] if constraints else []), str(wheel)],
                          capture_output=True, text=True)
     if res.returncode:

@@ -2,8 +2,8 @@
 and ``infini-run info / run / generate`` there on an artifact exported here, against the eager model.
 
 The environment is made once for the module (``benchmarks.device``: ``python -m venv --without-pip``, then this
-environment's pip installs into it with ``--python``, no pip of its own to install); its requirements are pinned to
-the versions installed here and come from pip's cache after the first run.
+environment's pip installs into it with ``--python``, no pip of its own to install, and nothing byte-compiled ahead);
+its requirements are pinned to the versions installed here and come from pip's cache after the first run.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def device(tmp_path_factory):
     wheel = build_runtime_wheel(base / "dist")
     pins = base / "constraints.txt"
     pins.write_text("".join(f"{p}=={version(p)}\n" for p in ("numpy", "onnxruntime", "tokenizers")))
-    python = device_env(base / "venv", wheel, constraints=pins)
+    python = device_env(base / "venv", wheel, constraints=pins, compile=False)
     return python, python.parent / "infini-run"
 
 
