@@ -82,7 +82,13 @@ def test_info_is_the_toolchains(device, tiny_onnx, tmp_path):
     ours = subprocess.run([sys.executable, "-m", "infini_cli", "info", str(art), "--json"], capture_output=True,
                           text=True, cwd=ROOT)
     assert ours.returncode == 0, ours.stderr
-    assert json.loads(res.stdout) == json.loads(ours.stdout)
+    info = json.loads(res.stdout)
+    assert info == json.loads(ours.stdout)
+    import onnx  # the weights, read from the protobuf without onnx there: what onnx counts
+    from onnx import numpy_helper
+    graph = onnx.load(str(art / "model.onnx"), load_external_data=True).graph
+    assert info["weights_bytes"] == sum(len(t.raw_data) if t.raw_data else numpy_helper.to_array(t).nbytes
+                                        for t in graph.initializer) > 0
     text = _device(infini_run, "info", art, cwd=tmp_path).stdout.decode()
     assert text.startswith(f"artifact: {art} (onnx, onnxruntime") and "state (batch 1):" in text
 
