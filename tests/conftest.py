@@ -128,12 +128,19 @@ SLOW = {
     "test_quantize_lookup.py": "exports of a 32K vocabulary",
     "test_real_size.py": "the 110M preset's shapes",
     "test_train_smoke.py": "training processes",
+    "test_decode.py::test_exported_decode_parity_and_manifest": "decode parity over many calls",
+    "test_fuzz_manifest.py::test_fuzzed_manifests_are_opened_or_refused_with_a_typed_error": "thousands of cases",
+    "test_fuzz_statefile.py::test_fuzzed_state_files_load_or_are_refused": "thousands of cases",
+    "test_long_stream.py": "200K tokens through eager and ONNX",
+    "test_low_memory.py::test_the_runtime_order_frees_each_layers_keys_and_values_before_the_next_layer": "an export",
+    "test_runtime_wheel.py": "a virtual environment made from the wheel, its processes",
 }
 # files that take longest start first, so that the last file to finish is a short one (``--dist loadfile`` hands
 # out whole files, in this order, to the two workers)
-FIRST = ["test_executorch.py", "test_bundled_passkey.py", "test_lucidrains_export.py", "test_real_size.py",
+FIRST = ["test_executorch.py", "test_session_behaviour.py", "test_bundled_passkey.py", "test_lucidrains_export.py",
+         "test_runtime_wheel.py", "test_long_stream.py", "test_low_memory.py", "test_real_size.py",
          "test_train_smoke.py", "test_bench_smoke.py", "test_decode_chunk.py", "test_decode.py",
-         "test_session_behaviour.py", "test_concurrency_precision.py", "test_quantize_lookup.py",
+         "test_concurrency_precision.py", "test_quantize_lookup.py",
          "test_executorch_lower.py", "test_last_logits.py", "test_quantize_int4.py", "test_passkey_cli.py"]
 
 
@@ -142,7 +149,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         path = item.nodeid.split("::")[0].rsplit("/", 1)[-1]
         name = path + "::" + item.nodeid.split("::", 1)[1].split("[")[0] if "::" in item.nodeid else path
-        if path in SLOW or name in SLOW or "et_artifacts" in getattr(item, "fixturenames", ()):
+        if path in SLOW or name in SLOW or "et_artifacts" in getattr(item, "fixturenames", ()) \
+                or "[executorch" in item.nodeid:  # a test run on each backend, here an ExecuTorch one
             item.add_marker(pytest.mark.slow)
     rank = {f: i for i, f in enumerate(FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0].rsplit("/", 1)[-1], len(FIRST)))
