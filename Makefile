@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-web web web-deps browser venv venv312 wheels clean
+.PHONY: demo test test-fast test-web web web-deps browser venv venv312 wheels clean
 
 # set-up prints one line; pip's own output goes to $(VENV)/install.log (shown in full if it fails)
 # the runtime (its own distribution, runtime/pyproject.toml) first: the toolchain depends on infini-runtime;
@@ -61,9 +61,16 @@ venv: $(STAMP)
 demo: $(STAMP)
 	@$(VENV)/bin/infini-export demo
 
+# pytest in 2 processes; each exported test artifact is shared by both (tests/shared.py); a file runs in one of them
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder
+
 test: $(STAMP) $(STAMP312)
-	$(PY) -m pytest -q tests
+	$(PYTEST) tests
 	$(MAKE) test-web
+
+# the edit loop: no test marked slow (no export beyond the tiny preset's shared ONNX artifacts)
+test-fast: $(STAMP)
+	$(PYTEST) -m "not slow" tests
 
 # JavaScript runtime (web/): Node tests against the Python runtime's goldens, and the demo page in headless Chromium
 WEB_ARTIFACT := out/web-onnx

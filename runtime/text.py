@@ -110,7 +110,9 @@ def _split(text: str, stops: tuple[str, ...], final: bool = False) -> tuple[str,
 
 def generate_text_iter(session, prompt: str, max_new_tokens=None, temperature=None, top_k=None, top_p=None,
                        seed=None, stop=()) -> TextGeneration:
-    """Check everything, then return the iterator of text pieces (see ``InfiniSession.generate_text_iter``)."""
+    """Check everything, then return the iterator of text pieces (see ``InfiniSession.generate_text_iter``).
+    ``bos`` is prepended (where the manifest says ``add_bos``) on a fresh session only: a prompt that continues a
+    session's text gets none."""
     tok = session_tokenizer(session)
     if not isinstance(prompt, str):
         raise InputError(f"the prompt must be a str, got {type(prompt).__name__} (token ids: generate_iter)")

@@ -233,3 +233,23 @@ def evaluate(checkpoint: str | Path, work: str | Path, quantize: tuple[str, ...]
                          "memory": binned_bpb(on[order], nbytes[order], cuts),
                          "no_memory": binned_bpb(off[order], nbytes[order], cuts)}
     return res
+
+
+def continue_text(artifact: str | Path, prompt: str, max_new_tokens: int, temperature: float = 0.0,
+                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> str:
+    """The continuation of ``prompt`` through an exported artifact that carries its tokenizer: the session's
+    ``generate_text`` where the runtime has it, else ``tokenizers`` around ``generate``'s ids."""
+    session = InfiniSession.open(artifact)
+    if hasattr(session, "generate_text"):
+        return session.generate_text(prompt, max_new_tokens, temperature, top_k, top_p, seed)
+    from . import text as T
+    tok = T.load_tokenizer(Path(artifact) / "tokenizer.json")
+    ids = np.asarray(tok.encode(prompt).ids, dtype=np.int64)
+    out = session.generate(ids[None], max_new_tokens, temperature, top_k, top_p, seed)[0].tolist()
+    eos = tok.token_to_id(T.EOS)
+    return tok.decode(out[:out.index(eos)] if eos in out else out)
+
+
+def opening_lines(root: str | Path, rel: str, lines: int) -> str:
+    """The first ``lines`` lines of the file ``rel`` under ``root``."""
+    return "".join((Path(root) / rel).read_text(encoding="utf-8").splitlines(keepends=True)[:lines])

@@ -29,24 +29,28 @@ def make_model(update="delta", seed=0, **overrides):
 
 @pytest.fixture(scope="session")
 def onnx_artifacts(tmp_path_factory):
-    """The tiny preset exported to ONNX once per update rule: {update: (model, artifact_dir)}."""
-    from exporters.pipeline import export_artifact
-    out = {}
-    for update in ("linear", "delta"):
-        model = make_model(update)
-        d = tmp_path_factory.mktemp(f"onnx_{update}")
-        export_artifact(model, d, "onnx", parity_segments=8, progress=False, log=None)
-        out[update] = (model, d)
-    return out
+    """The tiny preset exported to ONNX once per update rule and test run: {update: (model, artifact_dir)}, each
+    exported on first access (tests/shared.py; ``INFINI_TEST_EXECUTORCH_CACHE`` keeps them too)."""
+    from tests.et_artifacts import CACHE_ENV
+    from tests.shared import Lazy, build_once, shared_root
+    root = shared_root(tmp_path_factory, CACHE_ENV)
+
+    def export(update):
+        def build(d):
+            from exporters.pipeline import export_artifact
+            export_artifact(make_model(update), d, "onnx", parity_segments=8, progress=False, log=None)
+            return {}
+        return make_model(update), build_once(root, f"onnx-{update}", build)[0]
+    return Lazy(("linear", "delta"), export)
 
 
 @pytest.fixture(scope="session")
 def et_artifacts(tmp_path_factory):
     """{(update, variant[, max_batch]): (model, artifact_dir, manifest, pipeline parity report)} (tests/et_artifacts.py);
     ``INFINI_TEST_EXECUTORCH_CACHE`` keeps them in a folder between runs (development only)."""
-    from tests.et_artifacts import CACHE_ENV, export_all
-    base = os.environ.get(CACHE_ENV)
-    return export_all(Path(base) if base else tmp_path_factory.mktemp("executorch"))
+    from tests.et_artifacts import CACHE_ENV, artifacts
+    from tests.shared import shared_root
+    return artifacts(shared_root(tmp_path_factory, CACHE_ENV))
 
 
 def check_session_matches_forward(model, art, segments: int = 50):
@@ -97,3 +101,56 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if counts:
         terminalreporter.write_line("fuzzed cases: " + ", ".join(f"{k} {v:,}" for k, v in counts.items())
                                     + f" (total {sum(counts.values()):,})")
+
+
+# ---- which tests are slow, and the order the files start in --------------------------------------------------------
+# ``slow``: the tests ``make test-fast`` leaves out (``make test`` runs everything). Besides the tests marked in their
+# files, every test of an ExecuTorch artifact (the ``et_artifacts`` fixture: 20-80 s an export) and these, each an
+# export of more than the tiny preset's two shared ONNX artifacts, or a process of its own that imports torch:
+SLOW = {
+    "test_bundled_passkey.py": "exports the bundled model",
+    "test_bench_smoke.py::test_bench_smoke": "scripts/bench.py: every backend exported and timed",
+    "test_concurrency_precision.py::test_float16_weights_float32_state_validated": "a float16 export",
+    "test_decode.py::test_executorch_decode_method": "an ExecuTorch export",
+    "test_decode.py::test_adapter_decode_exports_with_parity": "an export of the adapter",
+    "test_decode_chunk.py": "an ExecuTorch export",
+    "test_executorch.py": "ExecuTorch exports",
+    "test_executorch_lower.py": "ExecuTorch exports",
+    "test_extrapolation_check.py::test_proxy_score_script_reports_the_training_proxy": "a script's process",
+    "test_extrapolation_check.py::test_extrapolation_check_script_prints_and_writes_the_check": "a script's process",
+    "test_kill_resume.py": "processes killed and resumed",
+    "test_last_logits.py::test_adapter_last_program_exports_with_parity": "an export of the adapter",
+    "test_lucidrains_export.py": "exports of the adapter, command-line processes",
+    "test_onnx_graph_rewrites.py::test_export_with_attention_blocks_passes_parity_and_records_them": "an export",
+    "test_passkey_cli.py": "an export and the passkey command's process",
+    "test_protocol.py::test_a_custom_step_module_is_exported_run_and_validated": "an export of another module",
+    "test_quantize_int4.py": "int4 and int8 exports",
+    "test_quantize_lookup.py": "exports of a 32K vocabulary",
+    "test_real_size.py": "the 110M preset's shapes",
+    "test_train_smoke.py": "training processes",
+    "test_decode.py::test_exported_decode_parity_and_manifest": "decode parity over many calls",
+    "test_fuzz_manifest.py::test_fuzzed_manifests_are_opened_or_refused_with_a_typed_error": "thousands of cases",
+    "test_fuzz_statefile.py::test_fuzzed_state_files_load_or_are_refused": "thousands of cases",
+    "test_long_stream.py": "200K tokens through eager and ONNX",
+    "test_low_memory.py::test_the_runtime_order_frees_each_layers_keys_and_values_before_the_next_layer": "an export",
+    "test_runtime_wheel.py": "a virtual environment made from the wheel, its processes",
+}
+# files that take longest start first, so that the last file to finish is a short one (``--dist loadfile`` hands
+# out whole files, in this order, to the two workers)
+FIRST = ["test_executorch.py", "test_session_behaviour.py", "test_bundled_passkey.py", "test_lucidrains_export.py",
+         "test_runtime_wheel.py", "test_long_stream.py", "test_low_memory.py", "test_real_size.py",
+         "test_train_smoke.py", "test_bench_smoke.py", "test_decode_chunk.py", "test_decode.py",
+         "test_concurrency_precision.py", "test_quantize_lookup.py",
+         "test_executorch_lower.py", "test_last_logits.py", "test_quantize_int4.py", "test_passkey_cli.py"]
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = item.nodeid.split("::")[0].rsplit("/", 1)[-1]
+        name = path + "::" + item.nodeid.split("::", 1)[1].split("[")[0] if "::" in item.nodeid else path
+        if path in SLOW or name in SLOW or "et_artifacts" in getattr(item, "fixturenames", ()) \
+                or "[executorch" in item.nodeid:  # a test run on each backend, here an ExecuTorch one
+            item.add_marker(pytest.mark.slow)
+    rank = {f: i for i, f in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0].rsplit("/", 1)[-1], len(FIRST)))

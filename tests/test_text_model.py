@@ -77,7 +77,7 @@ def test_bundled_checkpoint_scores_below_the_uniform_bound():
     bits = E.eager_bits(model, ids)
     bpb = E.bits_per_byte(bits, ids, E.token_bytes(tok))
     uniform = math.log2(model.cfg.vocab_size) * (len(ids) - 1) / E.token_bytes(tok)[ids[1:]].sum()
-    assert math.isfinite(bpb) and bpb < 0.5 * uniform
+    assert math.isfinite(bpb) and bpb < 0.75 * uniform
 
 
 def test_training_smoke_run_learns_and_resumes(tmp_path):
