@@ -66,8 +66,8 @@ def export_with_tokenizer(preset: str, tokenizer: Path, out: Path, parity_segmen
     manifest, report = export_artifact(model, out, "onnx", parity_segments=parity_segments, progress=False, log=None,
                                        tokenizer=tokenizer)
     return {"preset": preset, "parameters": model.num_parameters(), "seconds": round(time.perf_counter() - t0, 1),
-            "parity_passed": report.passed, "tokenizer": manifest["tokenizer"],
-            "files": {k: f["bytes"] for k, f in manifest["files"].items()}}
+            "parity_passed": report.passed, "tokenizer": manifest.tokenizer.to_dict(),
+            "files": {k: f.bytes for k, f in manifest.files.items()}}
 
 
 def _per_token(fn, tokens: int, min_seconds: float = 0.5) -> float:
