@@ -47,7 +47,7 @@ class ExportOptions:
         if self.format not in FORMATS:
             raise ValueError(f"unknown format {self.format!r}; expected one of {FORMATS}")
         if self.block_size is not None and self.quantize != "int4":
-            raise ValueError(f"block_size applies to int4 quantization only, not quantize={self.quantize!r}")
+            raise ValueError(f"block_size (--block-size) applies to int4 quantization only (--quantize int4), not quantize={self.quantize!r}")
         if self.quantize == "int4" and self.block_size is None:
             object.__setattr__(self, "block_size", DEFAULT_BLOCK_SIZE)
         check_quantize(self.quantize, self.block_size or DEFAULT_BLOCK_SIZE)
@@ -60,20 +60,20 @@ class ExportOptions:
             object.__setattr__(self, "attention_rows", ATTENTION_ROWS)
         elif self.attention_rows is not None:
             if not onnx:
-                raise ValueError(f"attention_rows applies to ONNX exports, not {self.format!r}")
+                raise ValueError(f"attention_rows (--attention-rows) applies to ONNX exports, not {self.format!r}")
             _int("attention_rows", self.attention_rows, 0)
         if self.ops is None and onnx:
             object.__setattr__(self, "ops", OPS[0])
         elif self.ops is not None:
             if not onnx:
-                raise ValueError(f"ops applies to ONNX exports, not {self.format!r}")
+                raise ValueError(f"ops (--ops) applies to ONNX exports, not {self.format!r}")
             if self.ops not in OPS:
                 raise ValueError(f"ops must be one of {OPS}, got {self.ops!r}")
         if self.full_logits is not None and onnx:
-            raise ValueError("full_logits applies to ExecuTorch exports; an ONNX artifact always has all logits")
+            raise ValueError("full_logits (--full-logits) applies to ExecuTorch exports; an ONNX artifact always has all logits")
         if self.jobs is not None:
             if onnx:
-                raise ValueError("jobs applies to ExecuTorch exports, not 'onnx'")
+                raise ValueError("jobs (--jobs) applies to ExecuTorch exports, not 'onnx'")
             _int("jobs", self.jobs, 1)
         _int("decode_chunk", self.decode_chunk, 1)
         if self.delegate not in DELEGATES:

@@ -47,12 +47,13 @@ def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "on
                     quantize: str | None = None, delegate: str = "xnnpack", parity_segments: int = 64,
                     max_batch: int = 64, progress: bool = True, log=print, block_size: int | None = None,
                     table_rows: int = 6, attention_rows: int | None = None, full_logits: bool | None = None,
-                    jobs: int | None = None, ops: str | None = None,
-                    tokenizer=None) -> tuple[Manifest, ParityReport | None]:
+                    jobs: int | None = None, ops: str | None = None, tokenizer=None,
+                    options: ExportOptions | None = None) -> tuple[Manifest, ParityReport | None]:
     """Export ``module`` into ``out_dir`` in stages and validate it; raises ``ExportParityError`` on a parity failure.
 
     The options are ``ExportOptions``'s (``block_size``: int4 group size; ``attention_rows``: ONNX query rows per
     attention block; ``ops``: ONNX "onnxruntime" or "portable"; ``full_logits``, ``jobs``: ExecuTorch).
+    ``options``, already checked (the command line checks them before it loads the model), stands for all of them.
     ``parity_segments=0`` leaves the validate stage out
     (the report is then None). ``table_rows``: the segments the logged parity table shows. An ExecuTorch manifest
     also records the planned memory of every method (``exporters.memory_plan``). ``tokenizer`` (a
@@ -60,9 +61,10 @@ def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "on
     before anything is written and copied into the artifact with its manifest sections.
     """
     clock = _Stages()
-    options = ExportOptions(fmt, quantize=quantize, block_size=block_size, delegate=delegate, max_batch=max_batch,
-                            attention_rows=attention_rows, full_logits=full_logits, jobs=jobs,
-                            parity_segments=parity_segments, ops=ops)
+    if options is None:
+        options = ExportOptions(fmt, quantize=quantize, block_size=block_size, delegate=delegate, max_batch=max_batch,
+                                attention_rows=attention_rows, full_logits=full_logits, jobs=jobs,
+                                parity_segments=parity_segments, ops=ops)
     out_dir = Path(out_dir)
     module = module.eval()
     if options.quantize == "int4":  # before anything is written

@@ -60,20 +60,18 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from exporters.options import DEFAULT_MAX_BATCH
+    from exporters.options import ExportOptions
     from exporters.pipeline import ExportParityError, export_artifact
-
     from exporters.tokenizer import cli_tokenizer
 
+    options = ExportOptions(args.format, quantize=args.quantize, block_size=args.block_size, delegate=args.delegate,
+                            max_batch=args.max_batch, attention_rows=args.attention_rows,
+                            full_logits=True if args.full_logits else None, jobs=args.jobs,
+                            parity_segments=args.parity_segments, ops=args.ops)  # checked before the model loads
     module = _load_module(args)
     tokenizer = cli_tokenizer(args, module.step_spec().vocab_size)  # checked before anything is written
     try:
-        manifest, report = export_artifact(module, args.output, args.format, quantize=args.quantize,
-                                           delegate=args.delegate, parity_segments=args.parity_segments,
-                                           max_batch=args.max_batch or DEFAULT_MAX_BATCH[args.format],
-                                           block_size=args.block_size, attention_rows=args.attention_rows,
-                                           full_logits=True if args.full_logits else None, jobs=args.jobs,
-                                           ops=args.ops, tokenizer=tokenizer)
+        manifest, report = export_artifact(module, args.output, args.format, options=options, tokenizer=tokenizer)
     except ExportParityError as exc:
         print(f"export wrote {args.output} but its parity check FAILED; the manifest records the failure: {exc}",
               file=sys.stderr)

@@ -242,7 +242,7 @@ def et_artifact(tmp_path_factory):
 def test_executorch_decode_method(et_artifact, onnx_artifacts):
     model, art = et_artifact
     s = InfiniSession.open(art)
-    assert s.decoding and s.manifest.decode.program["method"] == "decode"
+    assert s.decoding and s.manifest.decode.program.method == "decode"
     assert s.manifest.to_dict()["parity"]["passed"] and s.manifest.to_dict()["parity"]["decode"]["calls"] == 48
     rep = validate_decode(s.backend, model, tolerance_for("executorch", "float32"), segments=3)
     assert rep["failures"] == [] and rep["top1"] == 1.0

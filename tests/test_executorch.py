@@ -375,7 +375,7 @@ def test_export_arguments_are_checked(tmp_path):
         export_executorch(model, tmp_path, max_batch=0)
     with pytest.raises(ValueError, match="full_logits=False needs the last-token and decode methods"):
         export_executorch(model, tmp_path, quantize="int8", max_batch=4, full_logits=False)  # no int8 decode
-    with pytest.raises(ValueError, match="jobs must be an integer >= 1 or None, got 0"):
+    with pytest.raises(ValueError, match="jobs must be an integer >= 1, got 0"):
         export_executorch(model, tmp_path, jobs=0)
     assert not list(tmp_path.iterdir())
 
@@ -400,7 +400,8 @@ def test_cli_plans_executorch_for_batch_one_unless_told(monkeypatch, tmp_path):
     seen = []
 
     def fake_export(module, out, fmt, **kw):
-        seen.append((fmt, kw["max_batch"], kw["full_logits"], kw["jobs"]))
+        o = kw["options"]
+        seen.append((fmt, o.max_batch, o.full_logits, o.jobs))
         raise ValueError("stop here")
     monkeypatch.setattr(pipeline, "export_artifact", fake_export)
     monkeypatch.setattr(cli, "_load_module", lambda args: make_model("delta"))
