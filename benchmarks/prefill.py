@@ -126,7 +126,7 @@ def stream_rss(artifact: str | Path, tokens: int, use_last: bool = True, threads
                **options) -> dict:
     """Stream ``tokens`` random tokens through ``artifact`` in a fresh process (torch-free for ONNX): its peak RSS
     (VmHWM), tokens/s and the weight bytes. ``options``: backend options for ``InfiniSession.open`` (JSON values)."""
-    root = Path(__file__).resolve().parents[2]  # the folder holding this package, for the child's imports
+    root = Path(__file__).resolve().parents[1]  # the folder holding this package, for the child's imports
     cmd = [sys.executable, "-m", "benchmarks.prefill", "--child", str(artifact), str(tokens)]
     cmd += ([] if use_last else ["--full"]) + (["--threads", str(threads)] if threads else [])
     cmd += ["--options", json.dumps(options)] if options else []

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]  # the source tree, put first on the children's PYTHONPATH
+ROOT = Path(__file__).resolve().parents[1]  # the source tree, put first on the children's PYTHONPATH
 WORKER = [sys.executable, "-m", "benchmarks.worker"]  # export jobs and the full-attention baseline
 # the torch-free streaming command whose peak RSS is measured
 RUN_STREAM = [sys.executable, "-m", "infini_cli", "run"]
