@@ -174,7 +174,7 @@ def run(preset: str, *, contexts: list[tuple[int, int]], precisions=PRECISIONS, 
               "precisions": [], "rounds": rounds, "new_tokens": new_tokens, "threads": threads, "their_chunk": chunk,
               "loadavg_start": [round(x, 2) for x in os.getloadavg()],
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t_start)),
-              "read_bandwidth_bytes_s": [], "models": {}, "runs": {}, "graphs": {}, "files_bytes": {},
+              "read_bandwidth_bytes_s": {}, "models": {}, "runs": {}, "graphs": {}, "files_bytes": {},
               "versions": _versions(peer_python)}
     env_ours = {**os.environ, "INFINI_EXPORT_NO_TORCH": "1"}
     for prec in precisions:
@@ -192,6 +192,7 @@ def run(preset: str, *, contexts: list[tuple[int, int]], precisions=PRECISIONS, 
                 f.stat().st_size for f in models[side].iterdir() if f.is_file() and f.suffix in (".onnx", ".data", ".bin"))
         record["graphs"][f"ours-{prec}"] = graph_nodes(models["ours"] / "decode.onnx")
         record["graphs"][f"theirs-{prec}"] = graph_nodes(models["theirs"] / "model.onnx")
+        record["read_bandwidth_bytes_s"][prec] = bws = []
         for r in range(rounds):
             for side in (SIDES if r % 2 == 0 else SIDES[::-1]):
                 job, python, env = jobs[side]
@@ -203,8 +204,8 @@ def run(preset: str, *, contexts: list[tuple[int, int]], precisions=PRECISIONS, 
                     f"{context_label(c['prefix'], c['tail'])} {c['decode_ms_median']:.1f} ms/token"
                     for c in res["contexts"]) + f"; peak RSS {res['peak_rss_mb']:.0f} MB "
                     f"({time.perf_counter() - t0:.0f} s)")
-            record["read_bandwidth_bytes_s"].append(read_bandwidth(threads=threads))
-            log(f"read bandwidth, {threads} threads: {record['read_bandwidth_bytes_s'][-1] / 1e9:.1f} GB/s")
+            bws.append(read_bandwidth(threads=threads))  # after each round: the load its rounds saw
+            log(f"read bandwidth, {threads} threads: {bws[-1] / 1e9:.1f} GB/s")
         record["precisions"].append(prec)
         record["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         record["minutes"] = round((time.time() - t_start) / 60, 1)
@@ -253,21 +254,26 @@ def summarize(record: dict) -> dict:
 
 
 def bandwidth_fraction(record: dict, cfg) -> dict:
-    """Our fp32 decode's achieved read rate per context (bytes per token / ms per token) against the best two-thread
-    read bandwidth of the run; theirs alongside (its whole K/V cache is read every token)."""
+    """Our fp32 decode's achieved read rate per context (bytes per token / ms per token) against the two-thread
+    read bandwidth measured right after the same round (the median over rounds of that fraction); theirs alongside
+    (its whole K/V cache is read every token)."""
     if "fp32" not in record["summary"]:
         return {}
-    bw = max(record["read_bandwidth_bytes_s"])
-    out = {"read_bandwidth_gb_s": bw / 1e9, "contexts": []}
+    bws = record["read_bandwidth_bytes_s"]["fp32"]
+    out = {"read_bandwidth_gb_s": [b / 1e9 for b in bws], "contexts": []}
     n = record["new_tokens"]
-    for row, ctx in zip(record["summary"]["fp32"]["contexts"], record["contexts"]):
-        pos = row["tokens"] - (row["tokens"] // cfg.segment_len) * cfg.segment_len  # ours: rows of this segment
+    for i, (row, ctx) in enumerate(zip(record["summary"]["fp32"]["contexts"], record["contexts"])):
+        pos = row["tokens"] % cfg.segment_len  # ours: the rows of the current segment
         ours = decode_bytes(cfg, 4, pos + n // 2, memory=True)
         theirs = decode_bytes(cfg, 4, row["tokens"] + n // 2, memory=False)
-        o_rate, t_rate = ours["total"] / (row["ours_ms"] / 1000), theirs["total"] / (row["theirs_ms"] / 1000)
+        per_round = {side: [b[side]["total"] / (run["contexts"][i]["decode_ms_median"] / 1000) / bw
+                            for run, bw in zip(record["runs"][f"{side}-fp32"], bws)]
+                     for side, b in (("ours", {"ours": ours}), ("theirs", {"theirs": theirs}))}
         out["contexts"].append({"context": ctx, "ours_bytes": ours, "theirs_bytes": theirs,
-                                "ours_gb_s": o_rate / 1e9, "ours_fraction": o_rate / bw,
-                                "theirs_gb_s": t_rate / 1e9, "theirs_fraction": t_rate / bw})
+                                "ours_gb_s": ours["total"] / (row["ours_ms"] / 1000) / 1e9,
+                                "theirs_gb_s": theirs["total"] / (row["theirs_ms"] / 1000) / 1e9,
+                                "ours_fraction": float(np.median(per_round["ours"])),
+                                "theirs_fraction": float(np.median(per_round["theirs"]))})
     return out
 
 

@@ -49,7 +49,8 @@ def main() -> int:
     print(peer.table(record))
     if record["bandwidth"]:
         bw = record["bandwidth"]
-        print(f"read bandwidth ({args.threads} threads): {bw['read_bandwidth_gb_s']:.1f} GB/s; our fp32 decode: " +
+        print(f"read bandwidth ({args.threads} threads, after each round): "
+              f"{', '.join(f'{b:.1f}' for b in bw['read_bandwidth_gb_s'])} GB/s; our fp32 decode: " +
               ", ".join(f"{c['context']} {c['ours_gb_s']:.1f} GB/s ({c['ours_fraction']:.0%})" for c in bw["contexts"]))
     print(json.dumps({"load_start": record["loadavg_start"], "load_end": record["loadavg_end"],
                       "minutes": record["minutes"]}))

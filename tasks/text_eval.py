@@ -115,12 +115,13 @@ def compressed_bpb(data: bytes) -> dict:
 
 
 def plot_curves(res: dict, path: str | Path) -> None:
-    """Two panels: bits per byte along the held-out stream, and by position inside a file, memory on and off."""
+    """Three panels: bits per byte along the held-out stream and by position inside a file, memory on and off, and
+    the difference by position inside a file."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(17, 4.8))
     st = res["stream_curve"]
     mids = [(a + b) / 2 for a, b in zip(st["edges"][:-1], st["edges"][1:])]
     a1.plot(mids, st["memory"], "o-", label="memory on (one stream)")
@@ -133,15 +134,23 @@ def plot_curves(res: dict, path: str | Path) -> None:
     a1.set_title(f"{res['tokens']:,} held-out tokens, {len(res['files'])} files")
     a1.legend(fontsize=8)
     fc = res["file_curve"]
-    labels = [f"{a}-{b}" for a, b in zip(fc["edges"][:-1], fc["edges"][1:])]
-    x = np.arange(len(labels))
-    a2.plot(x, fc["memory"], "o-", label="memory on")
-    a2.plot(x, fc["no_memory"], "s--", label="memory read off")
+    keep = [i for i, m in enumerate(fc["memory"]) if m is not None]
+    labels = [f"{fc['edges'][i]}-{fc['edges'][i + 1]}" for i in keep]
+    x = np.arange(len(keep))
+    a2.plot(x, [fc["memory"][i] for i in keep], "o-", label="memory on")
+    a2.plot(x, [fc["no_memory"][i] for i in keep], "s--", label="memory read off")
     a2.set_xticks(x, labels, rotation=30, fontsize=8)
     a2.set_xlabel("token position inside its file")
     a2.set_ylabel("bits per byte")
     a2.set_title("by position inside a file (segment = 256 tokens)")
     a2.legend(fontsize=8)
+    gain = [fc["no_memory"][i] - fc["memory"][i] for i in keep]
+    a3.bar(x, gain, color=["tab:green" if g > 0 else "tab:red" for g in gain])
+    a3.axhline(0, color="black", lw=0.8)
+    a3.set_xticks(x, labels, rotation=30, fontsize=8)
+    a3.set_xlabel("token position inside its file")
+    a3.set_ylabel("bits per byte saved by the memory (off - on)")
+    a3.set_title("what the memory read is worth")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -48,7 +48,7 @@ def _run(ms, tok_s, rss, r):
 
 def test_summary_ratios_are_per_round_and_the_record_has_its_parts():
     record = {"precisions": ["fp32"], "contexts": ["1K", "4K+1K"], "context_tokens": [1024, 5120], "new_tokens": 8,
-              "read_bandwidth_bytes_s": [10e9, 12e9], "preset": "base-32k", "threads": 2, "rounds": 2,
+              "read_bandwidth_bytes_s": {"fp32": [10e9, 12e9]}, "preset": "base-32k", "threads": 2, "rounds": 2,
               "runs": {"ours-fp32": [_run((40, 40), (600, 600), 900, 0), _run((80, 80), (300, 300), 910, 1)],
                        "theirs-fp32": [_run((20, 60), (300, 200), 1500, 0), _run((40, 120), (150, 100), 1400, 1)]}}
     record["summary"] = s = peer.summarize(record)
@@ -57,7 +57,7 @@ def test_summary_ratios_are_per_round_and_the_record_has_its_parts():
     assert [r["prefill_ratio"] for r in rows] == [2.0, 3.0]
     assert (s["fp32"]["ours_peak_rss_mb"], s["fp32"]["theirs_peak_rss_mb"]) == (910, 1500)
     bw = peer.bandwidth_fraction(record, InfiniConfig.from_name("base-32k"))
-    assert bw["read_bandwidth_gb_s"] == 12.0
+    assert bw["read_bandwidth_gb_s"] == [10.0, 12.0]
     assert [c["context"] for c in bw["contexts"]] == ["1K", "4K+1K"]
     assert all(0 < c["ours_fraction"] for c in bw["contexts"])
     assert "| fp32 | 4K+1K |" in peer.table(record)
