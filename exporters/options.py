@@ -80,8 +80,3 @@ class ExportOptions:
             raise ValueError(f"delegate must be one of {DELEGATES}, got {self.delegate!r}")
         if not onnx and self.quantize and self.delegate != "xnnpack":
             raise ValueError(f"quantize={self.quantize!r} is an XNNPACK scheme: it needs delegate='xnnpack'")
-
-    @property
-    def precision(self) -> str:
-        """What the parity run's tolerances are keyed by: the quantization, else float32."""
-        return self.quantize or "float32"

@@ -138,7 +138,8 @@ def _validate(module, manifest: Manifest, options: ExportOptions, progress: bool
     try:
         manifest.verify_files()
         session = InfiniSession(manifest, open_backend(manifest.backend, manifest))
-        report = validate(session.backend, module, precision=options.precision, segments=options.parity_segments,
+        precision = options.quantize or manifest.weights_dtype  # the tolerances' key: float32, float16, int8, int4
+        report = validate(session.backend, module, precision=precision, segments=options.parity_segments,
                           manifest=manifest, progress=progress, **decode_parity(manifest.segment_len))
     except Exception as exc:  # the runtime or the reference failed: recorded, raised after publishing
         error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:500] if str(exc) else ''}"

@@ -43,7 +43,7 @@ def test_base_32k_one_layer_float32_and_int4(model, tmp_path):
     assert q_bytes <= 0.17 * fp32_bytes, (q_bytes, fp32_bytes)
     # both programs' files with their shared weights. fp32: the tied embedding / LM head stored once. int4: the layers' float32 weights replaced by 4-bit ones
     # (the LM head its own 4-bit copy), the lookup's table by an int8 one (tests/test_quantize_lookup.py checks its bytes)
-    size = lambda m: sum(f["bytes"] for k, f in m["files"].items() if k in ("program", "decode_program", "last_program", "weights"))  # noqa: E731,E501
+    size = lambda m: sum(f.bytes for k, f in m.files.items() if k in ("program", "decode_program", "last_program", "weights"))  # noqa: E731,E501
     embedding = 4 * cfg.vocab_size * cfg.d_model
     assert 4 * model.num_parameters() <= size(fp32) < 4 * model.num_parameters() + embedding
     assert size(int4) <= size(fp32) - (fp32_bytes - embedding) + q_bytes + 1_000_000

@@ -69,7 +69,7 @@ def test_eager_session_streams_like_the_full_model():
     np.testing.assert_allclose(session.feed(ids[:, :20].numpy()), ref[:, :20].numpy(), rtol=1e-4, atol=1e-4)
     session.reset(1)  # the runtime's protocol: another batch size, last logits only
     np.testing.assert_allclose(session.stream(ids[:1, :37].numpy()), ref[:1, 36].numpy(), rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="batch=1"):
+    with pytest.raises(ValueError, match="batch size 2, the session.s state has batch size 1"):
         session.stream(ids[:, 37:40].numpy())
 
 

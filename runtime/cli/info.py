@@ -1,6 +1,7 @@
 """``info ART`` for an artifact folder: files, weights, state and (ExecuTorch) planned memory, read without torch."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..errors import ManifestError
