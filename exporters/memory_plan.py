@@ -62,12 +62,3 @@ def measure_memory(pte: bytes | str | Path) -> dict:
                + sum(len(b.storage) for b in program.constant_buffer)
                + sum(len(d.data) for d in program.backend_delegate_data))
     return {"methods": methods, "weights_bytes": weights, "program_bytes": len(data)}
-
-
-def format_memory(memory: dict) -> list[str]:
-    """Human-readable lines of a ``measure_memory`` result (the manifest's ``memory`` entry)."""
-    lines = [f"weights (constants, all methods): {memory['weights_bytes']:>14,} bytes"]
-    for name, m in memory["methods"].items():
-        lines.append(f"method {name!r}: planned {m['planned_bytes']:,} bytes in {m['planned_buffers']} buffer(s); "
-                     f"inputs {m['input_bytes']:,} B, outputs {m['output_bytes']:,} B")
-    return lines

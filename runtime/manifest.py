@@ -14,8 +14,8 @@ from typing import Any
 from .atomic import atomic_write
 from .errors import ArtifactError, ManifestError
 from .manifest_schema import BATCH, DTYPE_BYTES, FORMAT, FORMAT_VERSION, ROLES, check_manifest  # noqa: F401
-from .manifest_types import (DecodeInfo, FileEntry, LastLogitsInfo, ParityRecord, ProgramRef,  # noqa: F401
-                             SharedWeights, StateEntry, TensorIO, _entries, _ios)
+from .manifest_types import (DecodeInfo, FileEntry, LastLogitsInfo, NamedIO, ParityRecord,  # noqa: F401
+                             ProgramRef, SharedWeights, StateEntry, TensorIO, _entries, _ios)
 from .paths import confine
 from .tokenizer_section import GenerationDefaults, TokenizerInfo, generation_defaults, tokenizer_info
 
@@ -54,7 +54,7 @@ class ParityWarning(UserWarning):
 
 
 @dataclass(frozen=True)
-class Manifest:
+class Manifest(NamedIO):
     """``manifest.json`` as typed, frozen fields: what a runtime needs to run an artifact without torch.
 
     Built only from a checked document (``from_dict``, ``load``) or by an exporter (``infini_export.manifest``);
@@ -100,14 +100,6 @@ class Manifest:
         """Whether the program file holds the segment step with all its logits. An ExecuTorch program may carry
         only its last-token and decode methods (``program.method`` null); all logits then come from decode calls."""
         return not (self.program.format == "pte" and self.program.method is None)
-
-    @property
-    def input_names(self) -> list[str]:
-        return [io.name for io in self.inputs]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [io.name for io in self.outputs]
 
     @property
     def validated(self) -> bool:

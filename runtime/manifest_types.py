@@ -93,6 +93,21 @@ class StateEntry:
         return math.prod(self.concrete_shape(batch)) * DTYPE_BYTES[self.dtype]
 
 
+class NamedIO:
+    """``input_names`` / ``output_names`` of a section with ``inputs`` and ``outputs`` (TensorIO, in graph order)."""
+
+    inputs: tuple
+    outputs: tuple
+
+    @property
+    def input_names(self) -> list[str]:
+        return [io.name for io in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [io.name for io in self.outputs]
+
+
 def _ios(items) -> tuple[TensorIO, ...]:
     return tuple(TensorIO.from_json(io) for io in items)
 
@@ -102,7 +117,7 @@ def _entries(items) -> tuple[StateEntry, ...]:
 
 
 @dataclass(frozen=True)
-class DecodeInfo:
+class DecodeInfo(NamedIO):
     """The ``decode`` section: a chunk of 1..``max_chunk`` tokens at position p of the current segment."""
 
     program: ProgramRef
@@ -133,14 +148,6 @@ class DecodeInfo:
                "inputs": [io.to_json() for io in self.inputs], "outputs": [io.to_json() for io in self.outputs],
                "state": [e.to_json() for e in self.state], "cache": [e.to_json() for e in self.cache]}
         return out if self.form is None else {**out, "form": self.form}
-
-    @property
-    def input_names(self) -> list[str]:
-        return [io.name for io in self.inputs]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [io.name for io in self.outputs]
 
 
 @dataclass(frozen=True)
