@@ -51,6 +51,7 @@ class InfiniSession:
             self._seg_idx = [names.index(e.name) for e in self._entries]
             self._in_place = dec.cache_in_place  # read once: the property scans the program's outputs
         self.max_state_bytes = _check_state_budget(manifest, batch_size, max_state_bytes)
+        self._tokenizer = None  # loaded on first use (``tokenizer``)
         self._initial = self._load_initial_state()
         self._reset(batch_size)
 
@@ -159,7 +160,7 @@ class InfiniSession:
                   tokens_consumed: int | None = None) -> None:
         """Replace the state (checked: names, shapes, dtypes, finiteness); nothing changes if it fails."""
         new, batch = self._checked_state(state)
-        pend = np.zeros((batch, 0), dtype=np.int64) if pending is None else self._checked_ids(pending, batch)
+        pend = np.zeros((batch, 0), dtype=np.int64) if pending is None else self.checked_ids(pending, batch)
         if pend.shape[1] >= self.segment_len:
             raise StateError(f"pending tokens must be fewer than segment_len={self.segment_len}, got {pend.shape[1]}")
         consumed = int(tokens_consumed) if tokens_consumed is not None else pend.shape[1]
@@ -195,7 +196,7 @@ class InfiniSession:
             return
         self._checked_state({e.name: snap.state.get(e.name) for e in self._entries})
         batch = np.asarray(snap.state[self._entries[0].name]).shape[0]
-        pend = self._checked_ids(snap.pending, batch)
+        pend = self.checked_ids(snap.pending, batch)
         if pend.shape[1] >= self.segment_len:
             raise StateError(f"pending tokens must be fewer than segment_len={self.segment_len}, got {pend.shape[1]}")
         state, cache = checked_decode_arrays(Snapshot(snap.state, pend, 0, snap.cache, snap.last_logits),
@@ -244,7 +245,9 @@ class InfiniSession:
         state_file.load(self, Path(path))
 
     # ---- streaming -----------------------------------------------------------------------------
-    def _checked_ids(self, ids, batch: int | None) -> np.ndarray:
+    def checked_ids(self, ids, batch: int | None) -> np.ndarray:
+        """``ids`` as a (B, T) int64 array of ids this model has rows for (at ``batch`` rows where given), or
+        ``InputError`` naming what is wrong."""
         if isinstance(ids, (list, tuple)):
             try:
                 ids = np.asarray(ids)
@@ -333,7 +336,7 @@ class InfiniSession:
 
     def _advance(self, ids, keep: str):
         one_d = isinstance(ids, np.ndarray) and ids.ndim == 1
-        ids = self._checked_ids(ids, self.batch_size)
+        ids = self.checked_ids(ids, self.batch_size)
         if self._decode is not None:
             kept, last = self._advance_decode(ids, keep)
             if keep != "all":
@@ -416,7 +419,7 @@ class InfiniSession:
             raise InputError(f"top_k must be None or an integer >= 1, got {top_k!r}")
         if top_p is not None and (not isinstance(top_p, (int, float, np.floating)) or not 0.0 < top_p <= 1.0):
             raise InputError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
-        ids = self._checked_ids(prompt_ids, self.batch_size)
+        ids = self.checked_ids(prompt_ids, self.batch_size)
         if ids.shape[1] == 0 and self.tokens_consumed == 0:
             raise InputError("generate needs at least one prompt token on a fresh session")
         rng = np.random.default_rng(seed)
@@ -431,7 +434,9 @@ class InfiniSession:
     def tokenizer(self):
         """The artifact's ``runtime.tokenizer.Tokenizer`` (sha256-checked on first use); ``NoTokenizerError``
         where the artifact has none."""
-        return text.session_tokenizer(self)
+        if self._tokenizer is None:
+            self._tokenizer = text.load_tokenizer(self.manifest)
+        return self._tokenizer
 
     def encode(self, prompt: str) -> np.ndarray:
         """Token ids (int64, 1-D) of ``prompt``, with the manifest's ``bos`` prepended when it says ``add_bos``."""

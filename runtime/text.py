@@ -14,15 +14,12 @@ from .errors import InputError, NoTokenizerError
 from .tokenizer import Tokenizer
 
 
-def session_tokenizer(session) -> Tokenizer:
-    """The session's tokenizer, loaded (and checked) on first use; ``NoTokenizerError`` if the artifact has none."""
-    tok = session.__dict__.get("_tokenizer")
+def load_tokenizer(manifest) -> Tokenizer:
+    """The artifact's tokenizer (checked: path, size, sha256); ``NoTokenizerError`` if the artifact has none."""
+    tok = Tokenizer.from_manifest(manifest)
     if tok is None:
-        tok = Tokenizer.from_manifest(session.manifest)
-        if tok is None:
-            raise NoTokenizerError("this artifact has no tokenizer (its manifest has no 'tokenizer' section): it takes "
-                                   "and gives token ids only; re-export it with --tokenizer tokenizer.json for text")
-        session._tokenizer = tok
+        raise NoTokenizerError("this artifact has no tokenizer (its manifest has no 'tokenizer' section): it takes "
+                               "and gives token ids only; re-export it with --tokenizer tokenizer.json for text")
     return tok
 
 
@@ -63,7 +60,7 @@ class TextGeneration:
         return next(self._it)
 
     def _run(self, session, prompt_ids, n, sampling, stops):
-        tok = session_tokenizer(session)
+        tok = session.tokenizer
         eos, stream, held = set(tok.eos), tok.stream(prompt_ids), ""
         saved = session.snapshot()
         try:
@@ -113,7 +110,7 @@ def generate_text_iter(session, prompt: str, max_new_tokens=None, temperature=No
     """Check everything, then return the iterator of text pieces (see ``InfiniSession.generate_text_iter``).
     ``bos`` is prepended (where the manifest says ``add_bos``) on a fresh session only: a prompt that continues a
     session's text gets none."""
-    tok = session_tokenizer(session)
+    tok = session.tokenizer
     if not isinstance(prompt, str):
         raise InputError(f"the prompt must be a str, got {type(prompt).__name__} (token ids: generate_iter)")
     if session.batch_size != 1:
@@ -129,7 +126,7 @@ def generate_text_iter(session, prompt: str, max_new_tokens=None, temperature=No
     ids = tok.encode(prompt, add_bos=tok.add_bos and session.tokens_consumed == 0)
     if ids.size == 0:
         raise InputError(f"the prompt {prompt[:40]!r} encodes to no tokens; expected at least one")
-    ids = session._checked_ids(ids, 1)[0]  # ids the model has rows for
+    ids = session.checked_ids(ids, 1)[0]  # ids the model has rows for
     return TextGeneration(session, ids, int(n), (float(temp), int(k) or None, p, seed), stops)
 
 

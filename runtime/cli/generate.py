@@ -25,9 +25,7 @@ def _prompt_ids(args, vocab: int) -> np.ndarray:
 
 
 def _tokenizer(session):
-    """The artifact's tokenizer, or None: no tokenizer in the artifact, or a runtime without text methods."""
-    if not hasattr(session, "generate_text_iter"):
-        return None
+    """The artifact's tokenizer, or None where it has none."""
     from ..errors import NoTokenizerError
     try:
         return session.tokenizer
