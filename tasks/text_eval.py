@@ -157,14 +157,11 @@ def plot_curves(res: dict, path: str | Path) -> None:
 
 
 def export(model, out_dir: str | Path, quantize: str | None, tokenizer: str | Path | None, log=print) -> Path:
-    """``export_artifact`` to ONNX (parity over 8 segments), carrying ``tokenizer`` where the exporter takes one."""
-    import inspect
-
+    """``export_artifact`` to ONNX (parity over 8 segments), carrying ``tokenizer`` (a tokenizer.json, or None)."""
     from exporters.pipeline import export_artifact
 
-    kw = {"tokenizer": str(tokenizer)} if tokenizer and "tokenizer" in inspect.signature(export_artifact).parameters \
-        else {}
-    export_artifact(model, out_dir, "onnx", quantize=quantize, parity_segments=8, progress=False, log=log, **kw)
+    export_artifact(model, out_dir, "onnx", quantize=quantize, parity_segments=8, progress=False, log=log,
+                    tokenizer=tokenizer)
     return Path(out_dir)
 
 
@@ -246,17 +243,9 @@ def evaluate(checkpoint: str | Path, work: str | Path, quantize: tuple[str, ...]
 
 def continue_text(artifact: str | Path, prompt: str, max_new_tokens: int, temperature: float = 0.0,
                   top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> str:
-    """The continuation of ``prompt`` through an exported artifact that carries its tokenizer: the session's
-    ``generate_text`` where the runtime has it, else ``tokenizers`` around ``generate``'s ids."""
-    session = InfiniSession.open(artifact)
-    if hasattr(session, "generate_text"):
-        return session.generate_text(prompt, max_new_tokens, temperature, top_k, top_p, seed)
-    from . import text as T
-    tok = T.load_tokenizer(Path(artifact) / "tokenizer.json")
-    ids = np.asarray(tok.encode(prompt).ids, dtype=np.int64)
-    out = session.generate(ids[None], max_new_tokens, temperature, top_k, top_p, seed)[0].tolist()
-    eos = tok.token_to_id(T.EOS)
-    return tok.decode(out[:out.index(eos)] if eos in out else out)
+    """The continuation of ``prompt`` through an exported artifact that carries its tokenizer (its session's
+    ``generate_text``)."""
+    return InfiniSession.open(artifact).generate_text(prompt, max_new_tokens, temperature, top_k, top_p, seed)
 
 
 def opening_lines(root: str | Path, rel: str, lines: int) -> str:
