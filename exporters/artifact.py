@@ -51,7 +51,7 @@ def build_manifest(module: torch.nn.Module, spec: StepSpec, *, backend: str, pro
         logits_dtype=logits_dtype(module), weights_dtype=weights_dtype(module), files=entries,
         initial_state=initial, quantization=quantization, exporter=exporter,
         decode_spec=None if decode_program is None else
-        module.decode_spec(decode_form) if decode_form not in (None, "rows") else module.decode_spec(),
+        module.decode_spec(decode_form or "rows"),
         decode_program=decode_program, decode_max_chunk=decode_max_chunk, decode_form=decode_form,
         shared_weights=shared_weights, last_program=last_program, embedding_lookup=embedding_lookup, memory=memory,
         directory=directory)

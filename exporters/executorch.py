@@ -228,16 +228,15 @@ def export_executorch(module: torch.nn.Module, out_dir: str | Path, *, delegate:
                             max_batch=max_batch, full_logits=full_logits, jobs=jobs, decode_chunk=decode_chunk)
     if quantize == "int4":
         check_int4_shapes(module, options.block_size)
-    return build_executorch(module, Path(out_dir), options, verbose, progress)
+    return build_executorch(module, check_protocol(module), Path(out_dir), options, verbose, progress)
 
 
-def build_executorch(module, out_dir: Path, options: ExportOptions, verbose: bool = False,
+def build_executorch(module, spec, out_dir: Path, options: ExportOptions, verbose: bool = False,
                      progress: bool = False) -> Manifest:
-    """The ExecuTorch build with checked ``options``, in stages: plan the methods, prepare the module (untie,
+    """The ExecuTorch build of a module whose protocol was checked (``spec``) with checked ``options``, in stages: plan the methods, prepare the module (untie,
     int4), assemble the methods, ``torch.export`` (+ int8), lower (XNNPACK or portable, a process per method),
     check the methods' I/O, write, describe. Each stage's seconds go into the manifest."""
     clock = _Clock()
-    spec = check_protocol(module)
     plan = _plan(module, options)
     exported_module, untied, int4_linears = _prepare(module, options)
     methods = _assemble(exported_module, spec, options, plan)

@@ -93,14 +93,14 @@ def export_onnx(module: torch.nn.Module, out_dir: str | Path, *, quantize: str |
                             attention_rows=attention_rows, ops=ops)
     if quantize == "int4":
         check_int4_shapes(module, options.block_size)
-    return build_onnx(module, Path(out_dir), options, verbose)
+    return build_onnx(module, check_protocol(module), Path(out_dir), options, verbose)
 
 
-def build_onnx(module, out_dir: Path, options: ExportOptions, verbose: bool = False) -> Manifest:
-    """The ONNX build (trace, rewrite, quantize, write) with checked ``options``; ``export_onnx`` without the checks."""
+def build_onnx(module, spec, out_dir: Path, options: ExportOptions, verbose: bool = False) -> Manifest:
+    """The ONNX build (trace, rewrite, quantize, write) of a module whose protocol was checked (``spec``) with
+    checked ``options``; ``export_onnx`` without the checks."""
     quantize, max_batch, block_size, rows = options.quantize, options.max_batch, options.block_size, \
         options.attention_rows
-    spec = check_protocol(module)
     form, form_why = choose_decode_form(module, options.ops) if has_decode(module) else (None, None)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

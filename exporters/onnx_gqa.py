@@ -8,8 +8,6 @@ takes head sizes that are multiples of 16 only), the decode program is exported 
 """
 from __future__ import annotations
 
-from infini_export.protocol import decode_forms
-
 GQA_HEAD_MULTIPLE = 16  # onnxruntime's GroupQueryAttention: "head_size shall be a multiple of 16"
 
 
@@ -24,7 +22,7 @@ def choose_decode_form(module, ops: str = "onnxruntime") -> tuple[str, str]:
     and shown by ``info``)."""
     if ops == "portable":
         return "rows", "portable export: standard ONNX ops only (no GroupQueryAttention)"
-    if "fused" not in decode_forms(module):
+    if "fused" not in module.decode_forms():
         return "rows", "the model has no fused decode form for these weights (float32 weights only)"
     head = _head_size(module)
     if head % GQA_HEAD_MULTIPLE:

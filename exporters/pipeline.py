@@ -74,7 +74,7 @@ def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "on
     work = _work_folder(out_dir)
     try:
         clock.done("prepare")
-        manifest = _build(module, work, options, progress)
+        manifest = _build(module, spec, work, options, progress)
         if text is not None:
             manifest = text.attach(manifest)  # tokenizer.json, its files entry, the tokenizer and generation sections
         clock.done("build")
@@ -125,12 +125,12 @@ def _work_folder(out_dir: Path) -> Path:
     return work
 
 
-def _build(module, work: Path, options: ExportOptions, progress: bool) -> Manifest:
+def _build(module, spec, work: Path, options: ExportOptions, progress: bool) -> Manifest:
     if options.format == "onnx":
         from .onnx import build_onnx
-        return build_onnx(module, work, options)
+        return build_onnx(module, spec, work, options)
     from .executorch import build_executorch
-    return build_executorch(module, work, options, progress=progress)
+    return build_executorch(module, spec, work, options, progress=progress)
 
 
 def _validate(module, manifest: Manifest, options: ExportOptions, progress: bool):

@@ -20,9 +20,9 @@ class EagerBackend(SegmentPrograms):
     name = "eager"
 
     def __init__(self, module: torch.nn.Module):
-        self.flat = self._step_program = FlatStep(module).eval()
-        self.flat_decode = self._decode_program = FlatDecode(module).eval() if has_decode(module) else None
-        self.flat_last = self._last_program = FlatStepLast(module).eval() if has_step_last(module) else None
+        self._step_program = FlatStep(module).eval()
+        self._decode_program = FlatDecode(module).eval() if has_decode(module) else None
+        self._last_program = FlatStepLast(module).eval() if has_step_last(module) else None
 
     @torch.no_grad()
     def _run(self, program, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -32,7 +32,7 @@ class EagerBackend(SegmentPrograms):
     @torch.no_grad()
     def run_decode(self, ids: np.ndarray, position: int, state: list[np.ndarray], cache: list[np.ndarray]):
         """One decode call: ``(logits (B, T, V), new state list, cache rows list)``."""
-        outs = self.flat_decode(torch.from_numpy(ids), torch.tensor([position], dtype=torch.int64),
+        outs = self._decode_program(torch.from_numpy(ids), torch.tensor([position], dtype=torch.int64),
                                 *(torch.from_numpy(a) for a in (*state, *cache)))
         n = len(state)
         return outs[0].float().numpy(), [t.numpy() for t in outs[1:1 + n]], [t.numpy() for t in outs[1 + n:]]

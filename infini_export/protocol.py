@@ -13,7 +13,7 @@ Optionally, for token-level generation (``has_decode``), a module also provides
 - ``decode_state_from(step_state) -> (state, cache)``: the decode state at position 0 after a segment;
 - ``decode(input_ids, position, state, cache, form="rows") -> (logits, new_state, cache_rows)`` (see
   ``DecodeSpec``), seen by exporters as ``FlatDecode``;
-- optionally ``decode_forms()``: the forms it takes (``state.DECODE_FORMS``; without it, ``("rows",)``).
+- ``decode_forms()``: the forms it takes (``state.DECODE_FORMS``: ``"rows"`` always, ``"fused"`` where it can).
 A module without them exports the segment step alone.
 
 Optionally (``has_step_last``), ``step_last(input_ids, state) -> (logits (B, 1, V), new_state)``: ``step`` with
@@ -26,18 +26,12 @@ from torch import nn
 
 from .state import DecodeSpec, StepSpec, flatten_state, unflatten_like
 
-DECODE_METHODS = ("decode_spec", "init_decode_state", "decode_state_from", "decode")
+DECODE_METHODS = ("decode_spec", "decode_forms", "init_decode_state", "decode_state_from", "decode")
 
 
 def has_decode(module: nn.Module) -> bool:
     """Whether ``module`` provides the optional decode protocol."""
     return all(callable(getattr(module, attr, None)) for attr in DECODE_METHODS)
-
-
-def decode_forms(module: nn.Module) -> tuple[str, ...]:
-    """The decode forms ``module`` takes: ``"rows"`` (the chunk's cache rows out) and, where it can, ``"fused"``."""
-    forms = getattr(module, "decode_forms", None)  # an optional part of the protocol
-    return tuple(forms()) if callable(forms) else ("rows",)
 
 
 def has_step_last(module: nn.Module) -> bool:
@@ -147,16 +141,13 @@ class FlatDecode(nn.Module):
         super().__init__()
         self.module = module
         self.form = form
-        self.spec: DecodeSpec = module.decode_spec(form) if form != "rows" else module.decode_spec()
+        self.spec: DecodeSpec = module.decode_spec(form)
         self._template = module.init_decode_state(1)
 
     def forward(self, input_ids: torch.Tensor, position: torch.Tensor, *tensors: torch.Tensor):
         n = len(self.spec.state)
         state, cache = unflatten_like(self._template[0], tensors[:n]), unflatten_like(self._template[1], tensors[n:])
-        if self.form == "rows":
-            logits, new_state, rows = self.module.decode(input_ids, position, state, cache)
-        else:
-            logits, new_state, rows = self.module.decode(input_ids, position, state, cache, form=self.form)
+        logits, new_state, rows = self.module.decode(input_ids, position, state, cache, form=self.form)
         return (logits, *flatten_state(new_state), *flatten_state(rows))
 
     def max_chunk(self, limit: int | None = None) -> int:

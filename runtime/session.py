@@ -177,13 +177,15 @@ class InfiniSession:
         self.__dict__.update(twin.__dict__)
         self.tokens_consumed = consumed
 
-    def snapshot(self) -> Snapshot:
-        """Copies of everything the session holds between calls (what ``save_state`` writes, ``restore`` takes)."""
+    def snapshot(self, copy: bool = True) -> Snapshot:
+        """Everything the session holds between calls (what ``save_state`` writes, ``restore`` takes): copies, or
+        with ``copy=False`` views valid until the next call (for writing them out at once)."""
         dec, p = self._decode, self.position
+        own = np.array if copy else np.asarray
         names = [e.name for e in (self._entries if dec is None else dec.state)]
-        cache = None if dec is None else {e.name: c[:, :, :p].copy() for e, c in zip(dec.cache, self._cache)}
-        return Snapshot(dict(zip(names, (s.copy() for s in self._state))), self._pending.copy(), self.tokens_consumed,
-                        cache, None if self._last is None else np.array(self._last, dtype=np.float32))
+        cache = None if dec is None else {e.name: own(c[:, :, :p]) for e, c in zip(dec.cache, self._cache)}
+        return Snapshot(dict(zip(names, map(own, self._state))), own(self._pending), self.tokens_consumed, cache,
+                        None if self._last is None else np.array(self._last, dtype=np.float32))
 
     def restore(self, snap: Snapshot) -> None:
         """Back to a ``snapshot()`` of a session of this model (checked; nothing changes if it fails). A snapshot

@@ -24,7 +24,7 @@ def save(session, path: Path) -> Path:
     With a decode program the file holds the decode state too (version 2: the pending write, the cache
     rows of the current segment and the last logits), so a resumed session continues bit for bit."""
     path = Path(path)
-    snap = session.snapshot()
+    snap = session.snapshot(copy=False)  # written out at once: no copy of the cache rows
     decoding = session.decoding
     meta = {"format": STATE_FILE_FORMAT, "version": STATE_FILE_VERSION if decoding else 1,
             "model_fingerprint": session.manifest.fingerprint, "tokens_consumed": snap.tokens_consumed,

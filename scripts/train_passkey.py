@@ -46,33 +46,21 @@ train_report.png and train_state.pt (optimizer, step, curriculum, RNG: for ``--r
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
-
-    from training.config import TrainingSetupError, add_arguments, from_arguments
+    from training.config import TrainConfig, run_training_command
     from training.evaluate import evaluate_checkpoint
     from training.loop import train
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(ap)
-    args = ap.parse_args(argv)
-    try:
-        tc = from_arguments(args)
-    except TrainingSetupError as exc:
-        ap.error(str(exc))
-    torch.set_num_threads(tc.threads)
-    try:
+    def job(tc: TrainConfig, command: list[str]) -> None:
         if tc.evaluate:
             evaluate_checkpoint(tc)
         else:
-            train(tc, sys.argv if argv is None else [sys.argv[0], *argv])
-    except TrainingSetupError as exc:
-        raise SystemExit(str(exc)) from None
-    return 0
+            train(tc, command)
+
+    return run_training_command(__doc__, TrainConfig, job, argv)
 
 
 if __name__ == "__main__":

@@ -20,30 +20,15 @@ OUT gets config.json + model.safetensors, tokenizer.json, split.json, train_repo
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
-
-    from training.config import TrainingSetupError
-    from training.text_config import add_arguments, from_arguments
+    from training.config import run_training_command
+    from training.text_config import TextTrainConfig
     from training.text_loop import train_text
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(ap)
-    args = ap.parse_args(argv)
-    try:
-        tc = from_arguments(args)
-    except TrainingSetupError as exc:
-        ap.error(str(exc))
-    torch.set_num_threads(tc.threads)
-    try:
-        train_text(tc, sys.argv if argv is None else [sys.argv[0], *argv])
-    except TrainingSetupError as exc:
-        raise SystemExit(str(exc)) from None
-    return 0
+    return run_training_command(__doc__, TextTrainConfig, train_text, argv)
 
 
 if __name__ == "__main__":

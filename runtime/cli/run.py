@@ -38,7 +38,7 @@ def file_tokens(path: str | Path, start: int = 0, chunk: int = 4096) -> Iterator
 def session_options(args) -> dict:
     """Backend options from the command line's ``--threads`` and ``--low-memory``."""
     return {**({"threads": args.threads} if args.threads else {}),
-            **({"low_memory": True} if getattr(args, "low_memory", False) else {})}
+            **({"low_memory": True} if args.low_memory else {})}
 
 
 def open_session(args):
