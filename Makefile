@@ -73,7 +73,9 @@ test-fast: $(STAMP)
 	$(PYTEST) -m "not slow" tests
 
 # JavaScript runtime (web/): Node tests against the Python runtime's goldens, and the demo page in headless Chromium
+# (the passkey model's artifact for the passkey prompt, the text model's for the free-text box)
 WEB_ARTIFACT := out/web-onnx
+WEB_TEXT_ARTIFACT := out/web-text
 WEB_GOLDENS := out/web-goldens
 WEB_DEPS := web/node_modules/.installed
 
@@ -86,18 +88,21 @@ web-deps: $(WEB_DEPS)
 $(WEB_ARTIFACT)/manifest.json: $(STAMP) $(wildcard exporters/*.py infini_export/*.py) models/passkey-small/model.safetensors
 	$(PY) web/tools/export_artifact.py --checkpoint models/passkey-small -o $(WEB_ARTIFACT)
 
+$(WEB_TEXT_ARTIFACT)/manifest.json: $(STAMP) $(wildcard exporters/*.py infini_export/*.py) models/text-small/model.safetensors models/text-small/tokenizer.json
+	$(PY) web/tools/export_artifact.py --checkpoint models/text-small -o $(WEB_TEXT_ARTIFACT)
+
 # the system Chromium for the browser test (CI runs as root); without it that test is skipped, saying why
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 	  echo "chromium could not be installed: the browser test will be skipped"
 
-test-web: $(STAMP) $(WEB_DEPS) $(WEB_ARTIFACT)/manifest.json browser
-	$(PY) web/tools/make_goldens.py --small $(WEB_ARTIFACT) --out $(WEB_GOLDENS)
+test-web: $(STAMP) $(WEB_DEPS) $(WEB_ARTIFACT)/manifest.json $(WEB_TEXT_ARTIFACT)/manifest.json browser
+	$(PY) web/tools/make_goldens.py --small $(WEB_ARTIFACT) --text $(WEB_TEXT_ARTIFACT) --out $(WEB_GOLDENS)
 	cd web && PYTHON=$(abspath $(PY)) INFINI_GOLDENS=$(abspath $(WEB_GOLDENS)) node --test test/*.test.js
 
 # the demo page on http://127.0.0.1:8000/web/demo/ (serves the repository root, this machine only)
-web: $(WEB_DEPS) $(WEB_ARTIFACT)/manifest.json
+web: $(WEB_DEPS) $(WEB_ARTIFACT)/manifest.json $(WEB_TEXT_ARTIFACT)/manifest.json
 	$(PY) web/tools/serve.py --port 8000 --directory .
 
 clean:

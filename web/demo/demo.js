@@ -1,25 +1,30 @@
-// The demo page: a passkey prompt of a chosen length streamed through the bundled model, and free text.
+// The demo page: a passkey prompt of a chosen length streamed through the bundled passkey model, and free text
+// continued by the bundled text model (Python code). Each part has its own artifact; either may fail to load alone.
 import * as ort from '../node_modules/onnxruntime-web/dist/ort.wasm.min.mjs';
 import * as tokenizers from '../node_modules/@huggingface/tokenizers/dist/tokenizers.min.mjs';
 import { InfiniSession } from '../src/index.js';
 import { ANSWER_LEN, PasskeyPrompt, isCorrect } from '../src/passkey.js';
 import { memorySample, formatBytes } from './memory.js';
+import { describeModel, missingModel, modelParts } from './models.js';
 
 const $ = (/** @type {string} */ id) => /** @type {any} */ (document.getElementById(id));
 const params = new URLSearchParams(location.search);
-const ARTIFACT = params.get('artifact') ?? '../../out/web-onnx/';
+const PARTS = modelParts(params, location.href);
 const LENGTHS = { '4K': 4096, '32K': 32768, '128K': 131072, '256K': 262144, '1M': 1048576 };
 
 /** What the page did, for people and for the browser test. */
-const demo = /** @type {any} */ ({ ready: false, running: false, result: null, error: null, generated: null, pieces: 0 });
+const demo = /** @type {any} */ ({ ready: false, running: false, result: null, error: null,
+  textReady: false, textError: null, generated: null, generateError: null, pieces: 0 });
 /** @type {any} */ (window).demo = demo;
 
 // one WebAssembly thread unless ?threads=N on a cross-origin-isolated page (make web serves it so): on a
 // small shared machine extra threads were slower
 ort.env.wasm.numThreads = globalThis.crossOriginIsolated ? Math.max(1, Math.min(8, Number(params.get('threads')) || 1)) : 1;
 demo.threads = ort.env.wasm.numThreads;
-/** @type {InfiniSession} */
+/** @type {InfiniSession} the passkey model */
 let session;
+/** @type {InfiniSession} the text model */
+let textSession;
 
 function randomKey() { return String(10000 + Math.floor(Math.random() * 90000)); }
 const yieldToPage = () => new Promise((ok) => setTimeout(ok, 0));
@@ -29,20 +34,46 @@ async function init() {
     if (value !== null) $(name).value = value;
   }
   $('key').value = params.get('key') ?? randomKey();
-  session = await InfiniSession.open(new URL(ARTIFACT, location.href), { ort, tokenizers });
-  const cfg = session.manifest.data.model?.config ?? {};
-  $('model').textContent = `model ${session.manifest.fingerprint.slice(0, 12)}: ${cfg.n_layers} layers, ${cfg.n_heads} heads, ` +
-    `segment ${session.segmentLen} tokens; sha256 ${session.artifact.verified ? 'verified' : 'not checked (no WebCrypto)'}; ` +
-    `${session.decoding ? 'decode program' : 'segment step only'}; ` +
-    `${session.tokenizer ? `tokenizer of ${session.tokenizer.vocabSize.toLocaleString()} tokens` : 'no tokenizer (text as bytes)'}; ` +
-    `WebAssembly threads: ${demo.threads}`;
-  if (session.tokenizer) $('count').value = String(session.manifest.generation.maxNewTokens);
-  else $('stop').disabled = true;
+  await Promise.all([openPasskey(), openText()]);
+  if (demo.ready && params.get('run') === '1') await runPasskey();
+}
+
+async function openPasskey() {
+  try {
+    session = await InfiniSession.open(PARTS.passkey.url, { ort, tokenizers });
+  } catch (err) {
+    demo.error = String(err);
+    $('status').textContent = 'error: the passkey model did not load';
+    showMissing('passkey-model', PARTS.passkey, err);
+    return;
+  }
+  $('passkey-model').textContent = describeModel(PARTS.passkey, session);
   $('state').textContent = `${formatBytes(session.stateBytes)} (constant)`;
-  $('status').textContent = 'ready';
-  $('run').disabled = false; $('generate').disabled = false;
+  $('status').textContent = `ready (WebAssembly threads: ${demo.threads})`;
+  $('run').disabled = false;
   demo.ready = true;
-  if (params.get('run') === '1') await runPasskey();
+}
+
+/** The free-text part loads on its own: without it the passkey part works, and the page says what is missing. */
+async function openText() {
+  try {
+    textSession = await InfiniSession.open(PARTS.text.url, { ort, tokenizers });
+  } catch (err) {
+    demo.textError = String(err);
+    showMissing('text-model', PARTS.text, err);
+    return;
+  }
+  $('text-model').textContent = describeModel(PARTS.text, textSession);
+  if (textSession.tokenizer) $('count').value = String(textSession.manifest.generation.maxNewTokens);
+  else $('stop').disabled = true;
+  $('generate').disabled = false;
+  demo.textReady = true;
+}
+
+/** @param {string} id @param {import('./models.js').ModelPart} part @param {unknown} err */
+function showMissing(id, part, err) {
+  $(id).textContent = missingModel(part, err);
+  $(id).className = 'model bad';
 }
 
 async function runPasskey() {
@@ -106,31 +137,32 @@ function describeMemory(samples) {
 
 async function generateText() {
   $('generate').disabled = true;
-  demo.generated = null; demo.pieces = 0;
+  demo.generated = null; demo.generateError = null; demo.pieces = 0;
   const out = $('generated');
   out.textContent = '';
   try {
-    const twin = session.fork();
-    await twin.reset(1);
+    const s = textSession;
+    await s.reset(1);
     const temperature = Number($('temperature').value) || 0;
     const opts = { maxNewTokens: Math.max(1, Number($('count').value) | 0), temperature,
       topK: temperature ? 40 : null, seed: temperature ? Date.now() : null };
     let generated = '';
-    if (twin.tokenizer) {  // text as it comes, piece by piece
+    if (s.tokenizer) {  // text as it comes, piece by piece
       const stop = $('stop').value ? [$('stop').value.replaceAll('\\n', '\n')] : [];
       const t0 = performance.now();
-      for await (const piece of twin.generateTextIter($('text').value, { ...opts, stop })) {
+      for await (const piece of s.generateTextIter($('text').value, { ...opts, stop })) {
         generated += piece; demo.pieces++;
         out.append(piece);
         $('genstats').textContent = `${demo.pieces} pieces, ${((performance.now() - t0) / 1000).toFixed(2)} s`;
       }
-    } else {  // an artifact without a tokenizer: the bundled model reads bytes
-      const ids = await twin.generate(new TextEncoder().encode($('text').value), opts);
+    } else {  // an artifact without a tokenizer (?text=...): text as bytes
+      const ids = await s.generate(new TextEncoder().encode($('text').value), opts);
       generated = new TextDecoder().decode(Uint8Array.from(ids[0]));
       out.textContent = generated;
     }
     demo.generated = generated;
   } catch (err) {
+    demo.generateError = String(err);
     $('generated').textContent = `error: ${err}`;
   } finally {
     $('generate').disabled = false;

@@ -8,6 +8,25 @@ import { ArtifactError } from './errors.js';
  * @property {new (type: string, data: any, dims: readonly number[]) => any} Tensor
  */
 
+/**
+ * The last session creation per onnxruntime module. onnxruntime-web keeps a graph's external data (weights.bin) in
+ * one table per WebAssembly instance, by path, while it creates a session, and empties it after: two creations at
+ * once (two artifacts opened together) can read each other's weights, silently. So sessions are created one at a
+ * time per module.
+ * @type {WeakMap<object, Promise<unknown>>}
+ */
+const creating = new WeakMap();
+
+/**
+ * ``ort.InferenceSession.create`` once the module's earlier creations have ended.
+ * @param {OrtModule} ort @param {Uint8Array} bytes @param {object} options
+ */
+function createSession(ort, bytes, options) {
+  const made = (creating.get(ort) ?? Promise.resolve()).then(() => ort.InferenceSession.create(bytes, options));
+  creating.set(ort, made.catch(() => undefined));
+  return made;
+}
+
 /** Runs one graph (a segment step or a decode step) by input name; calls are serialised. */
 export class OrtProgram {
   /**
@@ -32,7 +51,7 @@ export class OrtProgram {
   static async load(ort, bytes, io, what, sessionOptions = {}) {
     let session;
     try {
-      session = await ort.InferenceSession.create(bytes, { graphOptimizationLevel: 'all', ...sessionOptions });
+      session = await createSession(ort, bytes, { graphOptimizationLevel: 'all', ...sessionOptions });
     } catch (err) {
       throw new ArtifactError(`onnxruntime cannot load ${what}: ${String(/** @type {Error} */ (err).message).split('\n')[0].slice(0, 300)}`, { cause: err });
     }

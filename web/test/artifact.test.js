@@ -75,6 +75,23 @@ describe('manifest and artifact checks', () => {
   });
 });
 
+describe('two artifacts opened at once', () => {
+  it('create their onnxruntime sessions one at a time (onnxruntime-web holds external data by path while it creates one)', async () => {
+    const web = /** @type {any} */ (all.find((o) => o.name.startsWith('onnxruntime-web'))).ort;
+    let inFlight = 0; let most = 0; let made = 0;
+    const counting = { ...web, InferenceSession: { create: async (/** @type {any[]} */ ...args) => {
+      inFlight++; made++; most = Math.max(most, inFlight);
+      try { return await web.InferenceSession.create(...args); } finally { inFlight--; }
+    } } };
+    const [a, b] = await Promise.all([open(ref.artifact, counting, 2), open(ref.artifact, counting, 2, false)]);
+    assert.equal(made, (a.decoding ? 2 : 1) + (b.decoding ? 2 : 1));
+    assert.equal(most, 1, 'two sessions were being created at once');
+    const rows = rowsOf(ref.ids).map((r) => r.slice(0, 100));
+    const [x, y] = [await a.feed(rows), await b.feed(rows)];
+    assert.ok(maxAbsDiff(x.data, y.data) <= 1e-4);
+  });
+});
+
 describe('artifacts over HTTP', () => {
   /** @type {{url: string, close: () => Promise<void>}} */
   let server;

@@ -5,11 +5,12 @@ every token's logits over >= 64 segments (ending in a partial segment), with the
 without it (partial segments re-run padded), the state files the Python runtime saves after them
 (version 2 with the decode state, version 1 without), a greedy continuation, a top-k/top-p sampling distribution as the Python
 sampler computes it, a compressed copy of the state file (which a runtime must refuse), passkey
-prompts of tasks/passkey.py, and a greedy continuation of a short text by the bundled model; and, in text/,
-the tokenizer goldens of tokenizer_goldens.py (Python ``tokenizers`` ids of mixed text, greedy text continuations
-of artifacts with a tokenizer).
+prompts of tasks/passkey.py; the demo page's free-text box on the text model's artifact (``models/text-small``):
+its default text, the opening lines of a held-out standard-library file, continued greedily by the Python runtime's
+``generate_text``, without and with a stop string; and, in text/, the tokenizer goldens of tokenizer_goldens.py
+(Python ``tokenizers`` ids of mixed text, greedy text continuations of artifacts with a tokenizer).
 
-    python web/tools/make_goldens.py --small out/web-onnx --out out/web-goldens
+    python web/tools/make_goldens.py --small out/web-onnx --text out/web-text --out out/web-goldens
 """
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 
-VERSION = 6  # bump when what is written changes
-TEXT_PROMPT = "There is an important info hidden inside a lot of irrelevant text. The grass is green. The sky is"
+VERSION = 7  # bump when what is written changes
+PASSKEY_MODEL = ROOT / "models" / "passkey-small"
+TEXT_MODEL = ROOT / "models" / "text-small"
+DEMO_TEXT = ("fnmatch.py", 18)  # the demo page's default free text: this held-out file's first lines (web/demo/index.html)
 
 
 def export_tiny(out: Path) -> Path:
@@ -46,14 +49,14 @@ def export_tiny(out: Path) -> Path:
     return export(model, art)
 
 
-def export_small(art: Path) -> Path:
+def export_checkpoint(checkpoint: Path, art: Path) -> Path:
+    """The checkpoint exported to ``art`` with its tokenizer, unless it is there already."""
     if (art / "manifest.json").is_file():
         return art
     from infini_export.checkpoint import load_checkpoint
     from exporters.tokenizer import find_tokenizer
     from export_artifact import export  # beside this file (the script's folder is first on sys.path)
 
-    checkpoint = ROOT / "models" / "passkey-small"
     return export(load_checkpoint(checkpoint), art, find_tokenizer(None, checkpoint))
 
 
@@ -98,14 +101,27 @@ def reference(art: Path, out: Path, segments: int, partial: int, batch: int, see
             "sample": {"temperature": 0.8, "top_k": 40, "top_p": 0.9}}
 
 
-def text_continuation(art: Path, n: int = 40) -> dict:
-    """Greedy continuation of a short text (the demo page's free-text box)."""
-    from runtime import InfiniSession
+def demo_text(art: Path) -> dict:
+    """The demo page's free-text box on the text model's artifact: its default text (the first lines of a file the
+    text model never saw in training) continued greedily by the Python runtime for the manifest's default number of
+    new tokens, and again with a stop string that occurs in that continuation."""
+    from runtime.manifest import Manifest
+    from tasks.text import stdlib_root
+    from tasks.text_eval import opening_lines
+    from tokenizer_goldens import generate_text  # beside this file
 
-    session = InfiniSession.open(art)
-    ids = np.frombuffer(TEXT_PROMPT.encode(), dtype=np.uint8).astype(np.int64)
-    out = session.generate(ids[None], n)[0]
-    return {"prompt": TEXT_PROMPT, "tokens": [int(t) for t in out]}
+    name, lines = DEMO_TEXT
+    if name not in json.loads((TEXT_MODEL / "split.json").read_text())["heldout"]:
+        raise SystemExit(f"{name} is not a held-out file of {TEXT_MODEL / 'split.json'}: the demo's text must be one")
+    prompt = opening_lines(stdlib_root(), name, lines)
+    manifest = Manifest.load(art)
+    if manifest.tokenizer is None:
+        raise SystemExit(f"{art} has no tokenizer: export {TEXT_MODEL} with its tokenizer.json")
+    n = manifest.generation.max_new_tokens
+    free = generate_text(art, prompt, n, [])
+    stop = "\n\n" if "\n\n" in free["text"] else "\n"
+    return {"artifact": str(art.resolve()), "fingerprint": manifest.fingerprint, "file": name, "lines": lines,
+            "cases": [free, generate_text(art, prompt, n, [stop])]}
 
 
 def passkey_prompts(out: Path) -> list[dict]:
@@ -123,9 +139,10 @@ def passkey_prompts(out: Path) -> list[dict]:
     return cases
 
 
-def code_hash(small: Path) -> str:
-    """What the goldens depend on: the Python code that exports and runs, this file, the small artifact."""
-    h = hashlib.sha256((small / "manifest.json").read_bytes())
+def code_hash(small: Path, text: Path) -> str:
+    """What the goldens depend on: the Python code that exports and runs, this file, the two bundled models'
+    artifacts."""
+    h = hashlib.sha256((small / "manifest.json").read_bytes() + (text / "manifest.json").read_bytes())
     for folder in ("runtime", "exporters", "infini_export"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             h.update(str(path.relative_to(ROOT)).encode() + path.read_bytes())
@@ -138,12 +155,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", default=str(ROOT / "out" / "web-onnx"), help="the bundled model's ONNX artifact "
                     "(exported here if missing)")
+    ap.add_argument("--text", default=str(ROOT / "out" / "web-text"), help="the bundled text model's ONNX artifact, "
+                    "with its tokenizer (exported here if missing)")
     ap.add_argument("--out", default=str(ROOT / "out" / "web-goldens"))
     args = ap.parse_args(argv)
     out = Path(args.out)
     index_path = out / "index.json"
-    small = export_small(Path(args.small))
-    made_by = code_hash(small)
+    small = export_checkpoint(PASSKEY_MODEL, Path(args.small))
+    text = export_checkpoint(TEXT_MODEL, Path(args.text))
+    made_by = code_hash(small, text)
     if index_path.is_file():
         old = json.loads(index_path.read_text())
         if old.get("version") == VERSION and old.get("made_by") == made_by:
@@ -155,7 +175,7 @@ def main(argv=None) -> int:
     index = {"version": VERSION, "made_by": made_by, "models": {
         "small": reference(small, out / "small-ref", segments=64, partial=37, batch=1, seed=1),
         "tiny": reference(tiny, out / "tiny-ref", segments=80, partial=5, batch=2, seed=2),
-    }, "passkey": passkey_prompts(out / "passkey"), "text": text_continuation(small)}
+    }, "passkey": passkey_prompts(out / "passkey"), "demo_text": demo_text(text)}
     import tokenizer_goldens  # beside this file
 
     index["tokenizer"] = {"dir": "text", **tokenizer_goldens.write(small, out / "text")}
