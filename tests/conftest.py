@@ -53,24 +53,24 @@ def et_artifacts(tmp_path_factory):
     return artifacts(shared_root(tmp_path_factory, CACHE_ENV))
 
 
-def check_session_matches_forward(model, art, segments: int = 50):
-    """Independent path: an artifact's session streaming loop vs the model's own forward, batch 2, with a
+def check_session_matches_forward(model, art, segments: int = 50, batch: int = 2):
+    """Independent path: an artifact's session streaming loop vs the model's own forward, ``batch`` rows, with a
     5-token partial segment at the end (logits of every token, then the state of the complete segments)."""
     import numpy as np
     from runtime import InfiniSession
     N = model.cfg.segment_len
-    ids = torch.randint(0, 256, (2, segments * N + 5), generator=torch.Generator().manual_seed(7))
+    ids = torch.randint(0, 256, (batch, segments * N + 5), generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         ref_logits, _ = model(ids)
         _, ref_state = model(ids[:, :segments * N])
-    session = InfiniSession.open(art, batch_size=2)
+    session = InfiniSession.open(art, batch_size=batch)
     logits = session.feed(ids.numpy())
     np.testing.assert_allclose(logits, ref_logits.numpy(), atol=1e-4, rtol=1e-4)
     state = session.state
     for i, mem in enumerate(ref_state):
         np.testing.assert_allclose(state[f"memory.{i}"], mem.memory.numpy(), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(state[f"norm.{i}"], mem.norm.numpy(), rtol=1e-5, atol=1e-5)
-    assert session.pending_tokens.shape == (2, 5)
+    assert session.pending_tokens.shape == (batch, 5)
     assert session.tokens_consumed == segments * N + 5
 
 

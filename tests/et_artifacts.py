@@ -3,7 +3,7 @@
 Each (update, variant[, max_batch]) is exported when a test first asks for it, through its variant's export with the
 pipeline's own parity check (``SEGMENTS`` segments), once for the whole run (tests/shared.py: under pytest-xdist the
 worker that asks first exports it and the others read it). An export is 20-80 s of mostly single-threaded Python
-on the tiny preset, its methods lowered in processes of their own.
+on the tiny preset.
 """
 import pytest
 import torch
@@ -17,9 +17,9 @@ CACHE_ENV = "INFINI_TEST_EXECUTORCH_CACHE"
 # the export variants (exporters.variants) of the ExecuTorch format
 FP32, PORTABLE = "executorch-xnnpack-fp32", "executorch-portable-fp32"
 INT8, INT4 = "executorch-xnnpack-int8", "executorch-xnnpack-int4"
-# every (update, variant[, max_batch]) the tests use
-JOBS = [("delta", INT8), ("delta", INT4), ("delta", FP32), ("linear", FP32), ("delta", PORTABLE), ("linear", PORTABLE),
-        ("linear", FP32, 1)]  # last: max_batch=1
+# every (update, variant[, max_batch]) the tests use: the delta rule in every variant, and the linear rule as the
+# static batch-1 program (max_batch=1), which also carries the linear rule's parity through ExecuTorch
+JOBS = [("delta", INT8), ("delta", INT4), ("delta", FP32), ("delta", PORTABLE), ("linear", FP32, 1)]
 
 
 def _export(job, out_dir) -> dict:
@@ -27,8 +27,10 @@ def _export(job, out_dir) -> dict:
     from exporters.variants import get_variant
     torch.set_num_threads(1)
     update, variant, max_batch = job[0], job[1], job[2] if len(job) > 2 else 64
+    # jobs=1: the methods lowered in this process (the suite's processes already use the cores; the lowering
+    # in processes of their own is tested by tests/test_executorch_lower.py)
     manifest, report = get_variant(variant).export(make_model(update), out_dir, max_batch=max_batch,
-                                                   parity_segments=SEGMENTS, progress=False, log=None)
+                                                   parity_segments=SEGMENTS, progress=False, log=None, jobs=1)
     return {"manifest": manifest.to_dict(), "report": report.to_dict()}
 
 

@@ -229,21 +229,14 @@ def test_eager_session_decodes_like_the_artifact(onnx_artifacts):
     np.testing.assert_array_equal(e.generate(ids, 20), s.generate(ids, 20))
 
 
-@pytest.fixture(scope="module")
-def et_artifact(tmp_path_factory):
-    """The tiny preset as a batch-1 ExecuTorch program with its decode method (XNNPACK)."""
-    from exporters.pipeline import export_artifact
-    model = make_model("delta")
-    d = tmp_path_factory.mktemp("et_decode")
-    export_artifact(model, d, "executorch", parity_segments=4, max_batch=1, progress=False, log=None)
-    return model, d
-
-
-def test_executorch_decode_method(et_artifact, onnx_artifacts):
-    model, art = et_artifact
+def test_executorch_decode_method(et_artifacts, onnx_artifacts):
+    """The shared XNNPACK program (tests/et_artifacts.py) decodes as the model does, and as the ONNX artifact."""
+    from tests.et_artifacts import FP32, get
+    model, art, _, _ = get(et_artifacts, ("delta", FP32))
     s = InfiniSession.open(art)
     assert s.decoding and s.manifest.decode.program.method == "decode"
-    assert s.manifest.to_dict()["parity"]["passed"] and s.manifest.to_dict()["parity"]["decode"]["calls"] == 48
+    parity = s.manifest.to_dict()["parity"]
+    assert parity["passed"] and parity["decode"]["calls"] > 0 and parity["decode"]["wiring"]["passed"]
     rep = validate_decode(s.backend, model, tolerance_for("executorch", "float32"), segments=3)
     assert rep["failures"] == [] and rep["top1"] == 1.0
     prompt = np.random.default_rng(5).integers(0, 256, 23)

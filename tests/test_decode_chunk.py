@@ -19,7 +19,7 @@ def chunked(tmp_path_factory):
     from exporters.executorch import export_executorch
     model = make_model("delta")
     art = tmp_path_factory.mktemp("pte_chunk4")
-    export_executorch(model, art, max_batch=1, decode_chunk=CHUNK, full_logits=True).write()
+    export_executorch(model, art, max_batch=1, decode_chunk=CHUNK, full_logits=True, jobs=1).write()
     return model, art
 
 

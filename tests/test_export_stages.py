@@ -13,6 +13,7 @@ from exporters.pipeline import STAGES, ExportParityError, export_artifact
 from runtime import InfiniSession
 from runtime.manifest import Manifest, ParityWarning
 from tests.conftest import make_model
+from tests.tiny_rnn import VOCAB, TinyRNN
 
 
 def _export(model, out, **kw):
@@ -50,7 +51,7 @@ def test_typed_manifest_round_trips_to_the_same_document(checked):
 
 
 def test_without_parity_the_runtime_warns(tmp_path):
-    manifest, report = _export(make_model("linear"), tmp_path / "art", parity_segments=0)
+    manifest, report = _export(TinyRNN().eval(), tmp_path / "art", parity_segments=0)
     assert report is None and manifest.parity is None and "validate" not in manifest.exporter["stages"]
     with pytest.warns(ParityWarning, match="never ran"):
         InfiniSession.open(tmp_path / "art")
@@ -61,12 +62,12 @@ def test_an_exception_in_the_parity_run_is_recorded_as_a_failure(tmp_path, monke
         raise RuntimeError("the reference ran out of memory")
     monkeypatch.setattr(pipeline, "validate", broken)
     with pytest.raises(ExportParityError, match="ran out of memory"):
-        _export(make_model("linear"), tmp_path / "art", parity_segments=2)
+        _export(TinyRNN().eval(), tmp_path / "art", parity_segments=2)
     manifest = Manifest.load(tmp_path / "art")
     assert manifest.parity.passed is False and "RuntimeError: the reference ran out of memory" in manifest.parity.error
     with pytest.warns(ParityWarning, match="failed .*ran out of memory"):
         session = InfiniSession.open(tmp_path / "art")
-    assert session.feed(np.arange(20) % 256).shape == (20, 256)  # still runs: a warning, not a refusal
+    assert session.feed(np.arange(20) % VOCAB).shape == (20, VOCAB)  # still runs: a warning, not a refusal
 
 
 def test_a_failing_build_leaves_the_earlier_artifact(checked, tmp_path, monkeypatch):

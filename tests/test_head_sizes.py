@@ -33,8 +33,9 @@ def test_every_head_size_exports_and_generates_as_eager(tmp_path, fmt, d_head):
     if fmt == "executorch" and d_head in (24, 64):  # ExecuTorch writes one form for every head size: two suffice
         pytest.skip("ExecuTorch's decode program has one form for every head size; 40 and 72 cover it")
     model = _model(d_head)
-    manifest, report = export_artifact(model, tmp_path / "art", fmt, parity_segments=3,
-                                       max_batch=1 if fmt == "executorch" else 4, progress=False, log=None)
+    per_format = {"max_batch": 1, "jobs": 1} if fmt == "executorch" else {"max_batch": 4}
+    manifest, report = export_artifact(model, tmp_path / "art", fmt, parity_segments=3, progress=False, log=None,
+                                       **per_format)
     assert report.passed and report.decode["calls"] > 0, report.failures[:3]
     expected = "fused" if fmt == "onnx" and d_head % 16 == 0 else "rows"
     assert (manifest.decode.form or "rows") == expected

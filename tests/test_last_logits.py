@@ -165,7 +165,7 @@ def test_last_program_wiring_failure_is_named(onnx_artifacts):
 
 def test_executorch_last_method_planned_memory_and_stream(et_artifacts):
     from tests.et_artifacts import FP32, get
-    model, art, manifest, report = get(et_artifacts, ("linear", FP32))  # batch <= 64: all three methods
+    model, art, manifest, report = get(et_artifacts, ("delta", FP32))  # batch <= 64: all three methods
     assert report["last"]["failures"] == [] and report["last"]["segments"] == 8
     assert manifest["last_logits"]["program"]["method"] == "step_last"
     methods = manifest["memory"]["methods"]

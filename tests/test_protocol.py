@@ -10,51 +10,11 @@ from torch import nn
 from exporters.pipeline import export_artifact
 from infini_export.parity import tolerance_for, validate
 from infini_export.protocol import ProtocolError, check_protocol
-from infini_export.state import StateTensorSpec, StepSpec, flatten_state
+from infini_export.state import StepSpec, flatten_state
 from runtime import InfiniSession
-
-VOCAB, DIM, SEG = 32, 16, 4
+from tests.tiny_rnn import DIM, SEG, VOCAB, TinyRNN
 
 FORMATS = ["onnx", "executorch"]
-
-
-
-
-class TinyRNN(nn.Module):
-    """Not an Infini-Transformer: an Elman RNN with a slow average of its hidden state.
-
-    ``h_t = tanh(W e_t + U h_{t-1})``, ``ema_t = d * ema_{t-1} + (1 - d) * h_t``, logits from ``h_t + ema_t``.
-    State ``(h, (ema,))`` (nested on purpose), both (B, DIM) float32; ``h`` starts from a learned, non-zero
-    ``h0`` (so the artifact ships an initial state file), ``ema`` from zeros.
-    """
-
-    def __init__(self, seed: int = 0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.emb = nn.Embedding(VOCAB, DIM)
-        self.w = nn.Linear(DIM, DIM)
-        self.u = nn.Linear(DIM, DIM, bias=False)
-        self.head = nn.Linear(DIM, VOCAB)
-        self.h0 = nn.Parameter(0.1 * torch.randn(DIM))
-        self.register_buffer("decay", torch.tensor(0.9))  # read, never written
-
-    def step_spec(self) -> StepSpec:
-        return StepSpec(VOCAB, SEG, (StateTensorSpec("h", ("batch", DIM)), StateTensorSpec("ema", ("batch", DIM))),
-                        extra={"model": "TinyRNN (tests/test_protocol.py)"})
-
-    def init_state(self, batch_size: int):
-        h = self.h0.detach().expand(batch_size, DIM).clone()
-        return (h, (torch.zeros(batch_size, DIM),))
-
-    def step(self, input_ids, state):
-        h, (ema,) = state
-        x = self.w(self.emb(input_ids))  # (B, T, DIM)
-        outs = []
-        for t in range(input_ids.shape[1]):  # unrolled: segment_len is static
-            h = torch.tanh(x[:, t] + self.u(h))
-            ema = self.decay * ema + (1.0 - self.decay) * h
-            outs.append(h + ema)
-        return self.head(torch.stack(outs, dim=1)), (h, (ema,))
 
 
 # ---- a general module, end to end ----------------------------------------------------------------
@@ -73,7 +33,7 @@ def test_a_custom_step_module_is_exported_run_and_validated(rnn_artifact):
     assert report.passed and report.wiring["passed"] and manifest["parity"]["passed"]
     assert [e["name"] for e in manifest["state"]] == ["h", "ema"]
     assert [e["name"] for e in manifest["inputs"]] == ["input_ids", "past_h", "past_ema"]
-    assert manifest["model"] == {"model": "TinyRNN (tests/test_protocol.py)"}
+    assert manifest["model"] == {"model": "TinyRNN (tests/tiny_rnn.py)"}
     assert manifest["initial_state"] == {"file": "initial_state"}  # h0 is not zeros: shipped with the artifact
 
     # the torch-free session, any length, vs chaining the eager step by hand
