@@ -16,6 +16,8 @@ from .artifact import build_manifest
 from .onnx_attention_blocks import block_local_attention
 from .onnx_fusions import FUSED_OPSET, fuse
 from .onnx_gqa import cache_attention_translation, choose_decode_form
+from .onnx_packed import pack_projections
+from .onnx_skip_norm import fuse_skip_norms
 from .onnx_tied import lookup_from_transposed
 from .onnx_weights import write_shared
 from .options import ATTENTION_ROWS, ExportOptions
@@ -48,13 +50,16 @@ def _quantize_int8(src: Path, dst: Path) -> list[str]:
 
 
 def _trace(flat: torch.nn.Module, example: tuple, input_names: list, output_names: list, dynamic: dict,
-           verbose: bool, translations: dict | None = None) -> tuple[onnx.ModelProto, list]:
-    """torch.onnx (dynamo) + the onnxscript optimizer + our fusions -> a checked ModelProto."""
+           verbose: bool, translations: dict | None = None, contrib: bool = False) -> tuple[onnx.ModelProto, list]:
+    """torch.onnx (dynamo) + the onnxscript optimizer + our fusions -> a checked ModelProto; ``contrib``: also
+    onnxruntime's contrib-op fusions (the residual Add + RMSNorm as ``SkipSimplifiedLayerNormalization``)."""
     with torch.no_grad():
         program = torch.onnx.export(flat, example, dynamo=True, input_names=input_names, output_names=output_names,
                                     dynamic_shapes=dynamic, opset_version=FUSED_OPSET, optimize=True, verbose=verbose,
                                     custom_translation_table=translations)
     fusions = fuse(program.model)  # the model's XNNPACK-friendly RMSNorm back to one ONNX op per norm
+    if contrib:
+        fusions["SkipSimplifiedLayerNormalization"] = fuse_skip_norms(program.model)
     if translations:  # each layer's op computes the same sequence lengths from the position: once is enough
         CommonSubexpressionEliminationPass()(program.model)
         RemoveUnusedNodesPass()(program.model)
@@ -80,7 +85,9 @@ def export_onnx(module: torch.nn.Module, out_dir: str | Path, *, quantize: str |
     """Trace ``module.step`` (and ``module.decode`` / ``module.step_last`` where the module has them) into
     ``out_dir``: ``model.onnx``, ``decode.onnx``, ``step_last.onnx`` and their shared ``weights.bin``; return the
     manifest (not yet written: ``manifest.write()``). The decode program's attention is onnxruntime's
-    ``GroupQueryAttention`` where it applies, else standard ops (``onnx_gqa.choose_decode_form``).
+    ``GroupQueryAttention`` where it applies, else standard ops (``onnx_gqa.choose_decode_form``); with
+    onnxruntime's ops each residual Add + RMSNorm is one ``SkipSimplifiedLayerNormalization``
+    (``onnx_skip_norm``) and the q/k/v and gate/up weight products are packed (``onnx_packed``).
 
     ``quantize``: None, ``"int8"`` (dynamic int8 MatMuls) or ``"int4"`` (4-bit ``MatMulNBits`` weights in
     blocks of ``block_size`` along in_features, the embedding lookup's table int8; shapes are checked before
@@ -102,22 +109,25 @@ def build_onnx(module, spec, out_dir: Path, options: ExportOptions, verbose: boo
     quantize, max_batch, block_size, rows = options.quantize, options.max_batch, options.block_size, \
         options.attention_rows
     form, form_why = choose_decode_form(module, options.ops) if has_decode(module) else (None, None)
+    contrib = options.ops == "onnxruntime"  # onnxruntime's contrib-op fusions; the portable export: standard ops
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     flat = FlatStep(module).eval()
     models, fusions = {}, {}
     models[MODEL_FILE], fusions["step"] = _trace(flat, flat.example_inputs(2), spec.input_names(), spec.output_names(),
-                                                 flat.dynamic_shapes(max_batch), verbose)
+                                                 flat.dynamic_shapes(max_batch), verbose, contrib=contrib)
     if has_step_last(module):
         last = FlatStepLast(module).eval()
         models[LAST_FILE], fusions["step_last"] = _trace(last, last.example_inputs(2), spec.input_names(),
-                                                         spec.output_names(), last.dynamic_shapes(max_batch), verbose)
+                                                         spec.output_names(), last.dynamic_shapes(max_batch), verbose,
+                                                         contrib=contrib)
     if has_decode(module):
         dec = FlatDecode(module, form).eval()
         whole = dec.spec.cache_output == "whole"
         models[DECODE_FILE], fusions["decode"] = _trace(dec, dec.example_inputs(2), dec.spec.input_names(),
                                                         dec.spec.output_names(), dec.dynamic_shapes(max(max_batch, 2)),
-                                                        verbose, cache_attention_translation() if whole else None)
+                                                        verbose, cache_attention_translation() if whole else None,
+                                                        contrib=contrib)
     for name in (MODEL_FILE, LAST_FILE):
         if name in models:
             fusions["step" if name == MODEL_FILE else "step_last"]["attention_blocks"] = \
@@ -128,6 +138,10 @@ def build_onnx(module, spec, out_dir: Path, options: ExportOptions, verbose: boo
             models[name], n = _quantized(models[name], quantize, Path(tmp), name, module, block_size,
                                          options.ops == "portable")
             quantized += n
+    if contrib:  # after quantization: each form of the weight products is packed as itself (exporters.onnx_packed)
+        for name, graph in (("step", MODEL_FILE), ("step_last", LAST_FILE), ("decode", DECODE_FILE)):
+            if graph in models:
+                fusions[name]["packed_projections"] = pack_projections(models[graph])
     for name in models:  # a tied embedding table stored once, as the LM head reads it
         lookup_from_transposed(models[name])
     for old in out_dir.glob("*.onnx*"):
@@ -148,7 +162,8 @@ def build_onnx(module, spec, out_dir: Path, options: ExportOptions, verbose: boo
         last_program={"format": "onnx", "file": "last_program"} if LAST_FILE in models else None,
         directory=out_dir, max_batch=max_batch, quantization=quantize,
         shared_weights={"file": "weights", "graphs": {file_keys[g]: t for g, t in weights["graphs"].items()}},
-        exporter={"path": "torch.onnx.export(dynamo=True) + onnxscript optimizer + exporters.onnx_fusions",
+        exporter={"path": "torch.onnx.export(dynamo=True) + onnxscript optimizer + exporters.onnx_fusions"
+                          + (" + exporters.onnx_skip_norm + exporters.onnx_packed" if contrib else ""),
                   "opset": FUSED_OPSET, "fusions": fusions, "attention_rows": rows, "ops": options.ops,
                   "contrib_ops": sorted({f"{n.domain}::{n.op_type}" for m in models.values() for n in m.graph.node
                                          if n.domain not in ("", "ai.onnx")}),

@@ -9,7 +9,8 @@ from .quantize import DEFAULT_BLOCK_SIZE, check_quantize
 FORMATS = ("onnx", "executorch")
 DELEGATES = ("xnnpack", "none")  # ExecuTorch: the XNNPACK delegate, or ExecuTorch's portable kernels
 # ONNX: "onnxruntime" lets the graphs use onnxruntime's contrib ops where they apply (GroupQueryAttention in the
-# decode program, MatMulNBits for int4); "portable" keeps to the standard ONNX operator set (any ONNX runtime)
+# decode program, SkipSimplifiedLayerNormalization for each residual Add + RMSNorm, MatMulNBits for int4) and packs
+# the q/k/v and gate/up weight products; "portable" keeps to the standard ONNX operator set (any ONNX runtime)
 OPS = ("onnxruntime", "portable")
 # the batch bound unless told: ONNX keeps a dynamic axis; ExecuTorch plans its memory for the bound, so a device
 # program is planned for one sequence

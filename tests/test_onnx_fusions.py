@@ -103,16 +103,21 @@ def test_exported_step_has_one_rmsnorm_node_per_norm(onnx_artifacts):
     model, art = onnx_artifacts["delta"]
     graph = onnx.load(str(art / "model.onnx")).graph
     ops = [n.op_type for n in graph.node]
-    n_norms = 2 * model.cfg.n_layers + 1
-    assert ops.count("RMSNormalization") == n_norms
+    n_norms = 2 * model.cfg.n_layers + 1  # each but the first with its residual Add: onnxruntime's skip norm
+    assert ops.count("RMSNormalization") == 1 and ops.count("SkipSimplifiedLayerNormalization") == n_norms - 1
     assert "Reciprocal" not in ops and "Sqrt" not in ops  # no unfused norm left
     used = {i for n in graph.node for i in n.input}
     assert [i.name for i in graph.initializer if i.name not in used] == []  # nothing left behind
     exporter = json.loads((art / "manifest.json").read_text())["exporter"]
     assert exporter["opset"] == FUSED_OPSET
-    assert exporter["fusions"] == {"step": {"RMSNormalization": n_norms, "attention_blocks": 0},
-                                   "step_last": {"RMSNormalization": n_norms, "attention_blocks": 0},
-                                   "decode": {"RMSNormalization": n_norms, "GroupQueryAttention": model.cfg.n_layers}}
+    packed = {"MatMul": 2 * model.cfg.n_layers, "MatMulNBits": 0, "MatMulInteger": 0}  # q/k/v, gate/up a layer
+    skip = {"SkipSimplifiedLayerNormalization": n_norms - 1}
+    assert exporter["fusions"] == {
+        "step": {"RMSNormalization": n_norms, **skip, "attention_blocks": 0, "packed_projections": packed},
+        "step_last": {"RMSNormalization": n_norms, "SkipSimplifiedLayerNormalization": n_norms - 2,
+                      "attention_blocks": 0, "packed_projections": packed},
+        "decode": {"RMSNormalization": n_norms, **skip, "GroupQueryAttention": model.cfg.n_layers,
+                   "packed_projections": packed}}
 
 
 def test_decode_program_reads_the_cache_through_group_query_attention(onnx_artifacts):

@@ -40,7 +40,8 @@ def test_the_default_export_names_its_contrib_ops(onnx_artifacts):
     _, art = onnx_artifacts["delta"]
     manifest = Manifest.load(art)
     assert manifest.exporter["ops"] == "onnxruntime" and manifest.decode.form == "fused"
-    assert manifest.exporter["contrib_ops"] == ["com.microsoft::GroupQueryAttention"]
+    assert manifest.exporter["contrib_ops"] == ["com.microsoft::GroupQueryAttention",
+                                                "com.microsoft::SkipSimplifiedLayerNormalization"]
     assert "com.microsoft::GroupQueryAttention" in _graph_ops(art, "decode_program")
 
 
