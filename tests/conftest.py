@@ -44,6 +44,29 @@ def onnx_artifacts(tmp_path_factory):
     return Lazy(("linear", "delta"), export)
 
 
+# parity segments of the shared quantized exports: int4's agreement is measured over many
+QUANTIZED_PARITY = {"int8": 4, "int4": 40}
+
+
+@pytest.fixture(scope="session")
+def onnx_quantized(tmp_path_factory):
+    """The tiny preset (delta rule) exported to ONNX in int8 and in int4 once per test run:
+    {precision: (model, artifact_dir, the pipeline's parity report as a dict, with its summary)}."""
+    from tests.et_artifacts import CACHE_ENV
+    from tests.shared import Lazy, build_once, shared_root
+    root = shared_root(tmp_path_factory, CACHE_ENV)
+
+    def export(quantize):
+        def build(d):
+            from exporters.pipeline import export_artifact
+            _, report = export_artifact(make_model("delta"), d, "onnx", quantize=quantize, progress=False, log=None,
+                                        parity_segments=QUANTIZED_PARITY[quantize])
+            return {**report.to_dict(), "summary": report.summary}
+        folder, report = build_once(root, f"onnx-{quantize}", build)
+        return make_model("delta"), folder, report
+    return Lazy(tuple(QUANTIZED_PARITY), export)
+
+
 @pytest.fixture(scope="session")
 def et_artifacts(tmp_path_factory):
     """{(update, variant[, max_batch]): (model, artifact_dir, manifest, pipeline parity report)} (tests/et_artifacts.py);
@@ -120,9 +143,9 @@ SLOW = {
     "test_extrapolation_check.py::test_extrapolation_check_script_prints_and_writes_the_check": "a script's process",
     "test_kill_resume.py": "processes killed and resumed",
     "test_last_logits.py::test_adapter_last_program_exports_with_parity": "an export of the adapter",
-    "test_lucidrains_export.py": "exports of the adapter, command-line processes",
+    "test_lucidrains_export.py": "exports of the adapter",
     "test_onnx_graph_rewrites.py::test_export_with_attention_blocks_passes_parity_and_records_them": "an export",
-    "test_passkey_cli.py": "an export and the passkey command's process",
+    "test_passkey_cli.py": "an export and the passkey command",
     "test_protocol.py::test_a_custom_step_module_is_exported_run_and_validated": "an export of another module",
     "test_quantize_int4.py": "int4 and int8 exports",
     "test_quantize_lookup.py": "exports of a 32K vocabulary",
@@ -134,6 +157,11 @@ SLOW = {
     "test_long_stream.py": "200K tokens through eager and ONNX",
     "test_low_memory.py::test_the_runtime_order_frees_each_layers_keys_and_values_before_the_next_layer": "an export",
     "test_runtime_wheel.py": "a virtual environment made from the wheel, its processes",
+    "test_head_sizes.py::test_every_head_size_exports_and_generates_as_eager": "an export per head size",
+    "test_onnx_packed.py::test_quantized_exports_pack_their_own_products": "int8 and int4 exports",
+    "test_onnx_packed.py::test_quantized_fused_graphs_equal_the_unfused_ones": "int8 and int4 exports",
+    "test_portable_onnx.py::test_portable_graphs_hold_standard_ops_only": "an export with standard ops only",
+    "test_portable_onnx.py::test_onnx_reference_evaluator_runs_the_portable_segment_step": "the same export",
 }
 # files that take longest start first, so that the last file to finish is a short one (``--dist loadfile`` hands
 # out whole files, in this order, to the two workers)

@@ -18,6 +18,7 @@ from exporters.artifact import build_manifest
 from exporters.variants import get_variant
 from infini_export.parity import validate
 from runtime import ArtifactError, InfiniRuntimeError, InfiniSession, InputError, ManifestError
+from tests.cli import run_cli
 from tests.conftest import ROOT, make_model, rehash_manifest
 from tests.et_artifacts import FP32, INT4, INT8, PORTABLE, SEGMENTS, get
 
@@ -188,8 +189,7 @@ def test_manifest_memory_is_what_the_program_reports(et_artifacts):
 
 def test_info_prints_the_planned_memory_of_every_method(et_artifacts):
     _, art, manifest, _ = get(et_artifacts, ("linear", FP32, 1))
-    r = subprocess.run([sys.executable, "-m", "infini_cli", "info", str(art)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=300)
+    r = run_cli("info", art)
     assert r.returncode == 0, r.stderr
     for name, m in manifest["memory"]["methods"].items():
         assert f"method {name!r}: planned {m['planned_bytes']:,} bytes" in r.stdout

@@ -14,10 +14,6 @@ artifact built once per module, lazily. The ExecuTorch artifact of the random-we
 kernels (``delegate="none"``), the trained one XNNPACK, the default: both ExecuTorch paths are held to their forward.
 """
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,7 +26,7 @@ from exporters.pipeline import export_artifact  # noqa: E402
 from infini_export.adapters import LucidrainsStep  # noqa: E402
 from infini_export.parity import tolerance_for  # noqa: E402
 from runtime import InfiniSession  # noqa: E402
-from tests.conftest import ROOT  # noqa: E402
+from tests.cli import run_cli  # noqa: E402
 from tests.test_adapter_lucidrains import SEG, their_segments, train_briefly  # noqa: E402
 
 N_FULL = 24  # complete segments compared (>= 20), then a trailing partial one of TAIL tokens
@@ -233,10 +229,8 @@ def test_first_segment_is_no_memory_through_the_artifact(theirs, artifacts, name
 
 
 # ---- the command line ----------------------------------------------------------------------------
-def _cli(*args, timeout=600):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "infini_cli", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+def _cli(*args):
+    return run_cli(*args)
 
 
 def test_cli_export_and_validate_a_trained_model(theirs, tmp_path):

@@ -10,6 +10,7 @@ import pytest
 
 from infini_export.parity import validate
 from runtime import ArtifactError, InfiniSession, InputError, ManifestError, StateError
+from tests.cli import run_cli
 from tests.conftest import ROOT, make_model, rehash_manifest
 
 
@@ -106,8 +107,7 @@ def _copy(art, tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "infini_cli", *args], capture_output=True, text=True,
-                          cwd=ROOT)
+    return run_cli(*args)
 
 
 @pytest.fixture

@@ -2,18 +2,14 @@
 equal an independent greedy decode by the eager model (whole prefix recomputed per token; the control from each
 token's own segment only), and its JSON, table and plot agree with those answers."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from tasks import passkey as pk
+from tests.cli import run_cli
 
-ROOT = Path(__file__).resolve().parent.parent
 LENGTHS, DEPTHS, TRIALS, SEED = [256, 301], [0.0, 1.0], 2, 7
 
 
@@ -29,11 +25,8 @@ def run(tmp_path_factory):
             block.attn.wo.weight.mul_(30.0)
     tmp = tmp_path_factory.mktemp("pk")
     export_artifact(model, tmp / "onnx", "onnx", parity_segments=4, progress=False, log=None)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
-    proc = subprocess.run([sys.executable, "-m", "infini_cli", "passkey", str(tmp / "onnx"),
-                           "--lengths", ",".join(map(str, LENGTHS)), "--depths", ",".join(map(str, DEPTHS)),
-                           "--trials", str(TRIALS), "--seed", str(SEED), "--out", str(tmp / "out")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_cli("passkey", tmp / "onnx", "--lengths", ",".join(map(str, LENGTHS)),
+                   "--depths", ",".join(map(str, DEPTHS)), "--trials", TRIALS, "--seed", SEED, "--out", tmp / "out")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return model, json.loads((tmp / "out" / "passkey.json").read_text()), proc.stdout, tmp / "out"
 
@@ -79,9 +72,7 @@ def test_table_and_plot_are_written(run):
 
 
 def _passkey(args, tmp):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
-    return subprocess.run([sys.executable, "-m", "infini_cli", "passkey", *map(str, args)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return run_cli("passkey", *args)
 
 
 def test_replay_reruns_the_recorded_prompts(run, tmp_path):
