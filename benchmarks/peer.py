@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import threading
 import time
@@ -137,14 +138,34 @@ def ensure_theirs(cfg, preset: str, cache: Path, precision: str, python: str, th
     return out
 
 
+def export_code_hash() -> str:
+    """sha256 of the exporter's and the model's source files: what decides the graphs we export."""
+    import hashlib
+
+    import exporters
+    import infini_export
+    digest = hashlib.sha256()
+    for package in (exporters, infini_export):
+        for path in sorted(Path(package.__file__).parent.rglob("*.py")):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def ensure_ours(preset: str, cache: Path, precision: str, log=log) -> Path:
     """Our ONNX export of ``preset`` (random weights, seed 0, one parity segment) at ``precision``, reused when
-    present; exported in a process of its own."""
+    present and made by the same exporter code (``export_code_hash``); exported in a process of its own."""
     out = cache / preset / f"ours-{precision}"
-    if not (out / "manifest.json").is_file():
-        log(f"exporting {preset} ({precision}) with parity over one segment: a few minutes at 110M")
+    stamp, code = out.parent / f"ours-{precision}.code", export_code_hash()
+    current = (out / "manifest.json").is_file() and stamp.is_file() and stamp.read_text() == code
+    if not current:
+        why = "the exporter's code changed since the cached export" if (out / "manifest.json").is_file() else \
+            "with parity over one segment"
+        log(f"exporting {preset} ({precision}), {why}: a few minutes at 110M")
+        if out.exists():
+            shutil.rmtree(out)
         _child("export", {"preset": preset, "out": str(out), "quantize": None if precision == "fp32" else precision},
                sys.executable)
+        stamp.write_text(code)
     return out
 
 

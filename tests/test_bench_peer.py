@@ -61,3 +61,20 @@ def test_summary_ratios_are_per_round_and_the_record_has_its_parts():
     assert [c["context"] for c in bw["contexts"]] == ["1K", "4K+1K"]
     assert all(0 < c["ours_fraction"] for c in bw["contexts"])
     assert "| fp32 | 4K+1K |" in peer.table(record)
+
+
+def test_our_cached_export_is_redone_when_the_exporter_changes(tmp_path, monkeypatch):
+    exports = []
+
+    def fake_child(kind, job, python):
+        exports.append(job["out"])
+        (tmp_path / "p" / "ours-fp32").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "p" / "ours-fp32" / "manifest.json").write_text("{}")
+    monkeypatch.setattr(peer, "_child", fake_child)
+    quiet = lambda *a: None  # noqa: E731
+    out = peer.ensure_ours("p", tmp_path, "fp32", log=quiet)
+    peer.ensure_ours("p", tmp_path, "fp32", log=quiet)
+    assert exports == [str(out)]  # the same code: reused
+    monkeypatch.setattr(peer, "export_code_hash", lambda: "other code")
+    peer.ensure_ours("p", tmp_path, "fp32", log=quiet)
+    assert exports == [str(out)] * 2  # another exporter: exported again
