@@ -164,12 +164,14 @@ SLOW = {
     "test_portable_onnx.py::test_onnx_reference_evaluator_runs_the_portable_segment_step": "the same export",
 }
 # files that take longest start first, so that the last file to finish is a short one (``--dist loadfile`` hands
-# out whole files, in this order, to the two workers)
-FIRST = ["test_executorch.py", "test_session_behaviour.py", "test_bundled_passkey.py", "test_lucidrains_export.py",
-         "test_runtime_wheel.py", "test_long_stream.py", "test_low_memory.py", "test_real_size.py",
-         "test_train_smoke.py", "test_bench_smoke.py", "test_decode_chunk.py", "test_decode.py",
-         "test_concurrency_precision.py", "test_quantize_lookup.py",
-         "test_executorch_lower.py", "test_last_logits.py", "test_quantize_int4.py", "test_passkey_cli.py"]
+# out whole files, in this order, to the two workers). The first file builds the shared ExecuTorch artifacts in one
+# worker while the other runs files that need none of them; the other files that read them come after, so that no
+# worker waits on another's export.
+FIRST = ["test_executorch.py", "test_lucidrains_export.py", "test_real_size.py", "test_bundled_passkey.py",
+         "test_runtime_wheel.py", "test_long_stream.py", "test_low_memory.py", "test_train_smoke.py",
+         "test_bench_smoke.py", "test_head_sizes.py", "test_quantize_lookup.py", "test_concurrency_precision.py",
+         "test_quantize_int4.py", "test_passkey_cli.py", "test_decode_chunk.py", "test_session_behaviour.py",
+         "test_decode.py", "test_executorch_lower.py", "test_last_logits.py"]
 
 
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects
