@@ -15,6 +15,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 from onnxscript.rewriter import pattern
 
 FUSED_OPSET = 23  # RMSNormalization
+CONTRIB_DOMAIN = "com.microsoft"  # onnxruntime's contrib ops (the "onnxruntime" export only)
 
 
 def _constant(value: ir.Value) -> np.ndarray | None:

@@ -8,6 +8,8 @@ takes head sizes that are multiples of 16 only), the decode program is exported 
 """
 from __future__ import annotations
 
+from .onnx_fusions import CONTRIB_DOMAIN
+
 GQA_HEAD_MULTIPLE = 16  # onnxruntime's GroupQueryAttention: "head_size shall be a multiple of 16"
 
 
@@ -45,7 +47,7 @@ def _gqa_schema():
     attrs = [A("num_heads", OpSchema.AttrType.INT, ""), A("kv_num_heads", OpSchema.AttrType.INT, ""),
              A("scale", OpSchema.AttrType.FLOAT, ""), A("do_rotary", OpSchema.AttrType.INT, ""),
              A("rotary_interleaved", OpSchema.AttrType.INT, "")]
-    return OpSchema("GroupQueryAttention", "com.microsoft", 1, inputs=ins, outputs=outs,
+    return OpSchema("GroupQueryAttention", CONTRIB_DOMAIN, 1, inputs=ins, outputs=outs,
                     type_constraints=[("T", ["tensor(float)"], ""), ("M", ["tensor(int32)"], "")], attributes=attrs)
 
 
@@ -60,7 +62,7 @@ def cache_attention_translation():
 
     import infini_export.attention  # noqa: F401  (registers both ops)
 
-    gqa = Op(Opset("com.microsoft", 1), "GroupQueryAttention", _gqa_schema())
+    gqa = Op(Opset(CONTRIB_DOMAIN, 1), "GroupQueryAttention", _gqa_schema())
 
     def total_length(last):  # () int32: p + T
         return op.Add(op.ReduceMax(last, keepdims=0), op.CastLike(op.Constant(value_int=1), last))

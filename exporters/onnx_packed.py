@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-CONTRIB = "com.microsoft"
+from .onnx_fusions import CONTRIB_DOMAIN as CONTRIB
 
 
 @dataclass

@@ -24,7 +24,7 @@ from __future__ import annotations
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-CONTRIB = "com.microsoft"
+from .onnx_fusions import CONTRIB_DOMAIN as CONTRIB
 
 
 def _attr(node: ir.Node, name: str, default):

@@ -268,9 +268,6 @@ class _FirstStepKept:
     def __init__(self, eager: EagerBackend):
         self.eager, self.name, self._first = eager, eager.name, None
 
-    def __getattr__(self, name):
-        return getattr(self.eager, name)
-
     def run(self, ids, state):
         if self._first is not None:
             inputs, (logits, new_state) = self._first

@@ -229,9 +229,6 @@ def test_first_segment_is_no_memory_through_the_artifact(theirs, artifacts, name
 
 
 # ---- the command line ----------------------------------------------------------------------------
-def _cli(*args):
-    return run_cli(*args)
-
 
 def test_cli_export_and_validate_a_trained_model(theirs, tmp_path):
     """What a user runs: their state_dict + kwargs JSON -> ``export --from lucidrains`` -> ``validate``."""
@@ -243,7 +240,7 @@ def test_cli_export_and_validate_a_trained_model(theirs, tmp_path):
     src = ["--from", "lucidrains", "--weights", weights, "--kwargs", kwargs, "--segment-len", SEG]
     out = tmp_path / "onnx"
 
-    r = _cli("export", *src, "--format", "onnx", "--parity-segments", 20, "-o", out)
+    r = run_cli("export", *src, "--format", "onnx", "--parity-segments", 20, "-o", out)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "parity passed" in r.stdout
     manifest = json.loads((out / "manifest.json").read_text())
@@ -251,7 +248,7 @@ def test_cli_export_and_validate_a_trained_model(theirs, tmp_path):
     assert manifest["model"]["use_mem_delta_rule"] and manifest["model"]["learned_delta_update"]
 
     report = tmp_path / "report.json"
-    r = _cli("validate", out, *src, "--segments", 20, "--report", report)
+    r = run_cli("validate", out, *src, "--segments", 20, "--report", report)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "PASSED" in r.stdout
     data = json.loads(report.read_text())
@@ -268,5 +265,5 @@ def test_cli_export_and_validate_a_trained_model(theirs, tmp_path):
 
     # a mismatched kwargs file is refused with exit 2 and a message, not a traceback
     kwargs.write_text(json.dumps(dict(CONFIGS[name], dim=32)))
-    r = _cli("validate", out, *src, "--segments", 2)
+    r = run_cli("validate", out, *src, "--segments", 2)
     assert r.returncode == 2 and "misshaped" in r.stderr and "Traceback" not in r.stderr

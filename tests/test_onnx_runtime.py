@@ -106,9 +106,6 @@ def _copy(art, tmp_path):
     return dst
 
 
-def _cli(*args):
-    return run_cli(*args)
-
 
 @pytest.fixture
 def tiny_ckpt(onnx_artifacts, tmp_path):
@@ -119,7 +116,7 @@ def tiny_ckpt(onnx_artifacts, tmp_path):
 
 def test_validate_cli_passes_then_fails_on_altered_weights(onnx_artifacts, tmp_path, tiny_ckpt):
     _, art = onnx_artifacts["delta"]
-    ok = _cli("validate", str(art), "--checkpoint", str(tiny_ckpt), "--segments", "12",
+    ok = run_cli("validate", str(art), "--checkpoint", str(tiny_ckpt), "--segments", "12",
               "--report", str(tmp_path / "r.json"))
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert json.loads((tmp_path / "r.json").read_text())["passed"] is True
@@ -131,7 +128,7 @@ def test_validate_cli_passes_then_fails_on_altered_weights(onnx_artifacts, tmp_p
     arr[0] += 0.5
     weights.tofile(bad / "weights.bin")
     rehash_manifest(bad)
-    res = _cli("validate", str(bad), "--checkpoint", str(tiny_ckpt), "--segments", "12")
+    res = run_cli("validate", str(bad), "--checkpoint", str(tiny_ckpt), "--segments", "12")
     assert res.returncode == 1
     assert "FAILED" in res.stdout and "logits max abs error" in res.stdout
 
@@ -149,7 +146,7 @@ def test_validate_fails_on_passthrough_state(onnx_artifacts, tmp_path, tiny_ckpt
     g.node.append(onnx.helper.make_node("Identity", ["past_norm.1"], ["present_norm.1"]))
     onnx.save(m, str(bad / "model.onnx"))
     rehash_manifest(bad)
-    res = _cli("validate", str(bad), "--checkpoint", str(tiny_ckpt), "--segments", "6")
+    res = run_cli("validate", str(bad), "--checkpoint", str(tiny_ckpt), "--segments", "6")
     assert res.returncode == 1
     assert "present_norm.1 passes its input through" in res.stdout
 

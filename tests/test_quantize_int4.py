@@ -93,16 +93,13 @@ def test_block_size_error_when_nothing_fits():
         check_int4_shapes(model, 16)
 
 
-def _cli(*args):
-    return run_cli(*args)
-
 
 def test_cli_block_size_needs_int4_and_info_of_an_onnx_artifact(int4_onnx, tmp_path):
     _, out, manifest, _ = int4_onnx
-    r = _cli("export", str(tmp_path / "nock"), "--block-size", "16", "-o", str(tmp_path / "x"))
+    r = run_cli("export", str(tmp_path / "nock"), "--block-size", "16", "-o", str(tmp_path / "x"))
     assert r.returncode == 2 and "block_size (--block-size) applies to int4 quantization only" in r.stderr
     assert not (tmp_path / "x").exists()
-    r = _cli("info", str(out))
+    r = run_cli("info", str(out))
     assert r.returncode == 0, r.stderr
     assert "int4" in r.stdout and f"{manifest['files']['program']['bytes']:,}" in r.stdout
     lookup = manifest["embedding_lookup"]
