@@ -67,6 +67,35 @@ def onnx_quantized(tmp_path_factory):
     return Lazy(tuple(QUANTIZED_PARITY), export)
 
 
+# parity segments of the shared exports of the infini-transformer-pytorch adapter (3 segment boundaries decoded across)
+ADAPTER_PARITY = 4
+
+
+@pytest.fixture(scope="session")
+def adapter_onnx(tmp_path_factory):
+    """The adapter of an infini-transformer-pytorch model (tests/test_adapter_lucidrains.py's ``linear``: GroupQueryAttention
+    decode, and ``delta``: the masked one) exported to ONNX once per test run: {name: (adapter, artifact_dir, the
+    pipeline's parity report as a dict)}."""
+    from tests.et_artifacts import CACHE_ENV
+    from tests.shared import Lazy, build_once, shared_root
+    root = shared_root(tmp_path_factory, CACHE_ENV)
+
+    def adapter(name):
+        from infini_export.adapters.lucidrains import LucidrainsStep
+        from tests.test_adapter_lucidrains import SEG, make_theirs
+        return LucidrainsStep(make_theirs(name), SEG).eval()
+
+    def export(name):
+        def build(d):
+            from exporters.pipeline import export_artifact
+            _, report = export_artifact(adapter(name), d, "onnx", parity_segments=ADAPTER_PARITY, progress=False,
+                                        log=None)
+            return report.to_dict()
+        folder, report = build_once(root, f"adapter-onnx-{name}", build)
+        return adapter(name), folder, report
+    return Lazy(("linear", "delta"), export)
+
+
 @pytest.fixture(scope="session")
 def et_artifacts(tmp_path_factory):
     """{(update, variant[, max_batch]): (model, artifact_dir, manifest, pipeline parity report)} (tests/et_artifacts.py);
@@ -136,7 +165,6 @@ SLOW = {
     "test_concurrency_precision.py::test_float16_weights_float32_state_validated": "a float16 export",
     "test_decode.py::test_executorch_decode_method": "an ExecuTorch export",
     "test_decode.py::test_adapter_decode_exports_with_parity": "an export of the adapter",
-    "test_decode_chunk.py": "an ExecuTorch export",
     "test_executorch.py": "ExecuTorch exports",
     "test_executorch_lower.py": "ExecuTorch exports",
     "test_extrapolation_check.py::test_proxy_score_script_reports_the_training_proxy": "a script's process",
@@ -170,8 +198,8 @@ SLOW = {
 FIRST = ["test_executorch.py", "test_lucidrains_export.py", "test_real_size.py", "test_bundled_passkey.py",
          "test_runtime_wheel.py", "test_long_stream.py", "test_low_memory.py", "test_train_smoke.py",
          "test_bench_smoke.py", "test_head_sizes.py", "test_quantize_lookup.py", "test_concurrency_precision.py",
-         "test_quantize_int4.py", "test_passkey_cli.py", "test_decode_chunk.py", "test_session_behaviour.py",
-         "test_decode.py", "test_executorch_lower.py", "test_last_logits.py"]
+         "test_quantize_int4.py", "test_passkey_cli.py", "test_session_behaviour.py",
+         "test_decode.py", "test_executorch_lower.py", "test_last_logits.py", "test_decode_chunk.py"]
 
 
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects

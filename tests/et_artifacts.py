@@ -20,17 +20,31 @@ INT8, INT4 = "executorch-xnnpack-int8", "executorch-xnnpack-int4"
 # every (update, variant[, max_batch]) the tests use: the delta rule in every variant, and the linear rule as the
 # static batch-1 program (max_batch=1), which also carries the linear rule's parity through ExecuTorch
 JOBS = [("delta", INT8), ("delta", INT4), ("delta", FP32), ("delta", PORTABLE), ("linear", FP32, 1)]
+# the two-layer model where the layers matter (the dynamic-batch float32 program: every layer's state wired through
+# ExecuTorch); one layer elsewhere, which shows the variant's behaviour at about 60% of the lowering time
+TWO_LAYERS = {("delta", FP32)}
+# the batch-1 program's decode method is planned for fewer tokens than a segment, so that a feed of more is split
+# into calls (tests/test_decode_chunk.py); every other program takes up to a segment minus one token per call
+DECODE_CHUNK = {("linear", FP32, 1): 4}
+
+
+def job_model(job):
+    """The eager model a job exports: the tiny preset with the job's update rule and layers."""
+    return make_model(job[0], n_layers=2 if tuple(job) in TWO_LAYERS else 1)
 
 
 def _export(job, out_dir) -> dict:
     """Export + the pipeline's own parity check; returns plain data."""
+    from exporters.options import DECODE_CHUNK as DEFAULT_CHUNK, ExportOptions
+    from exporters.pipeline import export_artifact
     from exporters.variants import get_variant
     torch.set_num_threads(1)
-    update, variant, max_batch = job[0], job[1], job[2] if len(job) > 2 else 64
+    variant = get_variant(job[1])
     # jobs=1: the methods lowered in this process (the suite's processes already use the cores; the lowering
     # in processes of their own is tested by tests/test_executorch_lower.py)
-    manifest, report = get_variant(variant).export(make_model(update), out_dir, max_batch=max_batch,
-                                                   parity_segments=SEGMENTS, progress=False, log=None, jobs=1)
+    options = ExportOptions(variant.format, **variant.export_options(), max_batch=job[2] if len(job) > 2 else 64,
+                            jobs=1, parity_segments=SEGMENTS, decode_chunk=DECODE_CHUNK.get(tuple(job), DEFAULT_CHUNK))
+    manifest, report = export_artifact(job_model(job), out_dir, progress=False, log=None, options=options)
     return {"manifest": manifest.to_dict(), "report": report.to_dict()}
 
 
@@ -42,7 +56,7 @@ def artifacts(root) -> Lazy:
             folder, res = build_once(root, "et-" + "_".join(str(x) for x in job), lambda d: _export(job, d))
         except RuntimeError as exc:
             return str(exc)
-        return make_model(job[0]), folder, res["manifest"], res["report"]
+        return job_model(job), folder, res["manifest"], res["report"]
     return Lazy(JOBS, make)
 
 

@@ -299,20 +299,19 @@ def test_adapter_fused_decode_equals_its_masked_decode(name):
 
 
 @pytest.mark.parametrize("name", ["delta", "linear"])
-def test_adapter_decode_exports_with_parity(tmp_path, name):
+def test_adapter_decode_exports_with_parity(adapter_onnx, name):
     """dim_head 8 keeps the masked attention over all N slots (cache rows out); dim_head 16 exports one
     GroupQueryAttention per layer (their interleaved rotary, the cache written in place)."""
+    import json
+
     import onnx
-    from test_adapter_lucidrains import SEG, make_theirs
-    from exporters.pipeline import export_artifact
-    from infini_export.adapters.lucidrains import LucidrainsStep
-    adapter = LucidrainsStep(make_theirs(name), SEG).eval()
-    manifest, report = export_artifact(adapter, tmp_path, "onnx", parity_segments=4, progress=False, log=None)
-    manifest = manifest.to_dict()
-    assert report.decode["failures"] == [] and report.decode["boundaries"] == 3
+    from test_adapter_lucidrains import SEG
+    adapter, art, report = adapter_onnx[name]
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert report["decode"]["failures"] == [] and report["decode"]["boundaries"] == 3
     assert "has_memory" in [e["name"] for e in manifest["decode"]["state"]]
     fused = adapter.dim_head % 16 == 0
-    gqa = [n for n in onnx.load(str(tmp_path / "decode.onnx")).graph.node if n.op_type == "GroupQueryAttention"]
+    gqa = [n for n in onnx.load(str(art / "decode.onnx")).graph.node if n.op_type == "GroupQueryAttention"]
     assert len(gqa) == (adapter.depth if fused else 0)
     for node in gqa:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -321,13 +320,13 @@ def test_adapter_decode_exports_with_parity(tmp_path, name):
     roles = {o["role"] for o in manifest["decode"]["outputs"][1:] if o["role"] != "state-out"}
     assert roles == {"cache-out" if fused else "cache-rows"}
     assert manifest["exporter"]["fusions"]["step"]["RMSNormalization"] == 2 * adapter.depth + 1  # their RMSNorm
-    s = InfiniSession.open(tmp_path)
+    s = InfiniSession.open(art)
     assert s.manifest.decode.cache_in_place == fused
     ids = np.random.default_rng(6).integers(0, adapter.vocab_size, 3 * SEG + 3)
-    np.testing.assert_allclose(s.feed(ids), InfiniSession.open(tmp_path, use_decode=False).feed(ids), atol=1e-5)
+    np.testing.assert_allclose(s.feed(ids), InfiniSession.open(art, use_decode=False).feed(ids), atol=1e-5)
     s.reset(2)  # a batch of two, several tokens per call after a past (run row by row in place)
     two = np.stack([ids, ids[::-1]])
-    ref = InfiniSession.open(tmp_path, use_decode=False, batch_size=2).feed(two)
+    ref = InfiniSession.open(art, use_decode=False, batch_size=2).feed(two)
     got = np.concatenate([s.feed(two[:, :5]), s.feed(two[:, 5:9]), s.feed(two[:, 9:])], axis=1)
     np.testing.assert_allclose(got, ref, atol=1e-5)
 

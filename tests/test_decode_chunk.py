@@ -9,17 +9,16 @@ import torch
 
 from runtime import InfiniSession
 from runtime.errors import InfiniRuntimeError, InputError, ManifestError
-from tests.conftest import make_model, rehash_manifest
+from tests.conftest import rehash_manifest
+from tests.et_artifacts import DECODE_CHUNK, FP32, get
 
-CHUNK = 4
+BATCH1 = ("linear", FP32, 1)  # the shared batch-1 program (tests/et_artifacts.py), its decode planned for CHUNK tokens
+CHUNK = DECODE_CHUNK[BATCH1]
 
 
-@pytest.fixture(scope="module")
-def chunked(tmp_path_factory):
-    from exporters.executorch import export_executorch
-    model = make_model("delta")
-    art = tmp_path_factory.mktemp("pte_chunk4")
-    export_executorch(model, art, max_batch=1, decode_chunk=CHUNK, full_logits=True, jobs=1).write()
+@pytest.fixture
+def chunked(et_artifacts):
+    model, art, _, _ = get(et_artifacts, BATCH1)
     return model, art
 
 
@@ -32,11 +31,12 @@ def test_manifest_records_the_bound_and_long_chunks_are_split(chunked):
     model, art = chunked
     man = json.loads((art / "manifest.json").read_text())
     assert man["decode"]["max_chunk"] == CHUNK and man["exporter"]["decode_chunk"] == CHUNK
-    # the decode method reads its inputs (the K/V cache above all) where the caller keeps them: none in its arena
+    # the decode method reads its inputs (the K/V cache above all) where the caller keeps them: none in its arena;
+    # the last-token method's inputs are copied into its own
     methods = man["memory"]["methods"]
-    assert man["exporter"]["methods"] == ["forward", "step_last", "decode"] and man["program"]["method"] == "forward"
+    assert man["exporter"]["methods"] == ["step_last", "decode"]
     assert methods["decode"]["input_bytes"] > 0 and methods["decode"]["planned_input_bytes"] == 0
-    assert methods["forward"]["planned_input_bytes"] == methods["forward"]["input_bytes"] > 0
+    assert methods["step_last"]["planned_input_bytes"] == methods["step_last"]["input_bytes"] > 0
     N = model.cfg.segment_len
     ids = np.random.default_rng(0).integers(0, model.cfg.vocab_size, (1, 5 + 13 + 2 * N + 1))
     session = InfiniSession.open(art)
@@ -44,8 +44,10 @@ def test_manifest_records_the_bound_and_long_chunks_are_split(chunked):
     run = session.backend.run_decode
     session.backend.run_decode = lambda x, p, *a: calls.append((x.shape[1], p)) or run(x, p, *a)
     got = np.concatenate([session.feed(ids[:, :5]), session.feed(ids[:, 5:18]), session.feed(ids[:, 18:])], axis=1)
-    # 5 from 0; then 11 to the boundary in 4 + 4 + 3 and 2 after it; then 14 to the boundary, a segment, 3 more
-    assert calls == [(4, 0), (1, 4), (4, 5), (4, 9), (3, 13), (2, 0), (4, 2), (4, 6), (4, 10), (2, 14), (3, 0)]
+    # 5 from 0; then 11 to the boundary in 4 + 4 + 3 and 2 after it; then 14 to the boundary, a segment (no
+    # full-logits method: all its logits from decode calls), 3 more
+    assert calls == [(4, 0), (1, 4), (4, 5), (4, 9), (3, 13), (2, 0), (4, 2), (4, 6), (4, 10), (2, 14),
+                     (4, 0), (4, 4), (4, 8), (4, 12), (3, 0)]
     np.testing.assert_allclose(got, _eager_logits(model, ids), atol=2e-4, rtol=1e-4)
     assert session.position == 3
 

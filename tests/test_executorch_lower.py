@@ -9,8 +9,7 @@ from exporters import executorch_lower
 from exporters.executorch_lower import Lowered, lower_methods
 from exporters.pte_merge import PteMergeError, merge_programs
 from runtime import InfiniSession
-from tests.conftest import make_model
-from tests.et_artifacts import FP32, get
+from tests.et_artifacts import DECODE_CHUNK, FP32, get, job_model
 
 BATCH1 = ("linear", FP32, 1)
 
@@ -22,7 +21,8 @@ def test_processes_make_the_program_one_process_makes(et_artifacts, tmp_path):
 
     model, art1, one, _ = get(et_artifacts, BATCH1)
     assert one["exporter"]["lowering"]["processes"] == 1
-    merged_manifest = export_executorch(make_model("linear"), tmp_path / "merged", max_batch=1, jobs=2)
+    merged_manifest = export_executorch(job_model(BATCH1), tmp_path / "merged", max_batch=1, jobs=2,
+                                        decode_chunk=DECODE_CHUNK[BATCH1])
     merged_manifest.write()
     manifest, art = merged_manifest.to_dict(), tmp_path / "merged"
     assert manifest["exporter"]["lowering"]["processes"] == 2

@@ -182,11 +182,12 @@ def test_executorch_last_method_planned_memory_and_stream(et_artifacts):
     _stream_matches_full_step(art1)  # the session without the last-token program: every token through decode
 
 
-def test_adapter_last_program_exports_with_parity(tmp_path):
-    from exporters.pipeline import export_artifact
-    adapter = _adapter("linear")
-    manifest, report = export_artifact(adapter, tmp_path, "onnx", parity_segments=3, progress=False, log=None)
-    manifest = manifest.to_dict()
-    assert report.last["failures"] == [] and report.last["wiring"]["passed"]
-    assert manifest["parity"]["last_logits"]["segments"] == 3
-    _stream_matches_full_step(tmp_path)
+def test_adapter_last_program_exports_with_parity(adapter_onnx):
+    import json
+
+    from tests.conftest import ADAPTER_PARITY
+    _, art, report = adapter_onnx["linear"]
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert report["last"]["failures"] == [] and report["last"]["wiring"]["passed"]
+    assert manifest["parity"]["last_logits"]["segments"] == ADAPTER_PARITY
+    _stream_matches_full_step(art)

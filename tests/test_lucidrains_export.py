@@ -8,7 +8,7 @@ delta memories), weights (their random init, and briefly trained with their wrap
 ExecuTorch): logits and every layer's memory at each of 24 segments (then a short trailing one, as their wrapper
 cuts a sequence) within the tolerances the artifact is exported with.
 
-Exports are slow (an ExecuTorch export is tens of seconds even at depth 2), so the cases are a pairwise cover of
+Exports are slow (an ExecuTorch export is tens of seconds even at depth 1), so the cases are a pairwise cover of
 the three axes (``CASES``: every pair of values of any two axes is exported once; four exports, not eight), each
 artifact built once per module, lazily. The ExecuTorch artifact of the random-weight model uses the portable
 kernels (``delegate="none"``), the trained one XNNPACK, the default: both ExecuTorch paths are held to their forward.
@@ -35,9 +35,9 @@ BATCH = 2
 PRECISION = "float32"
 
 CONFIGS = {
-    "linear": dict(num_tokens=64, dim=32, depth=2, dim_head=16, heads=2, ff_mult=2),
+    "linear": dict(num_tokens=64, dim=32, dim_head=16, heads=2, ff_mult=2),
     # delta rule with the learned per-token update weights: every branch of their create_new_memories
-    "delta": dict(num_tokens=64, dim=24, depth=2, dim_head=8, heads=2, ff_mult=2,
+    "delta": dict(num_tokens=64, dim=24, dim_head=8, heads=2, ff_mult=2,
                   use_mem_delta_rule=True, learned_delta_update=True),
 }
 WEIGHTS = ("random", "trained")
@@ -48,6 +48,9 @@ CASES = [("linear", "random", "onnx"), ("delta", "random", "executorch"),
          ("linear", "trained", "executorch"), ("delta", "trained", "onnx")]
 # the trained cases: one per configuration and one per format
 TRAINED = [(name, fmt) for name, weights, fmt in CASES if weights == "trained"]
+# layers of their model: two where the artifact is ONNX (every layer's memory mapped and compared), one where it is
+# ExecuTorch (the same adapter, lowered: one layer holds that path to their forward at ~60% of the lowering time)
+DEPTH = {"onnx": 2, "executorch": 1}
 BACKEND = {"onnx": "onnxruntime", "executorch": "executorch"}
 
 MEASURED: dict = {}  # (config, weights, backend) -> worst errors, printed at the end (pytest -s)
@@ -61,9 +64,15 @@ def delegate_for(weights: str) -> str:
 
 
 # ---- their models --------------------------------------------------------------------------------
+def their_kwargs(name: str, weights: str) -> dict:
+    """Their constructor's arguments for a case: the configuration at the depth of the case's format."""
+    fmt = next(f for n, w, f in CASES if (n, w) == (name, weights))
+    return dict(CONFIGS[name], depth=DEPTH[fmt])
+
+
 def make_theirs(name: str, weights: str) -> InfiniTransformer:
     torch.manual_seed(0)
-    model = InfiniTransformer(**CONFIGS[name])
+    model = InfiniTransformer(**their_kwargs(name, weights))
     if weights == "trained":
         # a trained model's gates are spread over both signs, not at their init of 10 (sigmoid = 0.99995, the
         # memory nearly unread): start them there, then train through their wrapper so everything moves
@@ -97,13 +106,37 @@ def theirs():
     return get
 
 
+# the case whose artifact is made by the command line, as a user makes it (``test_cli_export_and_validate...``)
+CLI_CASE = ("delta", "trained", "onnx")
+
+
 @pytest.fixture(scope="module")
-def artifacts(theirs, tmp_path_factory):
-    """{(config, weights, format): (artifact dir, manifest)}: one export each, on first use."""
+def cli_export(theirs, tmp_path_factory):
+    """(artifact dir, the command line's stdout, its source arguments): their trained model's state_dict + kwargs
+    JSON -> ``infini-export export --from lucidrains --format onnx``."""
+    name, weights, fmt = CLI_CASE
+    model, _, _ = theirs(name, weights)
+    tmp = tmp_path_factory.mktemp("lucidrains_cli")
+    state_dict, kwargs = tmp / "model.pt", tmp / "model_kwargs.json"
+    torch.save(model.state_dict(), state_dict)
+    kwargs.write_text(json.dumps(their_kwargs(name, weights)))
+    src = ["--from", "lucidrains", "--weights", state_dict, "--kwargs", kwargs, "--segment-len", SEG]
+    r = run_cli("export", *src, "--format", fmt, "--parity-segments", 20, "-o", tmp / "onnx")
+    assert r.returncode == 0, r.stdout + r.stderr
+    return tmp / "onnx", r.stdout, src
+
+
+@pytest.fixture(scope="module")
+def artifacts(theirs, cli_export, tmp_path_factory):
+    """{(config, weights, format): (artifact dir, manifest)}: one export each, on first use (``CLI_CASE``'s by the
+    command line)."""
     cache = {}
 
     def get(name, weights, fmt):
         key = (name, weights, fmt)
+        if key == CLI_CASE:
+            out = cli_export[0]
+            return out, json.loads((out / "manifest.json").read_text())
         if key not in cache:
             model, _, _ = theirs(name, weights)
             adapter = LucidrainsStep(model, SEG).eval()
@@ -230,19 +263,13 @@ def test_first_segment_is_no_memory_through_the_artifact(theirs, artifacts, name
 
 # ---- the command line ----------------------------------------------------------------------------
 
-def test_cli_export_and_validate_a_trained_model(theirs, tmp_path):
+def test_cli_export_and_validate_a_trained_model(theirs, cli_export, tmp_path):
     """What a user runs: their state_dict + kwargs JSON -> ``export --from lucidrains`` -> ``validate``."""
-    name = "delta"
-    model, ids, ref = theirs(name, "trained")
-    weights, kwargs = tmp_path / "model.pt", tmp_path / "model_kwargs.json"
-    torch.save(model.state_dict(), weights)
-    kwargs.write_text(json.dumps(CONFIGS[name]))
-    src = ["--from", "lucidrains", "--weights", weights, "--kwargs", kwargs, "--segment-len", SEG]
-    out = tmp_path / "onnx"
-
-    r = run_cli("export", *src, "--format", "onnx", "--parity-segments", 20, "-o", out)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "parity passed" in r.stdout
+    name, weights, _ = CLI_CASE
+    _, ids, ref = theirs(name, weights)
+    out, stdout, src = cli_export
+    kwargs = src[src.index("--kwargs") + 1]
+    assert "parity passed" in stdout
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["parity"]["passed"] and manifest["parity"]["segments"] == 20
     assert manifest["model"]["use_mem_delta_rule"] and manifest["model"]["learned_delta_update"]
@@ -264,6 +291,7 @@ def test_cli_export_and_validate_a_trained_model(theirs, tmp_path):
     _check_memories(session.state, ref[N_FULL - 1][1], tol, "CLI artifact, last segment")
 
     # a mismatched kwargs file is refused with exit 2 and a message, not a traceback
-    kwargs.write_text(json.dumps(dict(CONFIGS[name], dim=32)))
-    r = run_cli("validate", out, *src, "--segments", 2)
+    bad = tmp_path / "bad_kwargs.json"
+    bad.write_text(json.dumps(dict(their_kwargs(name, weights), dim=32)))
+    r = run_cli("validate", out, *[bad if a == kwargs else a for a in src], "--segments", 2)
     assert r.returncode == 2 and "misshaped" in r.stderr and "Traceback" not in r.stderr

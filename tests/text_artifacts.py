@@ -1,4 +1,4 @@
-"""A small byte-level BPE tokenizer trained here, and the ``tiny`` preset exported with it (once per test process)."""
+"""A small byte-level BPE tokenizer trained here, and the ``tiny`` preset exported with it (once per test run)."""
 from __future__ import annotations
 
 import json
@@ -64,16 +64,23 @@ def make_text_model(tokenizer_path: Path, seed: int = 0):
 
 def text_artifact(tmp_path_factory):
     """(model, artifact folder, tokenizer.json path): the tiny preset, its vocabulary the tokenizer's, exported to
-    ONNX with the tokenizer, ``<s>`` prepended to prompts; exported once per process."""
+    ONNX with the tokenizer, ``<s>`` prepended to prompts; exported once per test run (tests/shared.py)."""
     if "art" not in _CACHE:
-        from exporters.pipeline import export_artifact
-        from exporters.tokenizer import prepare_tokenizer
-        base = tmp_path_factory.mktemp("text")
-        path = train_tokenizer(base / "trained.json")
-        model = make_text_model(path)
-        plan = prepare_tokenizer(path, model.cfg.vocab_size, bos_token="<s>")
-        export_artifact(model, base / "onnx", "onnx", parity_segments=2, progress=False, log=None, tokenizer=plan)
-        _CACHE["art"] = (model, base / "onnx", path)
+        from tests.shared import build_once, shared_root
+
+        def build(folder: Path) -> dict:
+            from exporters.pipeline import export_artifact
+            from exporters.tokenizer import prepare_tokenizer
+            folder.mkdir(parents=True, exist_ok=True)
+            path = train_tokenizer(folder / "trained.json")
+            model = make_text_model(path)
+            plan = prepare_tokenizer(path, model.cfg.vocab_size, bos_token="<s>")
+            export_artifact(model, folder / "onnx", "onnx", parity_segments=2, progress=False, log=None,
+                            tokenizer=plan)
+            return {}
+        folder, _ = build_once(shared_root(tmp_path_factory), "text", build)
+        path = folder / "trained.json"
+        _CACHE["art"] = (make_text_model(path), folder / "onnx", path)
     return _CACHE["art"]
 
 
