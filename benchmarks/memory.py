@@ -98,3 +98,52 @@ def memory_section(art_dir: Path | None, preset: str, seg: int, lengths: list[in
                              "F.scaled_dot_product_attention, chunks of segment_len, KV cache grown 1.5x when full",
             "baseline_budget_seconds": budget, "lengths": lengths, "infini": infini, "baseline": baseline,
             "state": state_rows, "infini_rss_flatness": flat, "baseline_rss_growth": growth}
+
+
+def _resident_mb() -> dict:
+    """Resident MB now by kind: the mapped weights file, other files (libraries), anonymous memory (heap, arenas)."""
+    out, kind = {"weights_file": 0, "files": 0, "anon": 0}, "anon"
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if not head[0].endswith(":"):  # a mapping's first line: address range, perms, offset, dev, inode[, path]
+                path = head[5] if len(head) > 5 else ""
+                kind = "weights_file" if path.endswith(".bin") else "files" if path.startswith("/") else "anon"
+            elif head[0] == "Rss:":
+                out[kind] += int(head[1])
+    return {k: round(v / 1024, 1) for k, v in out.items()}
+
+
+def session_peak(art_dir: str | Path, tokens: int, tail: int = 0, new_tokens: int = 32, threads: int = 2,
+                 **options) -> dict:
+    """This process's peak RSS (VmHWM, MB) over a session of its own: open, stream ``tokens`` random tokens in
+    segments (the last-token program), ``tail`` more in one call (the decode program), then ``new_tokens``
+    greedy tokens; RSS by kind after each step, the peak against the artifact's weight bytes."""
+    from runtime.measure import current_rss_mb, peak_rss_mb
+    from runtime.session import InfiniSession
+
+    steps = {}
+
+    def mark(name):
+        steps[name] = {"rss_mb": round(current_rss_mb(), 1), "peak_mb": round(peak_rss_mb(), 1), **_resident_mb()}
+
+    session = InfiniSession.open(art_dir, threads=threads, **options)
+    mark("open")
+    ids = np.random.default_rng(0).integers(0, session.vocab_size, tokens + tail)
+    for i in range(0, tokens, session.segment_len):
+        session.stream(ids[i:i + session.segment_len])
+        if i == 0:
+            mark("first segment")
+    mark(f"{format_length(tokens)} tokens")
+    if tail:
+        session.stream(ids[tokens:])
+        mark(f"+{tail} in one call")
+    for k, _ in enumerate(session.generate_iter(np.zeros((1, 0), np.int64), new_tokens)):
+        if k == 0:
+            mark("first decoded token")
+    mark(f"{new_tokens} decoded")
+    weights = session.manifest.files["weights"].bytes if "weights" in session.manifest.files else None
+    peak = peak_rss_mb()
+    return {"artifact": str(art_dir), "tokens": tokens, "tail": tail, "new_tokens": new_tokens, "threads": threads,
+            "options": options, "steps": steps, "peak_rss_mb": round(peak, 1), "weight_bytes": weights,
+            "peak_over_weights": round(peak * 2 ** 20 / weights, 3) if weights else None}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import warnings
 
 TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"
@@ -36,3 +37,25 @@ def import_onnxruntime():
     import onnxruntime
 
     return onnxruntime
+
+
+# one arena for every session that opts in (``session.use_env_allocators``): extended by exactly what a request
+# needs (kSameAsRequested, not the next power of two), and shared, so the segment, last-token and decode programs
+# hold the largest of their activations instead of the sum
+ARENA_EXTEND_SAME_AS_REQUESTED = 1
+_arena_lock = threading.Lock()
+_arena: list[bool] = []
+
+
+def shared_cpu_arena(ort) -> bool:
+    """Register the runtime's CPU arena with onnxruntime's environment, once per process; whether sessions can use
+    it (False where this onnxruntime cannot register one)."""
+    with _arena_lock:
+        if not _arena:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            try:  # max_mem (0: no limit), extend strategy, initial chunk and max dead bytes per chunk (-1: default)
+                ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, ARENA_EXTEND_SAME_AS_REQUESTED, -1, -1))
+                _arena.append(True)
+            except Exception:  # onnxruntime's own error types: each session then has an arena of its own
+                _arena.append(False)
+        return _arena[0]

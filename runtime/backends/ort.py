@@ -7,9 +7,9 @@ import weakref
 import numpy as np
 
 from .. import fpenv
-from ..ortenv import import_onnxruntime
+from ..ortenv import import_onnxruntime, shared_cpu_arena
 from ..errors import ArtifactError, InputError, ManifestError
-from ..lowmem import return_large_blocks
+from ..lowmem import LOW_MEMORY_THRESHOLD, THRESHOLD, return_large_blocks
 from ..manifest_schema import BATCH
 from .programs import SegmentPrograms
 from .decode_check import DecodeCallCheck
@@ -67,8 +67,8 @@ class OrtBackend(SegmentPrograms):
                                 "the onnxruntime backend runs 'onnx'")
         self.manifest = manifest
         self.denormal_as_zero = denormal_as_zero
-        if low_memory:
-            return_large_blocks()
+        return_large_blocks(LOW_MEMORY_THRESHOLD if low_memory else THRESHOLD)
+        shared_arena = not low_memory and shared_cpu_arena(ort)
         shared, self._weights_map = shared_initializers(manifest, ort) if share_weights else ({}, None)
         self._shared = shared  # the OrtValues must outlive the sessions that use them
         self.shared_weights = bool(shared)
@@ -91,10 +91,17 @@ class OrtBackend(SegmentPrograms):
             # at the end of the call (the state outputs come after the logits) and so keeps every layer's
             # keys and values alive until then: 12 x 2 x 6 MB at 110M / N = 2048
             opts.execution_order = order
-            if low_memory:  # every activation allocated when produced and freed after its last use (see lowmem)
+            # every activation allocated when produced and freed after its last use: onnxruntime's buffer reuse
+            # (tensors planned into earlier tensors' buffers) and memory pattern (one block per input shape beside
+            # the arena's chunks) held ~1 GB at 110M where ~112 MB is alive at once; off, the same speed (design.md)
+            opts.enable_mem_pattern = False
+            opts.enable_mem_reuse = False
+            if low_memory:  # and from malloc, not an arena (see lowmem)
                 opts.enable_cpu_mem_arena = False
-                opts.enable_mem_pattern = False
-                opts.enable_mem_reuse = False
+            elif shared_arena:
+                opts.add_session_config_entry("session.use_env_allocators", "1")
+            # the graph's own (unshared) initializers from plain memory, not carved out of the activations' arena
+            opts.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
             # flush denormals to zero while onnxruntime computes: the causal mask's exp(-inf) and the far tail of
             # exp() land in the denormal range, where x86 takes a microcode assist per element (MLAS softmax
             # over a masked 128x128 block: 230 us -> 31 us). Values below 1.2e-38 become 0; nothing else changes.
