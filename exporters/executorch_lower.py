@@ -11,6 +11,7 @@ proportional set size, which counts a page shared by several processes once) and
 """
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -154,6 +155,20 @@ def _pss_mb(pids) -> float:
     return total / 1024.0
 
 
+def start_forked(proc):
+    """``proc.start()`` for a forked process whose garbage collector never frees what it inherits: this process's
+    garbage is collected first, and what is left is frozen across the fork. A child that frees an inherited object
+    can hang: an onnxruntime session (left in a reference cycle by earlier work in this process) waits in its
+    destructor for thread-pool threads the child does not have."""
+    gc.collect()
+    gc.freeze()
+    try:
+        proc.start()
+    finally:
+        gc.unfreeze()
+    return proc
+
+
 def _lower_forked(programs, partitioners, passes, planned_inputs, jobs, progress, workdir) -> Lowered:
     from tqdm import tqdm
 
@@ -171,9 +186,8 @@ def _lower_forked(programs, partitioners, passes, planned_inputs, jobs, progress
                 while pending and len(running) < jobs:
                     name = pending.pop(0)
                     path = os.path.join(tmp, f"{name}.pte")
-                    proc = ctx.Process(target=_child, name=f"lower-{name}", daemon=True,
-                                       args=(path, name, programs, partitioners, passes, planned_inputs))
-                    proc.start()
+                    proc = start_forked(ctx.Process(target=_child, name=f"lower-{name}", daemon=True,
+                                                    args=(path, name, programs, partitioners, passes, planned_inputs)))
                     running[name] = (proc, path)
                 done = multiprocessing.connection.wait([p.sentinel for p, _ in running.values()], timeout=1.0)
                 peak = max(peak, _pss_mb([os.getpid(), *(p.pid for p, _ in running.values())]))

@@ -110,3 +110,41 @@ def test_without_the_merge_the_methods_are_lowered_here(monkeypatch):
     out = lower_methods(_fake_programs(), {}, [], {}, jobs=2)
     assert out.buffer == b"program" and out.processes == 1
     assert calls == [(os.getpid(), ("step_last", "decode"))]  # the forked processes' calls are not seen here
+
+
+def _collect_garbage():
+    import gc
+    gc.collect()
+
+
+def test_a_forked_lowering_process_never_frees_what_it_inherits(onnx_artifacts):
+    """An onnxruntime session left in a reference cycle by earlier work, freed by a forked child's garbage collector,
+    crashes or hangs the child (its thread pool is not there); ``start_forked`` frees it in this process first."""
+    import gc
+    import multiprocessing
+
+    from exporters.executorch_lower import start_forked
+    _, art = onnx_artifacts["delta"]
+    ctx = multiprocessing.get_context("fork")
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for start in (lambda p: p.start(), start_forked):
+            cycle = {"session": InfiniSession.open(art)}
+            cycle["self"] = cycle
+            cycle["session"].feed(np.arange(40) % 256)
+            del cycle
+            proc = ctx.Process(target=_collect_garbage, daemon=True)
+            start(proc)
+            proc.join(60)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+            if start is start_forked:
+                assert proc.exitcode == 0
+            else:  # the hazard is real here: the child that frees the session fails
+                assert proc.exitcode != 0
+                gc.collect()
+    finally:
+        if enabled:
+            gc.enable()
