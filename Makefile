@@ -64,17 +64,11 @@ demo: $(STAMP)
 # pytest in 2 processes; each exported test artifact is shared by both (tests/shared.py); a file runs in one of them
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder
 
-# the set-up steps side by side (pip, npm, the browser); then pytest, with the web tests running beside it (their
-# output kept in $(WEB_LOG): its summary shown when pytest ends, all of it if they failed); fails if either fails
-WEB_LOG := out/test-web.log
+# the set-up steps side by side (pip, npm, the browser), then pytest, then the web tests
 test:
 	@$(MAKE) --no-print-directory -j3 $(STAMP) $(STAMP312) $(WEB_DEPS) browser
-	@mkdir -p $(dir $(WEB_LOG)); echo "web tests running beside pytest (log: $(WEB_LOG))"; \
-	 $(MAKE) --no-print-directory test-web > $(WEB_LOG) 2>&1 & web=$$!; \
-	 $(PYTEST) tests; py=$$?; \
-	 wait $$web; webrc=$$?; echo "---- web tests ($(WEB_LOG))"; \
-	 if [ $$webrc -eq 0 ]; then tail -n 9 $(WEB_LOG); else cat $(WEB_LOG); fi; \
-	 test $$py -eq 0 -a $$webrc -eq 0
+	$(PYTEST) tests
+	@$(MAKE) --no-print-directory test-web
 
 # the edit loop: no test marked slow (no export beyond the tiny preset's shared ONNX artifacts)
 test-fast: $(STAMP)
