@@ -9,7 +9,9 @@ def sample(logits: np.ndarray, temperature: float, top_k, top_p, rng) -> np.ndar
     logits = logits.astype(np.float64)  # (B, V)
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits / temperature
+    # shifted before scaling (the same softmax): the largest logit is 0, so a tiny temperature cannot overflow
+    with np.errstate(over="ignore"):  # a logit below the largest over a tiny temperature: -inf, probability 0
+        logits = (logits - logits.max(-1, keepdims=True)) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = np.sort(logits, axis=-1)[:, -top_k][:, None]  # (B, 1)
         logits = np.where(logits < kth, -np.inf, logits)

@@ -135,3 +135,18 @@ def test_generate_arguments(session, cases, max_new, temperature, top_k, top_p, 
         return
     assert isinstance(max_new, int) and not isinstance(max_new, bool) and max_new >= 0
     assert out.shape == (1, max_new) and ((out >= 0) & (out < 256)).all()
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1e-300, 1e-30])
+def test_the_smallest_temperatures_sample_the_largest_logit(temperature):
+    """Scaled by a tiny temperature, a logit overflows unless the largest is subtracted first: the draw is then the
+    argmax, with no NaN and no warning."""
+    import warnings
+
+    from runtime.sampling import sample
+    logits = np.random.default_rng(0).normal(size=(3, 40)).astype(np.float32) * 30
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for top_k, top_p in ((None, None), (5, 0.9)):
+            got = sample(logits, temperature, top_k, top_p, np.random.default_rng(1))
+            np.testing.assert_array_equal(got, logits.argmax(-1))

@@ -45,7 +45,10 @@ export function argmax(row) {
  */
 export function samplingProbs(logits, temperature, topK, topP) {
   const V = logits.length;
-  const x = Float64Array.from(logits, (v) => v / temperature);
+  // shifted before scaling (the same softmax): the largest logit is 0, so a tiny temperature cannot overflow
+  let top = -Infinity;
+  for (let i = 0; i < V; i++) if (logits[i] > top) top = logits[i];
+  const x = Float64Array.from(logits, (v) => (v - top) / temperature);
   if (topK !== null && topK < V) {
     const kth = Float64Array.from(x).sort()[V - topK];
     for (let i = 0; i < V; i++) if (x[i] < kth) x[i] = -Infinity;

@@ -37,4 +37,12 @@ describe('sampling', () => {
     const p0 = await s.fork().generate([], { ...opts, topP: 1e-9, seed: 3 });
     assert.deepEqual(p0, rowsOf(ref.greedy));
   });
+
+  it('the smallest temperatures give the largest logit all the probability, never NaN', () => {
+    const logits = Float32Array.from([0.5, -2.0, 3.25, 1.0, 3.0]);
+    for (const t of [5e-324, 1e-300, 1e-30]) {
+      assert.deepEqual(Array.from(samplingProbs(logits, t, null, null)), [0, 0, 1, 0, 0]);
+      assert.deepEqual(Array.from(samplingProbs(logits, t, 2, 0.5)), [0, 0, 1, 0, 0]);
+    }
+  });
 });
