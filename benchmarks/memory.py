@@ -100,7 +100,7 @@ def memory_section(art_dir: Path | None, preset: str, seg: int, lengths: list[in
             "state": state_rows, "infini_rss_flatness": flat, "baseline_rss_growth": growth}
 
 
-def _resident_mb() -> dict:
+def _resident_mb(weights_path: str | None) -> dict:
     """Resident MB now by kind: the mapped weights file, other files (libraries), anonymous memory (heap, arenas)."""
     out, kind = {"weights_file": 0, "files": 0, "anon": 0}, "anon"
     with open("/proc/self/smaps") as f:
@@ -108,7 +108,7 @@ def _resident_mb() -> dict:
             head = line.split()
             if not head[0].endswith(":"):  # a mapping's first line: address range, perms, offset, dev, inode[, path]
                 path = head[5] if len(head) > 5 else ""
-                kind = "weights_file" if path.endswith(".bin") else "files" if path.startswith("/") else "anon"
+                kind = "weights_file" if path == weights_path else "files" if path.startswith("/") else "anon"
             elif head[0] == "Rss:":
                 out[kind] += int(head[1])
     return {k: round(v / 1024, 1) for k, v in out.items()}
@@ -123,11 +123,15 @@ def session_peak(art_dir: str | Path, tokens: int, tail: int = 0, new_tokens: in
     from runtime.session import InfiniSession
 
     steps = {}
+    session = InfiniSession.open(art_dir, threads=threads, **options)
+    shared = session.manifest.shared_weights  # the weights file every graph maps (None: weights inside the graphs)
+    weights_path = str(session.manifest.file_path(shared.file).resolve()) if shared else None
+    weights = session.manifest.files[shared.file].bytes if shared else None
 
     def mark(name):
-        steps[name] = {"rss_mb": round(current_rss_mb(), 1), "peak_mb": round(peak_rss_mb(), 1), **_resident_mb()}
+        steps[name] = {"rss_mb": round(current_rss_mb(), 1), "peak_mb": round(peak_rss_mb(), 1),
+                       **_resident_mb(weights_path)}
 
-    session = InfiniSession.open(art_dir, threads=threads, **options)
     mark("open")
     ids = np.random.default_rng(0).integers(0, session.vocab_size, tokens + tail)
     for i in range(0, tokens, session.segment_len):
@@ -142,7 +146,6 @@ def session_peak(art_dir: str | Path, tokens: int, tail: int = 0, new_tokens: in
         if k == 0:
             mark("first decoded token")
     mark(f"{new_tokens} decoded")
-    weights = session.manifest.files["weights"].bytes if "weights" in session.manifest.files else None
     peak = peak_rss_mb()
     return {"artifact": str(art_dir), "tokens": tokens, "tail": tail, "new_tokens": new_tokens, "threads": threads,
             "options": options, "steps": steps, "peak_rss_mb": round(peak, 1), "weight_bytes": weights,

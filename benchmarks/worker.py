@@ -22,7 +22,8 @@ import time
 import traceback
 from pathlib import Path
 
-from runtime.measure import peak_rss_mb
+from runtime.manifest import Manifest
+from runtime.measure import parse_length, peak_rss_mb
 
 
 def cpu_seconds() -> float:
@@ -65,8 +66,7 @@ def run_export_jobs(checkpoint: str, jobs: list[dict], threads: int) -> dict:
             files = {p.name: p.stat().st_size for p in sorted(Path(job["out"]).iterdir()) if p.is_file()}
             rec["files"] = files
             rec["artifact_bytes"] = sum(files.values())
-            man = json.loads((Path(job["out"]) / "manifest.json").read_text())
-            rec["exporter_seconds"] = man.get("exporter", {}).get("export_seconds")
+            rec["exporter_seconds"] = Manifest.load(job["out"]).exporter.get("export_seconds")
         results.append(rec)
     return {"jobs": results, "peak_rss_mb": round(peak_rss_mb(), 1)}
 
@@ -94,8 +94,19 @@ def main(argv=None) -> int:
     p.add_argument("--n-layers", type=int, default=None)
     p.add_argument("--full-logits", action="store_true")
     p.add_argument("--lower-jobs", type=int, default=None)
+    p = sub.add_parser("session", help="peak RSS of one InfiniSession in this process: open, stream, decode")
+    p.add_argument("artifact")
+    p.add_argument("--tokens", type=parse_length, default=16384)
+    p.add_argument("--tail", type=int, default=0, help="tokens more in one call (the decode program)")
+    p.add_argument("--new", type=int, default=32, help="greedy tokens decoded at the end")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--low-memory", action="store_true")
     args = parser.parse_args(argv)
-    if args.command == "export":
+    if args.command == "session":
+        from .memory import session_peak
+        out = session_peak(args.artifact, args.tokens, args.tail, args.new, args.threads,
+                           **({"low_memory": True} if args.low_memory else {}))
+    elif args.command == "export":
         out = run_export_jobs(args.checkpoint, json.loads(Path(args.jobs).read_text()), args.threads)
     elif args.command == "baseline":
         from .baseline import run_baseline

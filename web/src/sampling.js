@@ -53,11 +53,10 @@ export function samplingProbs(logits, temperature, topK, topP) {
     const kth = Float64Array.from(x).sort()[V - topK];
     for (let i = 0; i < V; i++) if (x[i] < kth) x[i] = -Infinity;
   }
-  let max = -Infinity;
-  for (let i = 0; i < V; i++) if (x[i] > max) max = x[i];
   const probs = new Float64Array(V);
   let sum = 0;
-  for (let i = 0; i < V; i++) { probs[i] = Math.exp(x[i] - max); sum += probs[i]; }
+  // the largest is 0 (and survives top-k): no overflow
+  for (let i = 0; i < V; i++) { probs[i] = Math.exp(x[i]); sum += probs[i]; }
   for (let i = 0; i < V; i++) probs[i] /= sum;
   if (topP !== null && topP < 1) {
     const order = Array.from({ length: V }, (_, i) => i).sort((a, b) => probs[b] - probs[a] || a - b);
