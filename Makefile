@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml runtime/pyproject.toml benchmarks/pyproject.toml
 # the two wheels in dist/: infini_runtime-*.whl (torch-free, `infini-run`) and infini_export-*.whl (the toolchain).
 # The runtime is built from a copy of its folder: a build leaves build/ and *.egg-info/ in the folder it reads.
 RUNTIME_SOURCES := runtime/pyproject.toml $(wildcard runtime/*.py runtime/*/*.py)
-build_runtime_wheel = tmp=$$(mktemp -d) && cp -r runtime $$tmp/ && rm -rf $$tmp/runtime/build $$tmp/runtime/*.egg-info && $(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(1) $$tmp/runtime; rc=$$?; rm -rf $$tmp; exit $$rc
+# ($(2): the python that builds it, default the environment's)
+build_runtime_wheel = tmp=$$(mktemp -d) && cp -r runtime $$tmp/ && rm -rf $$tmp/runtime/build $$tmp/runtime/*.egg-info && $(or $(2),$(PY)) -m pip wheel -q --no-deps --no-build-isolation -w $(1) $$tmp/runtime; rc=$$?; rm -rf $$tmp; exit $$rc
 
 wheels: $(STAMP)
 	@mkdir -p dist && rm -f dist/infini_runtime-*.whl dist/infini_export-*.whl
@@ -44,10 +45,13 @@ ifeq ($(PYTHON312),)
 $(STAMP312):
 	@echo "no python3.12 here: the torch-free ExecuTorch test will be skipped"; test -z "$$CI"
 else
-$(STAMP312): $(STAMP) $(RUNTIME_SOURCES)
+# (its own setuptools builds the wheel: it is made beside the main environment, not after it)
+$(STAMP312): $(RUNTIME_SOURCES)
 	@echo "setting up $(VENV312) (Python 3.12, infini-runtime[executorch]; log: $(VENV312).log)"
+	@mkdir -p $(VENV)
 	@( test -x $(VENV312)/bin/python || $(PYTHON312) -m venv $(VENV312) ) > $(VENV312).log 2>&1
-	@( wheels=$$(mktemp -d) && ( $(call build_runtime_wheel,$$wheels) ) && whl=$$(ls $$wheels/*.whl) && \
+	@( $(VENV312)/bin/python -m pip install -q "setuptools>=77" && \
+	   wheels=$$(mktemp -d) && ( $(call build_runtime_wheel,$$wheels,$(VENV312)/bin/python) ) && whl=$$(ls $$wheels/*.whl) && \
 	   $(VENV312)/bin/python -m pip install -q "$$whl[executorch]" && \
 	   $(VENV312)/bin/python -m pip install -q --no-deps --force-reinstall "$$whl"; \
 	   rc=$$?; rm -rf $$wheels; exit $$rc ) >> $(VENV312).log 2>&1 || (cat $(VENV312).log; exit 1)
@@ -64,11 +68,11 @@ demo: $(STAMP)
 # pytest in 2 processes; each exported test artifact is shared by both (tests/shared.py); a file runs in one of them
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder
 
-# the set-up steps side by side (pip, npm, the browser), then pytest, then the web tests
+# the set-up steps side by side (pip, npm, the browser), then pytest; the web tests (make test-web) are one of its
+# tests (tests/test_web.py), so that they run beside the Python tests
 test:
 	@$(MAKE) --no-print-directory -j3 $(STAMP) $(STAMP312) $(WEB_DEPS) browser
 	$(PYTEST) tests
-	@$(MAKE) --no-print-directory test-web
 
 # the edit loop: no test marked slow (no export beyond the tiny preset's shared ONNX artifacts)
 test-fast: $(STAMP)

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import onnx
+import onnx_ir
 import torch
 from onnx_ir.passes.common import CommonSubexpressionEliminationPass, RemoveUnusedNodesPass
 
@@ -20,6 +21,7 @@ from .onnx_packed import pack_projections
 from .onnx_skip_norm import fuse_skip_norms
 from .onnx_tied import lookup_from_transposed
 from .onnx_weights import write_shared
+from . import trace_cache
 from .options import ATTENTION_ROWS, ExportOptions
 from .quantize import check_int4_shapes, quantize_onnx_int4
 from .quantize_lookup import describe_onnx_lookup
@@ -50,21 +52,31 @@ def _quantize_int8(src: Path, dst: Path) -> list[str]:
 
 
 def _trace(flat: torch.nn.Module, example: tuple, input_names: list, output_names: list, dynamic: dict,
-           verbose: bool, translations: dict | None = None, contrib: bool = False) -> tuple[onnx.ModelProto, list]:
+           verbose: bool, translations: dict | None = None, contrib: bool = False,
+           cache: Path | None = None) -> tuple[onnx.ModelProto, list]:
     """torch.onnx (dynamo) + the onnxscript optimizer + our fusions -> a checked ModelProto; ``contrib``: also
-    onnxruntime's contrib-op fusions (the residual Add + RMSNorm as ``SkipSimplifiedLayerNormalization``)."""
-    with torch.no_grad():
-        program = torch.onnx.export(flat, example, dynamo=True, input_names=input_names, output_names=output_names,
-                                    dynamic_shapes=dynamic, opset_version=FUSED_OPSET, optimize=True, verbose=verbose,
-                                    custom_translation_table=translations)
-    fusions = fuse(program.model)  # the model's XNNPACK-friendly RMSNorm back to one ONNX op per norm
+    onnxruntime's contrib-op fusions (the residual Add + RMSNorm as ``SkipSimplifiedLayerNormalization``);
+    ``cache``: a folder of traced programs (``trace_cache``) read before tracing and written after."""
+    call = dict(input_names=input_names, output_names=output_names, dynamic_shapes=dynamic,
+                opset_version=FUSED_OPSET, custom_translation_table=translations)
+    key = trace_cache.trace_key(flat, example, **call) if cache is not None else None
+    traced = trace_cache.load(cache, key) if key else None
+    if traced is None:
+        with torch.no_grad():
+            program = torch.onnx.export(flat, example, dynamo=True, optimize=True, verbose=verbose, **call)
+        model = program.model
+        if key:
+            trace_cache.store(cache, key, program.model_proto)
+    else:
+        model = onnx_ir.from_proto(traced)
+    fusions = fuse(model)  # the model's XNNPACK-friendly RMSNorm back to one ONNX op per norm
     if contrib:
-        fusions["SkipSimplifiedLayerNormalization"] = fuse_skip_norms(program.model)
+        fusions["SkipSimplifiedLayerNormalization"] = fuse_skip_norms(model)
     if translations:  # each layer's op computes the same sequence lengths from the position: once is enough
-        CommonSubexpressionEliminationPass()(program.model)
-        RemoveUnusedNodesPass()(program.model)
-        fusions["GroupQueryAttention"] = sum(n.op_type == "GroupQueryAttention" for n in program.model.graph)
-    return program.model_proto, fusions
+        CommonSubexpressionEliminationPass()(model)
+        RemoveUnusedNodesPass()(model)
+        fusions["GroupQueryAttention"] = sum(n.op_type == "GroupQueryAttention" for n in model.graph)
+    return onnx_ir.to_proto(model), fusions
 
 
 def _quantized(model: onnx.ModelProto, quantize: str | None, tmp: Path, name: str, module: torch.nn.Module,
@@ -115,19 +127,20 @@ def build_onnx(module, spec, out_dir: Path, options: ExportOptions, verbose: boo
     flat = FlatStep(module).eval()
     models, fusions = {}, {}
     models[MODEL_FILE], fusions["step"] = _trace(flat, flat.example_inputs(2), spec.input_names(), spec.output_names(),
-                                                 flat.dynamic_shapes(max_batch), verbose, contrib=contrib)
+                                                 flat.dynamic_shapes(max_batch), verbose, contrib=contrib,
+                                                 cache=options.trace_cache)
     if has_step_last(module):
         last = FlatStepLast(module).eval()
         models[LAST_FILE], fusions["step_last"] = _trace(last, last.example_inputs(2), spec.input_names(),
                                                          spec.output_names(), last.dynamic_shapes(max_batch), verbose,
-                                                         contrib=contrib)
+                                                         contrib=contrib, cache=options.trace_cache)
     if has_decode(module):
         dec = FlatDecode(module, form).eval()
         whole = dec.spec.cache_output == "whole"
         models[DECODE_FILE], fusions["decode"] = _trace(dec, dec.example_inputs(2), dec.spec.input_names(),
                                                         dec.spec.output_names(), dec.dynamic_shapes(max(max_batch, 2)),
                                                         verbose, cache_attention_translation() if whole else None,
-                                                        contrib=contrib)
+                                                        contrib=contrib, cache=options.trace_cache)
     for name in (MODEL_FILE, LAST_FILE):
         if name in models:
             fusions["step" if name == MODEL_FILE else "step_last"]["attention_blocks"] = \

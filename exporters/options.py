@@ -3,8 +3,10 @@ read it; nothing re-checks or re-defaults a value)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from .quantize import DEFAULT_BLOCK_SIZE, check_quantize
+from .trace_cache import cache_folder
 
 FORMATS = ("onnx", "executorch")
 DELEGATES = ("xnnpack", "none")  # ExecuTorch: the XNNPACK delegate, or ExecuTorch's portable kernels
@@ -43,6 +45,9 @@ class ExportOptions:
     decode_chunk: int = DECODE_CHUNK  # ExecuTorch: the most tokens one decode call takes
     parity_segments: int = 64  # consecutive segments the parity run compares (0: no parity run)
     ops: str | None = None  # ONNX: "onnxruntime" (contrib ops where they apply) or "portable" (None: "onnxruntime")
+    # ONNX: a folder of traced programs that exports of the same module reuse (exporters.trace_cache; None:
+    # $INFINI_EXPORT_TRACE_CACHE where set, else no cache)
+    trace_cache: Path | None = None
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -70,6 +75,10 @@ class ExportOptions:
                 raise ValueError(f"ops (--ops) applies to ONNX exports, not {self.format!r}")
             if self.ops not in OPS:
                 raise ValueError(f"ops must be one of {OPS}, got {self.ops!r}")
+        if onnx:
+            object.__setattr__(self, "trace_cache", cache_folder(self.trace_cache))
+        elif self.trace_cache is not None:
+            raise ValueError(f"trace_cache applies to ONNX exports, not {self.format!r}")
         if self.full_logits is not None and onnx:
             raise ValueError("full_logits (--full-logits) applies to ExecuTorch exports; an ONNX artifact always has all logits")
         if self.jobs is not None:

@@ -10,6 +10,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def traced_programs(tmp_path_factory):
+    """Every ONNX export of the run, in the test processes and in the processes tests start, reads the programs
+    traced before it (exporters.trace_cache): a program is traced once per run, every export still checked."""
+    from exporters.trace_cache import ENV
+    from tests.shared import shared_root
+    os.environ[ENV] = str(shared_root(tmp_path_factory) / "traced")
+    yield
+    os.environ.pop(ENV, None)
+
+
 @pytest.fixture
 def tiny_cfg():
     from infini_export import InfiniConfig
@@ -196,7 +207,7 @@ SLOW = {
 # worker while the other runs files that need none of them; the other files that read them come after, so that no
 # worker waits on another's export.
 FIRST = ["test_executorch.py", "test_lucidrains_export.py", "test_real_size.py", "test_bundled_passkey.py",
-         "test_runtime_wheel.py", "test_long_stream.py", "test_low_memory.py", "test_train_smoke.py",
+         "test_web.py", "test_runtime_wheel.py", "test_long_stream.py", "test_low_memory.py", "test_train_smoke.py",
          "test_bench_smoke.py", "test_head_sizes.py", "test_quantize_lookup.py", "test_concurrency_precision.py",
          "test_quantize_int4.py", "test_passkey_cli.py", "test_session_behaviour.py",
          "test_decode.py", "test_executorch_lower.py", "test_last_logits.py", "test_decode_chunk.py"]
