@@ -28,7 +28,7 @@ import torch
 
 ENV = "INFINI_EXPORT_TRACE_CACHE"
 _PACKAGES = ("exporters", "infini_export")
-_SKIP = {"_parameters", "_buffers", "_modules", "_non_persistent_buffers_set", "training"}
+_SKIP = {"_parameters", "_buffers", "_modules", "_non_persistent_buffers_set"}
 
 
 def cache_folder(value: str | os.PathLike | None) -> Path | None:
