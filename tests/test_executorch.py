@@ -308,6 +308,24 @@ def test_truncated_or_corrupt_pte_is_refused(et_artifacts, tmp_path):
             InfiniSession.open(bad)
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads the process's memory map (Linux)")
+def test_the_program_is_mapped_not_copied_and_survives_a_replaced_artifact(et_artifacts, tmp_path):
+    """The session maps the .pte (no copy of its bytes in memory: XNNPACK's packed weights are the resident copy of
+    the delegated ones), and an artifact replaced the way the exporter replaces one (a new folder renamed into
+    place, the old one removed) leaves an open session computing what it did."""
+    _, art, _, _ = get(et_artifacts, ("linear", FP32, 1))
+    live = _copy(art, tmp_path / "live")
+    session = InfiniSession.open(live)
+    pte = str((live / "model.pte").resolve())
+    assert any(line.rstrip().endswith(pte) for line in Path("/proc/self/maps").read_text().splitlines())
+    ids = np.random.default_rng(3).integers(0, session.vocab_size, (1, 2 * session.segment_len + 5))
+    before = session.fork().feed(ids)
+    live.rename(tmp_path / "old")
+    _copy(art, tmp_path / "new").rename(live)
+    shutil.rmtree(tmp_path / "old")
+    np.testing.assert_array_equal(session.fork().feed(ids), before)
+
+
 @pytest.mark.parametrize("other", [{"n_layers": 3}, {"d_head": 8}, {"segment_len": 32}])
 def test_manifest_of_another_model_is_refused(et_artifacts, tmp_path, other):
     """A manifest written for another model beside this .pte (hashes made to match): the loader's I/O check."""

@@ -15,6 +15,11 @@
 Either way torch and executorch are imported lazily, when an ``ExecuTorchBackend`` is created:
 ``import runtime`` and the onnxruntime backend stay torch-free.
 
+The program is memory-mapped (both engines load it from its path): once XNNPACK has packed the delegated weights,
+ExecuTorch unmaps those parts of the file, so the packed weights are the one resident copy. Replacing an artifact
+is safe (the exporter writes a new folder and renames it; a mapped file that is renamed or removed stays readable);
+a program file overwritten in place while a session has it open is not.
+
 A loaded method is not thread-safe and (pybindings) reuses its output buffers: calls are serialised by a
 lock and every returned array is a copy made under that lock. Inputs are checked against the program's
 own signature (count, dtypes, fixed dims, the batch bound it was exported with) before it is called.
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -36,28 +42,32 @@ _SCALAR_TYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 4: "int64", 5: "
                  7: "float64", 11: "bool"}
 
 
-def _check_header(path, data: bytes) -> None:
-    """The .pte's magic and the sizes of its extended header, checked before ExecuTorch parses it.
+HEADER_BYTES = 40  # the flatbuffer identifier and the extended header
+
+
+def _check_header(path, data: bytes, size: int) -> None:
+    """The .pte's magic and the sizes of its extended header (``data``: its first ``HEADER_BYTES``; ``size``: the
+    file's), checked before ExecuTorch parses it.
 
     The pybindings abort the whole process on some malformed headers (an error message carrying the
     file's raw bytes cannot be turned into a Python string), so what is cheap to check is checked here.
     """
     magic = data[4:8]
-    if len(data) < 8 or magic[:2] != b"ET" or not magic[2:].isdigit():
-        raise ArtifactError(f"{path} is not an ExecuTorch program: {len(data)} bytes without the 'ET..' "
+    if size < 8 or magic[:2] != b"ET" or not magic[2:].isdigit():
+        raise ArtifactError(f"{path} is not an ExecuTorch program: {size} bytes without the 'ET..' "
                             "flatbuffer identifier at offset 4")
     if data[8:12] == b"eh00" and len(data) >= 32:
         header_len = int.from_bytes(data[12:16], "little")
         program_size = int.from_bytes(data[16:24], "little")
         segment_base = int.from_bytes(data[24:32], "little")
         segment_size = int.from_bytes(data[32:40], "little") if header_len >= 32 and len(data) >= 40 else 0
-        if header_len < 24 or program_size > len(data) or segment_base + segment_size > len(data):
+        if header_len < 24 or program_size > size or segment_base + segment_size > size:
             raise ArtifactError(f"{path} is truncated or corrupt: its header announces a program of "
                                 f"{program_size} bytes and {segment_size} bytes of segments from byte "
-                                f"{segment_base}, the file has {len(data)} bytes")
+                                f"{segment_base}, the file has {size} bytes")
 
 
-# ---- engines: load bytes, describe the method, run numpy arrays ----------------------------------
+# ---- engines: load a program file (memory-mapped), describe the method, run numpy arrays ----------------------
 class _PybindingsEngine:
     name = "pybindings"
 
@@ -79,9 +89,9 @@ class _PybindingsEngine:
         if threads is not None:
             portable_lib._unsafe_reset_threadpool(threads)  # process-wide: ExecuTorch has one CPU thread pool
 
-    def load(self, data: bytes) -> list[str]:
+    def load(self, path: Path) -> list[str]:
         pl = self._pl
-        self._program = pl._load_program_from_buffer(data, program_verification=pl.Verification.InternalConsistency)
+        self._program = pl._load_program(str(path), program_verification=pl.Verification.InternalConsistency)
         return [self._program.get_method_name(i) for i in range(self._program.num_methods())]
 
     def method(self, name: str) -> "_Method":
@@ -119,8 +129,8 @@ class _NumpyEngine:
         if threads is not None:
             warnings.warn("executorch-numpy-runtime has no thread-count setting; threads is ignored", stacklevel=3)
 
-    def load(self, data: bytes) -> list[str]:
-        self._program = self._en.Runtime.get().load_program(data)
+    def load(self, path: Path) -> list[str]:
+        self._program = self._en.Runtime.get().load_program(str(path))
         return list(self._program.method_names)
 
     def method(self, name: str) -> _Method:
@@ -184,16 +194,20 @@ class ExecuTorchBackend(SegmentPrograms):
         self.engine = _make_engine(engine, threads)
         path = manifest.program_path()
         try:
-            data = path.read_bytes()  # a private copy: the file may change or vanish after loading
+            size = path.stat().st_size
+            with path.open("rb") as f:
+                head = f.read(HEADER_BYTES)
         except OSError as exc:
             raise ArtifactError(f"cannot read the ExecuTorch program {path}: {exc}") from exc
-        _check_header(path, data)
+        _check_header(path, head, size)
         dec = manifest.decode if manifest.decode is not None and manifest.decode.program.format == "pte" else None
         last = manifest.last_logits
         last = last if last is not None and last.program.format == "pte" else None
         self._decode_program = self._last_program = None
         try:
-            names = self.engine.load(data)
+            # memory-mapped by ExecuTorch: the delegated parts are unmapped once XNNPACK has packed their weights,
+            # so its packed weights are the one resident copy (a copy in memory would stay beside them)
+            names = self.engine.load(path)
             if self.method_name is not None and self.method_name in names:
                 self._step_program = self.engine.method(self.method_name)
             if dec is not None and dec.program.method in names:
@@ -202,13 +216,12 @@ class ExecuTorchBackend(SegmentPrograms):
                 self._last_program = self.engine.method(last.program.method)
         except Exception as exc:  # an ExecuTorch error code: truncated, corrupt, or an incompatible version
             raise ArtifactError(f"ExecuTorch ({self.engine.name} {self.engine.version}) cannot load {path} "
-                                f"({len(data)} bytes): {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}"
+                                f"({size} bytes): {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}"
                                 " (truncated, corrupt, or written by an incompatible ExecuTorch)") from exc
         wanted = [m for m in [self.method_name] + [x.program.method for x in (dec, last) if x is not None]
                   if m is not None]
         if any(m not in names for m in wanted):
             raise ArtifactError(f"{path} has the methods {names}, the manifest names {wanted}")
-        self._data = data  # the program may point into this buffer
         self._check_decode = DecodeCallCheck(dec) if dec is not None else None
         self._lock = threading.Lock()
         self._check_io()
