@@ -45,7 +45,7 @@ class ExportParityError(RuntimeError):
 
 def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "onnx", *,
                     quantize: str | None = None, delegate: str = "xnnpack", parity_segments: int = 64,
-                    max_batch: int = 64, progress: bool = True, log=print, block_size: int | None = None,
+                    max_batch: int | None = None, progress: bool = True, log=print, block_size: int | None = None,
                     table_rows: int = 6, attention_rows: int | None = None, full_logits: bool | None = None,
                     jobs: int | None = None, ops: str | None = None, tokenizer=None,
                     options: ExportOptions | None = None) -> tuple[Manifest, ParityReport | None]:
@@ -53,6 +53,8 @@ def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "on
 
     The options are ``ExportOptions``'s (``block_size``: int4 group size; ``attention_rows``: ONNX query rows per
     attention block; ``ops``: ONNX "onnxruntime" or "portable"; ``full_logits``, ``jobs``: ExecuTorch).
+    ``max_batch`` None: the format's default (``exporters.options.DEFAULT_MAX_BATCH``: a dynamic axis up to 64 for
+    ONNX, one sequence for ExecuTorch, whose memory is planned for the bound).
     ``options``, already checked (the command line checks them before it loads the model), stands for all of them.
     ``parity_segments=0`` leaves the validate stage out
     (the report is then None). ``table_rows``: the segments the logged parity table shows. An ExecuTorch manifest

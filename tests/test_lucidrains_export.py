@@ -141,8 +141,8 @@ def artifacts(theirs, cli_export, tmp_path_factory):
             model, _, _ = theirs(name, weights)
             adapter = LucidrainsStep(model, SEG).eval()
             out = tmp_path_factory.mktemp(f"lucidrains_{name}_{weights}_{fmt}")
-            # one process for the lowering: the suite runs tests in parallel already
-            extra = {"delegate": delegate_for(weights), "jobs": 1} if fmt == "executorch" else {}
+            # one process for the lowering: the suite runs tests in parallel already; the batch the tests run
+            extra = {"delegate": delegate_for(weights), "jobs": 1, "max_batch": BATCH} if fmt == "executorch" else {}
             manifest, report = export_artifact(adapter, out, fmt, parity_segments=20, progress=False, log=None,
                                                **extra)
             manifest = manifest.to_dict()
