@@ -13,6 +13,7 @@ from onnx_ir.passes.common import CommonSubexpressionEliminationPass, RemoveUnus
 from infini_export.protocol import FlatDecode, FlatStep, FlatStepLast, check_protocol, has_decode, has_step_last
 from runtime.manifest import Manifest
 
+from . import trace_cache
 from .artifact import build_manifest
 from .onnx_attention_blocks import block_local_attention
 from .onnx_fusions import FUSED_OPSET, fuse
@@ -21,7 +22,6 @@ from .onnx_packed import pack_projections
 from .onnx_skip_norm import fuse_skip_norms
 from .onnx_tied import lookup_from_transposed
 from .onnx_weights import write_shared
-from . import trace_cache
 from .options import ATTENTION_ROWS, ExportOptions
 from .quantize import check_int4_shapes, quantize_onnx_int4
 from .quantize_lookup import describe_onnx_lookup

@@ -16,6 +16,7 @@ a wrong program. Files are written whole (a temporary name, then a rename), so c
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import inspect
 import os
@@ -37,7 +38,9 @@ def cache_folder(value: str | os.PathLike | None) -> Path | None:
     return None if value is None else Path(value)
 
 
+@functools.cache
 def _sources() -> bytes:
+    """This package's and ``infini_export``'s sources and the tracing libraries' versions (once per process)."""
     h = hashlib.sha256()
     for package in _PACKAGES:
         root = Path(sys.modules[package].__file__).parent
@@ -82,12 +85,12 @@ def trace_key(module: torch.nn.Module, example: tuple, **call) -> str:
     """The key of tracing ``module`` on ``example`` with torch.onnx.export's keyword arguments ``call``."""
     h = hashlib.sha256(_sources())
     sources: dict[str, bytes] = {}
-    tensors: dict[int, str] = {}  # storage -> first name: which parameters and buffers are tied
+    tensors: dict[tuple, str] = {}  # storage view -> first name: which parameters and buffers are tied
     for kind, items in (("p", module.named_parameters(remove_duplicate=False)),
                         ("b", module.named_buffers(remove_duplicate=False))):
         for name, t in items:
             ptr = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
-            first = tensors.setdefault(hash(ptr), name)
+            first = tensors.setdefault(ptr, name)
             h.update(f"{kind}:{name}={first}".encode())
             if first == name:
                 _value(h, t, set())

@@ -56,7 +56,7 @@ def test_greedy_generation_equals_eager_for_512_tokens(session):
 
     from infini_export import load_checkpoint
     model = load_checkpoint(BUNDLED).eval()
-    tol = session.manifest.to_dict()["parity"]["tolerance"]
+    tol = session.manifest.parity.tolerance
     s = session.fork()
     s.reset()
     prompt = np.frombuffer(b"The grass is green. The sky is blue. The sun is yellow. Here we go. " * 2, np.uint8)

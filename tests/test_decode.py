@@ -81,7 +81,7 @@ def test_exported_decode_parity_and_manifest(onnx_artifacts, update):
     assert s.decoding and dec.max_tokens == model.cfg.segment_len
     assert [e.name for e in dec.state][:4] == ["memory.0", "norm.0", "pending_memory.0", "pending_norm.0"]
     assert all(e.dtype == "float32" for e in dec.state)  # the state stays float32
-    parity = s.manifest.to_dict()["parity"]["measured"]
+    parity = s.manifest.parity.measured
     assert parity is not None
     rep = validate_decode(s.backend, model, tolerance_for("onnxruntime", "float32"), segments=3, batch=2)
     assert rep["failures"] == [] and rep["boundaries"] == 3 and rep["calls"] == 3 * model.cfg.segment_len
@@ -235,8 +235,8 @@ def test_executorch_decode_method(et_artifacts, onnx_artifacts):
     model, art, _, _ = get(et_artifacts, ("delta", FP32))
     s = InfiniSession.open(art)
     assert s.decoding and s.manifest.decode.program.method == "decode"
-    parity = s.manifest.to_dict()["parity"]
-    assert parity["passed"] and parity["decode"]["calls"] > 0 and parity["decode"]["wiring"]["passed"]
+    parity = s.manifest.parity
+    assert parity.passed and parity.decode["calls"] > 0 and parity.decode["wiring"]["passed"]
     rep = validate_decode(s.backend, model, tolerance_for("executorch", "float32"), segments=3)
     assert rep["failures"] == [] and rep["top1"] == 1.0
     prompt = np.random.default_rng(5).integers(0, 256, 23)
@@ -339,7 +339,7 @@ def test_shared_weights_table_is_checked(onnx_artifacts, tmp_path):
     model, art = onnx_artifacts["linear"]
     s = InfiniSession.open(art)
     assert s.backend.shared_weights  # both graphs take their weights from one mapping of weights.bin
-    graphs = s.manifest.to_dict()["shared_weights"]["graphs"]
+    graphs = s.manifest.shared_weights.graphs
     assert set(graphs) == {"program", "decode_program", "last_program"}
     shared = {e[0] for e in graphs["program"]} & {e[0] for e in graphs["decode_program"]}
     assert any("lm_head" in n or "embed" in n for n in shared)  # the same buffers serve both graphs

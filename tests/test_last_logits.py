@@ -78,7 +78,7 @@ def test_onnx_last_program_in_manifest_parity_and_stream(onnx_artifacts, update)
     assert last.program.to_json() == {"format": "onnx", "file": "last_program"}
     assert last.outputs[0].shape == ("batch", 1, model.cfg.vocab_size)
     assert [o.name for o in last.outputs] == s.manifest.output_names
-    parity = s.manifest.to_dict()["parity"]["last_logits"]
+    parity = s.manifest.parity.last_logits
     assert parity["segments"] == 8 and parity["wiring"]["passed"]
     rep = validate_last(s.backend, EagerBackend(model), model.step_spec(),
                         np.random.default_rng(2).integers(0, 256, (1, 5 * model.cfg.segment_len)),

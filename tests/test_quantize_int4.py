@@ -67,7 +67,7 @@ def test_int4_smaller_than_int8_and_fp32(int4_onnx, onnx_artifacts, onnx_quantiz
     assert size(out) < size(int8_art) < size(fp32_art)
     # the lookup table: float32 in fp32 and int8 artifacts (the fp32 one stored once, transposed, as the LM head
     # reads it), int8 in int4 ones
-    fp32_lookup = InfiniSession.open(fp32_art).manifest.to_dict()["embedding_lookup"]
+    fp32_lookup = InfiniSession.open(fp32_art).manifest.embedding_lookup
     assert (fp32_lookup["dtype"], fp32_lookup["shape"], fp32_lookup["bytes"]) == ("float32", [256, 32], 4 * 256 * 32)
     assert (int8["embedding_lookup"]["dtype"], manifest["embedding_lookup"]["dtype"]) == ("float32", "int8")
 
