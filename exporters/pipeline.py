@@ -83,7 +83,7 @@ def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "on
         report, parity = None, None
         if options.parity_segments:
             gc.collect()  # the export's graphs (reference cycles, GBs at 110M) go before the parity run allocates
-            report, parity = _validate(module, manifest, options, progress)
+            report, parity = _validate(module, spec, manifest, options, progress)
             clock.done("validate")
         exporter = {**manifest.exporter, "stages": clock.seconds}
         manifest = manifest.replace(parity=parity, exporter=exporter)
@@ -135,14 +135,14 @@ def _build(module, spec, work: Path, options: ExportOptions, progress: bool) -> 
     return build_executorch(module, spec, work, options, progress=progress)
 
 
-def _validate(module, manifest: Manifest, options: ExportOptions, progress: bool):
+def _validate(module, spec, manifest: Manifest, options: ExportOptions, progress: bool):
     """``(report, ParityRecord)``; an exception in the run is recorded as a failed parity (report None)."""
     try:
         manifest.verify_files()
         session = InfiniSession(manifest, open_backend(manifest.backend, manifest))
         precision = options.quantize or manifest.weights_dtype  # the tolerances' key: float32, float16, int8, int4
         report = validate(session.backend, module, precision=precision, segments=options.parity_segments,
-                          manifest=manifest, progress=progress, **decode_parity(manifest.segment_len))
+                          manifest=manifest, progress=progress, spec=spec, **decode_parity(manifest.segment_len))
     except Exception as exc:  # the runtime or the reference failed: recorded, raised after publishing
         error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:500] if str(exc) else ''}"
         return None, ParityRecord(passed=False, segments=options.parity_segments, error=error)

@@ -17,6 +17,7 @@ from .compare import errors, within
 from .eager import EagerBackend
 from .parity_decode import validate_decode
 from .protocol import check_protocol, has_step_last
+from .state import StepSpec
 
 
 @dataclass(frozen=True)
@@ -182,14 +183,15 @@ def check_wiring(backend, spec, ids_a: np.ndarray, ids_b: np.ndarray, init_state
 def validate(backend, module: torch.nn.Module, *, precision: str = "float32", segments: int = 64,
              batch: int = 1, seed: int = 0, tokens: np.ndarray | None = None, manifest=None,
              progress: bool = True, decode_segments: int = 3, decode_chunk: int | tuple[int, ...] = 1,
-             last_segments: int = 8) -> ParityReport:
+             last_segments: int = 8, spec: StepSpec | None = None) -> ParityReport:
     """Run ``backend`` (an opened runtime backend) and the eager ``module`` side by side over ``segments``;
     then its decode program, where it has one, token by token (``decode_chunk`` tokens a call, or a tuple of
     call lengths taken in turn) over ``decode_segments`` segment boundaries (0: skip); then its last-token program,
     where it has one, over the first ``last_segments`` of those segments against the eager full step's last row
     and state (0: skip). An artifact without the full-logits program is compared segment by segment through its
-    last-token program (last logits and state), and token by token through its decode program."""
-    spec = check_protocol(module)
+    last-token program (last logits and state), and token by token through its decode program. ``spec``: the
+    module's ``check_protocol`` result where the caller has it (the check runs one full step of the module)."""
+    spec = spec if spec is not None else check_protocol(module)
     tol = tolerance_for(backend.name, precision)
     full = backend.has_full
     report = ParityReport(backend.name, precision, segments, batch, asdict(tol), logits="all" if full else "last")

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from runtime import InfiniSession
-from tests.et_artifacts import FP32, INT8, PORTABLE, get
+from tests.et_artifacts import FP32, INT8_JOB, PORTABLE, get
 
 PY312_ENV = "INFINI_PY312"
-JOBS = (("delta", FP32), ("delta", PORTABLE), ("delta", INT8))
+JOBS = (("delta", FP32), ("delta", PORTABLE), INT8_JOB)
 # in the 3.12 environment: each artifact through the numpy engine, its logits and final state saved
 CHILD = """
 import sys

@@ -9,6 +9,7 @@ import pytest
 
 from tasks import text as T
 from tasks import text_eval as E
+from training.config import TrainingSetupError
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "models" / "text-small"
@@ -99,3 +100,14 @@ def test_training_smoke_run_learns_and_resumes(tmp_path):
     rep2 = train_text(TextTrainConfig(**kw, steps=14, resume=True), argv=["smoke", "--resume"])
     assert rep2["steps"] == 14 and len(rep2["runs"]) == 2
     assert rep2["history"][:12] == rep["history"]
+    # a fresh run from those weights starts where they left off (its first loss is the trained model's, not a
+    # random one's), with its own step count and schedule
+    kw3 = dict(kw, out=str(tmp_path / "tuned"))
+    rep3 = train_text(TextTrainConfig(**kw3, steps=2, init_weights=str(tmp_path / "run")), argv=["smoke"])
+    assert rep3["steps"] == 2 and rep3["init_weights"] == str(tmp_path / "run")
+    assert rep3["history"][0]["loss"] < losses[0] - 0.3
+    with pytest.raises(TrainingSetupError, match="another config"):
+        train_text(TextTrainConfig(**dict(kw3, preset="text-small"), steps=1, init_weights=str(tmp_path / "run")),
+                   argv=["smoke"])
+    with pytest.raises(TrainingSetupError, match="give one of them"):
+        TextTrainConfig(**kw3, steps=1, init_weights=str(tmp_path / "run"), resume=True).validate()

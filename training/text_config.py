@@ -30,6 +30,9 @@ class TextTrainConfig:
     minutes: float = option(85.0, "wall-time budget in minutes, all runs together (0: none)")
     steps: int = option(0, "step budget (0: none)")
     resume: bool = option(False, "continue from OUT/train_state.pt", action="store_true")
+    init_weights: str | None = option(None, "start a fresh run (new optimizer, warm-up and schedule) from the weights "
+                                          "of this checkpoint of the same config, e.g. models/text-small",
+                                      metavar="CHECKPOINT")
     preset: str = option("text-small", "model size: text-small, tiny, or an InfiniConfig preset")
     seed: int = option(0, "seed of the weights and the batches")
     threads: int = option(1, "torch threads")
@@ -48,6 +51,9 @@ class TextTrainConfig:
         if self.segments < 2:
             raise TrainingSetupError(f"--segments must be >= 2 (the memory learns across segments), got "
                                      f"{self.segments}")
+        if self.init_weights and self.resume:
+            raise TrainingSetupError("--init-weights starts a fresh run from a checkpoint's weights; --resume goes on "
+                                     "with OUT's own run: give one of them")
         if self.batch < 1:
             raise TrainingSetupError(f"--batch must be >= 1, got {self.batch}")
         return self

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from infini_export import InfiniTransformer, save_checkpoint
+from infini_export import InfiniTransformer, load_checkpoint, save_checkpoint
 from tasks import text as T
 from .config import TrainingSetupError
 from .loop import _torch_save
@@ -88,9 +88,11 @@ class _TextRun:
         self.model = InfiniTransformer(cfg)
         self.opt = build_optimizer(self.model, tc.lr, tc.gate_lr, tc.weight_decay)
         self.rng = np.random.default_rng(tc.seed)
-        self.tr = {"step": 0, "elapsed": 0.0, "tokens": 0, "history": [], "evals": [], "runs": []}
+        self.tr = {"step": 0, "elapsed": 0.0, "tokens": 0, "history": [], "evals": [], "runs": [], "init_weights": None}
         if tc.resume:
             self._resume()
+        elif tc.init_weights:
+            self._init_weights()
         self.tr["runs"].append({"argv": list(argv), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                                 "start_step": self.tr["step"]})
         self.model.train()
@@ -112,6 +114,15 @@ class _TextRun:
         torch.set_rng_state(ck["torch_rng"])
         log(f"resumed from {self.state_path}: step {self.tr['step']}, {self.tr['elapsed'] / 60:.1f} min")
 
+    def _init_weights(self) -> None:
+        init = load_checkpoint(self.tc.init_weights)
+        if init.cfg.to_dict() != self.cfg.to_dict():
+            raise TrainingSetupError(f"--init-weights: {self.tc.init_weights} has another config than --preset "
+                                     f"{self.tc.preset}: {init.cfg.to_dict()} vs {self.cfg.to_dict()}")
+        self.model.load_state_dict(init.state_dict())
+        self.tr["init_weights"] = str(self.tc.init_weights)
+        log(f"fresh run from the weights of {self.tc.init_weights} (new optimizer and schedule)")
+
     def save(self, final: bool) -> dict:
         _torch_save({"config": self.cfg.to_dict(), "model": self.model.state_dict(),
                      "optimizer": self.opt.state_dict(), "train": self.tr,
@@ -124,6 +135,7 @@ class _TextRun:
                "final": final, "recipe": {k: getattr(tc, k) for k in ("lr", "gate_lr", "weight_decay", "warmup",
                                                                       "batch", "segments", "seed", "minutes")},
                "heldout_loss": tr["evals"][-1]["loss"] if tr["evals"] else None,
+               "init_weights": tr["init_weights"],
                "runs": tr["runs"], "evals": tr["evals"], "history": tr["history"]}
         _write_report(self.out, rep)
         return rep
