@@ -65,25 +65,27 @@ def artifact_root(cache: str | None, seed: int) -> tuple[Path, dict | None]:
     return art_root, {"dir": str(art_root), "key": key}
 
 
-def export_all(plan: list[tuple[str, int]], variants: list[str], art_root: Path, mode: dict, threads: int,
+def export_all(plan: list[tuple[str, int, int]], variants: list[str], art_root: Path, mode: dict, threads: int,
                seed: int) -> tuple[dict, list[dict]]:
-    """Export every (preset, segment_len) x variant; returns ({"checkpoints", "dirs"}, one record per export).
+    """Export every (preset, segment_len, max_batch) x variant, each for batches up to its ``max_batch``; returns
+    ({"checkpoints", "dirs"}, one record per export).
 
     ``dirs`` maps (preset, segment_len, variant) to the artifact folder of every successful export. An export
     already in ``art_root`` is reused with the cost measured then.
     """
     ckpts, records, todo = {}, [], []
-    for preset, seg in plan:
+    for preset, seg, max_batch in plan:
         ckpt = art_root / f"ckpt_{preset}_{seg}"
         ckpts[(preset, seg)] = save_model_checkpoint(preset, seg, seed, ckpt)
         for name in variants:
-            out = art_root / f"{preset}_{seg}_{name}"
+            out = art_root / f"{preset}_{seg}_b{max_batch}_{name}"
             rec_file = out / "bench_export.json"
             if rec_file.exists():
                 records.append({**json.loads(rec_file.read_text()), "reused": True})
             else:
                 todo.append({"variant": name, "out": str(out), "parity_segments": mode["parity_segments"],
-                             "preset": preset, "segment_len": seg, "checkpoint": str(ckpt)})
+                             "max_batch": max_batch, "preset": preset, "segment_len": seg,
+                             "checkpoint": str(ckpt)})
     lanes = mode["export_lanes"]
     if mode["export_grouped"]:  # smoke/quick: jobs share processes (grouped by runtime); timings overlap
         groups: dict[tuple, list] = {}

@@ -143,9 +143,13 @@ def run(mode_name: str, *, out: str | Path | None = None, threads: int = 1, back
     log(f"GEMM best so far {max(g['gflops'] for g in gemm):.1f} GFLOP/s")
     art_root, result["settings"]["artifact_cache"] = artifact_root(cache, seed)
     try:
-        plan = {(p, n) for p, n, _ in mode["configs"]} | ({tuple(mode["memory_preset"])} if "memory" not in skip
-                                                          else set())
-        plan = sorted(plan, key=lambda k: (_preset_rank(k[0]), k[1]))
+        # one artifact per (preset, segment_len), for the largest batch the configs run it at (the memory run: 1)
+        largest: dict[tuple[str, int], int] = {}
+        for p, n, b in mode["configs"]:
+            largest[(p, n)] = max(b, largest.get((p, n), 1))
+        if "memory" not in skip:
+            largest.setdefault(tuple(mode["memory_preset"]), 1)
+        plan = sorted(((p, n, b) for (p, n), b in largest.items()), key=lambda k: (_preset_rank(k[0]), k[1]))
         variants = [b for b in backends if b != "eager"] if "throughput" not in skip else ["onnx-fp32"]
         t0 = time.perf_counter()
         ctx, export_records = export_all(plan, variants, art_root, mode, threads, seed)

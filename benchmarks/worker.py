@@ -45,13 +45,13 @@ def run_export_jobs(checkpoint: str, jobs: list[dict], threads: int) -> dict:
     for job in jobs:
         variant = get_variant(job["variant"])
         rec = {"variant": variant.name, "format": variant.format, "quantize": variant.quantize,
-               "delegate": variant.delegate, "out": job["out"]}
+               "delegate": variant.delegate, "max_batch": job["max_batch"], "out": job["out"]}
         rss_before = peak_rss_mb()
         t0, cpu0 = time.perf_counter(), cpu_seconds()
         try:
             model = load_checkpoint(checkpoint).eval()
             _, report = variant.export(model, job["out"], parity_segments=job.get("parity_segments", 2),
-                                       max_batch=job.get("max_batch", 64), progress=False, log=None)
+                                       max_batch=job["max_batch"], progress=False, log=None)
             rec.update(status="ok", parity_passed=bool(report.passed))
         except ExportParityError as exc:  # the artifact is written; its manifest records the failure
             rec.update(status="ok", parity_passed=False, parity_error=str(exc)[:300])

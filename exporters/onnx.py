@@ -126,19 +126,22 @@ def build_onnx(module, spec, out_dir: Path, options: ExportOptions, verbose: boo
     t0 = time.perf_counter()
     flat = FlatStep(module).eval()
     models, fusions = {}, {}
+    # an ONNX graph's batch is a symbolic dimension whatever its bound: traced as a range of at least 1..2 (torch.export
+    # has no range 1..1); the manifest's max_batch is the bound the runtime holds a session to
+    traced_batch = max(max_batch, 2)
     models[MODEL_FILE], fusions["step"] = _trace(flat, flat.example_inputs(2), spec.input_names(), spec.output_names(),
-                                                 flat.dynamic_shapes(max_batch), verbose, contrib=contrib,
+                                                 flat.dynamic_shapes(traced_batch), verbose, contrib=contrib,
                                                  cache=options.trace_cache)
     if has_step_last(module):
         last = FlatStepLast(module).eval()
         models[LAST_FILE], fusions["step_last"] = _trace(last, last.example_inputs(2), spec.input_names(),
-                                                         spec.output_names(), last.dynamic_shapes(max_batch), verbose,
-                                                         contrib=contrib, cache=options.trace_cache)
+                                                         spec.output_names(), last.dynamic_shapes(traced_batch),
+                                                         verbose, contrib=contrib, cache=options.trace_cache)
     if has_decode(module):
         dec = FlatDecode(module, form).eval()
         whole = dec.spec.cache_output == "whole"
         models[DECODE_FILE], fusions["decode"] = _trace(dec, dec.example_inputs(2), dec.spec.input_names(),
-                                                        dec.spec.output_names(), dec.dynamic_shapes(max(max_batch, 2)),
+                                                        dec.spec.output_names(), dec.dynamic_shapes(traced_batch),
                                                         verbose, cache_attention_translation() if whole else None,
                                                         contrib=contrib, cache=options.trace_cache)
     for name in (MODEL_FILE, LAST_FILE):

@@ -67,6 +67,7 @@ def test_bench_smoke(tmp_path):
     for name in BACKENDS[1:]:
         rec = exported[name]
         assert rec["status"] == "ok" and rec["parity_passed"], rec
+        assert rec["max_batch"] == max(b for _, _, b in data["settings"]["configs"])  # the batch it runs, no more
         assert _positive(rec["wall_seconds"]) and _positive(rec["peak_rss_mb"]) and _positive(rec["artifact_bytes"])
 
     # memory: Infini through onnxruntime vs the full-attention baseline, state vs KV cache

@@ -115,3 +115,14 @@ def test_option_defaults_depend_on_the_format():
     assert ExportOptions("onnx").attention_rows == 256 and ExportOptions("executorch").attention_rows is None
     assert ExportOptions("onnx", quantize="int4").block_size == 32 and ExportOptions("onnx").block_size is None
     assert STAGES == ("prepare", "build", "validate", "publish")
+
+
+def test_an_onnx_export_for_one_sequence(tmp_path):
+    """max_batch=1 (torch.export has no batch range 1..1): the graphs keep a symbolic batch, the manifest holds the
+    bound, and a session of two sequences is refused by name."""
+    from runtime.errors import InputError
+    manifest, report = _export(make_model("delta", n_layers=1), tmp_path / "b1", max_batch=1, parity_segments=2)
+    assert report.passed and manifest.max_batch == 1
+    with pytest.raises(InputError, match="batch"):
+        InfiniSession.open(tmp_path / "b1", batch_size=2)
+    assert InfiniSession.open(tmp_path / "b1").feed(np.arange(40)[None] % 256).shape == (1, 40, 256)
