@@ -8,15 +8,15 @@ STAMP := $(VENV)/.installed
 
 # set-up prints one line; pip's own output goes to $(VENV)/install.log (shown in full if it fails)
 # the runtime (its own distribution, runtime/pyproject.toml) first: the toolchain depends on infini-runtime;
-# setuptools >= 77 builds the wheels here (make wheels, the 3.12 environment, the wheel's test: no build isolation)
+# setuptools >= 77, installed first, builds the packages here (no build isolation: no throwaway build environments)
 $(STAMP): pyproject.toml runtime/pyproject.toml benchmarks/pyproject.toml
 	@echo "setting up $(VENV) (torch 2.13.0 CPU, executorch, onnxruntime; log: $(VENV)/install.log)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@( $(PY) -m pip install -q --upgrade pip "setuptools>=77" && \
 	   $(PY) -m pip install -q torch==2.13.0 && \
-	   $(PY) -m pip install -q -e ./runtime && \
-	   $(PY) -m pip install -q -e ".[test]" && \
-	   $(PY) -m pip install -q --no-deps -e ./benchmarks ) > $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
+	   $(PY) -m pip install -q --no-build-isolation -e ./runtime && \
+	   $(PY) -m pip install -q --no-build-isolation -e ".[test]" && \
+	   $(PY) -m pip install -q --no-build-isolation --no-deps -e ./benchmarks ) > $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
 	@touch $(STAMP)
 
 # the two wheels in dist/: infini_runtime-*.whl (torch-free, `infini-run`) and infini_export-*.whl (the toolchain).

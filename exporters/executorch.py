@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from runtime.atomic import atomic_write
 from runtime.manifest import Manifest
 
 from .artifact import build_manifest
+from .clock import StageClock
 from .executorch_lower import default_jobs, lower_methods
 from .memory_plan import measure_memory
 from .options import DECODE_CHUNK, ExportOptions
@@ -236,7 +236,7 @@ def build_executorch(module, spec, out_dir: Path, options: ExportOptions, verbos
     """The ExecuTorch build of a module whose protocol was checked (``spec``) with checked ``options``, in stages: plan the methods, prepare the module (untie,
     int4), assemble the methods, ``torch.export`` (+ int8), lower (XNNPACK or portable, a process per method),
     check the methods' I/O, write, describe. Each stage's seconds go into the manifest."""
-    clock = _Clock()
+    clock = StageClock(log, "executorch export")
     plan = _plan(module, options)
     exported_module, untied, int4_linears = _prepare(module, options)
     methods = _assemble(exported_module, spec, options, plan)
@@ -261,30 +261,6 @@ def build_executorch(module, spec, out_dir: Path, options: ExportOptions, verbos
     exporter = _exporter_record(options, lowered, passes, untied, report, list(methods), quantized,
                                 len(int4_linears), clock)
     return _describe(module, spec, out_dir, options, methods, lookup_kernels, exporter)
-
-
-class _Clock:
-    """Seconds per stage of the build, logged as they end."""
-
-    def __init__(self):
-        self.t0 = self._t = time.perf_counter()
-        self.stages: dict[str, float] = {}
-
-    def done(self, name: str) -> None:
-        now = time.perf_counter()
-        self.stages[name] = round(now - self._t, 2)
-        log.info(f"executorch export: {name} {self.stages[name]}s")
-        self._t = now
-
-    def merge(self, stages: dict) -> None:
-        for name, seconds in stages.items():
-            self.stages[name] = seconds
-            log.info(f"executorch export: {name} {seconds}s")
-        self._t = time.perf_counter()
-
-    @property
-    def total(self) -> float:
-        return round(time.perf_counter() - self.t0, 2)
 
 
 @dataclass(frozen=True)
@@ -380,7 +356,7 @@ def _check_method_io(methods: dict, lowered) -> None:
 
 
 def _exporter_record(options: ExportOptions, lowered, passes, untied, report, methods, quantized, n_int4,
-                     clock: _Clock) -> dict:
+                     clock: StageClock) -> dict:
     """The manifest's ``exporter`` entry: how the program was made and what each stage cost."""
     from executorch import version as et_version
 
@@ -397,7 +373,7 @@ def _exporter_record(options: ExportOptions, lowered, passes, untied, report, me
             "quantized_linears": n_int4 if q == "int4" else quantized.get("linear.default", 0),
             "quantized_op_types": quantized, "decode_chunk": options.decode_chunk,
             "quantization_scheme": _SCHEMES.get(q), **({"int4_block_size": options.block_size} if q == "int4" else {}),
-            "export_seconds": clock.total, "stage_seconds": clock.stages,
+            "export_seconds": clock.total, "stage_seconds": clock.seconds,
             "lowering": {"processes": lowered.processes, "method_seconds": lowered.method_seconds,
                          "peak_mb": lowered.peak_mb}}
 

@@ -1,8 +1,8 @@
 """ONNX export of the segment step (torch.onnx dynamo path + onnxscript optimizer)."""
 from __future__ import annotations
 
+import logging
 import tempfile
-import time
 from pathlib import Path
 
 import onnx
@@ -15,6 +15,7 @@ from runtime.manifest import Manifest
 
 from . import trace_cache
 from .artifact import build_manifest
+from .clock import StageClock
 from .onnx_attention_blocks import block_local_attention
 from .onnx_fusions import FUSED_OPSET, fuse
 from .onnx_gqa import cache_attention_translation, choose_decode_form
@@ -29,6 +30,8 @@ from .quantize_lookup import describe_onnx_lookup
 MODEL_FILE = "model.onnx"
 DECODE_FILE = "decode.onnx"
 LAST_FILE = "step_last.onnx"
+
+log = logging.getLogger(__name__)
 
 
 def _quantize_int8(src: Path, dst: Path) -> list[str]:
@@ -116,53 +119,74 @@ def export_onnx(module: torch.nn.Module, out_dir: str | Path, *, quantize: str |
 
 
 def build_onnx(module, spec, out_dir: Path, options: ExportOptions, verbose: bool = False) -> Manifest:
-    """The ONNX build (trace, rewrite, quantize, write) of a module whose protocol was checked (``spec``) with
-    checked ``options``; ``export_onnx`` without the checks."""
-    quantize, max_batch, block_size, rows = options.quantize, options.max_batch, options.block_size, \
-        options.attention_rows
+    """The ONNX build of a module whose protocol was checked (``spec``) with checked ``options``, in stages: trace
+    (each program, or read back from the trace cache), rewrite (the local attention in blocks of query rows),
+    quantize, pack (onnxruntime's packed weight products), write (one shared weights file); each stage's seconds go
+    into the manifest. ``export_onnx`` without the checks."""
+    clock = StageClock(log, "onnx export")
     form, form_why = choose_decode_form(module, options.ops) if has_decode(module) else (None, None)
     contrib = options.ops == "onnxruntime"  # onnxruntime's contrib-op fusions; the portable export: standard ops
+    models, fusions = _trace_programs(module, spec, options, form, contrib, verbose)
+    clock.done("trace")
+    for graph, name in ((MODEL_FILE, "step"), (LAST_FILE, "step_last")):
+        if graph in models:
+            fusions[name]["attention_blocks"] = block_local_attention(models[graph], options.attention_rows)
+    clock.done("rewrite")
+    quantized = 0
+    if options.quantize:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in list(models):
+                models[name], n = _quantized(models[name], options.quantize, Path(tmp), name, module,
+                                             options.block_size, options.ops == "portable")
+                quantized += n
+        clock.done("quantize")
+    if contrib:  # after quantization: each form of the weight products is packed as itself (exporters.onnx_packed)
+        for graph, name in ((MODEL_FILE, "step"), (LAST_FILE, "step_last"), (DECODE_FILE, "decode")):
+            if graph in models:
+                fusions[name]["packed_projections"] = pack_projections(models[graph])
+        clock.done("pack")
+    for name in models:  # a tied embedding table stored once, as the LM head reads it
+        lookup_from_transposed(models[name])
     out_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    flat = FlatStep(module).eval()
-    models, fusions = {}, {}
+    for old in out_dir.glob("*.onnx*"):
+        old.unlink()
+    weights = write_shared(models, out_dir)
+    clock.done("write")
+    return _describe(module, spec, out_dir, options, models, weights, (form, form_why), fusions, quantized, clock)
+
+
+def _trace_programs(module, spec, options: ExportOptions, form: str | None, contrib: bool,
+                    verbose: bool) -> tuple[dict[str, onnx.ModelProto], dict[str, dict]]:
+    """``({file: graph}, {program: fusions})`` for the step program and, where the module has them, the
+    last-token and decode programs."""
     # an ONNX graph's batch is a symbolic dimension whatever its bound: traced as a range of at least 1..2 (torch.export
     # has no range 1..1); the manifest's max_batch is the bound the runtime holds a session to
-    traced_batch = max(max_batch, 2)
+    batch = max(options.max_batch, 2)
+    models, fusions = {}, {}
+    flat = FlatStep(module).eval()
     models[MODEL_FILE], fusions["step"] = _trace(flat, flat.example_inputs(2), spec.input_names(), spec.output_names(),
-                                                 flat.dynamic_shapes(traced_batch), verbose, contrib=contrib,
+                                                 flat.dynamic_shapes(batch), verbose, contrib=contrib,
                                                  cache=options.trace_cache)
     if has_step_last(module):
         last = FlatStepLast(module).eval()
         models[LAST_FILE], fusions["step_last"] = _trace(last, last.example_inputs(2), spec.input_names(),
-                                                         spec.output_names(), last.dynamic_shapes(traced_batch),
-                                                         verbose, contrib=contrib, cache=options.trace_cache)
+                                                         spec.output_names(), last.dynamic_shapes(batch), verbose,
+                                                         contrib=contrib, cache=options.trace_cache)
     if has_decode(module):
         dec = FlatDecode(module, form).eval()
         whole = dec.spec.cache_output == "whole"
         models[DECODE_FILE], fusions["decode"] = _trace(dec, dec.example_inputs(2), dec.spec.input_names(),
-                                                        dec.spec.output_names(), dec.dynamic_shapes(traced_batch),
-                                                        verbose, cache_attention_translation() if whole else None,
+                                                        dec.spec.output_names(), dec.dynamic_shapes(batch), verbose,
+                                                        cache_attention_translation() if whole else None,
                                                         contrib=contrib, cache=options.trace_cache)
-    for name in (MODEL_FILE, LAST_FILE):
-        if name in models:
-            fusions["step" if name == MODEL_FILE else "step_last"]["attention_blocks"] = \
-                block_local_attention(models[name], rows)
-    quantized = 0
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in list(models):
-            models[name], n = _quantized(models[name], quantize, Path(tmp), name, module, block_size,
-                                         options.ops == "portable")
-            quantized += n
-    if contrib:  # after quantization: each form of the weight products is packed as itself (exporters.onnx_packed)
-        for name, graph in (("step", MODEL_FILE), ("step_last", LAST_FILE), ("decode", DECODE_FILE)):
-            if graph in models:
-                fusions[name]["packed_projections"] = pack_projections(models[graph])
-    for name in models:  # a tied embedding table stored once, as the LM head reads it
-        lookup_from_transposed(models[name])
-    for old in out_dir.glob("*.onnx*"):
-        old.unlink()
-    weights = write_shared(models, out_dir)
+    return models, fusions
+
+
+def _describe(module, spec, out_dir: Path, options: ExportOptions, models: dict, weights: dict, decode_form: tuple,
+              fusions: dict, quantized: int, clock: StageClock) -> Manifest:
+    """The manifest of the written programs."""
+    form, form_why = decode_form
+    quantize, block_size = options.quantize, options.block_size
     files = {"program": MODEL_FILE, "weights": weights["file"]}
     file_keys = {MODEL_FILE: "program", DECODE_FILE: "decode_program", LAST_FILE: "last_program"}
     program = {"format": "onnx", "file": "program"}
@@ -172,20 +196,22 @@ def build_onnx(module, spec, out_dir: Path, options: ExportOptions, verbose: boo
         decode = {"format": "onnx", "file": "decode_program"}
     if LAST_FILE in models:
         files["last_program"] = LAST_FILE
+    contrib = options.ops == "onnxruntime"
     return build_manifest(
         module, spec, backend="onnxruntime", program=program, files=files, decode_program=decode,
         decode_form=form, embedding_lookup=describe_onnx_lookup(models[MODEL_FILE]),  # what the token lookup reads
         last_program={"format": "onnx", "file": "last_program"} if LAST_FILE in models else None,
-        directory=out_dir, max_batch=max_batch, quantization=quantize,
+        directory=out_dir, max_batch=options.max_batch, quantization=quantize,
         shared_weights={"file": "weights", "graphs": {file_keys[g]: t for g, t in weights["graphs"].items()}},
         exporter={"path": "torch.onnx.export(dynamo=True) + onnxscript optimizer + exporters.onnx_fusions"
                           + (" + exporters.onnx_skip_norm + exporters.onnx_packed" if contrib else ""),
-                  "opset": FUSED_OPSET, "fusions": fusions, "attention_rows": rows, "ops": options.ops,
+                  "opset": FUSED_OPSET, "fusions": fusions, "attention_rows": options.attention_rows,
+                  "ops": options.ops,
                   "contrib_ops": sorted({f"{n.domain}::{n.op_type}" for m in models.values() for n in m.graph.node
                                          if n.domain not in ("", "ai.onnx")}),
                   **({"decode_form": {"form": form, "why": form_why}} if form else {}),
                   "shared_weights": {k: v for k, v in weights.items() if k != "graphs"},
-                  "export_seconds": round(time.perf_counter() - t0, 2), "quantized_nodes": quantized,
+                  "export_seconds": clock.total, "stage_seconds": clock.seconds, "quantized_nodes": quantized,
                   **({"int4_block_size": block_size,
                       "quantization_scheme": "onnxruntime MatMulNBitsQuantizer: 4-bit asymmetric block-wise "
                                              "weights (MatMulNBits), float32 activations, nn.Linear MatMuls; "

@@ -15,7 +15,6 @@ from __future__ import annotations
 import gc
 import os
 import shutil
-import time
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ from runtime.backends import open_backend
 from runtime.manifest import MANIFEST_FILE, Manifest, ParityRecord
 from runtime.session import InfiniSession
 
+from .clock import StageClock
 from .options import DEFAULT_MAX_BATCH, FORMATS, ExportOptions  # noqa: F401  (re-exported for the command line)
 from .quantize import check_int4_shapes
 from .tokenizer import tokenizer_plan
@@ -62,7 +62,7 @@ def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "on
     ``tokenizer.json`` path or an ``exporters.tokenizer.TokenizerPlan``) is checked against the model's vocabulary
     before anything is written and copied into the artifact with its manifest sections.
     """
-    clock = _Stages()
+    clock = StageClock()
     if options is None:
         options = ExportOptions(fmt, quantize=quantize, block_size=block_size, delegate=delegate, max_batch=max_batch,
                                 attention_rows=attention_rows, full_logits=full_logits, jobs=jobs,
@@ -98,19 +98,6 @@ def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "on
     if parity is not None and not parity.passed:
         raise ExportParityError(report, parity.error)
     return manifest, report
-
-
-class _Stages:
-    """Seconds per stage, in the order they ran."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-        self._t = time.perf_counter()
-
-    def done(self, name: str) -> None:
-        now = time.perf_counter()
-        self.seconds[name] = round(now - self._t, 2)
-        self._t = now
 
 
 def _work_folder(out_dir: Path) -> Path:

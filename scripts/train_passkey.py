@@ -50,17 +50,9 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.config import TrainConfig, run_training_command
-    from training.evaluate import evaluate_checkpoint
-    from training.loop import train
+    from training.commands import passkey_main
 
-    def job(tc: TrainConfig, command: list[str]) -> None:
-        if tc.evaluate:
-            evaluate_checkpoint(tc)
-        else:
-            train(tc, command)
-
-    return run_training_command(__doc__, TrainConfig, job, argv)
+    return passkey_main(__doc__, argv)
 
 
 if __name__ == "__main__":

@@ -24,11 +24,9 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.config import run_training_command
-    from training.text_config import TextTrainConfig
-    from training.text_loop import train_text
+    from training.commands import text_main
 
-    return run_training_command(__doc__, TextTrainConfig, train_text, argv)
+    return text_main(__doc__, argv)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ def test_manifest_written_once_with_parity_and_stage_times(checked):
     assert on_disk == manifest and on_disk.validated and report.passed
     assert list(on_disk.exporter["stages"]) == ["prepare", "build", "validate"]  # publish writes the record
     assert all(v >= 0 for v in on_disk.exporter["stages"].values())
+    # the build's own stages (no quantize stage without quantization)
+    assert list(on_disk.exporter["stage_seconds"]) == ["trace", "rewrite", "pack", "write"]
+    assert sum(on_disk.exporter["stage_seconds"].values()) <= on_disk.exporter["stages"]["build"] + 0.05
     assert on_disk.parity.segments == 3 and on_disk.parity.measured == report.summary
     assert not [p for p in out.parent.iterdir() if ".partial-" in p.name or ".old-" in p.name]  # nothing left over
     with warnings.catch_warnings():

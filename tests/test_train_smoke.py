@@ -1,19 +1,15 @@
-"""scripts/train_passkey.py and training: a 2-step --quick run writes a loadable checkpoint and a
-report; the eager session streams; the state-extrapolation lever, the proxy and the losses."""
+"""The passkey training command line (run in this process: ``tests.cli.run_training``) and the training library:
+a 2-step --quick run writes a loadable checkpoint and a report; the eager session streams; the state-extrapolation
+lever, the proxy and the losses."""
 import dataclasses
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "scripts" / "train_passkey.py"
+from tests.cli import run_training
 
 
 def _library():
@@ -30,10 +26,7 @@ def _library():
 
 def test_quick_training_run(tmp_path):
     out = tmp_path / "ckpt"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--preset", "tiny", "--steps", "2",
-                           "--out", str(out), "--threads", "1"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    proc = run_training("--quick", "--preset", "tiny", "--steps", "2", "--out", out, "--threads", "1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "step" in proc.stdout and "held-out EM" in proc.stdout
 
@@ -202,10 +195,9 @@ def test_weight_average_and_long_proxy_choose_what_ships(tmp_path):
     """--ema: model.safetensors holds the averaged weights, not the raw ones; --proxy-every: best/ holds the
     weights of the best proxy score, and that score is what the proxy gives when run again on them."""
     out = tmp_path / "ckpt"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
-    cmd = [sys.executable, str(SCRIPT), "--quick", "--preset", "tiny", "--steps", "4", "--out", str(out),
-           "--threads", "1", "--ema", "0.5", "--proxy-every", "1e-6"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    cmd = ["--quick", "--preset", "tiny", "--steps", "4", "--out", out, "--threads", "1", "--ema", "0.5",
+           "--proxy-every", "1e-6"]
+    proc = run_training(*cmd)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "weight average starts" in proc.stdout and "proxy at 512 tokens" in proc.stdout
 
@@ -226,7 +218,7 @@ def test_weight_average_and_long_proxy_choose_what_ships(tmp_path):
     again = mod.long_proxy(load_checkpoint(out / "best"), 512, 2, 31337, source=256, block=1)
     assert again["score"] == pytest.approx(best["score"], rel=1e-5)
 
-    bad = subprocess.run(cmd[:-4] + ["--ema", "1.0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    bad = run_training(*cmd[:-4], "--ema", "1.0")
     assert bad.returncode != 0 and "--ema must be a decay in [0, 1)" in bad.stderr
 
 
@@ -252,17 +244,15 @@ def test_init_weights_continues_a_run_from_other_weights(tmp_path):
     """--resume --init-weights X: the run goes on (step count, optimizer, schedule) from X's weights; without --resume
     a fresh run starts from them; a checkpoint of another config is refused by name."""
     from infini_export import InfiniConfig, InfiniTransformer, load_checkpoint, save_checkpoint
-    env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
     run = tmp_path / "run"
-    base = [sys.executable, str(SCRIPT), "--quick", "--preset", "tiny", "--out", str(run), "--threads", "1"]
-    proc = subprocess.run(base + ["--steps", "2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    base = ["--quick", "--preset", "tiny", "--out", run, "--threads", "1"]
+    proc = run_training(*base, "--steps", "2")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     torch.manual_seed(123)
     other = tmp_path / "other"
     save_checkpoint(InfiniTransformer(InfiniConfig.from_name("tiny")), other)
     # learning rates 0: one more step must leave exactly the other checkpoint's weights
-    cmd = base + ["--steps", "3", "--resume", "--init-weights", str(other), "--lr", "0", "--gate-lr", "0"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    proc = run_training(*base, "--steps", "3", "--resume", "--init-weights", other, "--lr", "0", "--gate-lr", "0")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "weights replaced by" in proc.stdout
     assert "--lr 0 replaces the run's 0.002" in proc.stdout  # a resumed run takes a learning rate given to it
@@ -277,14 +267,13 @@ def test_init_weights_continues_a_run_from_other_weights(tmp_path):
 
     small = tmp_path / "small"
     save_checkpoint(InfiniTransformer(InfiniConfig.from_name("small")), small)
-    bad = subprocess.run(base + ["--steps", "4", "--resume", "--init-weights", str(small)], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=120)
+    bad = run_training(*base, "--steps", "4", "--resume", "--init-weights", small)
     assert bad.returncode != 0 and "--init-weights" in bad.stderr and "another config" in bad.stderr
     # without --resume: a fresh run (new optimizer, step 0) from X's weights; learning rates 0 keep them exactly
     fresh = tmp_path / "fresh"
-    cmd = [sys.executable, str(SCRIPT), "--quick", "--preset", "tiny", "--out", str(fresh), "--threads", "1",
-           "--steps", "2", "--init-weights", str(other), "--lr", "0", "--gate-lr", "0", "--answer-weights", "1,1,1,1,2,2"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    cmd = ["--quick", "--preset", "tiny", "--out", fresh, "--threads", "1", "--steps", "2", "--init-weights", other,
+           "--lr", "0", "--gate-lr", "0", "--answer-weights", "1,1,1,1,2,2"]
+    proc = run_training(*cmd)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "fresh run from the weights of" in proc.stdout
     report = json.loads((fresh / "train_report.json").read_text())
@@ -293,10 +282,9 @@ def test_init_weights_continues_a_run_from_other_weights(tmp_path):
     got = load_checkpoint(fresh).state_dict()
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=0, atol=0)
-    bad = subprocess.run(cmd[:-1] + ["1,2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    bad = run_training(*cmd[:-1], "1,2")
     assert bad.returncode != 0 and "--answer-weights needs 6 weights" in bad.stderr
-    bad = subprocess.run(base + ["--steps", "4", "--init-weights", str(small)], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=60)
+    bad = run_training(*base, "--steps", "4", "--init-weights", small)
     assert bad.returncode != 0 and "another config than --preset tiny" in bad.stderr
 
 
@@ -331,3 +319,16 @@ def test_every_setting_is_an_option_and_bad_settings_are_refused_by_name():
                           (["--answer-weights", "0,0,0,0,0,0"], "--answer-weights needs 6 weights")):
         with pytest.raises(TrainingSetupError, match=re.escape(message)):
             from_arguments(ap.parse_args(argv))
+
+
+def test_a_signal_stops_a_run_and_the_process_gets_its_handlers_back():
+    import os
+    import signal
+
+    from training.report import stop_on_signals
+    before = signal.getsignal(signal.SIGTERM)
+    with stop_on_signals() as stop:
+        assert not stop["flag"]
+        os.kill(os.getpid(), signal.SIGTERM)  # a training run finishes its step, saves, stops
+        assert stop["flag"]
+    assert signal.getsignal(signal.SIGTERM) is before and signal.getsignal(signal.SIGINT) is not None

@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import random
-import signal
 import sys
 import time
 from collections import deque
@@ -24,13 +23,23 @@ from .extrapolation import extrapolation_plan
 from .losses import train_step_losses, weighted_answer_loss
 from .optim import build_optimizer, lr_factor
 from .proxy import long_proxy
-from .report import log, progress_line, write_json, write_report
+from .report import log, progress_line, stop_on_signals, write_json, write_report
 
 STATE_FILE = "train_state.pt"
 _RECIPE = ("lr", "gate_lr", "weight_decay", "warmup", "tokens_per_step", "max_batch", "max_len", "no_filler_frac",
            "mix_frac", "boundary_frac", "needle_weight", "lm_weight", "promote_em", "promote_rows", "seed",
            "extrapolate_frac", "extrapolate_to", "extrapolate_before_needle", "extrapolate_mode", "extrapolate_block",
            "ema", "answer_weights")
+
+
+def load_init_weights(model: InfiniTransformer, checkpoint: str | Path, against: str) -> None:
+    """``--init-weights``: ``checkpoint``'s weights into ``model``; another config is refused, naming ``against``
+    (what the model's config came from)."""
+    init = load_checkpoint(checkpoint)
+    if init.cfg.to_dict() != model.cfg.to_dict():
+        raise TrainingSetupError(f"--init-weights: {checkpoint} has another config than {against}: "
+                                 f"{init.cfg.to_dict()} vs {model.cfg.to_dict()}")
+    model.load_state_dict(init.state_dict())
 
 
 def _torch_save(obj, path: Path) -> None:
@@ -108,12 +117,7 @@ class _Run:
     def _init_weights(self) -> None:
         """--init-weights: a resumed run goes on from these weights; a fresh one fine-tunes them."""
         tc = self.tc
-        init = load_checkpoint(tc.init_weights)
-        if init.cfg.to_dict() != self.cfg.to_dict():
-            against = self.state_path if tc.resume else f"--preset {tc.preset}"
-            raise TrainingSetupError(f"--init-weights: {tc.init_weights} has another config than {against}: "
-                                     f"{init.cfg.to_dict()} vs {self.cfg.to_dict()}")
-        self.model.load_state_dict(init.state_dict())
+        load_init_weights(self.model, tc.init_weights, self.state_path if tc.resume else f"--preset {tc.preset}")
         self.tr["init_weights"] = str(tc.init_weights)
         log(f"weights replaced by {tc.init_weights} (optimizer state, step and schedule kept)" if tc.resume else
             f"fresh run from the weights of {tc.init_weights} (new optimizer and schedule; curriculum at "
@@ -281,47 +285,41 @@ def train(tc: TrainConfig, argv: list[str] | None = None) -> dict:
     ``argv`` is recorded in the report (default ``sys.argv``). Returns the final report."""
     run = _Run(tc, sys.argv if argv is None else argv)
     tr = run.tr
-    stop = {"flag": False}
+    with stop_on_signals() as stop:
+        budget_s = tc.minutes * 60.0 if tc.minutes > 0 else float("inf")
+        run.t_last = time.time()
+        t_eval = t_save = t_log = t_proxy = run.t_last
+        acc = _fresh_acc()
+        while not stop["flag"] and not (tc.steps and tr["step"] >= tc.steps) and tr["elapsed"] < budget_s:
+            now = run.step(acc)
+            if now - t_log >= tc.log_every or tc.quick:
+                rec = run.history_record(acc, now - t_log)
+                tr["history"].append(rec)
+                log(progress_line(rec, tr["cur_len"]))
+                acc, t_log = _fresh_acc(), now
+            if now - t_eval >= tc.eval_every * 60:
+                run.do_eval()
+                t_eval = run.t_last = time.time()  # the wall-time budget includes evaluations
+                tr["elapsed"] += t_eval - now
+            if tc.proxy_every and time.time() - t_proxy >= tc.proxy_every * 60:
+                t0 = time.time()
+                run.do_proxy()
+                t_proxy = run.t_last = time.time()  # counted in the budget too
+                tr["elapsed"] += t_proxy - t0
+            if now - t_save >= tc.save_every * 60:
+                run.save_state()
+                save_checkpoint(run.shipped, run.out)
+                run.report(final=False)
+                t_save = time.time()
 
-    def on_signal(signum, frame):  # finish the step, save, exit
-        stop["flag"] = True
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
-    budget_s = tc.minutes * 60.0 if tc.minutes > 0 else float("inf")
-    run.t_last = time.time()
-    t_eval = t_save = t_log = t_proxy = run.t_last
-    acc = _fresh_acc()
-    while not stop["flag"] and not (tc.steps and tr["step"] >= tc.steps) and tr["elapsed"] < budget_s:
-        now = run.step(acc)
-        if now - t_log >= tc.log_every or tc.quick:
-            rec = run.history_record(acc, now - t_log)
-            tr["history"].append(rec)
-            log(progress_line(rec, tr["cur_len"]))
-            acc, t_log = _fresh_acc(), now
-        if now - t_eval >= tc.eval_every * 60:
-            run.do_eval()
-            t_eval = run.t_last = time.time()  # the wall-time budget includes evaluations
-            tr["elapsed"] += t_eval - now
-        if tc.proxy_every and time.time() - t_proxy >= tc.proxy_every * 60:
-            t0 = time.time()
-            run.do_proxy()
-            t_proxy = run.t_last = time.time()  # counted in the budget too
-            tr["elapsed"] += t_proxy - t0
-        if now - t_save >= tc.save_every * 60:
-            run.save_state()
-            save_checkpoint(run.shipped, run.out)
-            run.report(final=False)
-            t_save = time.time()
-
-    run.model.eval()
-    if not stop["flag"] and (not tr["evals"] or tr["evals"][-1]["step"] != tr["step"]):
-        run.do_eval()  # (skipped when interrupted: save quickly)
-        if tc.proxy_every and (not tr["proxy"] or tr["proxy"][-1]["step"] != tr["step"]):
-            run.do_proxy()
-    save_checkpoint(run.shipped, run.out)
-    run.save_state()
-    rep = run.report(final=not stop["flag"])
-    log(f"done: {tr['step']} steps, {tr['tokens']:,} tokens, {tr['elapsed'] / 60:.1f} min, length {tr['cur_len']}, "
-        f"held-out EM {rep['heldout_em']}; wrote {run.out}")
-    return rep
+        run.model.eval()
+        if not stop["flag"] and (not tr["evals"] or tr["evals"][-1]["step"] != tr["step"]):
+            run.do_eval()  # (skipped when interrupted: save quickly)
+            if tc.proxy_every and (not tr["proxy"] or tr["proxy"][-1]["step"] != tr["step"]):
+                run.do_proxy()
+        save_checkpoint(run.shipped, run.out)
+        run.save_state()
+        rep = run.report(final=not stop["flag"])
+        log(f"done: {tr['step']} steps, {tr['tokens']:,} tokens, {tr['elapsed'] / 60:.1f} min, length {tr['cur_len']}, "
+            f"held-out EM {rep['heldout_em']}; wrote {run.out}")
+        return rep

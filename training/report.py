@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from runtime.atomic import atomic_write
@@ -84,3 +86,19 @@ def eval_table(rows: dict, lengths: list[int], depths: list[float]) -> str:
         cells = [f"{sum(rows[(length, d)].correct)}/{len(rows[(length, d)])}" for d in depths]
         lines.append(f"| {length:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+@contextmanager
+def stop_on_signals():
+    """``{"flag": False}``, set to True by SIGTERM or SIGINT while the block runs (a training run finishes its step,
+    saves and stops); the process's own handlers are back when the block ends."""
+    stop = {"flag": False}
+
+    def on_signal(signum, frame):
+        stop["flag"] = True
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

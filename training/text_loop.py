@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -14,12 +13,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from infini_export import InfiniTransformer, load_checkpoint, save_checkpoint
+from infini_export import InfiniTransformer, save_checkpoint
 from tasks import text as T
 from .config import TrainingSetupError
-from .loop import _torch_save
+from .loop import _torch_save, load_init_weights
 from .optim import build_optimizer, lr_factor
-from .report import log, write_json
+from .report import log, stop_on_signals, write_json
 from .text_config import TextTrainConfig, model_config
 
 STATE_FILE = "train_state.pt"
@@ -115,11 +114,7 @@ class _TextRun:
         log(f"resumed from {self.state_path}: step {self.tr['step']}, {self.tr['elapsed'] / 60:.1f} min")
 
     def _init_weights(self) -> None:
-        init = load_checkpoint(self.tc.init_weights)
-        if init.cfg.to_dict() != self.cfg.to_dict():
-            raise TrainingSetupError(f"--init-weights: {self.tc.init_weights} has another config than --preset "
-                                     f"{self.tc.preset}: {init.cfg.to_dict()} vs {self.cfg.to_dict()}")
-        self.model.load_state_dict(init.state_dict())
+        load_init_weights(self.model, self.tc.init_weights, f"--preset {self.tc.preset}")
         self.tr["init_weights"] = str(self.tc.init_weights)
         log(f"fresh run from the weights of {self.tc.init_weights} (new optimizer and schedule)")
 
@@ -178,43 +173,38 @@ def train_text(tc: TextTrainConfig, argv: list[str] | None = None) -> dict:
     train_report.json / .png and train_state.pt (for --resume). Returns the final report."""
     run = _TextRun(tc, sys.argv if argv is None else argv)
     tr = run.tr
-    stop = {"flag": False}
-
-    def on_signal(signum, frame):
-        stop["flag"] = True
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    budget_s = tc.minutes * 60.0 if tc.minutes > 0 else float("inf")
-    t_last = t_log = t_eval = t_save = time.time()
-    acc = {"loss": 0.0, "n": 0, "tok": 0}
-    while not stop["flag"] and not (tc.steps and tr["step"] >= tc.steps) and tr["elapsed"] < budget_s:
-        loss, ntok = run.step()
-        now = time.time()
-        tr["elapsed"] += now - t_last
-        t_last = now
-        acc["loss"] += loss
-        acc["n"] += 1
-        acc["tok"] += ntok
-        if now - t_log >= tc.log_every:
-            rec = {"step": tr["step"], "tokens": tr["tokens"], "minutes": round(tr["elapsed"] / 60, 2),
-                   "loss": acc["loss"] / acc["n"], "lr": run.opt.param_groups[0]["lr"],
-                   "tokens_per_s": acc["tok"] / max(1e-6, now - t_log),
-                   "gates": [round(float(torch.sigmoid(b.attn.beta.detach()).mean()), 3) for b in run.model.blocks]}
-            tr["history"].append(rec)
-            log(f"step {rec['step']:5d} | {rec['minutes']:5.1f} min | {rec['tokens'] / 1e6:6.2f}M tokens | loss "
-                f"{rec['loss']:.3f} | lr {rec['lr']:.2e} | {rec['tokens_per_s']:.0f} tok/s | gates {rec['gates']}")
-            acc, t_log = {"loss": 0.0, "n": 0, "tok": 0}, now
-        if now - t_eval >= tc.eval_every * 60:
+    with stop_on_signals() as stop:
+        budget_s = tc.minutes * 60.0 if tc.minutes > 0 else float("inf")
+        t_last = t_log = t_eval = t_save = time.time()
+        acc = {"loss": 0.0, "n": 0, "tok": 0}
+        while not stop["flag"] and not (tc.steps and tr["step"] >= tc.steps) and tr["elapsed"] < budget_s:
+            loss, ntok = run.step()
+            now = time.time()
+            tr["elapsed"] += now - t_last
+            t_last = now
+            acc["loss"] += loss
+            acc["n"] += 1
+            acc["tok"] += ntok
+            if now - t_log >= tc.log_every:
+                rec = {"step": tr["step"], "tokens": tr["tokens"], "minutes": round(tr["elapsed"] / 60, 2),
+                       "loss": acc["loss"] / acc["n"], "lr": run.opt.param_groups[0]["lr"],
+                       "tokens_per_s": acc["tok"] / max(1e-6, now - t_log),
+                       "gates": [round(float(torch.sigmoid(b.attn.beta.detach()).mean()), 3) for b in run.model.blocks]}
+                tr["history"].append(rec)
+                log(f"step {rec['step']:5d} | {rec['minutes']:5.1f} min | {rec['tokens'] / 1e6:6.2f}M tokens | loss "
+                    f"{rec['loss']:.3f} | lr {rec['lr']:.2e} | {rec['tokens_per_s']:.0f} tok/s | gates {rec['gates']}")
+                acc, t_log = {"loss": 0.0, "n": 0, "tok": 0}, now
+            if now - t_eval >= tc.eval_every * 60:
+                run.evaluate()
+                t_eval = t_last = time.time()
+                tr["elapsed"] += t_eval - now
+            if now - t_save >= tc.save_every * 60:
+                run.save(final=False)
+                t_save = time.time()
+        run.model.eval()
+        if not stop["flag"] and (not tr["evals"] or tr["evals"][-1]["step"] != tr["step"]):
             run.evaluate()
-            t_eval = t_last = time.time()
-            tr["elapsed"] += t_eval - now
-        if now - t_save >= tc.save_every * 60:
-            run.save(final=False)
-            t_save = time.time()
-    run.model.eval()
-    if not stop["flag"] and (not tr["evals"] or tr["evals"][-1]["step"] != tr["step"]):
-        run.evaluate()
-    rep = run.save(final=not stop["flag"])
-    log(f"done: {tr['step']} steps, {tr['tokens']:,} tokens, {tr['elapsed'] / 60:.1f} min, held-out loss "
-        f"{rep['heldout_loss']}; wrote {run.out}")
-    return rep
+        rep = run.save(final=not stop["flag"])
+        log(f"done: {tr['step']} steps, {tr['tokens']:,} tokens, {tr['elapsed'] / 60:.1f} min, held-out loss "
+            f"{rep['heldout_loss']}; wrote {run.out}")
+        return rep
