@@ -36,15 +36,16 @@ def export_preset(preset: str, variant: str, out_dir: str | Path, parity_segment
                                     max_batch=DEFAULT_MAX_BATCH[v.format], progress=False, log=None, **extra)
     except MemoryError:
         return {"error": "MemoryError: over the address-space limit", "peak_rss_mb": round(peak_rss_mb())}
+    ex = manifest.exporter  # every format records its build's seconds and stages; ExecuTorch also its lowering
     # ExecuTorch methods lowered in processes of their own: their memory with this process's, sampled while they ran
-    lowering = manifest.exporter.get("lowering") or {}
-    peak = max(peak_rss_mb(), lowering.get("peak_mb") or 0)
+    lowering = ex["lowering"] if v.format == "executorch" else None
+    peak = max(peak_rss_mb(), lowering["peak_mb"] or 0) if lowering else peak_rss_mb()
     return {"seconds_with_parity": round(time.perf_counter() - t0, 1),
-            "export_seconds": manifest.exporter.get("export_seconds"), "parameters": model.num_parameters(),
+            "export_seconds": ex["export_seconds"], "parameters": model.num_parameters(),
             "files": {k: f.bytes for k, f in manifest.files.items()}, "memory": manifest.memory,
             "max_batch": manifest.max_batch, "peak_rss_mb": round(peak),
-            "process_peak_rss_mb": round(peak_rss_mb()), "lowering": lowering or None,
-            "stage_seconds": {**manifest.exporter.get("stage_seconds", {}), **manifest.exporter.get("stages", {})},
+            "process_peak_rss_mb": round(peak_rss_mb()), "lowering": lowering,
+            "stages": ex["stages"], "build_stages": ex["stage_seconds"],  # (both formats' builds have a "prepare")
             "parity": {"passed": report.passed, "segments": parity_segments, **report.summary}}
 
 

@@ -125,8 +125,7 @@ def build_onnx(module, spec, out_dir: Path, options: ExportOptions, verbose: boo
     into the manifest. ``export_onnx`` without the checks."""
     clock = StageClock(log, "onnx export")
     form, form_why = choose_decode_form(module, options.ops) if has_decode(module) else (None, None)
-    contrib = options.ops == "onnxruntime"  # onnxruntime's contrib-op fusions; the portable export: standard ops
-    models, fusions = _trace_programs(module, spec, options, form, contrib, verbose)
+    models, fusions = _trace_programs(module, spec, options, form, verbose)
     clock.done("trace")
     for graph, name in ((MODEL_FILE, "step"), (LAST_FILE, "step_last")):
         if graph in models:
@@ -137,10 +136,10 @@ def build_onnx(module, spec, out_dir: Path, options: ExportOptions, verbose: boo
         with tempfile.TemporaryDirectory() as tmp:
             for name in list(models):
                 models[name], n = _quantized(models[name], options.quantize, Path(tmp), name, module,
-                                             options.block_size, options.ops == "portable")
+                                             options.block_size, not options.contrib_ops)
                 quantized += n
         clock.done("quantize")
-    if contrib:  # after quantization: each form of the weight products is packed as itself (exporters.onnx_packed)
+    if options.contrib_ops:  # after quantization: each form of the weight products is packed as itself (exporters.onnx_packed)
         for graph, name in ((MODEL_FILE, "step"), (LAST_FILE, "step_last"), (DECODE_FILE, "decode")):
             if graph in models:
                 fusions[name]["packed_projections"] = pack_projections(models[graph])
@@ -155,7 +154,7 @@ def build_onnx(module, spec, out_dir: Path, options: ExportOptions, verbose: boo
     return _describe(module, spec, out_dir, options, models, weights, (form, form_why), fusions, quantized, clock)
 
 
-def _trace_programs(module, spec, options: ExportOptions, form: str | None, contrib: bool,
+def _trace_programs(module, spec, options: ExportOptions, form: str | None,
                     verbose: bool) -> tuple[dict[str, onnx.ModelProto], dict[str, dict]]:
     """``({file: graph}, {program: fusions})`` for the step program and, where the module has them, the
     last-token and decode programs."""
@@ -165,20 +164,20 @@ def _trace_programs(module, spec, options: ExportOptions, form: str | None, cont
     models, fusions = {}, {}
     flat = FlatStep(module).eval()
     models[MODEL_FILE], fusions["step"] = _trace(flat, flat.example_inputs(2), spec.input_names(), spec.output_names(),
-                                                 flat.dynamic_shapes(batch), verbose, contrib=contrib,
+                                                 flat.dynamic_shapes(batch), verbose, contrib=options.contrib_ops,
                                                  cache=options.trace_cache)
     if has_step_last(module):
         last = FlatStepLast(module).eval()
         models[LAST_FILE], fusions["step_last"] = _trace(last, last.example_inputs(2), spec.input_names(),
                                                          spec.output_names(), last.dynamic_shapes(batch), verbose,
-                                                         contrib=contrib, cache=options.trace_cache)
+                                                         contrib=options.contrib_ops, cache=options.trace_cache)
     if has_decode(module):
         dec = FlatDecode(module, form).eval()
         whole = dec.spec.cache_output == "whole"
         models[DECODE_FILE], fusions["decode"] = _trace(dec, dec.example_inputs(2), dec.spec.input_names(),
                                                         dec.spec.output_names(), dec.dynamic_shapes(batch), verbose,
                                                         cache_attention_translation() if whole else None,
-                                                        contrib=contrib, cache=options.trace_cache)
+                                                        contrib=options.contrib_ops, cache=options.trace_cache)
     return models, fusions
 
 
@@ -196,7 +195,6 @@ def _describe(module, spec, out_dir: Path, options: ExportOptions, models: dict,
         decode = {"format": "onnx", "file": "decode_program"}
     if LAST_FILE in models:
         files["last_program"] = LAST_FILE
-    contrib = options.ops == "onnxruntime"
     return build_manifest(
         module, spec, backend="onnxruntime", program=program, files=files, decode_program=decode,
         decode_form=form, embedding_lookup=describe_onnx_lookup(models[MODEL_FILE]),  # what the token lookup reads
@@ -204,7 +202,7 @@ def _describe(module, spec, out_dir: Path, options: ExportOptions, models: dict,
         directory=out_dir, max_batch=options.max_batch, quantization=quantize,
         shared_weights={"file": "weights", "graphs": {file_keys[g]: t for g, t in weights["graphs"].items()}},
         exporter={"path": "torch.onnx.export(dynamo=True) + onnxscript optimizer + exporters.onnx_fusions"
-                          + (" + exporters.onnx_skip_norm + exporters.onnx_packed" if contrib else ""),
+                          + (" + exporters.onnx_skip_norm + exporters.onnx_packed" if options.contrib_ops else ""),
                   "opset": FUSED_OPSET, "fusions": fusions, "attention_rows": options.attention_rows,
                   "ops": options.ops,
                   "contrib_ops": sorted({f"{n.domain}::{n.op_type}" for m in models.values() for n in m.graph.node

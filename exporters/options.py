@@ -49,6 +49,12 @@ class ExportOptions:
     # $INFINI_EXPORT_TRACE_CACHE where set, else no cache)
     trace_cache: Path | None = None
 
+    @property
+    def contrib_ops(self) -> bool:
+        """ONNX: whether the graphs may use onnxruntime's contrib ops (``ops="onnxruntime"``; ``"portable"``: standard
+        ONNX ops only)."""
+        return self.ops == "onnxruntime"
+
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise ValueError(f"unknown format {self.format!r}; expected one of {FORMATS}")
