@@ -7,7 +7,9 @@ and the token streams the text model trains and is scored on.
   first ``HELDOUT_PERCENT`` of 100 buckets: deterministic, independent of the machine and of the other files;
 - the tokenizer is a byte-fallback BPE (``tokenizers``) trained on the training files only; ``<bos>`` starts every
   encoded text (its post-processor adds it), ``<eos>`` ends every file of a stream;
-- a stream is the files in path order, ``<bos> text <eos>`` each, as one array of token ids.
+- a stream is the files in path order, ``<bos> text <eos>`` each, as one array of token ids;
+- more training text (never held out) comes from permissively licensed packages installed beside the interpreter
+  (``EXTRA_PACKAGES``), the same exclusions applied, minus any file that copies a held-out file's lines.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import hashlib
 import json
 import sys
 import sysconfig
+from importlib import metadata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +32,14 @@ PRETOKENIZE = r" ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 _EXCLUDED_DIRS = ("test", "tests", "idle_test", "site-packages", "__pycache__", "lib-dynload", "ensurepip")
 _MAX_BYTES = 1 << 20  # larger files are data, not code
 _MAX_NON_ASCII = 0.02  # share of non-ASCII characters above which a file is a table (codecs, ...)
+# more training text: (import name, distribution name), all BSD, MIT or Apache-2.0 licensed (their metadata's
+# licence is recorded in split.json)
+EXTRA_PACKAGES = (("numpy", "numpy"), ("scipy", "scipy"), ("pandas", "pandas"), ("sympy", "sympy"),
+                  ("networkx", "networkx"), ("sklearn", "scikit-learn"), ("matplotlib", "matplotlib"),
+                  ("setuptools", "setuptools"), ("pip", "pip"), ("onnx", "onnx"), ("onnxscript", "onnxscript"),
+                  ("jinja2", "jinja2"), ("huggingface_hub", "huggingface_hub"))
+_COPY_LINE_CHARS = 30  # lines at least this long (stripped) count when looking for copies of held-out files
+_COPY_SHARE = 0.2  # a file whose long lines are this much held-out lines is a copy, left out
 
 
 def stdlib_root() -> Path:
@@ -94,8 +105,67 @@ def make_split(root: str | Path) -> dict:
             "train": train, "heldout": held}
 
 
+def site_root() -> Path:
+    """The running interpreter's folder of installed pure-Python packages."""
+    return Path(sysconfig.get_paths()["purelib"])
+
+
+def _licence(dist: str) -> str:
+    meta = metadata.metadata(dist)
+    if meta.get("License-Expression"):
+        return meta["License-Expression"]
+    classifiers = [c.split("::")[-1].strip() for c in meta.get_all("Classifier") or [] if c.startswith("License ::")]
+    return "; ".join(classifiers) or (meta.get("License") or "unknown").splitlines()[0]
+
+
+def _long_lines(text: str) -> set[str]:
+    return {ln.strip() for ln in text.splitlines() if len(ln.strip()) >= _COPY_LINE_CHARS}
+
+
+def make_extra(site: str | Path, heldout_texts: list[str], packages=EXTRA_PACKAGES) -> dict:
+    """The extra training files: the ``*.py`` files of ``packages`` under ``site`` (paths relative to it), the
+    corpus's exclusions applied, minus copies of held-out files (a file of which at least ``_COPY_SHARE`` of the
+    long lines are lines of a held-out file): what split.json's ``extra`` holds."""
+    site = Path(site)
+    held_lines = set().union(*map(_long_lines, heldout_texts)) if heldout_texts else set()
+    out, excluded = [], {}
+    for name, dist in packages:
+        files, size = [], 0
+        for p in sorted((site / name).rglob("*.py")):
+            rel = p.relative_to(site).as_posix()
+            data = p.read_bytes()
+            why = exclusion_reason(rel, data)
+            if why is None:
+                lines = _long_lines(data.decode("utf-8"))
+                if lines and len(lines & held_lines) >= _COPY_SHARE * len(lines):
+                    why = "copies a held-out file"
+            if why is None:
+                files.append(rel)
+                size += len(data)
+            else:
+                excluded.setdefault(why, []).append(rel)
+        out.append({"package": name, "distribution": dist, "version": metadata.version(dist),
+                    "licence": _licence(dist), "bytes": size, "files": files})
+    copies = excluded.pop("copies a held-out file", [])
+    return {"root": str(site), "rule": "the packages' *.py files, minus the corpus's exclusions and copies of "
+                                       f"held-out files (>= {_COPY_SHARE:.0%} of their lines of "
+                                       f">= {_COPY_LINE_CHARS} characters are held-out lines); training only",
+            "packages": out, "copies_of_heldout_files": copies,
+            "excluded": {k: len(v) for k, v in sorted(excluded.items())}}
+
+
+def extra_paths(split: dict) -> list[str]:
+    """The extra training files of a split.json (relative to its ``extra.root``), in order."""
+    return [f for pkg in split.get("extra", {}).get("packages", []) for f in pkg["files"]]
+
+
 def read_texts(root: str | Path, paths: list[str]) -> list[str]:
+    """The texts of ``paths`` under ``root``; a missing file is a FileNotFoundError naming the folder to give."""
     root = Path(root)
+    missing = [p for p in paths if not (root / p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} files of the split are not under {root} (first: {missing[0]}): "
+                                "another Python or package version? Give the folder that holds them (--root/--site)")
     return [(root / p).read_bytes().decode("utf-8") for p in paths]
 
 
@@ -154,15 +224,17 @@ def file_hash(path: str | Path) -> str:
 @dataclass
 class TextData:
     """A split's token streams and the bytes of the held-out text."""
-    train: np.ndarray
+    train: np.ndarray  # the standard library's training files
     heldout: np.ndarray
     heldout_bytes: int
+    extra: np.ndarray  # the extra packages' files (empty when the split has none)
 
 
 def load_streams(split_path: str | Path, tokenizer_path: str | Path, cache_dir: str | Path | None = None,
-                 root: str | Path | None = None) -> TextData:
-    """The train and held-out streams of a split.json and tokenizer.json, from ``cache_dir`` when it holds them
-    for this tokenizer and split (keyed by their hashes)."""
+                 root: str | Path | None = None, site: str | Path | None = None) -> TextData:
+    """The train, held-out and extra streams of a split.json and tokenizer.json (the standard library under
+    ``root``, the extra packages under ``site``, by default where split.json says), from ``cache_dir`` when it holds
+    them for this tokenizer and split (keyed by their hashes)."""
     split = json.loads(Path(split_path).read_text())
     root = Path(root or split["root"])
     tok = load_tokenizer(tokenizer_path)
@@ -170,19 +242,29 @@ def load_streams(split_path: str | Path, tokenizer_path: str | Path, cache_dir: 
     cache = Path(cache_dir) / f"streams-{key}.npz" if cache_dir else None
     if cache is not None and cache.is_file():
         z = np.load(cache)
-        return TextData(z["train"], z["heldout"], int(z["heldout_bytes"]))
+        return TextData(z["train"], z["heldout"], int(z["heldout_bytes"]), z["extra"])
     held_texts = read_texts(root, split["heldout"])
+    extra = extra_paths(split)
     data = TextData(encode_texts(tok, read_texts(root, split["train"])), encode_texts(tok, held_texts),
-                    sum(len(t.encode("utf-8")) for t in held_texts))
+                    sum(len(t.encode("utf-8")) for t in held_texts),
+                    encode_texts(tok, read_texts(site or split["extra"]["root"], extra)) if extra else np.zeros(0, np.int32))
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, train=data.train, heldout=data.heldout, heldout_bytes=data.heldout_bytes)
+        np.savez(tmp, train=data.train, heldout=data.heldout, heldout_bytes=data.heldout_bytes, extra=data.extra)
         tmp.replace(cache)
     return data
 
 
-def sample_windows(rng: np.random.Generator, stream: np.ndarray, batch: int, length: int) -> np.ndarray:
-    """(batch, length + 1) int64 windows of ``stream`` at uniform random offsets (inputs and shifted targets)."""
-    starts = rng.integers(0, len(stream) - length - 1, size=batch)
-    return np.stack([stream[s:s + length + 1] for s in starts]).astype(np.int64)
+def sample_windows(rng: np.random.Generator, data: TextData, batch: int, length: int,
+                   stdlib_share: float = 1.0) -> np.ndarray:
+    """(batch, length + 1) int64 windows (inputs and shifted targets) at uniform random offsets, each from the
+    standard library's training stream with probability ``stdlib_share``, else from the extra packages' stream
+    (always the standard library's when there is no extra text)."""
+    extra = len(data.extra) > length + 1
+    rows = []
+    for from_stdlib in rng.random(batch) < (stdlib_share if extra else 1.0):
+        stream = data.train if from_stdlib else data.extra
+        s = int(rng.integers(0, len(stream) - length - 1))
+        rows.append(stream[s:s + length + 1])
+    return np.stack(rows).astype(np.int64)

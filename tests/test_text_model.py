@@ -43,6 +43,28 @@ def test_split_is_deterministic_and_excludes_tests_and_binary_files(tmp_path):
     assert T.is_heldout("fnmatch.py") == ("fnmatch.py" in _split()["heldout"])
 
 
+def test_extra_text_leaves_out_copies_of_heldout_files_and_is_mixed_by_share(tmp_path):
+    held = "def held_out_function(argument_one, argument_two):\n    return argument_one + argument_two  # sum\n"
+    files = {"numpy/a.py": "x = 1\n" + held, "numpy/b.py": "def other_function(value):\n    return value * 2\n",
+             "numpy/tests/c.py": "pass\n", "elsewhere/d.py": "y = 2\n"}
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    extra = T.make_extra(tmp_path, [held], packages=(("numpy", "numpy"),))
+    (pkg,) = extra["packages"]
+    assert pkg["files"] == ["numpy/b.py"] and pkg["bytes"] == len(files["numpy/b.py"]) and pkg["licence"]
+    assert extra["copies_of_heldout_files"] == ["numpy/a.py"] and sum(extra["excluded"].values()) == 1
+    assert T.extra_paths({"extra": extra}) == ["numpy/b.py"] and T.extra_paths({}) == []
+    with pytest.raises(FileNotFoundError, match="--root/--site"):
+        T.read_texts(tmp_path, ["numpy/b.py", "numpy/missing.py"])
+    # windows come from the standard library's stream with probability stdlib_share
+    data = T.TextData(np.zeros(1000, np.int32), np.zeros(10, np.int32), 10, np.ones(1000, np.int32))
+    w = T.sample_windows(np.random.default_rng(0), data, 2000, 8, stdlib_share=0.3)
+    assert w.shape == (2000, 9) and abs((w[:, 0] == 0).mean() - 0.3) < 0.04
+    no_extra = T.TextData(data.train, data.heldout, 10, np.zeros(0, np.int32))
+    assert (T.sample_windows(np.random.default_rng(0), no_extra, 50, 8, stdlib_share=0.0) == 0).all()
+
+
 @pytest.mark.parametrize("text", ["", "def f(x):\n\treturn x ** 2  # squared\n", "é 你好 🙂 \x00\x7f\r\n \u2028",
                                   "".join(chr(c) for c in range(0, 0x3000, 7))])
 def test_tokenizer_round_trips_any_text(text):
@@ -88,7 +110,7 @@ def test_training_smoke_run_learns_and_resumes(tmp_path):
     full = _split()
     data = tmp_path / "data"
     data.mkdir()
-    small = dict(full, train=full["train"][:6], heldout=full["heldout"][:1])
+    small = dict(full, train=full["train"][:6], heldout=full["heldout"][:1], extra={"root": "", "packages": []})
     (data / "split.json").write_text(json.dumps(small))
     (data / "tokenizer.json").write_bytes((BUNDLE / "tokenizer.json").read_bytes())
     kw = dict(out=str(tmp_path / "run"), data=str(data), cache=str(tmp_path / "cache"), root=str(T.stdlib_root()),

@@ -27,6 +27,7 @@ class TextTrainConfig:
     data: str = option("models/text-small", "folder holding split.json and tokenizer.json (scripts/text_data.py)")
     cache: str = option("out/text-data", "folder for the encoded token streams")
     root: str | None = option(None, "standard-library folder (default: split.json's)")
+    site: str | None = option(None, "folder of the extra packages (default: split.json's)")
     minutes: float = option(85.0, "wall-time budget in minutes, all runs together (0: none)")
     steps: int = option(0, "step budget (0: none)")
     resume: bool = option(False, "continue from OUT/train_state.pt", action="store_true")
@@ -42,6 +43,8 @@ class TextTrainConfig:
     warmup: int = option(100, "linear warm-up steps before the cosine decay to 0.1x")
     batch: int = option(4, "sequences per step")
     segments: int = option(3, "segments per sequence: back-propagation runs through the memory across all of them")
+    stdlib_share: float = option(0.3, "share of training windows from the standard library's files, the rest from "
+                                      "split.json's extra packages (all of them when it has none)")
     eval_tokens: int = option(16384, "held-out tokens of the in-training evaluation")
     log_every: float = option(30.0, "seconds between progress lines")
     eval_every: float = option(10.0, "minutes between held-out evaluations")
@@ -54,6 +57,8 @@ class TextTrainConfig:
         if self.init_weights and self.resume:
             raise TrainingSetupError("--init-weights starts a fresh run from a checkpoint's weights; --resume goes on "
                                      "with OUT's own run: give one of them")
+        if not 0.0 <= self.stdlib_share <= 1.0:
+            raise TrainingSetupError(f"--stdlib-share must be in [0, 1], got {self.stdlib_share}")
         if self.batch < 1:
             raise TrainingSetupError(f"--batch must be >= 1, got {self.batch}")
         return self

@@ -72,8 +72,9 @@ class _TextRun:
             if not p.is_file():
                 raise TrainingSetupError(f"--data: {p} does not exist (build it with scripts/text_data.py)")
         t = time.time()
-        self.data = T.load_streams(split_path, tok_path, tc.cache, tc.root)
-        log(f"streams: {len(self.data.train):,} training tokens, {len(self.data.heldout):,} held-out tokens "
+        self.data = T.load_streams(split_path, tok_path, tc.cache, tc.root, tc.site)
+        log(f"streams: {len(self.data.train):,} training tokens (+ {len(self.data.extra):,} from other packages, "
+            f"{tc.stdlib_share:.0%} of windows from the standard library), {len(self.data.heldout):,} held-out tokens "
             f"({self.data.heldout_bytes / len(self.data.heldout):.2f} bytes per token) in {time.time() - t:.1f} s")
         vocab = T.load_tokenizer(tok_path).get_vocab_size()
         self.cfg = cfg = model_config(tc.preset, vocab)
@@ -127,8 +128,8 @@ class _TextRun:
         tc, tr = self.tc, self.tr
         rep = {"preset": tc.preset, "config": self.cfg.to_dict(), "parameters": self.model.num_parameters(),
                "steps": tr["step"], "tokens": tr["tokens"], "train_minutes": round(tr["elapsed"] / 60, 2),
-               "final": final, "recipe": {k: getattr(tc, k) for k in ("lr", "gate_lr", "weight_decay", "warmup",
-                                                                      "batch", "segments", "seed", "minutes")},
+               "final": final, "recipe": {k: getattr(tc, k) for k in ("lr", "gate_lr", "weight_decay", "warmup", "batch",
+                                                                      "segments", "seed", "minutes", "stdlib_share")},
                "heldout_loss": tr["evals"][-1]["loss"] if tr["evals"] else None,
                "init_weights": tr["init_weights"],
                "runs": tr["runs"], "evals": tr["evals"], "history": tr["history"]}
@@ -155,7 +156,7 @@ class _TextRun:
         f = lr_factor(tr["step"], progress, tc.warmup)
         for g in self.opt.param_groups:
             g["lr"] = g["base_lr"] * f
-        ids = torch.from_numpy(T.sample_windows(self.rng, self.data.train, tc.batch, self.seq_len))
+        ids = torch.from_numpy(T.sample_windows(self.rng, self.data, tc.batch, self.seq_len, tc.stdlib_share))
         logits, _ = self.model(ids[:, :-1])
         loss = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
         self.opt.zero_grad(set_to_none=True)
