@@ -7,16 +7,18 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test test-fast test-web web web-deps browser venv venv312 wheels clean
 
 # set-up prints one line; pip's own output goes to $(VENV)/install.log (shown in full if it fails)
+# pip compiles no bytecode (--no-compile: two thirds of the set-up's time); Python compiles a module when it first
+# imports it (a fraction of what is installed) and keeps it, so the demo and the tests run with bytecode writing on.
 # the runtime (its own distribution, runtime/pyproject.toml) first: the toolchain depends on infini-runtime;
 # setuptools >= 77, installed first, builds the packages here (no build isolation: no throwaway build environments)
 $(STAMP): pyproject.toml runtime/pyproject.toml benchmarks/pyproject.toml
 	@echo "setting up $(VENV) (torch 2.13.0 CPU, executorch, onnxruntime; log: $(VENV)/install.log)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@( $(PY) -m pip install -q --upgrade pip "setuptools>=77" && \
-	   $(PY) -m pip install -q torch==2.13.0 && \
-	   $(PY) -m pip install -q --no-build-isolation -e ./runtime && \
-	   $(PY) -m pip install -q --no-build-isolation -e ".[test]" && \
-	   $(PY) -m pip install -q --no-build-isolation --no-deps -e ./benchmarks ) > $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
+	@( $(PY) -m pip install -q --no-compile --upgrade pip "setuptools>=77" && \
+	   $(PY) -m pip install -q --no-compile torch==2.13.0 && \
+	   $(PY) -m pip install -q --no-compile --no-build-isolation -e ./runtime && \
+	   $(PY) -m pip install -q --no-compile --no-build-isolation -e ".[test]" && \
+	   $(PY) -m pip install -q --no-compile --no-build-isolation --no-deps -e ./benchmarks ) > $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
 	@touch $(STAMP)
 
 # the two wheels in dist/: infini_runtime-*.whl (torch-free, `infini-run`) and infini_export-*.whl (the toolchain).
@@ -50,10 +52,10 @@ $(STAMP312): $(RUNTIME_SOURCES)
 	@echo "setting up $(VENV312) (Python 3.12, infini-runtime[executorch]; log: $(VENV312).log)"
 	@mkdir -p $(VENV)
 	@( test -x $(VENV312)/bin/python || $(PYTHON312) -m venv $(VENV312) ) > $(VENV312).log 2>&1
-	@( $(VENV312)/bin/python -m pip install -q "setuptools>=77" && \
+	@( $(VENV312)/bin/python -m pip install -q --no-compile "setuptools>=77" && \
 	   wheels=$$(mktemp -d) && ( $(call build_runtime_wheel,$$wheels,$(VENV312)/bin/python) ) && whl=$$(ls $$wheels/*.whl) && \
-	   $(VENV312)/bin/python -m pip install -q "$$whl[executorch]" && \
-	   $(VENV312)/bin/python -m pip install -q --no-deps --force-reinstall "$$whl"; \
+	   $(VENV312)/bin/python -m pip install -q --no-compile "$$whl[executorch]" && \
+	   $(VENV312)/bin/python -m pip install -q --no-compile --no-deps --force-reinstall "$$whl"; \
 	   rc=$$?; rm -rf $$wheels; exit $$rc ) >> $(VENV312).log 2>&1 || (cat $(VENV312).log; exit 1)
 	@touch $(STAMP312)
 endif
@@ -62,11 +64,14 @@ venv312: $(STAMP312)
 
 venv: $(STAMP)
 
+# (bytecode written on first import even where the environment turns it off: see the set-up above)
+WRITE_BYTECODE := env -u PYTHONDONTWRITEBYTECODE
+
 demo: $(STAMP)
-	@$(VENV)/bin/infini-export demo
+	@$(WRITE_BYTECODE) $(VENV)/bin/infini-export demo
 
 # pytest in 2 processes; each exported test artifact is shared by both (tests/shared.py); a file runs in one of them
-PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder
+PYTEST := $(WRITE_BYTECODE) $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder
 
 # the set-up steps side by side (pip, npm, the browser), then pytest; the web tests (make test-web) are one of its
 # tests (tests/test_web.py), so that they run beside the Python tests

@@ -1,6 +1,8 @@
 """ONNX export of the segment step (torch.onnx dynamo path + onnxscript optimizer)."""
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import tempfile
 from pathlib import Path
@@ -63,15 +65,16 @@ def _trace(flat: torch.nn.Module, example: tuple, input_names: list, output_name
     call = dict(input_names=input_names, output_names=output_names, dynamic_shapes=dynamic,
                 opset_version=FUSED_OPSET, custom_translation_table=translations)
     key = trace_cache.trace_key(flat, example, **call) if cache is not None else None
-    traced = trace_cache.load(cache, key) if key else None
-    if traced is None:
-        with torch.no_grad():
-            program = torch.onnx.export(flat, example, dynamo=True, optimize=True, verbose=verbose, **call)
-        model = program.model
-        if key:
-            trace_cache.store(cache, key, program.model_proto)
-    else:
-        model = onnx_ir.from_proto(traced)
+    with trace_cache.claim(cache, key) if key else contextlib.nullcontext():
+        traced = trace_cache.load(cache, key) if key else None
+        if traced is None:
+            with torch.no_grad():
+                program = torch.onnx.export(flat, example, dynamo=True, optimize=True, verbose=verbose, **call)
+            model = program.model
+            if key:
+                trace_cache.store(cache, key, program.model_proto)
+        else:
+            model = onnx_ir.from_proto(traced)
     fusions = fuse(model)  # the model's XNNPACK-friendly RMSNorm back to one ONNX op per norm
     if contrib:
         fusions["SkipSimplifiedLayerNormalization"] = fuse_skip_norms(model)

@@ -11,10 +11,13 @@ other attribute of every submodule (tensors by their bytes, other values by thei
 submodule's class and of this package and ``infini_export``, the example inputs, the I/O names, the dynamic
 shapes, the opset, the translation table and the torch / onnx / onnxscript / onnx_ir versions. A value the key
 cannot describe exactly (an object whose ``repr`` carries its address) makes a new key every time: a miss, never
-a wrong program. Files are written whole (a temporary name, then a rename), so concurrent exports share the folder.
+a wrong program. Files are written whole (a temporary name, then a rename), and a program's trace holds its key's
+lock (:func:`claim`): concurrent exports share the folder, and of two that need one program, one traces it while the
+other waits and reads it back.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -111,6 +114,16 @@ def trace_key(module: torch.nn.Module, example: tuple, **call) -> str:
             value = {str(op): f"{fn.__module__}.{fn.__qualname__}" for op, fn in value.items()}
         _value(h, repr(value) if name == "dynamic_shapes" else value, set())
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def claim(folder: Path, key: str):
+    """Hold ``key``'s lock (another process holding it is tracing that program: wait for it)."""
+    from filelock import FileLock
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / f".{key}.lock")):
+        yield
 
 
 def load(folder: Path, key: str) -> onnx.ModelProto | None:

@@ -38,6 +38,30 @@ def test_a_program_read_from_the_cache_is_the_traced_one(tmp_path, monkeypatch):
         _export(TinyRNN(seed=1).eval(), tmp_path / "other", tmp_path / "cache")
 
 
+def test_concurrent_exports_of_one_program_trace_it_once(tmp_path, monkeypatch):
+    """Two exports of one module at the same time: one traces the program under its key's lock, the other waits
+    for it and reads it back."""
+    import threading
+
+    traced, real = [], torch.onnx.export
+
+    def counting(*args, **kwargs):
+        traced.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(torch.onnx, "export", counting)
+    results = {}
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, _export(TinyRNN().eval(), tmp_path / str(i),
+                                                                                  tmp_path / "cache")), name=str(i))
+               for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(traced) == 1 and sorted(results) == [0, 1]
+    assert all(report.passed for _, report in results.values())
+    assert onnx.load(str(tmp_path / "0" / "model.onnx")) == onnx.load(str(tmp_path / "1" / "model.onnx"))
+
+
 def _key(model, batch=2, max_batch=64):
     from infini_export.protocol import FlatStep
     flat = FlatStep(model).eval()
