@@ -49,8 +49,8 @@ def test_concurrent_exports_of_one_program_trace_it_once(tmp_path, monkeypatch):
         traced.append(threading.current_thread().name)
         return real(*args, **kwargs)
     monkeypatch.setattr(torch.onnx, "export", counting)
-    results = {}
-    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, _export(TinyRNN().eval(), tmp_path / str(i),
+    results, modules = {}, [TinyRNN().eval() for _ in range(2)]  # made here: their seeding uses torch's global RNG
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, _export(modules[i], tmp_path / str(i),
                                                                                   tmp_path / "cache")), name=str(i))
                for i in range(2)]
     for t in threads:
