@@ -70,8 +70,9 @@ WRITE_BYTECODE := env -u PYTHONDONTWRITEBYTECODE
 demo: $(STAMP)
 	@$(WRITE_BYTECODE) $(VENV)/bin/infini-export demo
 
-# pytest in 2 processes; each exported test artifact is shared by both (tests/shared.py); a file runs in one of them
-PYTEST := $(WRITE_BYTECODE) $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder
+# pytest in 2 processes; each exported test artifact is shared by both (tests/shared.py); a file runs in one of them;
+# the slowest tests listed at the end of every run
+PYTEST := $(WRITE_BYTECODE) $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder --durations=12
 
 # the set-up steps side by side (pip, npm, the browser), then pytest; the web tests (make test-web) are one of its
 # tests (tests/test_web.py), so that they run beside the Python tests

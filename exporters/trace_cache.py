@@ -29,6 +29,7 @@ from pathlib import Path
 
 import onnx
 import torch
+from filelock import FileLock
 
 ENV = "INFINI_EXPORT_TRACE_CACHE"
 _PACKAGES = ("exporters", "infini_export")
@@ -118,9 +119,8 @@ def trace_key(module: torch.nn.Module, example: tuple, **call) -> str:
 
 @contextlib.contextmanager
 def claim(folder: Path, key: str):
-    """Hold ``key``'s lock (another process holding it is tracing that program: wait for it)."""
-    from filelock import FileLock
-
+    """Hold ``key``'s lock, the file ``.<key>.lock`` beside the program (another export holding it is tracing that
+    program: wait for it)."""
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder / f".{key}.lock")):
         yield

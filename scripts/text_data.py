@@ -3,7 +3,8 @@
 training files from permissively licensed installed packages, and the byte-fallback BPE tokenizer trained on the
 standard library's training files (tokenizer.json), both into OUT.
 
-Deterministic: the same interpreter's standard library gives the same split and the same tokenizer.
+Deterministic: the same interpreter's standard library gives the same split and the same tokenizer, and the same
+versions of the extra packages the same extra files (split.json records each package's version and licence).
 The library behind this command line: ``tasks.text``.
 
 Example::

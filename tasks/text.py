@@ -32,14 +32,21 @@ PRETOKENIZE = r" ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 _EXCLUDED_DIRS = ("test", "tests", "idle_test", "site-packages", "__pycache__", "lib-dynload", "ensurepip")
 _MAX_BYTES = 1 << 20  # larger files are data, not code
 _MAX_NON_ASCII = 0.02  # share of non-ASCII characters above which a file is a table (codecs, ...)
-# more training text: (import name, distribution name), all BSD, MIT or Apache-2.0 licensed (their metadata's
-# licence is recorded in split.json)
+# more training text: (import name, distribution name), each under a permissive licence (BSD, MIT, Apache-2.0, or
+# matplotlib's PSF-style one; what each package's metadata says is recorded in split.json)
 EXTRA_PACKAGES = (("numpy", "numpy"), ("scipy", "scipy"), ("pandas", "pandas"), ("sympy", "sympy"),
                   ("networkx", "networkx"), ("sklearn", "scikit-learn"), ("matplotlib", "matplotlib"),
                   ("setuptools", "setuptools"), ("pip", "pip"), ("onnx", "onnx"), ("onnxscript", "onnxscript"),
                   ("jinja2", "jinja2"), ("huggingface_hub", "huggingface_hub"))
+# folders of the extra packages that hold other projects' code: vendored copies (their own licences) and forks of
+# the standard library's distutils
+_THIRD_PARTY_DIRS = ("_vendor", "vendor", "vendored", "externals", "_externals", "_distutils", "distutils")
 _COPY_LINE_CHARS = 30  # lines at least this long (stripped) count when looking for copies of held-out files
-_COPY_SHARE = 0.2  # a file whose long lines are this much held-out lines is a copy, left out
+_COPY_MIN_LINES = 3  # a file sharing fewer long lines than this with every held-out file is no copy of any
+_COPY_SHARE_OWN = 0.2  # ... else it is one when the shared lines are this share of its own long lines
+_COPY_SHARE_HELD = 0.05  # ... or this share of that held-out file's long lines
+COPY = "shares lines with a held-out file"
+THIRD_PARTY = "vendored or forked code"
 
 
 def stdlib_root() -> Path:
@@ -110,8 +117,7 @@ def site_root() -> Path:
     return Path(sysconfig.get_paths()["purelib"])
 
 
-def _licence(dist: str) -> str:
-    meta = metadata.metadata(dist)
+def _licence(meta) -> str:
     if meta.get("License-Expression"):
         return meta["License-Expression"]
     classifiers = [c.split("::")[-1].strip() for c in meta.get_all("Classifier") or [] if c.startswith("License ::")]
@@ -122,35 +128,60 @@ def _long_lines(text: str) -> set[str]:
     return {ln.strip() for ln in text.splitlines() if len(ln.strip()) >= _COPY_LINE_CHARS}
 
 
+def copies_heldout(lines: set[str], heldout: list[set[str]]) -> bool:
+    """Whether a file of these long lines copies any of the held-out files' (each given as its long lines)."""
+    for held in heldout:
+        shared = len(lines & held)
+        if shared >= _COPY_MIN_LINES and (shared >= _COPY_SHARE_OWN * len(lines)
+                                          or shared >= _COPY_SHARE_HELD * len(held)):
+            return True
+    return False
+
+
+def _package_files(site: Path, name: str, heldout: list[set[str]]) -> tuple[list[str], int, dict[str, list[str]]]:
+    """(kept paths, their bytes, {reason: left-out paths}) of one package's ``*.py`` files under ``site``."""
+    files, size, excluded = [], 0, {}
+    for p in sorted((site / name).rglob("*.py")):
+        rel = p.relative_to(site).as_posix()
+        data = p.read_bytes()
+        why = exclusion_reason(rel, data)
+        if why is None and any(d in _THIRD_PARTY_DIRS for d in rel.split("/")[1:-1]):
+            why = THIRD_PARTY
+        if why is None and copies_heldout(_long_lines(data.decode("utf-8")), heldout):
+            why = COPY
+        if why is None:
+            files.append(rel)
+            size += len(data)
+        else:
+            excluded.setdefault(why, []).append(rel)
+    return files, size, excluded
+
+
 def make_extra(site: str | Path, heldout_texts: list[str], packages=EXTRA_PACKAGES) -> dict:
     """The extra training files: the ``*.py`` files of ``packages`` under ``site`` (paths relative to it), the
-    corpus's exclusions applied, minus copies of held-out files (a file of which at least ``_COPY_SHARE`` of the
-    long lines are lines of a held-out file): what split.json's ``extra`` holds."""
+    corpus's exclusions applied, minus vendored or forked code and files that share lines with a held-out file
+    (``copies_heldout``): what split.json's ``extra`` holds. Versions and licences are those of the distributions
+    installed under ``site``."""
     site = Path(site)
-    held_lines = set().union(*map(_long_lines, heldout_texts)) if heldout_texts else set()
+    installed = {d.metadata["Name"].lower().replace("_", "-"): d for d in metadata.distributions(path=[str(site)])}
+    heldout = [_long_lines(t) for t in heldout_texts]
     out, excluded = [], {}
     for name, dist in packages:
-        files, size = [], 0
-        for p in sorted((site / name).rglob("*.py")):
-            rel = p.relative_to(site).as_posix()
-            data = p.read_bytes()
-            why = exclusion_reason(rel, data)
-            if why is None:
-                lines = _long_lines(data.decode("utf-8"))
-                if lines and len(lines & held_lines) >= _COPY_SHARE * len(lines):
-                    why = "copies a held-out file"
-            if why is None:
-                files.append(rel)
-                size += len(data)
-            else:
-                excluded.setdefault(why, []).append(rel)
-        out.append({"package": name, "distribution": dist, "version": metadata.version(dist),
-                    "licence": _licence(dist), "bytes": size, "files": files})
-    copies = excluded.pop("copies a held-out file", [])
-    return {"root": str(site), "rule": "the packages' *.py files, minus the corpus's exclusions and copies of "
-                                       f"held-out files (>= {_COPY_SHARE:.0%} of their lines of "
-                                       f">= {_COPY_LINE_CHARS} characters are held-out lines); training only",
-            "packages": out, "copies_of_heldout_files": copies,
+        found = installed.get(dist.lower().replace("_", "-"))
+        if found is None or not (site / name).is_dir():
+            raise FileNotFoundError(f"extra package {dist} ({name}/) is not installed under {site}: install it or "
+                                    "give the folder of installed packages that has it (--site)")
+        files, size, left_out = _package_files(site, name, heldout)
+        for why, paths in left_out.items():
+            excluded.setdefault(why, []).extend(paths)
+        out.append({"package": name, "distribution": dist, "version": found.version,
+                    "licence": _licence(found.metadata), "bytes": size, "files": files})
+    return {"root": str(site), "rule": f"the packages' *.py files, minus the corpus's exclusions, {THIRD_PARTY} "
+                                       f"(folders {', '.join(_THIRD_PARTY_DIRS)}) and files that share at least "
+                                       f"{_COPY_MIN_LINES} lines of >= {_COPY_LINE_CHARS} characters with a held-out "
+                                       f"file, {_COPY_SHARE_OWN:.0%} of their own or {_COPY_SHARE_HELD:.0%} of its; "
+                                       "training only",
+            "packages": out, "copies_of_heldout_files": excluded.pop(COPY, []),
             "excluded": {k: len(v) for k, v in sorted(excluded.items())}}
 
 
@@ -217,6 +248,9 @@ def encode_texts(tok, texts) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, np.int32)
 
 
+STREAMS_VERSION = 2  # of the cached streams' file (2: with the extra packages' stream)
+
+
 def file_hash(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
@@ -238,16 +272,16 @@ def load_streams(split_path: str | Path, tokenizer_path: str | Path, cache_dir: 
     split = json.loads(Path(split_path).read_text())
     root = Path(root or split["root"])
     tok = load_tokenizer(tokenizer_path)
-    key = f"{file_hash(tokenizer_path)}-{file_hash(split_path)}"
+    key = f"v{STREAMS_VERSION}-{file_hash(tokenizer_path)}-{file_hash(split_path)}"
     cache = Path(cache_dir) / f"streams-{key}.npz" if cache_dir else None
     if cache is not None and cache.is_file():
         z = np.load(cache)
         return TextData(z["train"], z["heldout"], int(z["heldout_bytes"]), z["extra"])
     held_texts = read_texts(root, split["heldout"])
     extra = extra_paths(split)
+    extra_texts = read_texts(site or split["extra"]["root"], extra) if extra else []
     data = TextData(encode_texts(tok, read_texts(root, split["train"])), encode_texts(tok, held_texts),
-                    sum(len(t.encode("utf-8")) for t in held_texts),
-                    encode_texts(tok, read_texts(site or split["extra"]["root"], extra)) if extra else np.zeros(0, np.int32))
+                    sum(len(t.encode("utf-8")) for t in held_texts), encode_texts(tok, extra_texts))
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp.npz")
@@ -257,14 +291,19 @@ def load_streams(split_path: str | Path, tokenizer_path: str | Path, cache_dir: 
 
 
 def sample_windows(rng: np.random.Generator, data: TextData, batch: int, length: int,
-                   stdlib_share: float = 1.0) -> np.ndarray:
+                   stdlib_share: float) -> np.ndarray:
     """(batch, length + 1) int64 windows (inputs and shifted targets) at uniform random offsets, each from the
     standard library's training stream with probability ``stdlib_share``, else from the extra packages' stream
     (always the standard library's when there is no extra text)."""
-    extra = len(data.extra) > length + 1
+    streams = (("standard library's", data.train, False), ("extra packages'", data.extra, True))
+    for name, stream, may_be_empty in streams:
+        if len(stream) <= length + 1 and not (may_be_empty and len(stream) == 0):
+            raise ValueError(f"the {name} training stream has {len(stream)} tokens: windows of {length + 1} need at "
+                             f"least {length + 2}")
+    share = stdlib_share if len(data.extra) else 1.0
     rows = []
-    for from_stdlib in rng.random(batch) < (stdlib_share if extra else 1.0):
+    for from_stdlib in rng.random(batch) < share:
         stream = data.train if from_stdlib else data.extra
-        s = int(rng.integers(0, len(stream) - length - 1))
-        rows.append(stream[s:s + length + 1])
+        start = int(rng.integers(0, len(stream) - length - 1))
+        rows.append(stream[start:start + length + 1])
     return np.stack(rows).astype(np.int64)

@@ -43,26 +43,48 @@ def test_split_is_deterministic_and_excludes_tests_and_binary_files(tmp_path):
     assert T.is_heldout("fnmatch.py") == ("fnmatch.py" in _split()["heldout"])
 
 
-def test_extra_text_leaves_out_copies_of_heldout_files_and_is_mixed_by_share(tmp_path):
-    held = "def held_out_function(argument_one, argument_two):\n    return argument_one + argument_two  # sum\n"
-    files = {"numpy/a.py": "x = 1\n" + held, "numpy/b.py": "def other_function(value):\n    return value * 2\n",
-             "numpy/tests/c.py": "pass\n", "elsewhere/d.py": "y = 2\n"}
+HELD = "".join(f"    value_{i} = compute_something(argument_{i}, keyword={i})\n" for i in range(40))
+
+
+def _site(tmp_path, files):
+    """A folder of installed packages: ``pkg`` (version 1.0, BSD-3-Clause) with ``files``."""
+    info = tmp_path / "pkg-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.4\nName: pkg\nVersion: 1.0\nLicense-Expression: BSD-3-Clause\n")
     for rel, text in files.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
-    extra = T.make_extra(tmp_path, [held], packages=(("numpy", "numpy"),))
+    return tmp_path
+
+
+def test_extra_text_leaves_out_copies_of_heldout_files_and_third_party_code(tmp_path):
+    own = "".join(f"    other_{i} = something_else_entirely(parameter_{i})\n" for i in range(40))
+    files = {"pkg/a.py": own, "pkg/copy.py": HELD, "pkg/part.py": own + "".join(HELD.splitlines(True)[:3]),
+             "pkg/tests/t.py": own, "pkg/_vendor/v.py": own, "pkg/_distutils/d.py": own, "other/o.py": own}
+    site = _site(tmp_path, files)
+    extra = T.make_extra(site, [HELD], packages=(("pkg", "pkg"),))
     (pkg,) = extra["packages"]
-    assert pkg["files"] == ["numpy/b.py"] and pkg["bytes"] == len(files["numpy/b.py"]) and pkg["licence"]
-    assert extra["copies_of_heldout_files"] == ["numpy/a.py"] and sum(extra["excluded"].values()) == 1
-    assert T.extra_paths({"extra": extra}) == ["numpy/b.py"] and T.extra_paths({}) == []
+    assert (pkg["version"], pkg["licence"]) == ("1.0", "BSD-3-Clause")  # the folder's distribution, not ours
+    assert pkg["files"] == ["pkg/a.py"] and pkg["bytes"] == len(own)
+    # a whole copy, and 3 of a held-out file's 40 long lines (7.5% of it, 4% of the copying file)
+    assert extra["copies_of_heldout_files"] == ["pkg/copy.py", "pkg/part.py"]
+    assert extra["excluded"] == {T.THIRD_PARTY: 2, "test suite, installed packages or build files": 1}
+    assert T.extra_paths({"extra": extra}) == ["pkg/a.py"] and T.extra_paths({}) == []
+    with pytest.raises(FileNotFoundError, match="--site"):
+        T.make_extra(site, [HELD], packages=(("numpy", "numpy"),))
     with pytest.raises(FileNotFoundError, match="--root/--site"):
-        T.read_texts(tmp_path, ["numpy/b.py", "numpy/missing.py"])
-    # windows come from the standard library's stream with probability stdlib_share
+        T.read_texts(site, ["pkg/a.py", "pkg/missing.py"])
+
+
+def test_windows_come_from_the_standard_library_by_share():
     data = T.TextData(np.zeros(1000, np.int32), np.zeros(10, np.int32), 10, np.ones(1000, np.int32))
     w = T.sample_windows(np.random.default_rng(0), data, 2000, 8, stdlib_share=0.3)
     assert w.shape == (2000, 9) and abs((w[:, 0] == 0).mean() - 0.3) < 0.04
     no_extra = T.TextData(data.train, data.heldout, 10, np.zeros(0, np.int32))
     assert (T.sample_windows(np.random.default_rng(0), no_extra, 50, 8, stdlib_share=0.0) == 0).all()
+    short = T.TextData(data.train, data.heldout, 10, np.ones(9, np.int32))
+    with pytest.raises(ValueError, match="extra packages' training stream has 9 tokens: windows of 9 need at least"):
+        T.sample_windows(np.random.default_rng(0), short, 4, 8, stdlib_share=0.5)
 
 
 @pytest.mark.parametrize("text", ["", "def f(x):\n\treturn x ** 2  # squared\n", "é 你好 🙂 \x00\x7f\r\n \u2028",

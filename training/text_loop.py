@@ -22,6 +22,8 @@ from .report import log, stop_on_signals, write_json
 from .text_config import TextTrainConfig, model_config
 
 STATE_FILE = "train_state.pt"
+# the settings a report records as the run's recipe
+RECIPE = ("lr", "gate_lr", "weight_decay", "warmup", "batch", "segments", "seed", "minutes", "stdlib_share")
 
 
 @torch.no_grad()
@@ -94,7 +96,9 @@ class _TextRun:
         elif tc.init_weights:
             self._init_weights()
         self.tr["runs"].append({"argv": list(argv), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                "start_step": self.tr["step"]})
+                                "start_step": self.tr["step"], "stdlib_share": tc.stdlib_share,
+                                "data": {"split_sha256": T.file_hash(split_path),
+                                         "tokenizer_sha256": T.file_hash(tok_path)}})
         self.model.train()
         self.seq_len = tc.segments * cfg.segment_len
         log(f"{tc.preset}: {self.model.num_parameters():,} params, vocab {vocab}, segment_len {cfg.segment_len}, "
@@ -128,8 +132,7 @@ class _TextRun:
         tc, tr = self.tc, self.tr
         rep = {"preset": tc.preset, "config": self.cfg.to_dict(), "parameters": self.model.num_parameters(),
                "steps": tr["step"], "tokens": tr["tokens"], "train_minutes": round(tr["elapsed"] / 60, 2),
-               "final": final, "recipe": {k: getattr(tc, k) for k in ("lr", "gate_lr", "weight_decay", "warmup", "batch",
-                                                                      "segments", "seed", "minutes", "stdlib_share")},
+               "final": final, "recipe": {k: getattr(tc, k) for k in RECIPE},
                "heldout_loss": tr["evals"][-1]["loss"] if tr["evals"] else None,
                "init_weights": tr["init_weights"],
                "runs": tr["runs"], "evals": tr["evals"], "history": tr["history"]}
