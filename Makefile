@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 
 # set-up prints one line; pip's own output goes to $(VENV)/install.log (shown in full if it fails)
 # pip compiles no bytecode (--no-compile: two thirds of the set-up's time); Python compiles a module when it first
-# imports it (a fraction of what is installed) and keeps it, so the demo and the tests run with bytecode writing on.
+# imports it (a fraction of what is installed) and keeps it, so the demo and the tests run with bytecode writing on
+# (where PYTHONDONTWRITEBYTECODE is set, other commands compile what they import at every start).
 # the runtime (its own distribution, runtime/pyproject.toml) first: the toolchain depends on infini-runtime;
 # setuptools >= 77, installed first, builds the packages here (no build isolation: no throwaway build environments)
 $(STAMP): pyproject.toml runtime/pyproject.toml benchmarks/pyproject.toml
