@@ -184,12 +184,13 @@ def score_variant(checkpoint: str | Path, out_dir: str | Path, quantize: str | N
 
 
 def evaluate(checkpoint: str | Path, work: str | Path, quantize: tuple[str, ...] = ("int8", "int4"),
-             root: str | Path | None = None, max_tokens: int = 0, jobs: int = 4, log=print) -> dict:
+             root: str | Path | None = None, max_tokens: int = 0, jobs: int = 4, exclude: tuple[str, ...] = (),
+             log=print) -> dict:
     """Held-out bits per byte of the checkpoint folder (config, weights, tokenizer.json, split.json) through its
     ONNX export and the runtime: the whole held-out stream with the memory, with its read off, through each of
     ``quantize``'s exports (side by side in ``jobs`` processes, each exporting its own artifact); the compressors on
     the same text; the curves along the stream and inside files. ``max_tokens`` > 0 keeps the stream's first
-    tokens only (a quick look)."""
+    tokens only (a quick look); ``exclude``: held-out files left out of all of it."""
     import json
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
@@ -199,8 +200,12 @@ def evaluate(checkpoint: str | Path, work: str | Path, quantize: tuple[str, ...]
 
     checkpoint, work = Path(checkpoint), Path(work)
     split = json.loads((checkpoint / "split.json").read_text())
+    unknown = sorted(set(exclude) - set(split["heldout"]))
+    if unknown:
+        raise ValueError(f"--exclude: {unknown} are not held-out files of {checkpoint / 'split.json'}")
+    files = [f for f in split["heldout"] if f not in exclude]
     tok = T.load_tokenizer(checkpoint / "tokenizer.json")
-    texts = T.read_texts(root or split["root"], split["heldout"])
+    texts = T.read_texts(root or split["root"], files)
     ids = T.encode_texts(tok, texts).astype(np.int64)
     data = "".join(texts).encode("utf-8")
     if max_tokens:
@@ -211,7 +216,7 @@ def evaluate(checkpoint: str | Path, work: str | Path, quantize: tuple[str, ...]
         raise AssertionError("the tokens' bytes do not add up to the text's bytes")
     model = load_checkpoint(checkpoint)
     res = {"checkpoint": str(checkpoint), "parameters": model.num_parameters(), "config": model.cfg.to_dict(),
-           "files": split["heldout"], "tokens": int(len(ids)), "bytes": int(nbytes.sum()),
+           "files": files, "excluded_files": list(exclude), "tokens": int(len(ids)), "bytes": int(nbytes.sum()),
            "bytes_per_token": float(nbytes.sum() / (len(ids) - 1)),
            "compressors": compressed_bpb(data) if not max_tokens else {}, "bpb": {}, "seconds": {}}
     variants = {"float32": (None, False), "float32, memory read off": (None, True), **{q: (q, False) for q in quantize}}

@@ -155,3 +155,8 @@ def test_training_smoke_run_learns_and_resumes(tmp_path):
                    argv=["smoke"])
     with pytest.raises(TrainingSetupError, match="give one of them"):
         TextTrainConfig(**kw3, steps=1, init_weights=str(tmp_path / "run"), resume=True).validate()
+
+
+def test_scoring_refuses_to_leave_out_a_file_that_is_not_held_out(tmp_path):
+    with pytest.raises(ValueError, match=r"\['argparse.py'\] are not held-out files"):
+        E.evaluate(BUNDLE, tmp_path, exclude=("fnmatch.py", "argparse.py"))
