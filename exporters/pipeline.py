@@ -40,7 +40,10 @@ class ExportParityError(RuntimeError):
         first = error or (report.failures[:3] if report is not None else "")
         count = len(report.failures) if report is not None else 1
         super().__init__(f"parity failed: {count} failures, first: {first}")
-        self.report = report
+        self.report, self.error = report, error
+
+    def __reduce__(self):  # raised in a worker process, it is pickled back to the caller
+        return type(self), (self.report, self.error)
 
 
 def export_artifact(module: torch.nn.Module, out_dir: str | Path, fmt: str = "onnx", *,

@@ -2,6 +2,7 @@
 every stage's seconds, a failing stage leaves the target as it was, and the runtime warns about an artifact whose
 parity run failed or never ran."""
 import json
+import pickle
 import warnings
 
 import numpy as np
@@ -66,8 +67,10 @@ def test_an_exception_in_the_parity_run_is_recorded_as_a_failure(tmp_path, monke
     def broken(*args, **kwargs):
         raise RuntimeError("the reference ran out of memory")
     monkeypatch.setattr(pipeline, "validate", broken)
-    with pytest.raises(ExportParityError, match="ran out of memory"):
+    with pytest.raises(ExportParityError, match="ran out of memory") as raised:
         _export(TinyRNN().eval(), tmp_path / "art", parity_segments=2)
+    again = pickle.loads(pickle.dumps(raised.value))  # as a worker process hands it back
+    assert str(again) == str(raised.value) and again.error == raised.value.error
     manifest = Manifest.load(tmp_path / "art")
     assert manifest.parity.passed is False and "RuntimeError: the reference ran out of memory" in manifest.parity.error
     with pytest.warns(ParityWarning, match="failed .*ran out of memory"):
