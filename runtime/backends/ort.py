@@ -141,7 +141,8 @@ class OrtBackend(SegmentPrograms):
             self._dec_cache = [e.name for e in dec.cache]
             self._in_place = dec.cache_in_place
             self._ort = ort
-            self._bindings = threading.local()  # per thread: the in-place program's binding (see ``_binding``)
+            self._bindings = _PerThread()  # the in-place program's binding (see ``_binding``)
+            self._native = _native_binding(ort, self.decode_session)
         last = manifest.last_logits
         self.last_session = None
         if last is not None and last.program.format == "onnx":
@@ -150,10 +151,10 @@ class OrtBackend(SegmentPrograms):
     def _binding(self, bufs: list[np.ndarray]) -> "_CacheBinding":
         """This thread's binding of the decode program with its caches bound to ``bufs``, made again only when the
         buffers change (a session passes the same cache arrays call after call)."""
-        held = getattr(self._bindings, "held", None)
+        held = self._bindings.held
         if held is None or not held.holds(bufs):
             held = self._bindings.held = _CacheBinding(self.decode_session, self._ort, self._decode_in[-len(bufs):],
-                                                       self._decode_out, bufs, self._dec_cache)
+                                                       self._decode_out, bufs, self._dec_cache, self._native)
         return held
 
     @staticmethod
@@ -214,6 +215,17 @@ class OrtBackend(SegmentPrograms):
         return outputs[0], outputs[1:], rows
 
 
+class _PerThread(threading.local):
+    held: "_CacheBinding | None" = None  # this thread's binding of the in-place decode program
+
+
+def _native_binding(ort, session) -> bool:
+    """Whether onnxruntime's Python wrapper exposes its native binding, session and module as this backend calls them
+    (decided once per backend)."""
+    return all(hasattr(obj, name) for obj, name in ((session.io_binding(), "_iobinding"), (session, "_sess"),
+                                                     (ort, "capi"))) and hasattr(ort.capi, "_pybind_state")
+
+
 class _CacheBinding:
     """An IO binding of an in-place decode program with the caches bound, as inputs and as outputs, to the caller's
     buffers; per call only the ids, the position and the state are bound and the other outputs allocated afresh.
@@ -225,8 +237,9 @@ class _CacheBinding:
     buffers must not overlap: every layer's cache is written in place."""
 
     def __init__(self, session, ort, inputs: list[str], outputs: list[str], bufs: list[np.ndarray],
-                 names: list[str]):
-        """``inputs``: the cache inputs; ``outputs``: every output, the caches last; ``names``: the caches'."""
+                 names: list[str], native: bool):
+        """``inputs``: the cache inputs; ``outputs``: every output, the caches last; ``names``: the caches';
+        ``native``: call onnxruntime's native binding (``_native_binding``)."""
         spans = sorted((b.ctypes.data, b.ctypes.data + b.nbytes, i) for i, b in enumerate(bufs))
         for (_, end, i), (start, _, j) in zip(spans, spans[1:]):
             if start < end:
@@ -234,9 +247,8 @@ class _CacheBinding:
                                  "the decode program writes each in place, so each needs its own buffer")
         self._refs = [weakref.ref(b) for b in bufs]
         public = session.io_binding()
-        native, sess = getattr(public, "_iobinding", None), getattr(session, "_sess", None)
-        C = getattr(getattr(ort, "capi", None), "_pybind_state", None)  # onnxruntime's native module
-        if native is not None and sess is not None and C is not None:
+        if native:
+            native, sess, C = public._iobinding, session._sess, ort.capi._pybind_state  # C: onnxruntime's native module
             cpu = ort.OrtDevice.make("cpu", 0)._get_c_device()
             for name in outputs[:-len(bufs)]:  # first: ``outputs()`` follows the order names were first bound in
                 native.bind_output(name, cpu)
